@@ -8,4 +8,5 @@ bash scripts/setup.sh
 . .venv/bin/activate
 echo "== ruff"; ruff check .
 echo "== mypy"; mypy
+echo "== deploy lint (Dockerfile, manifests, the image's install steps)"; bash scripts/lint_deploy.sh
 echo "== pytest"; python -m pytest -q "$@"

@@ -1,0 +1,637 @@
+"""SharQ kernel benchmark (issue 4 item 4): one script, one GPU call.
+
+Times the four Llama-3.1-8B linear shapes (qkv 4096->6144, o 4096->4096, gate_up 4096->28672,
+down 14336->4096) at M = 1, 16, 64, 256, 1024, 4096, 16384 for
+  bf16        torch.nn.functional.linear (cuBLAS)
+  fp8         vLLM's stock FP8 linear: dynamic per-token scaled_fp8_quant + cutlass_scaled_mm
+              (per-tensor FP8 weight)                               [needs vllm]
+  marlin_fp4  vLLM's Marlin NVFP4 W4A16 (apply_fp4_marlin_linear -> marlin_gemm) [needs vllm]
+  sharq       SharQ linear: fused preparation + GEMM (the op's own M dispatch)
+  sharq_gemm  the GEMM alone on a prepared x_hat (op dispatch)
+  sharq_prep  the preparation alone
+  sharq_mma / sharq_dqmm   the two GEMM paths forced (for the dispatch threshold)
+Timing: each measurement captures one CUDA graph holding R calls on R different copies of the
+inputs and weights (R chosen so one replay touches >= 5x the L2), replays it, and takes the
+median over replays (CUDA events) / R. Also measures the device-to-device copy bandwidth and
+reports the M=1 GEMM's achieved weight bandwidth against it.
+
+Output: a table (medians, ratios), JSON benchmarks/results/kernels-<card>.json (and under $OUT),
+and a PNG plot next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from sharq_vllm import ops
+from sharq_vllm.reference import quantize_weight
+
+SHAPES = {  # name: (N, K)
+    "qkv": (6144, 4096),
+    "o": (4096, 4096),
+    "gate_up": (28672, 4096),
+    "down": (4096, 14336),
+}
+MS = [1, 16, 64, 256, 1024, 4096, 16384]
+L2_ROTATE_BYTES = 256 << 20
+MAX_COPIES = 24
+
+
+DEVICE = "cuda"
+
+
+def card_name() -> str:
+    if DEVICE != "cuda":
+        return "cpu-smoke"
+    name = torch.cuda.get_device_name()
+    for key in ("H200", "H100", "A100", "L40S", "B200", "GH200"):
+        if key in name:
+            return key
+    return name.replace(" ", "_")
+
+
+def copy_bandwidth_gbps(nbytes: int = 1 << 30) -> float:
+    if DEVICE != "cuda":
+        return float("nan")
+    a = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(10):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        b.copy_(a)
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) / 1e3)
+    del a, b
+    return 2 * nbytes / statistics.median(times) / 1e9
+
+
+def heavy(m, k, dtype=torch.bfloat16, device=None):
+    device = device or DEVICE
+    z = torch.randn(m, k, device=device)
+    chi = torch.randn(m, k, 3, device=device).pow(2).mean(-1).sqrt()
+    t = z / chi
+    t[:, torch.randperm(k, device=device)[:4]] *= 30.0
+    return t.to(dtype)
+
+
+def time_graph(fn, copies: int, reps: int = 20) -> float:
+    """Median microseconds per call: one graph of `copies` calls fn(i), replayed `reps` times."""
+    if DEVICE != "cuda":  # --cpu-smoke: exercise the code paths, timings meaningless
+        t = time.perf_counter()
+        for i in range(copies):
+            fn(i)
+        return (time.perf_counter() - t) * 1e6 / copies
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for i in range(copies):
+            fn(i)
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        outs = [fn(i) for i in range(copies)]
+    for _ in range(3):
+        g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        st.record()
+        g.replay()
+        en.record()
+        en.synchronize()
+        times.append(st.elapsed_time(en) * 1e3 / copies)
+    del outs, g
+    return statistics.median(times)
+
+
+# ------------------------------------------------------------------------------------------
+# methods: build(N, K, dtype) -> weight state; call(x, state) -> y; nbytes(state)
+# ------------------------------------------------------------------------------------------
+class Vllm:
+    ok = False
+    error = ""
+    version = None
+
+    @classmethod
+    def load(cls):
+        try:
+            import vllm
+            import vllm._custom_ops as vops  # noqa: F401
+
+            cls.version = getattr(vllm, "__version__", "?")
+            cls.ok = True
+        except Exception as e:
+            cls.error = f"{type(e).__name__}: {e}"
+            cls.ok = False
+
+
+def build_bf16(w, payload16, payload32):
+    return {"w": w}
+
+
+def call_bf16(x, st):
+    return torch.nn.functional.linear(x, st["w"])
+
+
+def build_fp8(w, payload16, payload32):
+    import vllm._custom_ops as vops
+
+    wq, ws = vops.scaled_fp8_quant(w, scale=None)  # per-tensor weight scale (stock fp8)
+    return {"wt": wq.t(), "ws": ws}
+
+
+def call_fp8(x, st):
+    import vllm._custom_ops as vops
+
+    xq, xs = vops.scaled_fp8_quant(x, use_per_token_if_dynamic=True)
+    return vops.cutlass_scaled_mm(xq, st["wt"], scale_a=xs, scale_b=st["ws"], out_dtype=x.dtype)
+
+
+def build_marlin(w, payload16, payload32):
+    import types
+
+    from vllm.model_executor.layers.quantization.utils import marlin_utils_fp4 as mu
+
+    n, k = w.shape
+    layer = types.SimpleNamespace()
+    layer.weight = payload16.codes.cuda()
+    layer.weight_scale = payload16.block_scales.cuda()
+    layer.weight_global_scale = payload16.tensor_scale.reshape(()).float().cuda()
+    layer.output_size_per_partition = n
+    layer.input_size_per_partition = k
+    layer.params_dtype = w.dtype
+    layer.bias = None
+    mu.prepare_fp4_layer_for_marlin(layer)
+    return {"layer": layer, "n": n, "k": k, "mu": mu}
+
+
+def call_marlin(x, st):
+    L = st["layer"]
+    return st["mu"].apply_fp4_marlin_linear(
+        input=x,
+        weight=L.weight,
+        weight_scale=L.weight_scale,
+        weight_global_scale=L.weight_global_scale,
+        workspace=L.workspace,
+        size_n=st["n"],
+        size_k=st["k"],
+        bias=None,
+    )
+
+
+def build_sharq(w, payload16, payload32):
+    return {"p": ops.pack_weight(payload32, DEVICE)}
+
+
+def call_sharq(x, st):
+    return ops.sharq_linear(x, st["p"], None, "nvfp4", "4:8-pairs")
+
+
+def call_sharq_gemm(x, st):  # x is already x_hat
+    return ops.sharq_gemm(x, st["p"])
+
+
+def call_sharq_prep(x, st):
+    return torch.ops.sharq.prepare(x, "nvfp4", "4:8-pairs")
+
+
+def call_sharq_mma(x, st):
+    p = st["p"]
+    return ops._gemm_cuda_mma(x, p.qweight, p.scales, p.tensor_scale, None, p.n, p.n_pad, p.block)
+
+
+def call_sharq_dqmm(x, st):
+    p = st["p"]
+    return ops._gemm_cuda_dequant_mm(
+        x, p.qweight, p.scales, None, p.n, p.n_pad, p.k, p.block, p.alpha
+    )
+
+
+def call_sharq_dequant(x, st):  # the dequant kernel alone (M-independent; timed at M=1)
+    p = st["p"]
+    if DEVICE != "cuda":
+        return ops.dequantize_packed(p)
+    w = torch.empty((p.n_pad, p.k), dtype=x.dtype, device=x.device)
+    torch.ops.sharq_C.dequant(p.qweight, p.scales, w, p.block)
+    return w
+
+
+def state_bytes(st) -> int:
+    total = 0
+    for v in st.values():
+        if isinstance(v, torch.Tensor):
+            total += v.numel() * v.element_size()
+        elif isinstance(v, ops.PackedWeight):
+            total += v.nbytes
+        elif hasattr(v, "weight") and isinstance(v.weight, torch.Tensor):
+            total += (
+                v.weight.numel() * v.weight.element_size()
+                + v.weight_scale.numel() * v.weight_scale.element_size()
+            )
+    return total
+
+
+METHODS = {
+    # name: (builder, caller, needs vllm, max M or None)
+    "bf16": (build_bf16, call_bf16, False, None),
+    "fp8": (build_fp8, call_fp8, True, None),
+    "marlin_fp4": (build_marlin, call_marlin, True, None),
+    "sharq": (build_sharq, call_sharq, False, None),
+    "sharq_gemm": (build_sharq, call_sharq_gemm, False, None),
+    "sharq_prep": (build_sharq, call_sharq_prep, False, None),
+    "sharq_mma": (build_sharq, call_sharq_mma, False, 1024),
+    "sharq_dqmm": (build_sharq, call_sharq_dqmm, False, None),
+    "sharq_dequant": (build_sharq, call_sharq_dequant, False, 1),
+}
+
+
+def clone_state(st):
+    out = {}
+    for k, v in st.items():
+        if isinstance(v, torch.Tensor):
+            out[k] = v.clone()
+        elif isinstance(v, ops.PackedWeight):
+            out[k] = ops.PackedWeight(
+                v.qweight.clone(),
+                v.scales.clone(),
+                v.tensor_scale.clone(),
+                v.n,
+                v.n_pad,
+                v.k,
+                v.block,
+                v.layout,
+                v.alpha,
+            )
+        else:
+            out[k] = v  # marlin layer: not cloned (rebuilt per copy by the caller)
+    return out
+
+
+def run(args) -> dict:
+    torch.manual_seed(0)
+    dtype = torch.bfloat16
+    card = card_name()
+    Vllm.load()
+    ok, why = ops.kernel_path_available(DEVICE)
+    info = {
+        "card": card,
+        "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "vllm": Vllm.version,
+        "vllm_error": None if Vllm.ok else Vllm.error,
+        "sharq_kernels": why if ok else f"UNAVAILABLE: {why}",
+        "dispatch": ops.describe_kernel(DEVICE),
+        "timing": "CUDA graph of R calls over R input/weight copies (>= 256 MiB touched per replay), median of replays / R",
+    }
+    print(json.dumps(info, indent=1), flush=True)
+    copy_bw = copy_bandwidth_gbps()
+    info["copy_bw_GBps"] = round(copy_bw, 1)
+    print(f"device-to-device copy bandwidth: {copy_bw:.0f} GB/s (read + write)", flush=True)
+
+    methods = [m for m in args.methods.split(",") if m]
+    ms = [int(v) for v in args.ms.split(",")]
+    shapes = [s for s in args.shapes.split(",") if s]
+    detail: dict[str, dict[str, dict[str, float]]] = {m: {s: {} for s in shapes} for m in methods}
+    errors: dict[str, str] = {}
+    skipped: list[str] = []
+    t_start = time.time()
+    for sname in shapes:
+        n, k = SHAPES[sname]
+        w = heavy(n, k, dtype) * 0.02
+        payload32 = quantize_weight(w, block=32)
+        payload16 = quantize_weight(w, block=16) if "marlin_fp4" in methods else None
+        for meth in methods:
+            builder, caller, need_vllm, max_m = METHODS[meth]
+            if need_vllm and (not Vllm.ok or DEVICE != "cuda"):
+                continue
+            try:
+                base = builder(w, payload16, payload32)
+            except Exception as e:
+                errors[f"{meth}/{sname}"] = f"build: {type(e).__name__}: {e}"
+                print(f"  [{meth} {sname}] build failed: {e}", flush=True)
+                traceback.print_exc()
+                continue
+            wbytes = state_bytes(base)
+            for m in ms:
+                if max_m is not None and m > max_m:
+                    continue
+                # over budget: drop the expensive large-M points first (small-M sums survive),
+                # stop altogether 60 s later
+                over = time.time() - t_start - args.budget_s
+                if over > 60 or (over > 0 and m >= 4096):
+                    errors.setdefault("budget", f"skipped measurements after {args.budget_s}s")
+                    skipped.append(f"{meth}/{sname}/M={m}")
+                    continue
+                try:
+                    xbytes = m * k * 2 + m * n * 2
+                    copies = max(
+                        1, min(MAX_COPIES, math.ceil(L2_ROTATE_BYTES / max(1, wbytes + xbytes)))
+                    )
+                    if meth == "marlin_fp4":
+                        states = [base] + [
+                            builder(w, payload16, payload32) for _ in range(copies - 1)
+                        ]
+                    else:
+                        states = [base] + [clone_state(base) for _ in range(copies - 1)]
+                    xs = [heavy(m, k, dtype) for _ in range(copies)]
+                    if meth == "sharq_gemm" or meth in ("sharq_mma", "sharq_dqmm"):
+                        xs = [torch.ops.sharq.prepare(x, "nvfp4", "4:8-pairs") for x in xs]
+                    us = time_graph(
+                        lambda i, c=caller, xs=xs, st=states: c(xs[i], st[i]),
+                        copies,
+                        reps=args.reps,
+                    )
+                    detail[meth][sname][str(m)] = round(us, 3)
+                    print(
+                        f"  {meth:11s} {sname:8s} M={m:6d}  {us:10.2f} us  (R={copies})", flush=True
+                    )
+                    del states, xs
+                except Exception as e:
+                    errors[f"{meth}/{sname}/M={m}"] = f"{type(e).__name__}: {e}"
+                    print(f"  [{meth} {sname} M={m}] failed: {e}", flush=True)
+                if DEVICE == "cuda":
+                    torch.cuda.empty_cache()
+            del base
+            if DEVICE == "cuda":
+                torch.cuda.empty_cache()
+
+    sums: dict[str, dict[str, float]] = {}
+    for meth in methods:
+        for m in ms:
+            vals = [detail[meth][s].get(str(m)) for s in shapes]
+            if all(v is not None for v in vals) and set(shapes) == set(SHAPES):
+                sums.setdefault(meth, {})[str(m)] = round(sum(vals), 2)
+    # M=1 bandwidth: FP4 weight bytes of the four layers over the GEMM time
+    bw = {}
+    fp4_bytes = sum(n * k // 2 + n * k // 32 for n, k in (SHAPES[s] for s in shapes))
+    for meth in ("sharq_gemm", "sharq_mma", "sharq", "marlin_fp4"):
+        t = sums.get(meth, {}).get("1")
+        if t:
+            gbps = fp4_bytes / (t * 1e-6) / 1e9
+            bw[meth] = {"GBps": round(gbps, 1), "fraction_of_copy_bw": round(gbps / copy_bw, 3)}
+    for meth in ("bf16", "fp8"):
+        t = sums.get(meth, {}).get("1")
+        if t:
+            per = 2 if meth == "bf16" else 1
+            b = sum(n * k * per for n, k in (SHAPES[s] for s in shapes))
+            bw[meth] = {
+                "GBps": round(b / (t * 1e-6) / 1e9, 1),
+                "fraction_of_copy_bw": round(b / (t * 1e-6) / 1e9 / copy_bw, 3),
+            }
+    if not args.no_prep_sweep and DEVICE == "cuda" and ok:
+        info["prep_configs_us"] = prep_sweep(args, t_start)
+    # derived: what the kernel work needs (issue 4 targets)
+    derived: dict[str, object] = {}
+    dq = sums.get("sharq_dequant", {}).get("1")
+    if dq:
+        nbytes = sum(n * k * (0.5 + 1 / 32 + 2) for n, k in (SHAPES[s] for s in shapes))
+        gbps = nbytes / (dq * 1e-6) / 1e9
+        derived["dequant"] = {
+            "us": dq,
+            "GBps": round(gbps, 1),
+            "fraction_of_copy_bw": round(gbps / copy_bw, 3),
+        }
+    pr = sums.get("sharq_prep", {})
+    if pr:
+        derived["prep_share_of_sharq"] = {
+            m: round(pr[m] / sums["sharq"][m], 3) for m in pr if sums.get("sharq", {}).get(m)
+        }
+        big = [m for m in pr if int(m) >= 1024]
+        derived["prep_GBps"] = {
+            m: round(sum(4 * int(m) * SHAPES[s][1] for s in shapes) / (pr[m] * 1e-6) / 1e9, 1)
+            for m in big
+        }
+    if "fp8" in sums and "sharq" in sums:
+        derived["fp8_over_sharq"] = {
+            m: round(sums["fp8"][m] / sums["sharq"][m], 3)
+            for m in sums["sharq"]
+            if m in sums["fp8"]
+        }
+    if "sharq_mma" in sums and "sharq_dqmm" in sums:
+        derived["mma_over_dqmm_time"] = {
+            m: round(sums["sharq_mma"][m] / sums["sharq_dqmm"][m], 3)
+            for m in sums["sharq_mma"]
+            if m in sums["sharq_dqmm"]
+        }
+    info.update(
+        {
+            "derived": derived,
+            "sum_us": sums,
+            "detail_us": detail,
+            "m1_weight_bandwidth": bw,
+            "fp4_weight_MB": round(fp4_bytes / 1e6, 1),
+            "errors": errors,
+            "budget_skipped": skipped,
+        }
+    )
+    return info
+
+
+PREP_CONFIGS = {  # name: (chunks a thread, CTAs a row); "auto" = the op's own dispatch
+    "auto": None,
+    "v1": (1, 1),
+    "v2": (2, 1),
+    "v4": (4, 1),
+    "v1_cl2": (1, 2),
+    "v1_cl4": (1, 4),
+    "v1_cl8": (1, 8),
+    "v2_cl8": (2, 8),
+}
+
+
+def prep_sweep(args, t_start) -> dict:
+    """The preparation kernel's configurations (for the dispatch thresholds in prep.cu)."""
+    res: dict[str, dict[str, dict[str, float]]] = {}
+    errs: dict[str, str] = {}
+    for k in (4096, 14336):
+        for m in (1, 16, 64, 256, 1024, 4096, 16384):
+            if time.time() - t_start > args.budget_s + 30 and m >= 1024:
+                continue
+            copies = max(1, min(MAX_COPIES, math.ceil(L2_ROTATE_BYTES / (4 * m * k))))
+            xs = [heavy(m, k) for _ in range(copies)]
+            outs = [torch.empty_like(x) for x in xs]
+            for name, cfg in PREP_CONFIGS.items():
+                if cfg is not None:
+                    v, cl = cfg
+                    if (cl > 1 and (m > 256 or k % (64 * cl))) or -(-(k // 8 // cl) // v) > (
+                        1024 if v <= 2 else 512
+                    ):
+                        continue
+
+                def fn(i, cfg=cfg, xs=xs, outs=outs):
+                    if cfg is None:
+                        return torch.ops.sharq.prepare(xs[i], "nvfp4", "4:8-pairs")
+                    torch.ops.sharq_C.prep_cfg(xs[i], outs[i], 0, 2, cfg[0], cfg[1])
+                    return outs[i]
+
+                try:
+                    us = time_graph(fn, copies, reps=args.reps)
+                    res.setdefault(f"K={k}", {}).setdefault(f"M={m}", {})[name] = round(us, 2)
+                except Exception as e:
+                    errs[f"{k}/{m}/{name}"] = f"{type(e).__name__}: {e}"
+            line = res.get(f"K={k}", {}).get(f"M={m}", {})
+            print(
+                f"  prep K={k} M={m}: " + ", ".join(f"{a}={b:.1f}" for a, b in line.items()),
+                flush=True,
+            )
+    if errs:
+        res["errors"] = {"all": errs}  # type: ignore[dict-item]
+    return res
+
+
+def print_table(res: dict) -> str:
+    sums = res["sum_us"]
+    ms = sorted({int(m) for d in sums.values() for m in d})
+    lines = []
+    lines.append(
+        f"SharQ kernels on {res['device']} (torch {res['torch']}, vllm {res['vllm']}); sums over 4 Llama-3.1-8B linears, us"
+    )
+    hdr = f"{'method':18s}" + "".join(f"{m:>10d}" for m in ms)
+    lines.append(hdr)
+    for meth, d in sums.items():
+        lines.append(f"{meth:18s}" + "".join(f"{d.get(str(m), float('nan')):10.1f}" for m in ms))
+    for base in ("fp8", "bf16", "marlin_fp4"):
+        if base in sums:
+            for meth in ("sharq", "sharq_gemm"):
+                if meth in sums:
+                    row = []
+                    for m in ms:
+                        a, b = sums[base].get(str(m)), sums[meth].get(str(m))
+                        row.append(f"{(a / b if a and b else float('nan')):10.2f}")
+                    lines.append(f"{base + '/' + meth:18s}" + "".join(row))
+    for meth, v in res.get("m1_weight_bandwidth", {}).items():
+        lines.append(
+            f"M=1 {meth}: {v['GBps']:.0f} GB/s = {100 * v['fraction_of_copy_bw']:.0f}% of copy bandwidth ({res['copy_bw_GBps']:.0f} GB/s)"
+        )
+    for key, v in res.get("derived", {}).items():
+        lines.append(f"{key}: {v}")
+    for kk, byk in res.get("prep_configs_us", {}).items():
+        if kk == "errors":
+            continue
+        for mm, cfgs in byk.items():
+            lines.append(f"prep {kk} {mm}: " + ", ".join(f"{a}={b:.1f}" for a, b in cfgs.items()))
+    if res.get("vllm_error"):
+        lines.append(f"vLLM baselines skipped: {res['vllm_error'][:200]}")
+    if res.get("errors"):
+        lines.append(f"errors: {len(res['errors'])} (see JSON)")
+    return "\n".join(lines)
+
+
+def plot(res: dict, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as e:
+        print(f"no plot: {e}")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for meth, d in res["sum_us"].items():
+        ms = sorted(int(m) for m in d)
+        axes[0].plot(ms, [d[str(m)] for m in ms], marker="o", label=meth)
+    axes[0].set_xscale("log", base=2)
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("M (tokens)")
+    axes[0].set_ylabel("us, sum of 4 Llama-3.1-8B linears")
+    axes[0].legend()
+    axes[0].grid(True, which="both", alpha=0.3)
+    base = res["sum_us"].get("fp8") or res["sum_us"].get("bf16")
+    bname = "fp8" if "fp8" in res["sum_us"] else "bf16"
+    if base:
+        for meth, d in res["sum_us"].items():
+            ms = sorted(int(m) for m in d if str(m) in base)
+            axes[1].plot(ms, [base[str(m)] / d[str(m)] for m in ms], marker="o", label=meth)
+        axes[1].axhline(1.0, color="k", lw=0.8)
+        axes[1].set_xscale("log", base=2)
+        axes[1].set_xlabel("M (tokens)")
+        axes[1].set_ylabel(f"speed-up vs {bname} (higher is better)")
+        axes[1].legend()
+        axes[1].grid(True, which="both", alpha=0.3)
+    fig.suptitle(f"SharQ kernels, {res['device']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ms", default=",".join(map(str, MS)))
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument(
+        "--budget-s", type=float, default=300.0, help="stop starting new measurements after this"
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="M=1,4096; bf16, sharq, sharq_gemm, paths, vLLM if present",
+    )
+    ap.add_argument("--out", default=os.environ.get("OUT", ""))
+    ap.add_argument(
+        "--no-prep-sweep", action="store_true", help="skip the prep configuration sweep"
+    )
+    ap.add_argument(
+        "--cpu-smoke",
+        action="store_true",
+        help="tiny run on CPU (reference ops) to test this script",
+    )
+    args = ap.parse_args()
+    global DEVICE
+    if args.cpu_smoke:
+        DEVICE = "cpu"
+        SHAPES.clear()
+        SHAPES.update({"qkv": (96, 128), "o": (64, 128), "gate_up": (160, 128), "down": (64, 256)})
+        args.ms, args.reps = "1,5", 1
+    if args.quick:
+        args.ms = "1,4096"
+        args.reps = 10
+        args.no_prep_sweep = True
+    res = run(args)
+    table = print_table(res)
+    res["table"] = table
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    names = [] if args.cpu_smoke else [os.path.join(root, "results", f"kernels-{res['card']}.json")]
+    if args.out:
+        names.append(os.path.join(args.out, f"kernels-{res['card']}.json"))
+    for p in names:
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "w") as f:
+            json.dump(res, f, indent=1)
+        print(f"json: {p}")
+    try:
+        plot(
+            res,
+            os.path.join(args.out or os.path.join(root, "results"), f"kernels-{res['card']}.png"),
+        )
+    except Exception as e:
+        print(f"plot failed: {e}")
+    if args.cpu_smoke and not res["sum_us"].get("sharq"):
+        raise SystemExit("cpu smoke: no sharq sums")
+    print("\n" + table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+// bindings.cpp: torch.library registration of the SharQ CUDA kernels as `torch.ops.sharq_C.*`.
+//
+// These are low-level, out-parameter ops (no allocation, no host sync): the user-facing ops
+// `torch.ops.sharq.prepare / gemm / prepare_debug` (sharq_vllm/ops.py) allocate outputs, pick
+// the path by M and call these. Built by setup.py (CUDAExtension `sharq_vllm._C`) or JIT-built by
+// sharq_vllm/kernels/_build.py; either way loaded as a plain shared library (no pybind: the
+// module init below only exists so that `import sharq_vllm._C` works).
+#include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <Python.h>
+
+#include "sharq_kernels.h"
+
+namespace {
+
+int dtype_code(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kBFloat16: return sharq::kBF16;
+    case at::kHalf: return sharq::kFP16;
+    case at::kFloat: return sharq::kFP32;
+    default: TORCH_CHECK(false, "sharq: unsupported dtype ", t.scalar_type());
+  }
+  return -1;
+}
+
+void check_cuda(cudaError_t e, const char* what) {
+  TORCH_CHECK(e == cudaSuccess, "sharq: ", what, " launch failed: ", cudaGetErrorString(e));
+}
+
+uint8_t* opt_u8(const at::Tensor& t) { return t.numel() ? t.data_ptr<uint8_t>() : nullptr; }
+
+void check_rows(const at::Tensor& x, const at::Tensor& out) {
+  TORCH_CHECK(x.is_cuda() && out.is_cuda(), "sharq: tensors must be on CUDA");
+  TORCH_CHECK(x.dim() == 2 && out.dim() == 2, "sharq: expected 2-D [M, K] tensors");
+  TORCH_CHECK(x.stride(1) == 1 && out.is_contiguous(), "sharq: rows must be contiguous");
+  TORCH_CHECK(x.scalar_type() == out.scalar_type(), "sharq: dtype mismatch");
+  TORCH_CHECK((reinterpret_cast<uintptr_t>(x.data_ptr()) % 16) == 0 &&
+                  (x.stride(0) * x.element_size()) % 16 == 0,
+              "sharq: x rows must be 16-byte aligned");
+}
+
+void prep_impl(const at::Tensor& x, at::Tensor& out, int64_t fmt, int64_t pattern,
+               sharq::PrepDebug dbg, int64_t force_v = 0, int64_t force_cl = 0) {
+  check_rows(x, out);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int M = x.size(0), K = x.size(1);
+  check_cuda(sharq::launch_prep(x.data_ptr(), x.stride(0), out.data_ptr(), M, K, dtype_code(x),
+                                (int)fmt, (int)pattern, dbg,
+                                c10::cuda::getCurrentCUDAStream().stream(), (int)force_v,
+                                (int)force_cl),
+             "prep");
+}
+
+// prep with an explicit kernel configuration (benchmarks, configuration-equivalence tests)
+void prep_cfg(const at::Tensor& x, at::Tensor& out, int64_t fmt, int64_t pattern, int64_t v,
+              int64_t cl) {
+  prep_impl(x, out, fmt, pattern, sharq::PrepDebug{}, v, cl);
+}
+
+void prep(const at::Tensor& x, at::Tensor& out, int64_t fmt, int64_t pattern) {
+  prep_impl(x, out, fmt, pattern, sharq::PrepDebug{});
+}
+
+void prep_debug(const at::Tensor& x, at::Tensor& out, at::Tensor& mask, at::Tensor& bb_codes,
+                at::Tensor& bb_scales, at::Tensor& res_codes, at::Tensor& res_scales,
+                at::Tensor& tscales, int64_t fmt, int64_t pattern) {
+  for (const at::Tensor* t : {&mask, &bb_codes, &bb_scales, &res_codes, &res_scales})
+    TORCH_CHECK(t->scalar_type() == at::kByte && t->is_contiguous(), "sharq: debug outputs must be contiguous uint8");
+  TORCH_CHECK(tscales.scalar_type() == at::kFloat && tscales.is_contiguous(), "sharq: tscales must be float32");
+  sharq::PrepDebug dbg;
+  dbg.mask = opt_u8(mask);
+  dbg.bb_codes = opt_u8(bb_codes);
+  dbg.bb_scales = opt_u8(bb_scales);
+  dbg.res_codes = opt_u8(res_codes);
+  dbg.res_scales = opt_u8(res_scales);
+  dbg.tscales = tscales.numel() ? tscales.data_ptr<float>() : nullptr;
+  prep_impl(x, out, fmt, pattern, dbg);
+}
+
+void gemm_mma(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+              const at::Tensor& tensor_scale, const std::optional<at::Tensor>& bias, at::Tensor& out,
+              int64_t n_pad, int64_t wblock) {
+  check_rows(x, out);
+  TORCH_CHECK(qweight.is_cuda() && scales.is_cuda() && tensor_scale.is_cuda(), "sharq: weights must be on CUDA");
+  TORCH_CHECK(qweight.is_contiguous() && scales.is_contiguous(), "sharq: packed weights must be contiguous");
+  TORCH_CHECK(tensor_scale.scalar_type() == at::kFloat, "sharq: tensor_scale must be float32");
+  const int M = x.size(0), K = x.size(1), n_valid = out.size(1);
+  TORCH_CHECK(qweight.numel() * qweight.element_size() == n_pad * K / 2, "sharq: qweight size mismatch");
+  TORCH_CHECK(n_valid <= n_pad && out.size(0) == M, "sharq: out shape mismatch");
+  const void* bptr = nullptr;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->scalar_type() == x.scalar_type() && bias->is_contiguous() && bias->numel() >= n_valid,
+                "sharq: bad bias");
+    bptr = bias->data_ptr();
+  }
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_cuda(sharq::launch_gemm_mma(x.data_ptr(), x.stride(0), qweight.data_ptr(), scales.data_ptr(),
+                                    tensor_scale.data_ptr<float>(), bptr, out.data_ptr(), out.stride(0),
+                                    M, (int)n_pad, n_valid, K, (int)wblock, dtype_code(x),
+                                    c10::cuda::getCurrentCUDAStream().stream()),
+             "gemm_mma");
+}
+
+void dequant(const at::Tensor& qweight, const at::Tensor& scales, at::Tensor& w, int64_t wblock) {
+  TORCH_CHECK(w.is_cuda() && w.is_contiguous() && w.dim() == 2, "sharq: bad dequant output");
+  const int N = w.size(0), K = w.size(1);
+  TORCH_CHECK(qweight.numel() * qweight.element_size() == (int64_t)N * K / 2, "sharq: qweight size mismatch");
+  const c10::cuda::CUDAGuard guard(w.device());
+  check_cuda(sharq::launch_dequant(qweight.data_ptr(), scales.data_ptr(), w.data_ptr(), N, K,
+                                   (int)wblock, dtype_code(w),
+                                   c10::cuda::getCurrentCUDAStream().stream()),
+             "dequant");
+}
+
+}  // namespace
+
+TORCH_LIBRARY(sharq_C, m) {
+  m.def("prep(Tensor x, Tensor(a!) out, int fmt, int pattern) -> ()");
+  m.def("prep_cfg(Tensor x, Tensor(a!) out, int fmt, int pattern, int v, int cl) -> ()");
+  m.def(
+      "prep_debug(Tensor x, Tensor(a!) out, Tensor(b!) mask, Tensor(c!) bb_codes, "
+      "Tensor(d!) bb_scales, Tensor(e!) res_codes, Tensor(f!) res_scales, Tensor(g!) tscales, "
+      "int fmt, int pattern) -> ()");
+  m.def(
+      "gemm_mma(Tensor x, Tensor qweight, Tensor scales, Tensor tensor_scale, Tensor? bias, "
+      "Tensor(a!) out, int n_pad, int wblock) -> ()");
+  m.def("dequant(Tensor qweight, Tensor scales, Tensor(a!) w, int wblock) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(sharq_C, CUDA, m) {
+  m.impl("prep", &prep);
+  m.impl("prep_cfg", &prep_cfg);
+  m.impl("prep_debug", &prep_debug);
+  m.impl("gemm_mma", &gemm_mma);
+  m.impl("dequant", &dequant);
+}
+
+// `import sharq_vllm._C` (setup.py build) just loads the library; the ops register above.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&def);
+}

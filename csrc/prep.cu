@@ -1,0 +1,435 @@
+// prep.cu: SharQ fused activation preparation (one pass over each activation row).
+//
+// Contract (docs/NUMERICS.md, sharq_vllm/reference.py::prepare_activation, bit-exact):
+//   x [M, K] (bf16 | fp16 | fp32, row stride x_stride elements)  ->  x_hat [M, K] same dtype,
+//   x_hat = deQ(Q(mask(x) * x)) + deQ(Q(x - deQ(Q(mask(x) * x))))   (FP32, rounded once).
+//   fmt 0 = NVFP4 (E4M3 block scales, per-row FP32 tensor scale amax/2688; backbone block 32
+//   (16 if dense), residual block 16), fmt 1 = MXFP4 (E8M0 scales; backbone 64 (32 if dense),
+//   residual 32). pattern 0 = dense, 1 = 2:4, 2 = 4:8-pairs. Rows holding NaN/Inf give NaN rows.
+//   Optional debug outputs (any may be null): mask u8 [M,K], backbone/residual codes packed u8
+//   [M,K/2] (low nibble first), their scale bytes u8 [M,K/block], tensor scales f32 [M,2].
+//
+// Tiling: each thread owns V chunks of 8 consecutive channels (one 16-byte load for bf16/fp16),
+// chunk c = v*blockDim + tid, so a warp reads 512 contiguous bytes per load. 8 channels hold one
+// 4:8 group or two 2:4 groups, so the mask is thread-local; a 16/32/64 channel scale block spans
+// 2/4/8 consecutive lanes (shuffle-xor reduction). The row stays in registers between the
+// passes (x read once, x_hat written once: 4 bytes of traffic per bf16 element). Two row
+// reductions: (amax of x | non-finite flag) folded into one max (a non-finite row reduces to
+// +Inf), and the amax of the residual.
+// Configurations (launch_prep_t; all give identical bits, tests/gpu/test_prep_gpu.py):
+//   M <= 64 (decode, M < #SMs): a row is split over a thread-block CLUSTER of up to 8 CTAs (8 SMs); the
+//     two row maxima are exchanged through distributed shared memory (mapa + ld.shared::cluster,
+//     barrier.cluster). One CTA a row is issue-bound on one SM at decode (~65 instructions an
+//     element: K=14336 took 18.7 us in run 1).
+//   64 < M <= 256: one CTA a row, V = 1 (K <= 8192), 2 (K <= 16384), 8.
+//   M > 256: V = 4 (4 independent chunks a thread: ILP, 4x fewer barrier participants).
+// Block encoding (NUMERICS.md): one correctly rounded FP32 reciprocal per block (__frcp_rn),
+// one __fmul_rn per value, then the E2M1 threshold encode; no per-element division.
+// The kernel triggers programmatic dependent launch at its start, so the stream GEMM that
+// follows can issue its weight loads while this kernel runs (it waits before reading x_hat).
+#include "sharq_common.cuh"
+#include "sharq_kernels.h"
+
+namespace sharq {
+namespace {
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Max over the CTA (values are >= 0 and finite). red must hold 33 floats.
+__device__ __forceinline__ float block_max(float v, float* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_max(v);
+  __syncthreads();  // red may still be read from the previous reduction
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    float w = lane < nw ? red[lane] : 0.0f;
+    w = warp_max(w);
+    if (lane == 0) red[32] = w;
+  }
+  __syncthreads();
+  return red[32];
+}
+
+// Max over groups of `lanes` consecutive lanes (lanes = 1, 2, 4, 8).
+__device__ __forceinline__ float group_max(float v, int lanes) {
+  if (lanes >= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  if (lanes >= 4) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+  if (lanes >= 8) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 4));
+  return v;
+}
+
+// Rank-based top-2 of 4 scores with the lower-index tie rule: returns a 4-bit keep mask.
+__device__ __forceinline__ uint32_t top2of4(float s0, float s1, float s2, float s3) {
+  const float s[4] = {s0, s1, s2, s3};
+  uint32_t keep = 0;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    int rank = 0;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (j == i) continue;
+      rank += (s[j] > s[i]) || (j < i && s[j] == s[i]);
+    }
+    keep |= (rank < 2 ? 1u : 0u) << i;
+  }
+  return keep;
+}
+
+struct BlockQ {
+  // NUMERICS.md: one FP32 reciprocal per block, inv = 1/d (IEEE, correctly rounded; 0 when
+  // d == 0), then code = e2m1(v * inv) with one FP32 multiply per value. v * 0 keeps v's sign
+  // (-0 -> code 8), exactly as the reference's `blocks * inv`.
+  static __device__ __forceinline__ float inv_of(float d) { return d > 0.0f ? __frcp_rn(d) : 0.0f; }
+  static __device__ __forceinline__ uint32_t encode(float v, float inv) {
+    return e2m1_encode(__fmul_rn(v, inv));
+  }
+  static __device__ __forceinline__ float decode(uint32_t code, float d) {
+    return __fmul_rn(e2m1_decode(code), d);
+  }
+};
+
+// E4M3 block scale: returns the scale bits, sets d = fp32(s) * t.
+__device__ __forceinline__ uint32_t e4m3_block_scale(float block_amax, float t, float& d) {
+  const float denom = __fmul_rn(t, 6.0f);
+  const float ratio = denom > 0.0f ? __fdiv_rn(block_amax, denom) : 0.0f;
+  const uint32_t s = e4m3_encode(ratio);
+  d = __fmul_rn(e4m3_decode(s), t);
+  return s;
+}
+
+// E8M0 block scale: 2^(floor(log2(amax)) - 2), or 2^-127 for an all-zero block. Sets d = 2^e
+// and inv = 2^-e (both exact; 2^-127 is the FP32 subnormal 0x00400000).
+__device__ __forceinline__ float pow2_exact(int e) {  // e in [-127, 127]
+  return e >= -126 ? __int_as_float((e + 127) << 23) : __int_as_float(0x00400000);
+}
+__device__ __forceinline__ uint32_t e8m0_block_scale(float block_amax, float& d, float& inv) {
+  int e;
+  if (block_amax > 0.0f) {
+    // floor(log2(amax)) from the exponent bits (amax is finite and > 0; subnormals via frexp)
+    const uint32_t b = __float_as_uint(block_amax);
+    if ((b >> 23) != 0u) {
+      e = (int)(b >> 23) - 127 - 2;
+    } else {
+      int ex;
+      frexpf(block_amax, &ex);  // amax = m * 2^ex, m in [0.5, 1)
+      e = ex - 3;
+    }
+  } else {
+    e = -127;
+  }
+  e = max(-127, min(127, e));
+  d = pow2_exact(e);
+  inv = pow2_exact(-e);
+  return (uint32_t)(e + 127);
+}
+
+// chunk of 8 x 16-bit values kept raw in one uint4 (4 registers), converted on use
+template <typename T>
+__device__ __forceinline__ float elem(const uint4& u, int i) {
+  const T* e = reinterpret_cast<const T*>(&u);
+  return Elem<T>::to_float(e[i]);
+}
+
+template <typename T>
+__device__ __forceinline__ void store_chunk(T* p, const float (&v)[8]) {
+  uint4 u;
+  T* e = reinterpret_cast<T*>(&u);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) e[i] = Elem<T>::from_float(v[i]);
+  *reinterpret_cast<uint4*>(p) = u;
+}
+
+constexpr int kPrepLargeM = 256;      // rows above which the throughput configuration runs
+constexpr int kPrepClusterMaxM = 64;  // rows up to which a row is split over a CTA cluster
+
+// Cluster helpers (sm_90): a row split over `cl` CTAs of one thread-block cluster exchanges its
+// two row maxima through distributed shared memory.
+__device__ __forceinline__ void cluster_sync_all() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void cluster_arrive() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() {
+  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ float ld_cluster_f32(const float* local, int rank) {
+  uint32_t a = (uint32_t)__cvta_generic_to_shared(local), ra;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(ra) : "r"(a), "r"(rank));
+  float v;
+  asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(ra) : "memory");
+  return v;
+}
+
+// Max over the row: the CTA's max, then (cl > 1) over the cl CTAs of the cluster. slot is this
+// reduction's own shared word (never reused in the kernel, so one cluster barrier suffices).
+__device__ __forceinline__ float row_max(float v, float* red, float* slot, int cl) {
+  v = block_max(v, red);
+  if (cl > 1) {
+    if (threadIdx.x == 0) *slot = v;
+    cluster_sync_all();
+    const int lane = threadIdx.x & 31;
+    float r = lane < cl ? ld_cluster_f32(slot, lane) : 0.0f;
+    v = warp_max(r);
+  }
+  return v;
+}
+
+// One row per cluster of `cl` CTAs (cl = 1: plain launch, one row per CTA); CTA rank r of the
+// cluster owns chunks [r * K/(8 cl), (r+1) * K/(8 cl)) of its row (a multiple of 8 chunks, so
+// scale blocks never straddle CTAs).
+template <typename T, int V>
+__global__ void __launch_bounds__(V <= 2 ? 1024 : 512)
+prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int K, int fmt,
+            int pattern, PrepDebug dbg, int cl) {
+  __shared__ float red[33];
+  __shared__ float cslot[2];
+  // let a PDL-launched consumer (the stream GEMM) start its weight loads now; it still waits
+  // for this grid's completion (griddepcontrol.wait) before it reads x_hat
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  const int row = blockIdx.x / cl;
+  const int rank = blockIdx.x - row * cl;
+  const int tid = threadIdx.x;
+  const int nchunks = (K >> 3) / cl;       // chunks of this CTA
+  const int cbase = rank * nchunks;        // its first chunk in the row
+  const T* xr = x + (int64_t)row * x_stride + 8 * cbase;
+
+  uint4 xraw[V];
+  int nonfinite = 0;
+  float amax = 0.0f;
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    const int c = v * blockDim.x + tid;
+    xraw[v] = c < nchunks ? *reinterpret_cast<const uint4*>(xr + 8 * c) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const float e = elem<T>(xraw[v], i);
+      nonfinite |= !isfinite(e);
+      amax = fmaxf(amax, fabsf(e));
+    }
+  }
+  // One reduction for both: a non-finite row reduces to +Inf (a finite row's max is finite).
+  // The reference zeroes a non-finite row before quantizing it (its x_hat row is NaN).
+  amax = row_max(nonfinite ? __int_as_float(0x7f800000) : amax, red, &cslot[0], cl);
+  const bool bad_row = isinf(amax);
+  if (bad_row) {
+    amax = 0.0f;
+#pragma unroll
+    for (int v = 0; v < V; ++v) xraw[v] = make_uint4(0, 0, 0, 0);
+  }
+
+  const bool mx = fmt == 1;
+  const bool dense = pattern == 0;
+  // lanes per scale block (a lane holds 8 channels)
+  const int bb_lanes = (mx ? 4 : 2) * (dense ? 1 : 2);
+  const int rb_lanes = mx ? 4 : 2;
+  const float t_s = mx ? 0.0f : __fdiv_rn(amax, 2688.0f);
+
+  uint32_t bb_packed[V];  // backbone codes of each chunk (dequantized again in pass 2)
+  float bb_d[V];          // and their block's FP32 dequantization scale
+  float ramax = 0.0f;
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    const int c = v * blockDim.x + tid;
+    float xv[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) xv[i] = elem<T>(xraw[v], i);
+    // --- mask
+    uint32_t keep = 0xFFu;
+    if (pattern == 1) {
+      keep = top2of4(fabsf(xv[0]), fabsf(xv[1]), fabsf(xv[2]), fabsf(xv[3])) |
+             (top2of4(fabsf(xv[4]), fabsf(xv[5]), fabsf(xv[6]), fabsf(xv[7])) << 4);
+    } else if (pattern == 2) {
+      uint32_t kp = top2of4(fmaxf(fabsf(xv[0]), fabsf(xv[1])),
+                            fmaxf(fabsf(xv[2]), fabsf(xv[3])),
+                            fmaxf(fabsf(xv[4]), fabsf(xv[5])),
+                            fmaxf(fabsf(xv[6]), fabsf(xv[7])));
+      keep = 0;
+#pragma unroll
+      for (int u = 0; u < 4; ++u) keep |= ((kp >> u) & 1u) * (3u << (2 * u));
+    }
+    float sv[8];
+    float bam = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      sv[i] = ((keep >> i) & 1u) ? xv[i] : 0.0f;
+      bam = fmaxf(bam, fabsf(sv[i]));
+    }
+    bam = group_max(bam, bb_lanes);
+    float d, inv;
+    uint32_t sbits;
+    if (mx) {
+      sbits = e8m0_block_scale(bam, d, inv);
+    } else {
+      sbits = e4m3_block_scale(bam, t_s, d);
+      inv = BlockQ::inv_of(d);
+    }
+    uint32_t packed = 0;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const uint32_t code = BlockQ::encode(sv[i], inv);
+      packed |= code << (4 * i);
+      ramax = fmaxf(ramax, fabsf(__fsub_rn(xv[i], BlockQ::decode(code, d))));
+    }
+    bb_packed[v] = packed;
+    bb_d[v] = d;
+    if (c < nchunks) {
+      const int gc = cbase + c;
+      const int64_t rowK = (int64_t)row * K;
+      if (dbg.mask) {
+        uint2 m;
+        m.x = ((keep >> 0) & 1u) | (((keep >> 1) & 1u) << 8) | (((keep >> 2) & 1u) << 16) |
+              (((keep >> 3) & 1u) << 24);
+        m.y = ((keep >> 4) & 1u) | (((keep >> 5) & 1u) << 8) | (((keep >> 6) & 1u) << 16) |
+              (((keep >> 7) & 1u) << 24);
+        *reinterpret_cast<uint2*>(dbg.mask + rowK + 8 * gc) = m;
+      }
+      if (dbg.bb_codes) *reinterpret_cast<uint32_t*>(dbg.bb_codes + rowK / 2 + 4 * gc) = packed;
+      if (dbg.bb_scales && (gc % bb_lanes) == 0)
+        dbg.bb_scales[(int64_t)row * (K / (8 * bb_lanes)) + gc / bb_lanes] = (uint8_t)sbits;
+    }
+  }
+  ramax = row_max(ramax, red, &cslot[1], cl);
+  if (cl > 1) cluster_arrive();  // done reading the cluster's slots (waited for at the end)
+  const float t_r = mx ? 0.0f : __fdiv_rn(ramax, 2688.0f);
+  if (dbg.tscales && tid == 0 && rank == 0) {
+    dbg.tscales[2 * row + 0] = t_s;
+    dbg.tscales[2 * row + 1] = t_r;
+  }
+
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    const int c = v * blockDim.x + tid;
+    float xv[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) xv[i] = elem<T>(xraw[v], i);
+    float rv[8], deq_s[8];
+    float bam = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      deq_s[i] = BlockQ::decode((bb_packed[v] >> (4 * i)) & 0xFu, bb_d[v]);
+      rv[i] = __fsub_rn(xv[i], deq_s[i]);
+      bam = fmaxf(bam, fabsf(rv[i]));
+    }
+    bam = group_max(bam, rb_lanes);
+    float d, inv;
+    uint32_t sbits;
+    if (mx) {
+      sbits = e8m0_block_scale(bam, d, inv);
+    } else {
+      sbits = e4m3_block_scale(bam, t_r, d);
+      inv = BlockQ::inv_of(d);
+    }
+    uint32_t packed = 0;
+    float out[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const uint32_t code = BlockQ::encode(rv[i], inv);
+      packed |= code << (4 * i);
+      out[i] = bad_row ? __int_as_float(0x7fc00000) : __fadd_rn(deq_s[i], BlockQ::decode(code, d));
+    }
+    if (c < nchunks) {
+      const int gc = cbase + c;
+      store_chunk<T>(xhat + (int64_t)row * K + 8 * gc, out);
+      const int64_t rowK = (int64_t)row * K;
+      if (dbg.res_codes) *reinterpret_cast<uint32_t*>(dbg.res_codes + rowK / 2 + 4 * gc) = packed;
+      if (dbg.res_scales && (gc % rb_lanes) == 0)
+        dbg.res_scales[(int64_t)row * (K / (8 * rb_lanes)) + gc / rb_lanes] = (uint8_t)sbits;
+    }
+  }
+  if (cl > 1) cluster_wait();  // no CTA leaves while a peer may still read its cslot
+}
+
+template <typename T, int V>
+cudaError_t launch_v(const T* xp, int64_t x_stride, T* yp, int M, int K, int fmt, int pattern,
+                     const PrepDebug& dbg, int cl, cudaStream_t stream) {
+  const int nchunks = K / 8 / cl;
+  const int threads = ((nchunks + V - 1) / V + 31) / 32 * 32;
+  if (threads > (V <= 2 ? 1024 : 512)) return cudaErrorInvalidValue;
+  if (cl == 1) {
+    prep_kernel<T, V><<<dim3(M), dim3(threads), 0, stream>>>(xp, x_stride, yp, K, fmt, pattern, dbg, 1);
+    return cudaGetLastError();
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3((unsigned)M * (unsigned)cl);
+  cfg.blockDim = dim3(threads);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = cl;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, prep_kernel<T, V>, xp, x_stride, yp, K, fmt, pattern, dbg, cl);
+}
+
+// Rows split over a cluster for small M: K/(8 cl) must be a whole number of 8-chunk (64
+// channel) groups, so scale blocks (<= 64 channels) stay inside one CTA.
+inline int prep_cluster_size(int M, int K) {
+  if (M > kPrepClusterMaxM) return 1;
+  const int groups = K / 64;
+  if (K % 64) return 1;
+  for (int cl = 8; cl >= 2; --cl)
+    if (groups % cl == 0) return cl;
+  return 1;
+}
+
+template <typename T>
+cudaError_t launch_prep_t(const void* x, int64_t x_stride, void* xhat, int M, int K, int fmt,
+                          int pattern, const PrepDebug& dbg, int force_v, int force_cl,
+                          cudaStream_t stream) {
+  const T* xp = static_cast<const T*>(x);
+  T* yp = static_cast<T*>(xhat);
+  // Decode (M <= 64): latency-bound and, with one CTA a row, issue-bound on ONE SM (~65
+  // instructions an element: K=14336 is ~7k cycles); so a row is split over a cluster of up to
+  // 8 CTAs (8 SMs), exchanging the two row maxima through distributed shared memory.
+  // Medium M: one CTA a row, one 8-channel chunk a thread (up to K = 8192).
+  // Large M (> 256): throughput-bound, 4 chunks a thread (K=4096: 128 threads a row): 4x fewer
+  // barrier participants and shuffle rounds per element, 4 independent 16-byte loads a thread.
+  // Every configuration does the same per-element arithmetic: identical bits (tested).
+  int cl = prep_cluster_size(M, K);
+  if (force_cl > 0) {  // benchmarks / tests: an explicit configuration
+    cl = force_cl;
+    if (cl > 8 || (cl > 1 && K % (64 * cl))) return cudaErrorInvalidValue;
+  }
+  const int nchunks = K / 8 / cl;
+  if (force_v > 0) {
+    switch (force_v) {
+      case 1: return launch_v<T, 1>(xp, x_stride, yp, M, K, fmt, pattern, dbg, cl, stream);
+      case 2: return launch_v<T, 2>(xp, x_stride, yp, M, K, fmt, pattern, dbg, cl, stream);
+      case 4: return launch_v<T, 4>(xp, x_stride, yp, M, K, fmt, pattern, dbg, cl, stream);
+      case 8: return launch_v<T, 8>(xp, x_stride, yp, M, K, fmt, pattern, dbg, cl, stream);
+      default: return cudaErrorInvalidValue;
+    }
+  }
+  if (M > kPrepLargeM && nchunks <= 4 * 512)
+    return launch_v<T, 4>(xp, x_stride, yp, M, K, fmt, pattern, dbg, cl, stream);
+  if (nchunks <= 1024) return launch_v<T, 1>(xp, x_stride, yp, M, K, fmt, pattern, dbg, cl, stream);
+  if (nchunks <= 2048) return launch_v<T, 2>(xp, x_stride, yp, M, K, fmt, pattern, dbg, cl, stream);
+  return launch_v<T, 8>(xp, x_stride, yp, M, K, fmt, pattern, dbg, cl, stream);
+}
+
+}  // namespace
+
+cudaError_t launch_prep(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
+                        int fmt, int pattern, const PrepDebug& dbg, cudaStream_t stream,
+                        int force_v, int force_cl) {
+  if (M == 0) return cudaSuccess;
+  const int need = (fmt == 1 ? 32 : 16) * (pattern == 0 ? 1 : 2);
+  if (K <= 0 || K % need != 0 || K % 8 != 0 || K > 8 * 8 * 512) return cudaErrorInvalidValue;
+  switch (dtype) {
+    case kBF16: return launch_prep_t<__nv_bfloat16>(x, x_stride, xhat, M, K, fmt, pattern, dbg, force_v, force_cl, stream);
+    case kFP16: return launch_prep_t<__half>(x, x_stride, xhat, M, K, fmt, pattern, dbg, force_v, force_cl, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace sharq

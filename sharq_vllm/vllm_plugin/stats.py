@@ -1,0 +1,80 @@
+"""Per-process evidence that SharQ ran: what was quantized and how often it was called.
+
+Each vLLM worker process logs
+
+* one line per quantized layer at load time (``sharq: quantized <layer> ... bytes``),
+* a summary line after each layer with the running totals,
+* ``sharq: forward calls=<n>`` on the 1st, 2nd, 4th, 8th, ... SharQ linear call (the
+  reference path on CPU counts inside its custom op, so the count is exact even under
+  torch.compile).
+
+Tests read these lines from the server's log; ``snapshot()`` gives the same numbers in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+logger = logging.getLogger("sharq_vllm")
+
+_lock = threading.Lock()
+
+
+@dataclass
+class _Stats:
+    layers_quantized: int = 0
+    bytes_16bit: int = 0
+    bytes_sharq: int = 0
+    forward_calls: int = 0
+    forward_rows: int = 0
+
+
+_STATS = _Stats()
+
+
+def _log(msg: str, *args: object) -> None:
+    # vLLM configures its own "vllm" logger; ours propagates to root which vLLM may not
+    # print, so log through vLLM's logger when available.
+    try:
+        from vllm.logger import init_logger
+
+        init_logger("vllm.sharq").info(msg, *args)
+    except Exception:
+        logger.info(msg, *args)
+
+
+def record_quantized(
+    name: str, shape: tuple[int, int], bytes_16bit: int, bytes_sharq: int, how: str = ""
+) -> None:
+    with _lock:
+        _STATS.layers_quantized += 1
+        _STATS.bytes_16bit += bytes_16bit
+        _STATS.bytes_sharq += bytes_sharq
+        n, b16, bsq = _STATS.layers_quantized, _STATS.bytes_16bit, _STATS.bytes_sharq
+    _log(
+        "sharq: quantized %s [%d x %d] (%s): %d -> %d bytes (%.3fx); totals: %d layers, %d -> %d bytes",
+        name, shape[0], shape[1], how, bytes_16bit, bytes_sharq,
+        bytes_sharq / max(bytes_16bit, 1), n, b16, bsq,
+    )
+
+
+def record_forward(rows: int) -> None:
+    with _lock:
+        _STATS.forward_calls += 1
+        _STATS.forward_rows += rows
+        n, r = _STATS.forward_calls, _STATS.forward_rows
+    if n & (n - 1) == 0:  # 1, 2, 4, 8, ...
+        _log("sharq: forward calls=%d rows=%d (SharQ W4A4 linear ran in this process)", n, r)
+
+
+def snapshot() -> dict[str, int]:
+    with _lock:
+        return dict(vars(_STATS))
+
+
+def reset() -> None:
+    global _STATS
+    with _lock:
+        _STATS = _Stats()

@@ -1,0 +1,148 @@
+"""GPU: the preparation kernel, bit-exact against sharq_vllm.reference (outputs poisoned first)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from gpu_util import (
+    DTYPES,
+    FMTS,
+    GPU_MARKS,
+    PATTERNS,
+    bits,
+    heavy,
+    require_kernels,
+)
+
+from sharq_vllm import ops
+
+pytestmark = GPU_MARKS
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _kernels():
+    require_kernels()
+
+
+# ------------------------------------------------------------------------------------------
+# preparation kernel: bit-exact vs the reference
+# ------------------------------------------------------------------------------------------
+def _run_prep_debug_poisoned(x, fmt, pattern):
+    m, k = x.shape
+    bb, rb = ops._block_sizes(fmt, pattern)
+    u8 = dict(dtype=torch.uint8, device=x.device)
+    out = torch.full_like(x, float("nan"))
+    mask = torch.full((m, k), 0xAA, **u8)
+    bbc = torch.full((m, k // 2), 0xAA, **u8)
+    bbs = torch.full((m, k // bb), 0xAA, **u8)
+    rc = torch.full((m, k // 2), 0xAA, **u8)
+    rs = torch.full((m, k // rb), 0xAA, **u8)
+    ts = torch.full((m, 2), float("nan"), dtype=torch.float32, device=x.device)
+    torch.ops.sharq_C.prep_debug(
+        x, out, mask, bbc, bbs, rc, rs, ts, ops.FMT_CODES[fmt], ops.PATTERN_CODES[pattern]
+    )
+    return out, mask, bbc, bbs, rc, rs, ts
+
+
+# M > 256 runs the throughput configuration of the kernel (4 chunks a thread): cover it too
+PREP_SHAPES = [
+    (1, 4096),
+    (3, 64),
+    (17, 14336),
+    (255, 576),
+    (2, 28672),
+    (64, 1536),
+    (260, 14336),
+    (513, 4096),
+    (7, 576),  # cluster of 3 CTAs a row
+    (32, 4096),  # split over clusters of 8 CTAs a row (M <= 64; (64, 1536) too)
+]
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k", PREP_SHAPES)
+def test_prep_bit_exact(fmt, pattern, dtype, m, k):
+    x = heavy(m, k, dtype)
+    if m >= 3:
+        x[1] = 0.0  # all-zero row
+        x[2, 5] = float("nan")  # non-finite row -> NaN x_hat row
+    if m >= 17:
+        x[16, 7] = float("inf")
+        x[15, :] = x[15, :] * 1e-30  # tiny row (subnormal-ish scales)
+    got = _run_prep_debug_poisoned(x, fmt, pattern)
+    ref = ops._prepare_debug_reference(x.cpu(), fmt, pattern)
+    names = ["x_hat", "mask", "bb_codes", "bb_scales", "res_codes", "res_scales", "tscales"]
+    finite = torch.isfinite(x.cpu().float()).all(-1)
+    for name, g, r in zip(names, got, ref, strict=True):
+        g = g.cpu()
+        if name == "x_hat":
+            assert torch.isnan(g[~finite]).all(), "non-finite rows must be NaN rows"
+            gb, rb_ = bits(g[finite]), bits(r[finite])
+            bad = (gb != rb_).sum().item()
+            assert bad == 0, f"x_hat: {bad} of {gb.numel()} elements differ"
+        else:
+            gf, rf = g[finite], r.to(g.dtype)[finite]
+            if name == "tscales":
+                assert torch.equal(gf.view(torch.int32), rf.view(torch.int32)), name
+            else:
+                bad = (gf != rf).sum().item()
+                assert bad == 0, f"{name}: {bad} of {gf.numel()} differ"
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+def test_reference_same_on_gpu_and_cpu(fmt):
+    # run 1 failure: torch on CUDA computes `tensor / 2688.0` as `tensor * (1/2688)` (one bit
+    # off in ~21% of bf16 amax values); formats.tensor_scale_of divides by a same-device tensor
+    x = heavy(512, 4096, torch.bfloat16)
+    g = ops._prepare_debug_reference(x, fmt, "4:8-pairs")
+    c = ops._prepare_debug_reference(x.cpu(), fmt, "4:8-pairs")
+    for a, b in zip(g, c, strict=True):
+        a = a.cpu()
+        assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("pattern", ["4:8-pairs", "2:4"])
+def test_prepare_op_matches_debug_and_large_m(fmt, pattern):
+    # the serving op (no debug outputs) gives the same x_hat; a big M against the reference
+    # evaluated on the GPU (same IEEE FP32 ops; checked equal to the CPU reference above)
+    x = heavy(4096, 4096, torch.bfloat16)
+    y = torch.ops.sharq.prepare(x, fmt, pattern)
+    ref_gpu = ops._prepare_debug_reference(x, fmt, pattern)[0]
+    assert torch.equal(bits(y), bits(ref_gpu))
+    xs = x[:64].cpu()
+    assert torch.equal(bits(y[:64].cpu()), bits(ops._prepare_debug_reference(xs, fmt, pattern)[0]))
+
+
+def test_prep_repeatable():
+    x = heavy(17, 4096, torch.bfloat16)
+    first = torch.ops.sharq.prepare(x, "nvfp4", "4:8-pairs")
+    for _ in range(100):
+        assert torch.equal(bits(torch.ops.sharq.prepare(x, "nvfp4", "4:8-pairs")), bits(first))
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("m,k", [(5, 4096), (300, 4096), (9, 14336), (40, 28672)])
+def test_prep_configurations_identical(fmt, m, k):
+    # every (chunks a thread, CTAs a row) configuration the dispatcher may pick gives the bits
+    # of the automatic one (which the tests above pin to the reference)
+    x = heavy(m, k, torch.bfloat16)
+    x[min(2, m - 1), 3] = float("nan")
+    want = torch.ops.sharq.prepare(x, fmt, "4:8-pairs")
+    ran = 0
+    for v in (1, 2, 4, 8):
+        for cl in (1, 2, 4, 8):
+            if k % (64 * cl):
+                continue
+            threads = -(-(k // 8 // cl) // v)
+            if threads > (1024 if v <= 2 else 512):
+                continue
+            out = torch.full_like(x, float("nan"))
+            torch.ops.sharq_C.prep_cfg(
+                x, out, ops.FMT_CODES[fmt], ops.PATTERN_CODES["4:8-pairs"], v, cl
+            )
+            assert torch.equal(bits(out), bits(want)), (v, cl)
+            ran += 1
+    assert ran >= 4

@@ -1,0 +1,128 @@
+"""CPU tests of the op layer (sharq_vllm/ops.py): reference impls, fake impls, torch.compile
+tracing, packing, dispatch, and the public API's fallbacks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sharq_vllm import ops
+from sharq_vllm.reference import apply_linear, prepare_activation, quantize_weight
+
+
+def _heavy(m, k, dtype=torch.bfloat16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(m, k, generator=g) / (torch.randn(m, k, 3, generator=g).pow(2).mean(-1).sqrt())
+    t[:, torch.randperm(k, generator=g)[:3]] *= 40
+    return t.to(dtype)
+
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4"])
+@pytest.mark.parametrize("pattern", ["4:8-pairs", "2:4", "dense"])
+def test_prepare_cpu_is_reference(fmt, pattern):
+    x = _heavy(5, 128)
+    y = torch.ops.sharq.prepare(x, fmt, pattern)
+    assert torch.equal(y, prepare_activation(x, fmt, pattern).x_hat)
+    dbg = torch.ops.sharq.prepare_debug(x, fmt, pattern)
+    assert torch.equal(dbg[0], y)
+    bb, rb = ops._block_sizes(fmt, pattern)
+    assert dbg[3].shape == (5, 128 // bb) and dbg[5].shape == (5, 128 // rb)
+
+
+def test_prepare_with_norm():
+    x = _heavy(4, 64)
+    w = torch.rand(64).to(torch.bfloat16) + 0.5
+    y = torch.ops.sharq.prepare(x, "nvfp4", "2:4", w, 1e-5)
+    xn = ops._rms_norm(x, w, 1e-5)
+    assert torch.equal(y, prepare_activation(xn, "nvfp4", "2:4").x_hat)
+
+
+def test_linear_cpu_matches_reference():
+    w = _heavy(48, 128, torch.float32, seed=3)
+    payload = quantize_weight(w)
+    packed = ops.pack_weight(payload, "cpu")
+    assert packed.layout == ops.LAYOUT_CANONICAL
+    x = _heavy(3, 128, seed=4)
+    bias = torch.randn(48).to(torch.bfloat16)
+    y = ops.sharq_linear(x, packed, bias, "nvfp4", "4:8-pairs")
+    assert torch.equal(y, apply_linear(x, payload, bias, "nvfp4", "4:8-pairs"))
+    # leading batch dims
+    y3 = ops.sharq_linear(x.reshape(1, 3, 128), packed, bias)
+    assert y3.shape == (1, 3, 48) and torch.equal(y3.reshape(3, 48), y)
+
+
+def test_fake_impls_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    payload = quantize_weight(_heavy(40, 128, torch.float32))
+    q, s, n_pad = ops.tile_weight(payload.codes, payload.block_scales, 32)
+    with FakeTensorMode() as mode:
+        x = mode.from_tensor(_heavy(7, 128))
+        qf, sf, tsf = (
+            mode.from_tensor(q),
+            mode.from_tensor(s),
+            mode.from_tensor(payload.tensor_scale),
+        )
+        xh = torch.ops.sharq.prepare(x, "nvfp4", "4:8-pairs")
+        assert xh.shape == (7, 128) and xh.dtype == torch.bfloat16
+        y = torch.ops.sharq.gemm(xh, qf, sf, tsf, None, 40, n_pad, 128, 32, ops.LAYOUT_TILED, 1.0)
+        assert y.shape == (7, 40) and y.dtype == torch.bfloat16
+        d = torch.ops.sharq.prepare_debug(x, "mxfp4", "2:4")
+        assert [t.shape for t in d] == [
+            (7, 128),
+            (7, 128),
+            (7, 64),
+            (7, 2),
+            (7, 64),
+            (7, 4),
+            (7, 2),
+        ]
+
+
+def test_opcheck():
+    x = _heavy(3, 64)
+    torch.library.opcheck(torch.ops.sharq.prepare.default, (x, "nvfp4", "2:4"))
+    payload = quantize_weight(_heavy(32, 64, torch.float32))
+    packed = ops.pack_weight(payload, "cpu")
+    args = (
+        x,
+        packed.qweight,
+        packed.scales,
+        packed.tensor_scale,
+        None,
+        packed.n,
+        packed.n_pad,
+        packed.k,
+        packed.block,
+        packed.layout,
+        packed.alpha,
+    )
+    torch.library.opcheck(torch.ops.sharq.gemm.default, args)
+
+
+def test_torch_compile_fullgraph_cpu():
+    payload = quantize_weight(_heavy(32, 128, torch.float32, seed=9))
+    packed = ops.pack_weight(payload, "cpu")
+
+    def f(x):
+        return ops.sharq_linear(x, packed, None, "nvfp4", "4:8-pairs") + 1.0
+
+    cf = torch.compile(f, fullgraph=True, dynamic=True, backend="eager")
+    for m in (1, 5):
+        x = _heavy(m, 128, seed=m)
+        assert torch.equal(cf(x), f(x))
+
+
+def test_dispatch_is_pure_function_of_m(monkeypatch):
+    monkeypatch.setitem(ops.CONFIG, "gemm_path", "auto")
+    monkeypatch.setitem(ops.CONFIG, "mma_max_m", 64)
+    assert ops.gemm_path_for(1) == "mma" and ops.gemm_path_for(64) == "mma"
+    assert ops.gemm_path_for(65) == "dequant_mm"
+    monkeypatch.setitem(ops.CONFIG, "gemm_path", "mma")
+    assert ops.gemm_path_for(10_000) == "mma"
+
+
+def test_kernel_path_reports_cpu():
+    ok, why = ops.kernel_path_available("cpu")
+    assert not ok and "reference" in why
+    assert "reference" in ops.describe_kernel("cpu")

