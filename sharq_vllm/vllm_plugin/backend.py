@@ -95,3 +95,16 @@ def tensors_of(obj: Any) -> list[torch.Tensor]:
 
 def nbytes(obj: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors_of(obj))
+
+
+def kernel_label(packed: Any) -> str:
+    """Which implementation this layer's SharQ linear runs on (for the per-layer load log)."""
+    layout = getattr(packed, "layout", None)
+    ops = _ops()
+    if ops is not None and layout == getattr(ops, "LAYOUT_TILED", object()):
+        mma_max_m = int(ops.CONFIG.get("mma_max_m", 64))
+        return (
+            f"kernel=cuda prep+W4A16 GEMM (mma.sync M<={mma_max_m}, dequant+cuBLAS above)"
+        )
+    device = getattr(getattr(packed, "qweight", None), "device", None)
+    return f"kernel=reference ({device.type if device is not None else 'cpu'})"

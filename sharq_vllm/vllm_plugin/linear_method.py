@@ -95,6 +95,7 @@ class SharQLinearMethod(LinearMethodBase):
         **extra_weight_attrs: Any,
     ) -> None:
         self._check_k(layer, input_size_per_partition, input_size)
+        self._check_dtype(layer, params_dtype)
         output_size_per_partition = sum(output_partition_sizes)
         weight_loader = extra_weight_attrs.pop("weight_loader")
         layer.logical_widths = output_partition_sizes
@@ -150,6 +151,17 @@ class SharQLinearMethod(LinearMethodBase):
                 " or use another tensor-parallel size."
             )
 
+    def _check_dtype(self, layer: Any, params_dtype: torch.dtype) -> None:
+        """Startup error (before any weight is read) for a 16-bit weight dtype SharQ cannot
+        quantize, instead of a failure inside the first load."""
+        from sharq_vllm.reference import SUPPORTED_DTYPES
+
+        if params_dtype not in SUPPORTED_DTYPES:
+            raise SharQOptionError(
+                f"sharq: cannot quantize layer {self.prefix or type(layer).__name__}: weight dtype "
+                f"{params_dtype} is not supported; serve with --dtype bfloat16, float16 or float32"
+            )
+
     def _is_tp_sharded(self, layer: Any) -> bool:
         if int(getattr(layer, "tp_size", 1)) == 1:
             return False
@@ -189,7 +201,10 @@ class SharQLinearMethod(LinearMethodBase):
         how = f"{o.format} {o.pattern} w{o.weight_block} {o.weight_rounding} act={o.act_scale}"
         if source != "online":
             how += f", from {source}"
-        stats.record_quantized(self.prefix or type(layer).__name__, shape, bytes_16, backend.nbytes(packed), how)
+        stats.record_quantized(
+            self.prefix or type(layer).__name__, shape, bytes_16, backend.nbytes(packed), how,
+            kernel=backend.kernel_label(packed),
+        )
         layer._already_called_process_weights_after_loading = True
 
     # -- forward ---------------------------------------------------------------------------

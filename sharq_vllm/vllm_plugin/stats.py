@@ -46,7 +46,12 @@ def _log(msg: str, *args: object) -> None:
 
 
 def record_quantized(
-    name: str, shape: tuple[int, int], bytes_16bit: int, bytes_sharq: int, how: str = ""
+    name: str,
+    shape: tuple[int, int],
+    bytes_16bit: int,
+    bytes_sharq: int,
+    how: str = "",
+    kernel: str = "",
 ) -> None:
     with _lock:
         _STATS.layers_quantized += 1
@@ -54,9 +59,9 @@ def record_quantized(
         _STATS.bytes_sharq += bytes_sharq
         n, b16, bsq = _STATS.layers_quantized, _STATS.bytes_16bit, _STATS.bytes_sharq
     _log(
-        "sharq: quantized %s [%d x %d] (%s): %d -> %d bytes (%.3fx); totals: %d layers, %d -> %d bytes",
+        "sharq: quantized %s [%d x %d] (%s): %d -> %d bytes (%.3fx); totals: %d layers, %d -> %d bytes%s",
         name, shape[0], shape[1], how, bytes_16bit, bytes_sharq,
-        bytes_sharq / max(bytes_16bit, 1), n, b16, bsq,
+        bytes_sharq / max(bytes_16bit, 1), n, b16, bsq, f"; {kernel}" if kernel else "",
     )
 
 
