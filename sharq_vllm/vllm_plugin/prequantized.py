@@ -37,6 +37,7 @@ class SharQPrequantizedLinearMethod(SharQLinearMethod):
         from sharq_vllm import checkpoint
 
         self._check_k(layer, input_size_per_partition, input_size)
+        self._check_dtype(layer, params_dtype)
         checkpoint.create_packed_parameters(
             layer,
             prefix=self.prefix,
