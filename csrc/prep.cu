@@ -392,8 +392,8 @@ cudaError_t launch_prep_t(const void* x, int64_t x_stride, void* xhat, int M, in
   // instructions an element: K=14336 is ~7k cycles); so a row is split over a cluster of up to
   // 8 CTAs (8 SMs), exchanging the two row maxima through distributed shared memory.
   // Medium M: one CTA a row, one 8-channel chunk a thread (up to K = 8192).
-  // Large M (> 256): throughput-bound, 4 chunks a thread (K=4096: 128 threads a row): 4x fewer
-  // barrier participants and shuffle rounds per element, 4 independent 16-byte loads a thread.
+  // Large M (> 256): throughput-bound, 2 chunks a thread (K=4096: 256 threads a row): fewer
+  // barrier participants and shuffle rounds per element, 2 independent 16-byte loads a thread.
   // Every configuration does the same per-element arithmetic: identical bits (tested).
   int cl = prep_cluster_size(M, K);
   if (force_cl > 0) {  // benchmarks / tests: an explicit configuration
@@ -410,6 +410,11 @@ cudaError_t launch_prep_t(const void* x, int64_t x_stride, void* xhat, int M, in
       default: return cudaErrorInvalidValue;
     }
   }
+  // Large M: 2 chunks a thread. The H100 sweep (benchmarks/results/kernels-H100.json,
+  // prep_configs_us) measured V=2 20-25% faster than V=4 at M >= 1024 for K = 4096 and 14336
+  // (V=4's 100 registers cap residency at 5 CTAs/SM for K=4096, 1 CTA/SM for K=14336).
+  if (M > kPrepLargeM && nchunks <= 2 * 1024)
+    return launch_v<T, 2>(xp, x_stride, yp, M, K, fmt, pattern, dbg, cl, stream);
   if (M > kPrepLargeM && nchunks <= 4 * 512)
     return launch_v<T, 4>(xp, x_stride, yp, M, K, fmt, pattern, dbg, cl, stream);
   if (nchunks <= 1024) return launch_v<T, 1>(xp, x_stride, yp, M, K, fmt, pattern, dbg, cl, stream);

@@ -41,10 +41,21 @@ _DECODE_TABLE = torch.tensor(
 )
 
 
+_DECODE_TABLES: dict[torch.device, torch.Tensor] = {}
+
+
+def _decode_table(device: torch.device) -> torch.Tensor:
+    # One copy per device, made on first use (vLLM's warm-up run, before CUDA-graph capture:
+    # a host-to-device copy is not allowed while a graph is being captured).
+    table = _DECODE_TABLES.get(device)
+    if table is None:
+        table = _DECODE_TABLES[device] = _DECODE_TABLE.to(device)
+    return table
+
+
 def e2m1_decode(codes: torch.Tensor) -> torch.Tensor:
     """uint8 codes in [0, 15] -> float32 values."""
-    table = _DECODE_TABLE.to(codes.device)
-    return table[codes.long()]
+    return _decode_table(codes.device)[codes.long()]
 
 
 def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:

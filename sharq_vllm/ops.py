@@ -33,6 +33,7 @@ from . import kernels as _kernels
 from .formats import WEIGHT_FORMATS, QuantizedBlocks
 from .fp4 import unpack_nibbles
 from .reference import WeightPayload, dequantize_weight, prepare_activation
+from .reference import gemm as reference_gemm
 
 logger = logging.getLogger(__name__)
 
@@ -342,11 +343,7 @@ def _(x, fmt, pattern):
 # ----------------------------------------------------------------------------------------
 def _gemm_reference(x_hat, qweight, scales, tensor_scale, bias, n, k, block, layout):
     payload = _canonical_payload(qweight, scales, tensor_scale, n, k, block, layout)
-    w = dequantize_weight(payload)
-    y = x_hat.reshape(-1, k).float() @ w.T
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x_hat.dtype).reshape(*x_hat.shape[:-1], n)
+    return reference_gemm(x_hat, payload, bias)
 
 
 @torch.library.custom_op("sharq::gemm", mutates_args=())

@@ -6,14 +6,15 @@ The method (DESIGN.md; bit-level contract in docs/NUMERICS.md), per activation r
     backbone  = Q(x * mask)                      # FP4, blocks of 2x the format's block
     residual  = Q(x - deQ(backbone))             # dense FP4: dropped values + rounding error
     x_hat     = deQ(backbone) + deQ(residual)    # rounded once to x.dtype
-    y         = x_hat @ deQ(Wq)^T + bias         # Wq: E2M1 + E4M3/32 + FP32 tensor scale
+    y         = x_hat @ deQ(Wq)^T + bias         # Wq: E2M1 + E4M3/32 + FP32 tensor scale;
+                                                 # float64 accumulation (batch-invariant)
 
 Every function is batched over leading dims, takes bf16/fp16/fp32, and loops over no elements.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -204,6 +205,46 @@ def sharq_weight(w: torch.Tensor, block: int = 32, rounding: str = "rtn") -> tor
     return dequantize_weight(quantize_weight(w, block, rounding)).to(w.dtype)
 
 
+def accumulation_dtype(device: torch.device) -> torch.dtype:
+    """float64 (CPU, CUDA); MPS has no float64, so FP32 there (not batch-invariant)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+# :func:`gemm` dequantizes the weight a slice of output rows at a time, the slice's float64
+# weight about this many bytes: on CPU the slice stays in cache from dequantization to GEMM
+# (faster than one whole-matrix pass, even in FP32); elsewhere it bounds the transient memory.
+GEMM_SLICE_BYTES = {"cpu": 4 << 20}
+GEMM_SLICE_BYTES_DEFAULT = 128 << 20
+
+
+def gemm(x_hat: torch.Tensor, weight: WeightPayload, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x_hat @ deQ(W)^T + bias, accumulated in float64, rounded to FP32 and then to
+    x_hat's dtype (docs/NUMERICS.md, "Linear").
+
+    Batch-invariant (a row's bits do not depend on the other rows): every product (x_hat value
+    x FP32 weight, <= 48 significant bits) is exact in float64, and the sum's rounding errors
+    (~2^-53 relative) are far below the FP32 rounding that follows, so the summation order the
+    BLAS picks for the batch's row count M, which moves an FP32 GEMM's last bits, does not show
+    in the result (short of a sum within ~K * 2^-53 of an FP32 rounding boundary). The weight
+    slices depend on N and K only, never on M.
+    """
+    acc = accumulation_dtype(x_hat.device)
+    k = x_hat.shape[-1]
+    n = weight.codes.shape[0]
+    x2 = x_hat.reshape(-1, k).to(acc)  # exact
+    budget = GEMM_SLICE_BYTES.get(x_hat.device.type, GEMM_SLICE_BYTES_DEFAULT)
+    rows = max(16, budget // (k * x2.element_size()))
+    parts = []
+    for r0 in range(0, n, rows):
+        sl = slice(r0, r0 + rows)
+        part = replace(weight, codes=weight.codes[sl], block_scales=weight.block_scales[sl])
+        parts.append(x2 @ dequantize_weight(part).to(acc).T)  # the widening is exact
+    y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+    if bias is not None:
+        y = y + bias.to(acc)
+    return y.float().to(x_hat.dtype).reshape(*x_hat.shape[:-1], n)
+
+
 def apply_linear(
     x: torch.Tensor,
     weight: WeightPayload,
@@ -213,12 +254,8 @@ def apply_linear(
     *,
     act_scale: str = "token",
 ) -> torch.Tensor:
-    """y = x_hat @ deQ(W)^T + bias with a pre-quantized weight; FP32 math, x's dtype out."""
-    x_hat = sharq_activation(x, fmt, pattern, act_scale=act_scale)
-    y = x_hat.float() @ dequantize_weight(weight).T
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype)
+    """y = x_hat @ deQ(W)^T + bias with a pre-quantized weight (:func:`gemm`), x's dtype out."""
+    return gemm(sharq_activation(x, fmt, pattern, act_scale=act_scale), weight, bias)
 
 
 def sharq_linear(

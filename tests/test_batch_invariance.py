@@ -4,19 +4,23 @@ tests/server/test_robustness.py, where batched greedy outputs diverged at exact 
 
 * The activation preparation (per-token scales, sparse backbone + dense residual) is
   row-independent: asserted bit for bit.
-* The FP32 GEMM in ``reference.apply_linear`` (``x_hat.float() @ W.T``) is not: MKL/oneDNN
-  pick other kernels and reduction orders for other row counts, so rows differ in the last
-  bit, which FP4 activation rounding downstream can amplify into a greedy flip at a near-tie.
-  Marked xfail until the reference GEMM is made batch-invariant (e.g. accumulating in float64
-  then rounding: 0 mismatches measured on this machine at M in {2, 3, 8, 16, 64}).
+* The reference GEMM (``reference.gemm``, behind ``reference.apply_linear`` and the CPU impl of
+  ``torch.ops.sharq.gemm``) accumulates in float64 and rounds once to FP32: asserted bit for
+  bit. An FP32 GEMM (``x_hat.float() @ W.T``, the earlier reference) is not: MKL/oneDNN pick
+  other kernels and reduction orders for other row counts, so rows differ in the last bit,
+  which FP4 activation rounding downstream can amplify into a greedy flip at a near-tie.
 """
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
-from sharq_vllm import reference
+from sharq_vllm import ops, reference
+
+_SEED = int.from_bytes(os.urandom(4), "little")  # fresh data every run; printed on failure
 
 
 def _data() -> tuple[torch.Tensor, torch.Tensor]:
@@ -24,6 +28,14 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
     w = torch.randn(1536, 576, dtype=torch.bfloat16) * 0.05
     x = torch.randn(16, 576, dtype=torch.bfloat16) * torch.linspace(0.1, 20, 576).to(torch.bfloat16)
     return x, w
+
+
+def _heavy(m: int, k: int, seed: int, scale: float = 60.0) -> torch.Tensor:
+    """Student-t(3) rows with a few outlier channels (FP32)."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(m, k, generator=g) / torch.randn(m, k, 3, generator=g).pow(2).mean(-1).sqrt()
+    t[:, torch.randperm(k, generator=g)[:4]] *= scale
+    return t
 
 
 @pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4"])
@@ -34,8 +46,6 @@ def test_activation_preparation_is_row_invariant(fmt: str) -> None:
     assert torch.equal(batched, alone)
 
 
-@pytest.mark.xfail(reason="reference.apply_linear's FP32 GEMM rounds differently for other row "
-                   "counts (MKL kernel choice); see the module docstring", strict=False)
 def test_reference_linear_is_row_invariant() -> None:
     x, w = _data()
     payload = reference.quantize_weight(w)
@@ -43,3 +53,50 @@ def test_reference_linear_is_row_invariant() -> None:
         batched = reference.apply_linear(x[:m], payload)
         alone = torch.cat([reference.apply_linear(x[i : i + 1], payload) for i in range(m)])
         assert torch.equal(batched, alone), f"M={m}: {(batched != alone).sum().item()} outputs differ"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("n,k", [(1536, 576), (256, 4096)])
+def test_reference_gemm_row_is_the_same_in_any_batch(dtype: torch.dtype, n: int, k: int) -> None:
+    """Each row of a batch of M in {1, 2, 3, 8, 17, 64}, at any offset, has the bits it has
+    alone: the reference GEMM and the CPU op both (fresh heavy-tailed data, with a bias)."""
+    seed = _SEED + n + k + {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}[dtype]
+    payload = reference.quantize_weight(_heavy(n, k, seed, scale=10.0) * 0.02)
+    packed = ops.pack_weight(payload, "cpu")
+    x = reference.sharq_activation(_heavy(64 + 17, k, seed + 1).to(dtype))
+    bias = (_heavy(1, n, seed + 2).reshape(n) * 0.1).to(dtype)
+    alone = torch.cat([reference.gemm(x[i : i + 1], payload, bias) for i in range(len(x))])
+    assert torch.isfinite(alone).all()
+    for m in (1, 2, 3, 8, 17, 64):
+        for off in (0, len(x) - m):
+            rows = slice(off, off + m)
+            for name, y in (
+                ("reference.gemm", reference.gemm(x[rows], payload, bias)),
+                ("sharq.gemm op", ops.sharq_gemm(x[rows], packed, bias)),
+            ):
+                bad = (y != alone[rows]).sum().item()
+                assert bad == 0, f"{name} M={m} offset={off}: {bad} outputs differ (seed {seed})"
+
+
+def test_reference_gemm_bits_do_not_depend_on_the_weight_slicing(monkeypatch) -> None:
+    """The weight is dequantized a slice of output rows at a time (bounded by bytes, so the
+    slices follow N and K): other slicings give the same bits."""
+    payload = reference.quantize_weight(_heavy(200, 512, _SEED, scale=10.0) * 0.02)
+    x = reference.sharq_activation(_heavy(9, 512, _SEED + 1).to(torch.bfloat16))
+    whole = reference.gemm(x, payload)
+    for rows in (16, 48, 199):
+        monkeypatch.setitem(reference.GEMM_SLICE_BYTES, "cpu", rows * 512 * 8)
+        assert torch.equal(reference.gemm(x, payload), whole), f"{rows}-row slices (seed {_SEED})"
+
+
+def test_nonfinite_row_stays_in_its_row() -> None:
+    """A NaN/Inf input row gives an all-NaN output row (docs/NUMERICS.md) and leaves the other
+    rows' bits as they are alone."""
+    payload = reference.quantize_weight(_heavy(96, 256, _SEED, scale=10.0) * 0.02)
+    x = _heavy(8, 256, _SEED + 1).to(torch.bfloat16)
+    x[3, 7] = float("inf")
+    x[5, 0] = float("nan")
+    y = reference.apply_linear(x, payload)
+    assert torch.isnan(y[[3, 5]]).all()
+    for i in (0, 1, 2, 4, 6, 7):
+        assert torch.equal(y[i], reference.apply_linear(x[i : i + 1], payload)[0]), i

@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> None:
         dtype="bfloat16",
         max_model_len=1024,
         gpu_memory_utilization=args.gpu_memory_utilization,
+        tensor_parallel_size=args.tensor_parallel_size,
         enforce_eager=args.eager,
         seed=0,
     )
@@ -69,6 +70,8 @@ def run(args: argparse.Namespace) -> None:
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "startup_s": round(startup, 1),
+        "tensor_parallel_size": args.tensor_parallel_size,
+        "eager": bool(args.eager),
         "results": results,
     }
     Path(args.out).write_text(json.dumps(info, indent=1) + "\n")
@@ -122,6 +125,7 @@ def main() -> int:
     r.add_argument("--max-tokens", type=int, default=32)
     r.add_argument("--gpu-memory-utilization", type=float, default=0.3)
     r.add_argument("--eager", action="store_true")
+    r.add_argument("--tensor-parallel-size", "--tp", type=int, default=1)
     c = sub.add_parser("compare")
     c.add_argument("a")
     c.add_argument("b")

@@ -92,3 +92,31 @@ def test_sharq_linear_end_to_end_vs_reference():
         )
         ref = apply_linear(x.cpu(), cpu_payload, None, "nvfp4", "4:8-pairs")
         assert rel(y.cpu(), ref) < 1e-2
+
+
+def test_reference_linear_in_cuda_graph():
+    """The plugin's PyTorch reference path (used when the kernels are absent) runs inside vLLM's
+    CUDA graphs: after a warm-up call it must not copy host tensors to the device (a capture
+    error; found on H100 with vLLM 0.26: the FP4 decode table was copied on every call)."""
+    from sharq_vllm import reference
+
+    w = heavy(512, 1024, torch.float32, outliers=2, scale=8.0, device="cuda")
+    payload = reference.quantize_weight(w, block=32)
+    static_x = heavy(8, 1024, torch.bfloat16)
+
+    def step():
+        return reference.apply_linear(static_x, payload, None, "nvfp4", "4:8-pairs")
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        step()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = step()
+    new_x = heavy(8, 1024, torch.bfloat16)
+    static_x.copy_(new_x)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(bits(static_y), bits(reference.apply_linear(new_x, payload, None, "nvfp4", "4:8-pairs")))
