@@ -9,6 +9,7 @@
 # machine goes back.
 #
 # Here (CPU machine), once:   bash scripts/gpu_session.sh pack     -> .device-carry/cNN/ (git-ignored)
+#                             bash scripts/gpu_session.sh plan     -> the calls: carry lists + commands
 # On the device, every call:  bash scripts/gpu_session.sh stash .device-carry/cNN [.device-vllm/pN]
 #                             bash scripts/gpu_session.sh lane NAME GPUS JOB...   (starts a lane)
 #                             bash scripts/gpu_session.sh status; bash scripts/gpu_session.sh collect
@@ -53,17 +54,20 @@ pack() {
   # .device-carry/cNN: what each call carries beside .device-vllm/pN; per call at most
   # LIMIT bytes in all (the 64 MiB travel limit minus the tracked tree and a margin).
   local limit=${LIMIT:-$((61 * 1024 * 1024))} cache=${SHARQ_VLLM_CACHE_LOCAL:-$HOME/.cache/sharq-vllm}
-  local py=python3
-  rm -rf .device-carry && mkdir -p .device-carry
-  $py - "$limit" "$cache" "${PACK_MODELS:-qwen gemma smollm2}" <<'PY'
-import gzip, hashlib, os, shutil, sys
+  local py=python3 carry=${CARRY_DIR:-.device-carry}
+  rm -rf "$carry" && mkdir -p "$carry"
+  $py - "$limit" "$cache" "${PACK_MODELS:-qwen gemma smollm2}" "$carry" <<'PY'
+import gzip, hashlib, shutil, sys
 from pathlib import Path
 limit, cache, models = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3].split()
 names = {"qwen": "qwen2.5-coder-1.5b-instruct.gguf", "gemma": "gemma-3-270m-q4_k_m.gguf",
          "smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf"}
-root = Path(".device-carry")
+root = Path(sys.argv[4])
 vllm = sorted(Path(".device-vllm").glob("p*"))
-def size(p): return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+def size(p):
+    if not p.exists():
+        return 0
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
 first_extra = [Path("build/prebuilt"), Path("benchmarks/serving/.shapes")]
 calls = []  # list of (free bytes, dir)
 def new_call(fixed):
@@ -72,7 +76,7 @@ def new_call(fixed):
     calls.append([limit - fixed, d])
     return calls[-1]
 # call 1..3 share room with the vLLM bundle parts; call 1 also with the prebuilt lib + shapes
-for i, p in enumerate(vllm):
+for i, p in enumerate(vllm or [Path("-")]):
     fixed = size(p) + (sum(size(e) for e in first_extra) if i == 0 else 0)
     new_call(fixed)
 # small things first, into call 1
@@ -218,18 +222,28 @@ use_reference() { export SHARQ_EXT_LIB='' SHARQ_JIT=0; }
 
 wait_vllm() { while [ ! -f "$HOME/vllm-site/.complete" ]; do sleep 5; done; }
 
+pieces_complete() {  # MODEL: all pieces named in its manifest are in $STASH
+  local m=$1 man have
+  man=$(cat "$STASH/$m.gguf.manifest" 2>/dev/null) || return 1
+  have=("$STASH/$m".gguf.[0-9]*)
+  [ -f "${have[0]}" ] && [ "${#have[@]}" -ge "$(echo "$man" | cut -d' ' -f2)" ]
+}
+
+join_pieces() {  # MODEL DEST_FILE: concatenate the pieces in order and check the sha256
+  local m=$1 dest=$2 man
+  pieces_complete "$m" || { log "$m: pieces missing"; return 3; }
+  man=$(cat "$STASH/$m.gguf.manifest")
+  mkdir -p "$(dirname "$dest")"
+  cat "$STASH/$m".gguf.[0-9]* > "$dest"
+  echo "$(echo "$man" | cut -d' ' -f4)  $dest" | sha256sum -c --quiet || { log "$m: sha256 mismatch"; return 3; }
+  log "$m: joined $(echo "$man" | cut -d' ' -f2) pieces, $(stat -c %s "$dest") bytes, sha256 ok"
+}
+
 model_job() {  # join pieces, check, install gguf, convert GGUF -> bf16 folder
-  local m=$1 gguf=${GGUF[$1]} man
+  local m=$1 gguf=${GGUF[$1]}
   log "waiting for all pieces of $gguf"
-  while :; do
-    man=$(cat "$STASH/$m.gguf.manifest" 2>/dev/null)
-    local have=("$STASH/$m".gguf.[0-9]*)
-    if [ -n "$man" ] && [ -f "${have[0]}" ] && [ "${#have[@]}" -ge "$(echo "$man" | cut -d' ' -f2)" ]; then break; fi
-    sleep 5
-  done
-  mkdir -p "$MODELS/$m-gguf"
-  cat "$STASH/$m".gguf.[0-9]* > "$MODELS/$m-gguf/$gguf"
-  echo "$(echo "$man" | cut -d' ' -f4)  $MODELS/$m-gguf/$gguf" | sha256sum -c || return 3
+  until pieces_complete "$m"; do sleep 5; done
+  join_pieces "$m" "$MODELS/$m-gguf/$gguf" || return 3
   python3 -m pip install -q --no-deps --no-index --target "$HOME/gguf-site" "$STASH"/wheels/gguf-*.whl 2>&1 | tail -2
   export PYTHONPATH=$HOME/gguf-site:${PYTHONPATH:-}
   local t0=$SECONDS
@@ -240,6 +254,7 @@ model_job() {  # join pieces, check, install gguf, convert GGUF -> bf16 folder
 acc_job() {  # MODEL CORPUS [METHODS]
   local m=$1 c=$2 methods=${3:-${ACC_METHODS:-bf16,fp8,nvfp4,mxfp4,nvfp4-w32,w4a16-w32,w4a16-w16,sharq-nvfp4-2:4,sharq-nvfp4-4:8-pairs,dense+dense,sharq-mxfp4,sharq-plus}}
   while [ ! -f "$RES/$m-model.rc" ]; do sleep 5; done
+  [ "$(cat "$RES/$m-model.rc")" = 0 ] || { log "$m-model failed"; return 3; }
   export PYTHONPATH=$HOME/gguf-site:$PWD:${PYTHONPATH:-}
   timeout "${ACC_TIMEOUT:-720}" python3 -m benchmarks.accuracy.harness --model "${ASSET[$m]}" \
     --model-dir "$MODELS/$m-bf16" --device cuda --corpora "$c" --tokens 200000 --window 2048 \
@@ -353,9 +368,29 @@ PY
   esac
 }
 
+plan() {  # the calls of one session, in order, from the packed .device-carry (CPU machine)
+  local carry=${CARRY_DIR:-.device-carry} c n=0 extra
+  for c in "$carry"/c[0-9]*; do
+    n=$((n + 1)); extra=""
+    [ -d ".device-vllm/p$n" ] && extra=" .device-vllm/p$n"
+    [ "$n" = 1 ] && extra="$extra build/prebuilt benchmarks/serving/.shapes"
+    echo "call $n: carry [$c$extra]"
+    local parts=${extra%% build*}
+    echo "        bash scripts/gpu_session.sh stash ${parts:+${parts# } }$c"
+  done
+  echo "Start the lanes in call 1 (after its stash), e.g. the session of 2026-11-27:"
+  echo "  lane k0 0 kernel-tests; lane k1 1 kernel-bench; lane a 0,1 @kernel-tests @kernel-bench tp2-serving;"
+  echo "  lane q0 0 @tp2-serving qwen-model qwen-greedy qwen-greedy-ref qwen-prequant; lane q1 1 @tp2-serving @qwen-model qwen-acc-code qwen-acc-prose;"
+  echo "  lane q3 1 @tp2-serving @qwen-model qwen-abuse; lane t 0,1 @qwen-prequant @qwen-abuse qwen-tp2"
+  echo "Keep a call in flight (e.g. 'sleep 120; bash scripts/gpu_session.sh status; bash scripts/gpu_session.sh collect')"
+  echo "until the jobs end: the machine goes back after 30 s without one."
+}
+
 cmd=${1:-status}; shift || true
 case "$cmd" in
   pack) pack ;;
+  plan) plan ;;
+  join) join_pieces "$@" ;;
   stash) stash "$@"; status ;;
   lane) lane "$@" ;;
   _run_lane) _run_lane "$@" ;;
