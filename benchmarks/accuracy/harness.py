@@ -78,11 +78,77 @@ def ids_sha256(windows: list[list[int]]) -> str:
     return hashlib.sha256(json.dumps(windows).encode()).hexdigest()
 
 
+# Whether each model's sequences start with BOS, as the model was trained: the GGUF metadata
+# `tokenizer.ggml.add_bos_token` of the pinned files (sharq_vllm.assets) and the models' upstream
+# HF tokenizer configs agree: Gemma 3 yes; SmolLM2 and Qwen2.5 no (their tokenizers add nothing).
+# `--bos auto` takes this table first and asks the tokenizer only for models not in it: whether
+# a tokenizer adds BOS depends on who built it. transformers 5.17's GGUF conversion on the GPU
+# machine built a Gemma 3 tokenizer that adds no BOS; the harness then ran Gemma 3 without BOS
+# and measured a 16-bit perplexity of 175 (code) instead of 6 (notes/gpu-run-20, results unused).
+MODEL_BOS = {"gemma3": True, "smollm2": False, "qwen2.5-coder": False}
+
+
 def uses_bos(tok) -> bool:
+    """Whether the tokenizer itself prepends BOS (the fallback for models not in MODEL_BOS)."""
     if tok.bos_token_id is None:
         return False
     ids = tok("a", add_special_tokens=True)["input_ids"]
     return len(ids) > 0 and ids[0] == tok.bos_token_id
+
+
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # fixed-size types
+
+
+def gguf_add_bos(path: Path) -> bool | None:
+    """`tokenizer.ggml.add_bos_token` from a GGUF file's header; None if absent or unreadable.
+    Reads the key/value section only (gguf.GGUFReader parses every tensor: 10+ s per model)."""
+    import struct
+
+    def skip(f, vtype: int) -> None:
+        if vtype == 8:  # string: u64 length + bytes
+            f.seek(struct.unpack("<Q", f.read(8))[0], 1)
+        elif vtype == 9:  # array: u32 element type, u64 count, elements
+            etype, n = struct.unpack("<IQ", f.read(12))
+            if etype in _GGUF_SIZES:
+                f.seek(_GGUF_SIZES[etype] * n, 1)
+            else:
+                for _ in range(n):
+                    skip(f, etype)
+        else:
+            f.seek(_GGUF_SIZES[vtype], 1)
+
+    try:
+        with open(path, "rb") as f:
+            magic, version, _tensors, n_kv = struct.unpack("<4sIQQ", f.read(24))
+            if magic != b"GGUF" or version < 2:
+                return None
+            for _ in range(n_kv):
+                key = f.read(struct.unpack("<Q", f.read(8))[0]).decode()
+                vtype = struct.unpack("<I", f.read(4))[0]
+                if key == "tokenizer.ggml.add_bos_token" and vtype == 7:
+                    return f.read(1) != b"\x00"
+                skip(f, vtype)
+    except (OSError, struct.error, KeyError, UnicodeDecodeError):
+        return None
+    return None
+
+
+def choose_bos(model: str, bos_arg: str, tok, gguf_path: Path | None = None) -> tuple[bool, str]:
+    """(prepend BOS?, where that came from). `--bos yes/no` wins; `auto` takes MODEL_BOS, then
+    the GGUF metadata (with --gguf-file), then the tokenizer's own behaviour."""
+    if bos_arg in ("yes", "no"):
+        bos, source = bos_arg == "yes", f"--bos {bos_arg}"
+    elif model in MODEL_BOS:
+        bos, source = MODEL_BOS[model], "harness.MODEL_BOS"
+    else:
+        from_gguf = gguf_add_bos(gguf_path) if gguf_path is not None else None
+        if from_gguf is not None:
+            bos, source = from_gguf, "GGUF tokenizer.ggml.add_bos_token"
+        else:
+            bos, source = uses_bos(tok), "tokenizer"
+    if bos and tok.bos_token_id is None:
+        raise SystemExit(f"{model}: BOS required ({source}) but the tokenizer has no bos_token_id")
+    return bos, source
 
 
 def make_windows(text: str, tok, window: int, n_windows: int, bos: bool) -> list[list[int]]:
@@ -157,6 +223,12 @@ def run(args) -> dict:
         return res
 
     model, tok, weights_hash = load_model(path, dtype, device, args.gguf_file)
+    bos, bos_source = choose_bos(args.model, args.bos, tok,
+                                 Path(path) / args.gguf_file if args.gguf_file else None)
+    tok_bos = uses_bos(tok)
+    if tok_bos != bos:
+        print(f"[harness] note: the tokenizer {'adds' if tok_bos else 'does not add'} BOS; "
+              f"using bos={bos} ({bos_source})", file=sys.stderr, flush=True)
     state, layers = install(model, args.act_scale, fused_amax=not args.per_linear_amax)
     t0 = time.time()
     with torch.inference_mode():
@@ -164,7 +236,6 @@ def run(args) -> dict:
     t_weights = time.time() - t0
     print(f"[harness] weights for {len(methods)} methods prepared in {t_weights:.0f}s",
           file=sys.stderr, flush=True)
-    bos = uses_bos(tok) if args.bos == "auto" else args.bos == "yes"
 
     if saved and saved.get("config") != _config(args, methods, bos):
         print(f"[harness] state {state_path} has another config; starting over", file=sys.stderr)
@@ -234,6 +305,8 @@ def run(args) -> dict:
                       file=sys.stderr, flush=True)
     res = build_result(args, methods, bos, sums, timing, infos, t_weights, path)
     res["weights_sha256"] = weights_hash
+    res["bos_source"] = bos_source
+    res["tokenizer_adds_bos"] = tok_bos
     return res
 
 
@@ -320,6 +393,7 @@ def build_result(args, methods, bos, sums, timing, infos, t_weights, path) -> di
         "device": args.device,
         "device_name": _device_name(args.device),
         "torch": torch.__version__,
+        "transformers": _transformers_version(),
         "threads": torch.get_num_threads(),
         "method_defs": {m: {"description": METHODS[m].description, **method_options(METHODS[m], args.act_scale)}
                         for m in methods},
@@ -330,6 +404,15 @@ def build_result(args, methods, bos, sums, timing, infos, t_weights, path) -> di
         "command": "python -m benchmarks.accuracy.harness " + " ".join(sys.argv[1:]),
     }
     return res
+
+
+def _transformers_version() -> str | None:
+    try:
+        import transformers
+
+        return transformers.__version__
+    except ImportError:
+        return None
 
 
 def _device_name(device: str) -> str:
@@ -361,7 +444,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float32", "float16"],
                    help="activation dtype (default: bfloat16 on cuda, float32 on cpu)")
     p.add_argument("--act-scale", default="token", choices=["token", "tensor"])
-    p.add_argument("--bos", default="auto", choices=["auto", "yes", "no"])
+    p.add_argument("--bos", default="auto", choices=["auto", "yes", "no"],
+                   help="prepend BOS to every window; auto = per-model table (MODEL_BOS), else "
+                        "the GGUF's add_bos_token, else whether the tokenizer adds it")
     p.add_argument("--per-linear-amax", action="store_true",
                    help="weight tensor scale per q/k/v/gate/up linear instead of per fused layer")
     p.add_argument("--threads", type=int, default=None)
