@@ -94,7 +94,7 @@ if [ "$MODE" != "bench" ]; then
   if $PY -c "import pytest_timeout" 2>/dev/null; then TIMEOUT_ARG="--timeout=240"; fi
   # one process per file: a CUDA fault in one file cannot poison the others' context
   : > "$OUT/pytest.log"
-  for tf in tests/gpu/test_prep_gpu.py tests/gpu/test_gemm_gpu.py tests/gpu/test_integration_gpu.py; do
+  for tf in tests/gpu/test_prep_gpu.py tests/gpu/test_gemm_gpu.py tests/gpu/test_integration_gpu.py tests/gpu/test_edge_cases_gpu.py; do
     name="$(basename "$tf" .py)"
     step "$name" 240 "$OUT/pytest_$name.tmp" $PY -m pytest -m gpu "$tf" -q -rfE -p no:cacheprovider $TIMEOUT_ARG -o addopts=""
     { echo "######## $tf"; cat "$OUT/pytest_$name.tmp"; } >> "$OUT/pytest.log"; rm -f "$OUT/pytest_$name.tmp"

@@ -10,6 +10,7 @@
 #
 # Here (CPU machine), once:   bash scripts/gpu_session.sh pack     -> .device-carry/cNN/ (git-ignored)
 #                             bash scripts/gpu_session.sh plan     -> the calls: carry lists + commands
+#   (env: PACK_MODELS="qwen gemma smollm2", PACK_VLLM=0 for a session without vLLM, CARRY_DIR)
 # On the device, every call:  bash scripts/gpu_session.sh stash .device-carry/cNN [.device-vllm/pN]
 #                             bash scripts/gpu_session.sh lane NAME GPUS JOB...   (starts a lane)
 #                             bash scripts/gpu_session.sh status; bash scripts/gpu_session.sh collect
@@ -57,13 +58,13 @@ pack() {
   local py=python3 carry=${CARRY_DIR:-.device-carry}
   rm -rf "$carry" && mkdir -p "$carry"
   $py - "$limit" "$cache" "${PACK_MODELS:-qwen gemma smollm2}" "$carry" <<'PY'
-import gzip, hashlib, shutil, sys
+import gzip, hashlib, os, shutil, sys
 from pathlib import Path
 limit, cache, models = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3].split()
 names = {"qwen": "qwen2.5-coder-1.5b-instruct.gguf", "gemma": "gemma-3-270m-q4_k_m.gguf",
          "smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 root = Path(sys.argv[4])
-vllm = sorted(Path(".device-vllm").glob("p*"))
+vllm = sorted(Path(".device-vllm").glob("p*")) if os.environ.get("PACK_VLLM", "1") != "0" else []
 def size(p):
     if not p.exists():
         return 0
