@@ -89,6 +89,18 @@ corp = extra / "corpora"; corp.mkdir()
 for t in sorted((cache / "corpora").glob("*.txt")):
     with open(t, "rb") as f, gzip.open(corp / (t.name + ".gz"), "wb", compresslevel=6) as g:
         shutil.copyfileobj(f, g)
+# the tokenizer files that sharq_vllm.assets wrote here: the device's transformers (5.17) converts
+# Gemma 3's GGUF tokenizer wrongly (benchmarks/accuracy/harness.py TOKENIZER_PINS)
+assets = {"qwen": "qwen2.5-coder", "gemma": "gemma3", "smollm2": "smollm2"}
+for m in models:
+    src = cache / "models" / f"{assets[m]}-bfloat16"
+    files = [f for f in sorted(src.glob("*")) if f.name.startswith("tokenizer") or f.name in
+             ("chat_template.jinja", "special_tokens_map.json")]
+    if files:
+        d = extra / f"{m}-tokenizer"; d.mkdir()
+        for f in files:
+            with open(f, "rb") as fi, gzip.open(d / (f.name + ".gz"), "wb", compresslevel=6) as fo:
+                shutil.copyfileobj(fi, fo)
 c1[0] -= size(extra)
 # model pieces, in order, filling each call
 ci = 0
@@ -133,6 +145,12 @@ stash() {
     mkdir -p "$STASH/cache/corpora" "$STASH/wheels"
     for g in "$STASH"/extra/corpora/*.gz; do [ -f "$g" ] && gunzip -c "$g" > "$STASH/cache/corpora/$(basename "$g" .gz)"; done
     cp "$STASH"/extra/*.whl "$STASH/wheels/" 2>/dev/null
+    local t
+    for t in "$STASH"/extra/*-tokenizer; do
+      [ -d "$t" ] || continue
+      mkdir -p "$STASH/$(basename "$t")"
+      for g in "$t"/*.gz; do gunzip -c "$g" > "$STASH/$(basename "$t")/$(basename "$g" .gz)"; done
+    done
     rm -rf "$STASH/extra"
   fi
   local pieces=("$STASH"/*.gguf.[0-9]*)
@@ -249,6 +267,9 @@ model_job() {  # join pieces, check, install gguf, convert GGUF -> bf16 folder
   export PYTHONPATH=$HOME/gguf-site:${PYTHONPATH:-}
   local t0=$SECONDS
   python3 benchmarks/realmodel/convert_gguf.py "$MODELS/$m-gguf/$gguf" "$MODELS/$m-bf16" || return 4
+  if [ -d "$STASH/$m-tokenizer" ]; then  # the CPU machine's tokenizer files win (see pack)
+    cp "$STASH/$m-tokenizer"/* "$MODELS/$m-bf16/" && log "tokenizer files from the CPU machine: $(ls "$STASH/$m-tokenizer" | tr '\n' ' ')"
+  fi
   log "converted in $((SECONDS - t0))s"; du -sb "$MODELS/$m-bf16"
 }
 

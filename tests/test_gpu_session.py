@@ -27,6 +27,10 @@ def test_pack_stash_join_round_trip(tmp_path, size):
     (cache / "gguf").mkdir(parents=True)
     (cache / "corpora").mkdir()
     (cache / "corpora" / "code-x-1-v1.txt").write_text("def f():\n    return 1\n" * 1000)
+    tok_dir = cache / "models" / "smollm2-bfloat16"
+    tok_dir.mkdir(parents=True)
+    (tok_dir / "tokenizer.json").write_text('{"model": "fake"}')
+    (tok_dir / "model.safetensors").write_bytes(b"not carried")
     data = os.urandom(size)
     (cache / "gguf" / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(data)
     home = tmp_path / "home"
@@ -55,6 +59,9 @@ def test_pack_stash_join_round_trip(tmp_path, size):
     assert r.returncode == 0, r.stdout + r.stderr
     assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(data).digest()
     assert (home / "stash" / "cache" / "corpora" / "code-x-1-v1.txt").read_text().startswith("def f")
+    # the CPU machine's tokenizer files travel (the device's transformers may convert them wrongly)
+    assert (home / "stash" / "smollm2-tokenizer" / "tokenizer.json").read_text() == '{"model": "fake"}'
+    assert not (home / "stash" / "smollm2-tokenizer" / "model.safetensors").exists()
 
 
 def test_join_detects_a_corrupt_piece(tmp_path):

@@ -14,6 +14,7 @@ See docs/ACCURACY.md for the method and the committed numbers.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -63,8 +64,6 @@ def load_model(path: Path, dtype: torch.dtype, device: str, gguf_file: str | Non
 
 def params_sha256(model) -> str:
     """sha256 over every parameter's name and bf16 bytes: proves two runs used one model."""
-    import hashlib
-
     h = hashlib.sha256()
     for name, p in sorted(model.state_dict().items()):
         h.update(name.encode())
@@ -73,8 +72,6 @@ def params_sha256(model) -> str:
 
 
 def ids_sha256(windows: list[list[int]]) -> str:
-    import hashlib
-
     return hashlib.sha256(json.dumps(windows).encode()).hexdigest()
 
 
@@ -149,6 +146,45 @@ def choose_bos(model: str, bos_arg: str, tok, gguf_path: Path | None = None) -> 
     if bos and tok.bos_token_id is None:
         raise SystemExit(f"{model}: BOS required ({source}) but the tokenizer has no bos_token_id")
     return bos, source
+
+
+# Tokenizer fingerprints: (number of ids, first 16 hex of sha256(json ids)) of the first
+# 300,000 characters of each corpus, add_special_tokens=False, with the tokenizers that
+# sharq_vllm.assets writes (transformers 5.19). transformers 5.17's GGUF conversion of the Gemma3
+# tokenizer splits text differently (136,072 vs 101,533 ids for the code corpus: perplexity ~150
+# instead of ~6 on the H100 machine); SmolLM2's and Qwen's conversions agree across versions.
+TOKENIZER_PINS: dict[tuple[str, str], tuple[int, str]] = {
+    ("smollm2", "code"): (101246, "13a379ecdb4dde0a"),
+    ("smollm2", "prose"): (70531, "da9f2b3b1febe072"),
+    ("qwen2.5-coder", "code"): (85731, "7ce057085f932802"),
+    ("qwen2.5-coder", "prose"): (64589, "938c6874bb0c0519"),
+    ("gemma3", "code"): (101533, "68677bb68085c4ed"),
+    ("gemma3", "prose"): (66619, "31eed157bcb19810"),
+}
+FINGERPRINT_CHARS = 300_000
+
+
+def tokenizer_fingerprint(tok, text: str) -> tuple[int, str]:
+    ids = tok(text[:FINGERPRINT_CHARS], add_special_tokens=False)["input_ids"]
+    return len(ids), hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+
+
+def check_tokenizer(model: str, corpus: str, tok, text: str) -> None:
+    """Refuse a tokenizer that does not split the corpus like the pinned one (a wrong tokenizer
+    gives plausible-looking but meaningless perplexities)."""
+    pin = TOKENIZER_PINS.get((model, corpus))
+    if pin is None:
+        return
+    got = tokenizer_fingerprint(tok, text)
+    if got != pin:
+        import transformers
+
+        raise SystemExit(
+            f"[harness] the {model} tokenizer splits the {corpus} corpus differently from the pinned "
+            f"one: {got} != {pin} (transformers {transformers.__version__}). Use the tokenizer files "
+            f"that `python -m sharq_vllm.assets {model}` writes (transformers 5.19), e.g. copy them "
+            f"into --model-dir."
+        )
 
 
 def make_windows(text: str, tok, window: int, n_windows: int, bos: bool) -> list[list[int]]:
@@ -248,7 +284,9 @@ def run(args) -> dict:
     infos, all_wins = {}, {}
     for cname in corpus_names:
         info = corpora_mod.corpus_info(cname)
-        wins = make_windows(corpora_mod.load_text(cname), tok, args.window, n_windows, bos)
+        text = corpora_mod.load_text(cname)
+        check_tokenizer(args.model, cname, tok, text)
+        wins = make_windows(text, tok, args.window, n_windows, bos)
         info["windows_sha256"] = ids_sha256(wins)
         extra["windows_sha256"][cname] = {"windows_sha256": info["windows_sha256"]}
         infos[cname] = info

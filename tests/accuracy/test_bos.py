@@ -1,8 +1,9 @@
 """BOS choice of the accuracy harness (no model run; fast).
 
 `--bos auto` once followed the tokenizer alone; transformers 5.17's GGUF conversion built a
-Gemma 3 tokenizer that adds no BOS, and the GPU run measured Gemma 3 without BOS (16-bit
-perplexity 175 instead of 6). The choice must come from the model, not the tokenizer build.
+Gemma 3 tokenizer that adds no BOS, and the GPU run measured Gemma 3 without BOS. The choice
+must come from the model, not the tokenizer build. (That tokenizer also splits text wrongly:
+test_tokenizer_pin.py.)
 """
 
 from __future__ import annotations
