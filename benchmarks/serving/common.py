@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +236,41 @@ def save_results(path: Path, run: str, run_data: dict, header: dict) -> dict:
     tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
     tmp.replace(path)
     return data
+
+
+@dataclass
+class RunSetup:
+    """What offline.py and online.py both derive from their arguments before any engine starts."""
+
+    model: str
+    folder: Path  # the shape folder (config + tokenizer) vLLM loads with --load-format dummy
+    card: str
+    out: Path
+    log_dir: Path
+    run: str
+    methods: list[str]
+
+
+def setup_run(args: Any) -> RunSetup:
+    """Resolve model, card, output and log folders and the run key; validate the method list.
+    ``args`` carries model, shapes_dir, out, log_dir, tp, tag, methods (both scripts' CLIs)."""
+    import shapes  # sibling module: the scripts run with this folder on sys.path
+
+    model = shapes.resolve_model(args.model)
+    folder = shapes.shape_path(model, Path(args.shapes_dir) if args.shapes_dir else None)
+    card = detect_card()
+    out = resolve_out(args.out, card)
+    log_dir = Path(args.log_dir) if args.log_dir else out.parent / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    run = run_key(model, args.tp, args.tag)
+    if os.environ.get("SHARQ_RUNS_FILE"):  # gpu_serving.sh prints the runs this call touched
+        with open(os.environ["SHARQ_RUNS_FILE"], "a") as fh:
+            fh.write(run + "\n")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise SystemExit(f"unknown methods {bad}; known: {list(METHODS)}")
+    return RunSetup(model, folder, card, out, log_dir, run, methods)
 
 
 def resolve_out(out: str | None, card: str) -> Path:

@@ -37,7 +37,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
-import shapes
 
 DEFAULT_BATCHES = "1,8,32,128,256"
 
@@ -286,23 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     common.install_sigterm()
     deadline = common.Deadline(args.budget_s)
-    model = shapes.resolve_model(args.model)
-    folder = shapes.shape_path(model, Path(args.shapes_dir) if args.shapes_dir else None)
+    setup = common.setup_run(args)
+    model, folder, card, out = setup.model, setup.folder, setup.card, setup.out
+    log_dir, run, methods = setup.log_dir, setup.run, setup.methods
     vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
-    card = common.detect_card()
-    out = common.resolve_out(args.out, card)
-    log_dir = Path(args.log_dir) if args.log_dir else out.parent / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
     work = log_dir / ".work"
     work.mkdir(parents=True, exist_ok=True)
-    run = common.run_key(model, args.tp, args.tag)
-    if os.environ.get("SHARQ_RUNS_FILE"):  # gpu_serving.sh prints the runs this call touched
-        with open(os.environ["SHARQ_RUNS_FILE"], "a") as fh:
-            fh.write(run + "\n")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in common.METHODS]
-    if bad:
-        raise SystemExit(f"unknown methods {bad}; known: {list(common.METHODS)}")
     run_meta = {"model": model, "tp": args.tp, "max_model_len": args.max_model_len,
                 "gpu_memory_utilization": args.gpu_memory_utilization,
                 "input_len": args.input_len, "output_len": args.output_len,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import urllib.request
@@ -35,7 +34,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
-import shapes
 
 KEEP = ("completed", "failed", "duration", "request_throughput", "output_throughput",
         "total_token_throughput", "total_input_tokens", "total_output_tokens",
@@ -213,20 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     common.install_sigterm()
     deadline = common.Deadline(args.budget_s)
-    model = shapes.resolve_model(args.model)
-    folder = shapes.shape_path(model, Path(args.shapes_dir) if args.shapes_dir else None)
-    card = common.detect_card()
-    out = common.resolve_out(args.out, card)
-    log_dir = Path(args.log_dir) if args.log_dir else out.parent / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    run = common.run_key(model, args.tp, args.tag)
-    if os.environ.get("SHARQ_RUNS_FILE"):  # gpu_serving.sh prints the runs this call touched
-        with open(os.environ["SHARQ_RUNS_FILE"], "a") as fh:
-            fh.write(run + "\n")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in common.METHODS]
-    if bad:
-        raise SystemExit(f"unknown methods {bad}; known: {list(common.METHODS)}")
+    setup = common.setup_run(args)
+    model, folder, card, out = setup.model, setup.folder, setup.card, setup.out
+    log_dir, run, methods = setup.log_dir, setup.run, setup.methods
     header = {"card": card, "card_slug": common.card_slug(card)}
     run_meta: dict[str, Any] = {"model": model, "tp": args.tp, "max_model_len": args.max_model_len,
                                 "gpu_memory_utilization": args.gpu_memory_utilization,

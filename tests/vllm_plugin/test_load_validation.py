@@ -35,14 +35,9 @@ def vllm_env() -> None:
 
 
 def _config(**opts: object):  # type: ignore[no-untyped-def]
-    from sharq_vllm.vllm_plugin.config import SharQConfig
+    from vllm_env import sharq_config
 
-    cfg = SharQConfig.from_config({"quant_method": "sharq", **opts})
-    cfg.packed_modules_mapping = {
-        "qkv_proj": ["q_proj", "k_proj", "v_proj"],
-        "gate_up_proj": ["gate_proj", "up_proj"],
-    }
-    return cfg
+    return sharq_config(**opts)
 
 
 def _row(k: int, n: int, dtype: torch.dtype, cfg=None, prefix: str = "model.layers.1.mlp.down_proj"):  # type: ignore[no-untyped-def]

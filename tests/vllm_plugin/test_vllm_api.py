@@ -33,14 +33,9 @@ def vllm_env() -> None:
 
 
 def _config(**opts: object):  # type: ignore[no-untyped-def]
-    from sharq_vllm.vllm_plugin.config import SharQConfig
+    from vllm_env import sharq_config
 
-    cfg = SharQConfig.from_config({"quant_method": "sharq", **opts})
-    cfg.packed_modules_mapping = {
-        "qkv_proj": ["q_proj", "k_proj", "v_proj"],
-        "gate_up_proj": ["gate_proj", "up_proj"],
-    }
-    return cfg
+    return sharq_config(**opts)
 
 
 def test_vllm_version_is_the_one_under_test() -> None:

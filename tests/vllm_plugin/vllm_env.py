@@ -37,3 +37,15 @@ def init_vllm(world_size: int = 1, rank: int = 0, port: int | None = None) -> No
         distributed_init_method=f"tcp://127.0.0.1:{port or free_port()}",
     )
     initialize_model_parallel(world_size, 1)
+
+
+def sharq_config(**opts: object) -> Any:
+    """A SharQConfig from plugin options, with the fused-module mapping a Llama model gives it."""
+    from sharq_vllm.vllm_plugin.config import SharQConfig
+
+    cfg = SharQConfig.from_config({"quant_method": "sharq", **opts})
+    cfg.packed_modules_mapping = {
+        "qkv_proj": ["q_proj", "k_proj", "v_proj"],
+        "gate_up_proj": ["gate_proj", "up_proj"],
+    }
+    return cfg
