@@ -274,7 +274,7 @@ model_job() {  # join pieces, check, install gguf, convert GGUF -> bf16 folder
 }
 
 acc_job() {  # MODEL CORPUS [METHODS]
-  local m=$1 c=$2 methods=${3:-${ACC_METHODS:-bf16,fp8,nvfp4,mxfp4,nvfp4-w32,w4a16-w32,w4a16-w16,sharq-nvfp4-2:4,sharq-nvfp4-4:8-pairs,dense+dense,sharq-mxfp4,sharq-plus}}
+  local m=$1 c=$2 methods=${3:-${ACC_METHODS:-bf16,fp8,nvfp4,mxfp4,nvfp4-w32,w4a16-w32,w4a16-w16,sharq-nvfp4-2:4,sharq-nvfp4-4:8-pairs,dense+dense,sharq-mxfp4,sharq-plus-rtn,nvfp4-w16-search-up,w4a16-w16-search-up,w4a16-w16-up6,sharq-plus,sharq-plus-dense}}
   while [ ! -f "$RES/$m-model.rc" ]; do sleep 5; done
   [ "$(cat "$RES/$m-model.rc")" = 0 ] || { log "$m-model failed"; return 3; }
   export PYTHONPATH=$HOME/gguf-site:$PWD:${PYTHONPATH:-}

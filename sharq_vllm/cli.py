@@ -1,7 +1,7 @@
 """``sharq-vllm``: create and inspect pre-quantized SharQ checkpoints.
 
     sharq-vllm quantize SRC_DIR DST_DIR [--format nvfp4|mxfp4] [--pattern 4:8-pairs|2:4|dense]
-                        [--weight-block 32|16] [--weight-rounding rtn|search]
+                        [--weight-block 32|16] [--weight-rounding rtn|search|search-up]
                         [--act-scale token|tensor] [--skip REGEX ...] [--dtype auto|bfloat16|...]
                         [--max-shard-size 2GB] [--overwrite] [--no-progress]
     sharq-vllm inspect DIR [--json] [--layers]

@@ -158,14 +158,33 @@ def quantize_blocks(
     return QuantizedBlocks(packed, scales, tensor_scale, fmt, block)
 
 
+# Calibration-free weight roundings that search each block's E4M3 scale code (docs/NUMERICS.md):
+# name -> (first code, offsets tried from it). "search" tries the RTN code -4 .. +1 and mostly
+# ends on smaller scales, which clip the block's largest weight; "search-up" never goes below
+# the RTN scale (finer steps for the rest of the block are not bought by clipping the largest
+# weight, to which the models proved more sensitive; docs/ACCURACY.md).
+SCALE_SEARCHES: dict[str, tuple[str, range]] = {
+    "search": ("rtn", range(1, -5, -1)),
+    "search-up": ("rtn", range(6, -1, -1)),
+}
+
+
 def search_e4m3_block_scales(
-    blocks: torch.Tensor, tensor_scale: torch.Tensor, offsets: range = range(1, -5, -1)
+    blocks: torch.Tensor, tensor_scale: torch.Tensor, offsets: range = range(1, -5, -1),
+    start: str = "rtn",
 ) -> torch.Tensor:
-    """Calibration-free scale search: per block, the E4M3 code near the RTN one (code + offset)
-    whose quantization has the least squared error. Ties keep the larger scale (offsets are
-    visited from large to small and only a strictly smaller error replaces the best)."""
+    """Calibration-free scale search: per block, the E4M3 code ``start + offset`` whose
+    quantization has the least squared error. ``start`` is the RTN code ("rtn") or the smallest
+    code with ``6 * fp32(scale) * tensor_scale >= block amax`` ("ceil": RTN's, or the next one
+    up when RTN rounded down). Ties keep the larger scale (offsets are visited from large to
+    small and only a strictly smaller error replaces the best). All-zero blocks keep scale 0."""
+    if start not in ("rtn", "ceil"):
+        raise ValueError(f"sharq: scale search start must be 'rtn' or 'ceil', got {start!r}")
     rtn, _ = _e4m3_block_scales(blocks, tensor_scale)
     base = rtn.view(torch.uint8).to(torch.int32)
+    if start == "ceil":
+        clips = rtn.float() * tensor_scale * 6.0 < blocks.abs().amax(-1)
+        base = torch.where(clips, (base + 1).clamp(max=0x7E), base)
     best_code = base.clone()
     best_err = torch.full(base.shape, float("inf"), device=blocks.device)
     for off in offsets:
@@ -181,16 +200,19 @@ def search_e4m3_block_scales(
 
 
 def quantize_blocks_searched(
-    x: torch.Tensor, fmt: BlockFormat, *, amax: torch.Tensor
+    x: torch.Tensor, fmt: BlockFormat, *, amax: torch.Tensor, rounding: str = "search"
 ) -> QuantizedBlocks:
-    """E4M3 block quantization with :func:`search_e4m3_block_scales` instead of RTN scales."""
+    """E4M3 block quantization with a :data:`SCALE_SEARCHES` rounding instead of RTN scales."""
     if fmt.scale_kind != "e4m3":
         raise ValueError(f"scale search needs an E4M3 format, got {fmt.name}")
+    if rounding not in SCALE_SEARCHES:
+        raise ValueError(f"sharq: unknown scale search {rounding!r}; known: {list(SCALE_SEARCHES)}")
+    start, offsets = SCALE_SEARCHES[rounding]
     k = x.shape[-1]
     check_block_multiple(k, fmt.block, f"{fmt.name} input")
     xf = x.float()
     blocks = xf.reshape(*xf.shape[:-1], k // fmt.block, fmt.block)
     tensor_scale = tensor_scale_of(amax)
-    scales = search_e4m3_block_scales(blocks, tensor_scale)
+    scales = search_e4m3_block_scales(blocks, tensor_scale, offsets, start)
     codes = _encode_blocks(blocks, scales.float() * tensor_scale)
     return QuantizedBlocks(pack_nibbles(codes.reshape(xf.shape)), scales, tensor_scale, fmt, fmt.block)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from .formats import (
+    SCALE_SEARCHES,
     WEIGHT_FORMATS,
     QuantizedBlocks,
     activation_format,
@@ -30,7 +31,7 @@ from .masks import check_pattern, group_size, nm_mask
 
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 ACT_SCALES = ("token", "tensor")
-WEIGHT_ROUNDINGS = ("rtn", "search")
+WEIGHT_ROUNDINGS = ("rtn", *SCALE_SEARCHES)
 
 WeightPayload = QuantizedBlocks
 
@@ -178,8 +179,8 @@ def quantize_weight(
     fmt = WEIGHT_FORMATS[block]
     amax = w.float().abs().amax() if tensor_amax is None else tensor_amax.float()
     amax = amax.reshape(1, 1)
-    if rounding == "search":
-        payload = quantize_blocks_searched(w, fmt, amax=amax)
+    if rounding in SCALE_SEARCHES:
+        payload = quantize_blocks_searched(w, fmt, amax=amax, rounding=rounding)
     else:
         payload = quantize_blocks(w, fmt, amax=amax)
     payload.tensor_scale = payload.tensor_scale.reshape(1) if payload.tensor_scale is not None else None

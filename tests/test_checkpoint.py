@@ -69,7 +69,7 @@ def _online_payload(w: torch.Tensor, options: SharQOptions, amax: torch.Tensor |
     rows=st.lists(st.integers(1, 6), min_size=2, max_size=3),
     kb=st.integers(1, 3),
     block=st.sampled_from([32, 16]),
-    rounding=st.sampled_from(["rtn", "search"]),
+    rounding=st.sampled_from(["rtn", "search", "search-up"]),
     dtype=st.sampled_from([torch.bfloat16, torch.float16, torch.float32]),
     seed=st.integers(0, 2**16),
 )

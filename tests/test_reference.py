@@ -181,6 +181,82 @@ def test_weight_scale_search_never_worse_per_block():
     assert rel_err(w16, w) < rel_err(w32, w)
 
 
+E2M1_GRID = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
+
+
+def _nearest(grid: list[float], v: float) -> float:
+    """The grid value nearest to v; ties to the even index (RNE on these code grids)."""
+    return min(grid, key=lambda g: (abs(g - v), grid.index(g) % 2))
+
+
+def _scalar_block_search_up(block: list[float], t: float, steps: int) -> tuple[float, float]:
+    """search-up written out per value in plain Python (independent of sharq_vllm.formats):
+    from the RTN scale (the E4M3 value nearest to amax / (6 t)) and the next ``steps`` values
+    up, each value goes to the nearest E2M1 magnitude (ties to the even code); the least total
+    squared error wins, ties to the larger scale. Returns (scale, error)."""
+    import numpy as np
+
+    e4m3 = [float(v) for v in torch.arange(0, 127, dtype=torch.uint8).view(torch.float8_e4m3fn).float()]
+    t32 = np.float32(t)
+    amax = max(abs(v) for v in block)
+    first = e4m3.index(_nearest(e4m3, float(np.float32(amax) / (t32 * np.float32(6.0)))))
+    best = (float("inf"), 0.0)
+    for s in reversed(e4m3[first : first + steps + 1]):
+        d = np.float32(s) * t32
+        inv = np.float32(1.0) / d
+        err = 0.0
+        for v in block:
+            q = _nearest(E2M1_GRID, abs(float(np.float32(v) * inv)))
+            err += (np.sign(v) * q * float(d) - v) ** 2
+        if err < best[0]:
+            best = (err, s)
+    return best[1], best[0]
+
+
+def test_weight_search_up_matches_a_scalar_search():
+    torch.manual_seed(11)
+    w = heavy_tailed(8, 64)
+    w[0, :16] = 0.0  # an all-zero block keeps scale 0
+    w[1, 3] = 40.0  # an outlier block
+    payload = R.quantize_weight(w, 16, "search-up")
+    t = float(payload.tensor_scale)
+    deq = R.dequantize_weight(payload).reshape(8, -1, 16)
+    blocks = w.reshape(8, -1, 16)
+    scales = payload.block_scales.float()
+    assert scales[0, 0] == 0 and torch.all(deq[0, 0] == 0)
+    for r in range(8):
+        for b in range(blocks.shape[1]):
+            if r == 0 and b == 0:
+                continue
+            s, err = _scalar_block_search_up(blocks[r, b].tolist(), t, steps=6)
+            assert scales[r, b].item() == s, (r, b)
+            got = (deq[r, b].double() - blocks[r, b].double()).square().sum().item()
+            assert got == pytest.approx(err, rel=1e-6)
+
+
+def test_weight_search_up_lowers_block_error_and_never_shrinks_the_scale():
+    torch.manual_seed(5)
+    w = torch.distributions.StudentT(torch.tensor(4.0)).sample((64, 256))
+    q = {k: R.quantize_weight(w, 16, k) for k in ("rtn", "search-up", "search")}
+    deq = {k: R.dequantize_weight(v) for k, v in q.items()}
+    blocks = w.reshape(64, -1, 16)
+    e = {k: (v - w).square().reshape(64, -1, 16).sum(-1) for k, v in deq.items()}
+    # per block never worse than RTN (RTN's code is a candidate)
+    assert torch.all(e["search-up"] <= e["rtn"])
+    assert e["search-up"].sum() < 0.99 * e["rtn"].sum()
+    assert torch.all(q["search-up"].block_scales.float() >= q["rtn"].block_scales.float())
+    pos = blocks.abs().argmax(-1, keepdim=True)
+    top = {k: (v.reshape(64, -1, 16).gather(-1, pos) - blocks.gather(-1, pos)).abs().mean().item()
+           for k, v in deq.items()}
+    assert top["search-up"] < top["search"]
+
+
+def test_weight_rounding_names_agree_with_the_plugin_options():
+    from sharq_vllm.vllm_plugin.options import WEIGHT_ROUNDINGS
+
+    assert WEIGHT_ROUNDINGS == R.WEIGHT_ROUNDINGS
+
+
 @pytest.mark.parametrize("fmt,pattern", [("nvfp4", "4:8-pairs"), ("nvfp4", "2:4"), ("mxfp4", "2:4")])
 def test_sharq_linear_matches_its_definition(fmt, pattern):
     x = heavy_tailed(5, 128).bfloat16()

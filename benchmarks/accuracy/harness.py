@@ -187,12 +187,14 @@ def check_tokenizer(model: str, corpus: str, tok, text: str) -> None:
         )
 
 
-def make_windows(text: str, tok, window: int, n_windows: int, bos: bool) -> list[list[int]]:
-    """Consecutive, non-overlapping windows of ``window`` positions from the corpus start.
+def make_windows(text: str, tok, window: int, n_windows: int, bos: bool, skip: int = 0
+                 ) -> list[list[int]]:
+    """Consecutive, non-overlapping windows of ``window`` positions from the corpus start
+    (after the first ``skip`` windows: held-out text for screening, never the reported tokens).
     With BOS, a window is [BOS] + (window-1) text tokens; every text token in it is scored
     (the first one from BOS); without, window text tokens and window-1 scored predictions."""
     per = window - 1 if bos else window
-    need = per * n_windows
+    need = per * (n_windows + skip)
     chars = min(len(text), need * 6 + 10000)
     while True:
         ids = tok(text[:chars], add_special_tokens=False)["input_ids"]
@@ -200,7 +202,7 @@ def make_windows(text: str, tok, window: int, n_windows: int, bos: bool) -> list
             break
         chars = min(len(text), chars * 2)
     out = []
-    for i in range(n_windows):
+    for i in range(skip, skip + n_windows):
         chunk = ids[i * per : (i + 1) * per]
         if len(chunk) < per:
             break
@@ -286,7 +288,7 @@ def run(args) -> dict:
         info = corpora_mod.corpus_info(cname)
         text = corpora_mod.load_text(cname)
         check_tokenizer(args.model, cname, tok, text)
-        wins = make_windows(text, tok, args.window, n_windows, bos)
+        wins = make_windows(text, tok, args.window, n_windows, bos, args.skip_windows)
         info["windows_sha256"] = ids_sha256(wins)
         extra["windows_sha256"][cname] = {"windows_sha256": info["windows_sha256"]}
         infos[cname] = info
@@ -351,7 +353,7 @@ def run(args) -> dict:
 def _config(args, methods, bos) -> dict:
     return {"model": args.model, "window": args.window, "tokens": args.tokens, "dtype": args.dtype,
             "act_scale": args.act_scale, "methods": methods, "corpora": args.corpora, "bos": bos,
-            "fused_amax": not args.per_linear_amax}
+            "fused_amax": not args.per_linear_amax, "skip_windows": args.skip_windows}
 
 
 def _save_state(path: Path, args, methods, bos, sums, timing, extra) -> None:
@@ -389,7 +391,9 @@ def add_recoveries(methods: dict) -> None:
         "sharq-nvfp4-4:8-pairs-w16": ("nvfp4", "w4a16-w16"),
         "sharq-nvfp4-2:4-w16": ("nvfp4", "w4a16-w16"),
         "dense+dense-w16": ("nvfp4", "w4a16-w16"),
-        "sharq-plus": ("nvfp4", "w4a16-w16"),
+        "sharq-plus-rtn": ("nvfp4", "w4a16-w16"),
+        "sharq-plus": ("nvfp4-w16-search-up", "w4a16-w16-search-up"),
+        "sharq-plus-dense": ("nvfp4-w16-search-up", "w4a16-w16-search-up"),
     }
     for name, (act_base, w_only) in pairs.items():
         if name in methods and act_base in methods and w_only in methods:
@@ -477,6 +481,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--corpora", default="code,prose")
     p.add_argument("--tokens", type=int, default=200_000, help="scored tokens per corpus")
     p.add_argument("--window", type=int, default=2048)
+    p.add_argument("--skip-windows", type=int, default=0,
+                   help="start after this many windows (held-out text to screen options on)")
     p.add_argument("--methods", default="all", help=f"comma list or 'all' ({','.join(ALL)})")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float32", "float16"],

@@ -24,7 +24,8 @@ from pathlib import Path
 from . import corpora as corpora_mod
 from .methods import METHODS
 
-# harness method name -> plugin options (sharq_vllm/vllm_plugin/options.py)
+# harness method name -> plugin options (sharq_vllm/vllm_plugin/options.py); methods that
+# declare their options (the sharq-plus family) bring them along
 PLUGIN_OPTIONS = {
     "sharq-nvfp4-4:8-pairs": {"format": "nvfp4", "pattern": "4:8-pairs", "weight_block": 32,
                               "weight_rounding": "rtn"},
@@ -34,9 +35,9 @@ PLUGIN_OPTIONS = {
     "sharq-nvfp4-4:8-pairs-w16": {"format": "nvfp4", "pattern": "4:8-pairs", "weight_block": 16,
                                   "weight_rounding": "rtn"},
     "sharq-nvfp4-2:4-w16": {"format": "nvfp4", "pattern": "2:4", "weight_block": 16, "weight_rounding": "rtn"},
-    "sharq-plus": {"format": "nvfp4", "pattern": "2:4", "weight_block": 16, "weight_rounding": "rtn"},
-    "sharq-plus-search": {"format": "nvfp4", "pattern": "2:4", "weight_block": 16, "weight_rounding": "search"},
     "dense+dense-w16": {"format": "nvfp4", "pattern": "dense", "weight_block": 16, "weight_rounding": "rtn"},
+    **{name: {("format" if k == "fmt" else k): v for k, v in m.options.items() if k != "act_scale"}
+       for name, m in METHODS.items() if m.options},
 }
 
 

@@ -30,7 +30,7 @@ __all__ = [
 FORMATS = ("nvfp4", "mxfp4")
 PATTERNS = ("4:8-pairs", "2:4", "dense")
 WEIGHT_BLOCKS = (32, 16)
-WEIGHT_ROUNDINGS = ("rtn", "search")
+WEIGHT_ROUNDINGS = ("rtn", "search", "search-up")  # == sharq_vllm.reference.WEIGHT_ROUNDINGS (test)
 ACT_SCALES = ("token", "tensor")
 
 OPTION_DOCS: dict[str, str] = {
@@ -40,7 +40,9 @@ OPTION_DOCS: dict[str, str] = {
     "skip_layers": "list of layer names left in 16 bits: exact names, name suffixes "
     "('o_proj', 'layers.0.mlp.down_proj'), fnmatch globs ('*.layers.0.*') or 're:REGEX'",
     "weight_block": "weight scale block along K: 32 (paper, shared payload) or 16 (sharq-plus)",
-    "weight_rounding": "weight rounding: rtn (paper) or search (best E4M3 scale per block)",
+    "weight_rounding": "weight rounding: rtn (paper), search-up (sharq-plus: per block the "
+    "least-squares E4M3 scale among those that do not clip the block's largest weight) or search "
+    "(least squares around the RTN scale, may clip)",
     "act_scale": "activation tensor-scale granularity: token (default) or tensor (paper)",
 }
 
