@@ -125,15 +125,22 @@ WEIGHTS = {
     "sharq-w32-search": w_sharq(32, "search"),
     "mxfp4": w_mxfp4,
     "sharq-w16-search-up": w_sharq(16, "search-up"),
-    "w16-noclip": _w16_search(range(1, -1, -1), "rtn"),
-    "w16-ceil": _w16_search(range(0, 1), "ceil"),
-    "w16-up4": _w16_search(range(4, -1, -1), "ceil"),
-    "w16-up6": _w16_search(range(6, -1, -1), "ceil"),
-    "w16-up8": _w16_search(range(8, -1, -1), "ceil"),
-    "w16-up12": _w16_search(range(12, -1, -1), "ceil"),
-    "w16-rtn-up6": _w16_search(range(6, -1, -1), "rtn"),
-    "w16-rtn-m1-up6": _w16_search(range(6, -2, -1), "rtn"),
 }
+
+# The held-out screen of calibration-free 16-block weight roundings that chose search-up
+# (SmolLM2, the corpora's text after the reported 200k tokens; docs/ACCURACY.md "Target (c)"):
+# suffix -> (first code, offsets tried, what it is). Each is a W4A16 method "w4a16-w16-<suffix>".
+WEIGHT_SCREEN = {
+    "noclip": ("rtn", range(1, -1, -1), "least squares over the RTN scale code and the next larger"),
+    "ceil": ("ceil", range(0, 1), "the smallest non-clipping scale code"),
+    "up4": ("ceil", range(4, -1, -1), "least squares over ceil .. ceil+4"),
+    "up6": ("ceil", range(6, -1, -1), "least squares over ceil .. ceil+6"),
+    "up8": ("ceil", range(8, -1, -1), "least squares over ceil .. ceil+8"),
+    "up12": ("ceil", range(12, -1, -1), "least squares over ceil .. ceil+12"),
+    "rtn-up6": ("rtn", range(6, -1, -1), "least squares over RTN .. RTN+6 (= search-up)"),
+    "rtn-m1-up6": ("rtn", range(6, -2, -1), "least squares over RTN-1 .. RTN+6"),
+}
+WEIGHTS.update({f"w16-{k}": _w16_search(offsets, start) for k, (start, offsets, _) in WEIGHT_SCREEN.items()})
 
 ACTS = {
     "16bit": a_none,
@@ -179,18 +186,6 @@ METHODS: dict[str, Method] = {
                "16-block weights with per-block E4M3 scale search, 16-bit activations"),
         Method("dense+dense-w16", "sharq-w16", "sharq-nvfp4-dense",
                "dense+dense activations with 16-block weight scales (RTN)"),
-        # held-out screening of calibration-free 16-block weight roundings (SmolLM2, the corpora's
-        # text after the reported 200k tokens; docs/ACCURACY.md "Choosing the weight rounding")
-        Method("w4a16-w16-noclip", "w16-noclip", "16bit",
-               "screen: least squares over the RTN scale code and the next larger"),
-        Method("w4a16-w16-ceil", "w16-ceil", "16bit", "screen: the smallest non-clipping scale code"),
-        Method("w4a16-w16-up4", "w16-up4", "16bit", "screen: least squares over ceil .. ceil+4"),
-        Method("w4a16-w16-up6", "w16-up6", "16bit", "screen: least squares over ceil .. ceil+6"),
-        Method("w4a16-w16-up8", "w16-up8", "16bit", "screen: least squares over ceil .. ceil+8"),
-        Method("w4a16-w16-up12", "w16-up12", "16bit", "screen: least squares over ceil .. ceil+12"),
-        Method("w4a16-w16-rtn-up6", "w16-rtn-up6", "16bit", "screen: least squares over RTN .. RTN+6 (= search-up)"),
-        Method("w4a16-w16-rtn-m1-up6", "w16-rtn-m1-up6", "16bit",
-               "screen: least squares over RTN-1 .. RTN+6"),
         # the search-up weights (plugin weight_rounding=search-up) with each activation side
         Method("nvfp4-w16-search-up", "sharq-w16-search-up", "nvfp4",
                "NVFP4 activations with 16-block search-up weights (reference for sharq-plus' activation gap)"),
@@ -222,6 +217,8 @@ METHODS: dict[str, Method] = {
                 "act_scale": "token"}),
     ]
 }
+METHODS.update({f"w4a16-w16-{k}": Method(f"w4a16-w16-{k}", f"w16-{k}", "16bit", f"screen: {what}")
+                for k, (_, _, what) in WEIGHT_SCREEN.items()})
 
 # Methods every report must contain (issue 7).
 REQUIRED = ["bf16", "fp8", "nvfp4", "mxfp4", "w4a16-w32", "sharq-nvfp4-2:4",
