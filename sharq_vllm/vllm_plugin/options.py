@@ -41,8 +41,8 @@ OPTION_DOCS: dict[str, str] = {
     "('o_proj', 'layers.0.mlp.down_proj'), fnmatch globs ('*.layers.0.*') or 're:REGEX'",
     "weight_block": "weight scale block along K: 32 (paper, shared payload) or 16 (sharq-plus)",
     "weight_rounding": "weight rounding: rtn (paper), search-up (sharq-plus: per block the "
-    "least-squares E4M3 scale among those that do not clip the block's largest weight) or search "
-    "(least squares around the RTN scale, may clip)",
+    "least-squares E4M3 scale among RTN's and the 6 larger ones) or search (least squares over "
+    "RTN-4 .. RTN+1, may clip the block's largest weight)",
     "act_scale": "activation tensor-scale granularity: token (default) or tensor (paper)",
 }
 
