@@ -85,7 +85,7 @@ class QuantizedBlocks:
 
     def dequantize(self) -> torch.Tensor:
         values = e2m1_decode(self.unpacked_codes())
-        blocks = values.reshape(*values.shape[:-1], -1, self.block)
+        blocks = values.reshape(*values.shape[:-1], values.shape[-1] // self.block, self.block)
         return (blocks * self.decode_scales().unsqueeze(-1)).reshape(values.shape)
 
 

@@ -51,6 +51,19 @@ def test_linear_cpu_matches_reference():
     assert y3.shape == (1, 3, 48) and torch.equal(y3.reshape(3, 48), y)
 
 
+@pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4"])
+@pytest.mark.parametrize("pattern", ["4:8-pairs", "2:4", "dense"])
+@pytest.mark.parametrize("lead", [(0,), (2, 0)])
+def test_linear_with_no_rows(fmt, pattern, lead):
+    """An empty batch (vLLM can hand a layer zero tokens) gives an empty output, not an error."""
+    w = _heavy(48, 128, torch.float32, seed=3)
+    packed = ops.pack_weight(quantize_weight(w), "cpu")
+    x = torch.empty(*lead, 128, dtype=torch.bfloat16)
+    y = ops.sharq_linear(x, packed, None, fmt, pattern)
+    assert y.shape == (*lead, 48) and y.dtype == torch.bfloat16
+    assert apply_linear(x, quantize_weight(w), None, fmt, pattern).shape == (*lead, 48)
+
+
 def test_fake_impls_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
