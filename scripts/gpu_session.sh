@@ -30,6 +30,7 @@
 #                 bytes on disk and load time vs the bf16 folder served with online quantization
 #   qwen-abuse    vllm serve --quantization sharq --api-key + benchmarks/robustness/load_abuse.py
 #   qwen-acc-code, qwen-acc-prose   accuracy harness, 200k tokens, bf16 activations
+#   qwen-layers-prose  per-layer-group KL / perplexity attribution of the W4A16 roundings (layers.py)
 #   gemma-model, gemma-acc, smollm2-model, smollm2-acc   the same for the small models
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -320,6 +321,12 @@ job() {
     qwen-acc-code|qwen-acc-prose|gemma-acc-code|gemma-acc-prose|smollm2-acc-code|smollm2-acc-prose)
       local m=${j%%-*} c=${j##*-}
       acc_job "$m" "$c" ;;
+    qwen-layers-prose)  # which layer groups make sharq-plus' weights miss target (c) on Qwen prose
+      while [ ! -f "$RES/qwen-model.rc" ]; do sleep 5; done
+      export PYTHONPATH=$HOME/gguf-site:$PWD:${PYTHONPATH:-}
+      timeout 900 python3 -m benchmarks.accuracy.layers --model qwen2.5-coder --model-dir "$MODELS/qwen-bf16" \
+        --device cuda --dtype bfloat16 --corpus prose --tokens 200000 --window 2048 --batch 2 \
+        --methods w4a16-w16,w4a16-w16-search-up,w4a16-w16-up6 --out "$o/layers-qwen2.5-coder-prose.json" ;;
     qwen-greedy)
       wait_vllm; plugin_site
       local M=$MODELS/qwen-bf16

@@ -25,8 +25,16 @@ from pathlib import Path
 import torch
 
 from . import corpora as corpora_mod
-from .harness import _metrics, _ref_logp, load_model, make_windows, resolve_model_dir, uses_bos
-from .methods import ACTS, LINEAR_NAMES, METHODS, WEIGHTS, install
+from .harness import (
+    _metrics,
+    _ref_logp,
+    check_tokenizer,
+    choose_bos,
+    load_model,
+    make_windows,
+    resolve_model_dir,
+)
+from .methods import ACTS, LINEAR_NAMES, METHODS, install
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -51,7 +59,7 @@ def local_errors(model, layers, state, ids, methods) -> dict:
             row = {}
             for m in methods:
                 meth = METHODS[m]
-                wq = WEIGHTS[meth.weight](layer.w16)
+                wq = layer.weight_for(meth.weight)  # with the fused layer's tensor scale, as served
                 xq = ACTS[meth.act](x, state.act_scale).float()
                 row[m] = {"weight": _rel(x @ wq.T, y), "act": _rel(xq @ w.T, y), "both": _rel(xq @ wq.T, y)}
             out[layer.name] = row
@@ -80,29 +88,40 @@ def _groups(names: list[str], n_layers: int) -> dict:
     return g
 
 
-def kl_attribution(model, layers, state, ids, methods) -> dict:
-    n_layers = 1 + max(int(layer.name.split(".")[layer.name.split(".").index("layers") + 1]) for layer in layers)
+def kl_attribution(model, layers, state, ids, methods, batch: int = 1) -> dict:
+    """Per (method, group): sums over all windows of ``ids``, ``batch`` windows per forward."""
+    n_layers = 1 + max(_layer_idx(layer.name) for layer in layers)
     groups = _groups([layer.name for layer in layers], n_layers)
-    targets = ids[:, 1:].reshape(-1)
-    res = {}
+    sums = {m: {g: [0.0, 0.0, 0.0] for g in groups} for m in methods}
+    n = 0
+    t0 = time.time()
     with torch.inference_mode():
+        for i in range(0, ids.shape[0], batch):
+            chunk = ids[i : i + batch]
+            targets = chunk[:, 1:].reshape(-1)
+            state.active_filter = None
+            state.set("bf16")
+            out = model(chunk).logits
+            ref = _ref_logp(out[:, :-1].reshape(-1, out.shape[-1]))
+            del out
+            for m in methods:
+                for gname, f in groups.items():
+                    state.active_filter = f
+                    state.set(m)
+                    out = model(chunk).logits
+                    nll, kl, agree = _metrics(out[:, :-1].reshape(-1, out.shape[-1]), targets, ref)
+                    del out
+                    acc = sums[m][gname]
+                    acc[0] += nll
+                    acc[1] += kl
+                    acc[2] += agree
+            n += targets.shape[0]
+            print(f"[layers] attribution windows {min(i + batch, ids.shape[0])}/{ids.shape[0]} "
+                  f"({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
         state.active_filter = None
         state.set("bf16")
-        out = model(ids).logits
-        ref = _ref_logp(out[:, :-1].reshape(-1, out.shape[-1]))
-        for m in methods:
-            res[m] = {}
-            for gname, f in groups.items():
-                state.active_filter = f
-                state.set(m)
-                out = model(ids).logits
-                logits = out[:, :-1].reshape(-1, out.shape[-1])
-                nll, kl, agree = _metrics(logits, targets, ref)
-                n = targets.shape[0]
-                res[m][gname] = {"kl": kl / n, "ppl": math.exp(nll / n), "top1": agree / n}
-        state.active_filter = None
-        state.set("bf16")
-    return res
+    return {m: {g: {"kl": v[1] / n, "ppl": math.exp(v[0] / n), "top1": v[2] / n} for g, v in gs.items()}
+            for m, gs in sums.items()}
 
 
 def main(argv=None) -> int:
@@ -119,6 +138,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-kl", action="store_true")
+    p.add_argument("--batch", type=int, default=1, help="windows per forward in the attribution")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -127,8 +147,10 @@ def main(argv=None) -> int:
     path = resolve_model_dir(args.model, args.model_dir)
     model, tok, _ = load_model(path, dtype, args.device, args.gguf_file)
     state, layers = install(model)
-    bos = uses_bos(tok)
-    wins = make_windows(corpora_mod.load_text(args.corpus), tok, args.window,
+    bos, _ = choose_bos(args.model, "auto", tok)
+    text = corpora_mod.load_text(args.corpus)
+    check_tokenizer(args.model, args.corpus, tok, text)
+    wins = make_windows(text, tok, args.window,
                         math.ceil(args.tokens / (args.window - 1)), bos)
     ids = torch.tensor(wins, device=args.device)
     methods = args.methods.split(",")
@@ -138,7 +160,7 @@ def main(argv=None) -> int:
            "local": local_errors(model, layers, state, ids[:1], methods)}
     print(f"[layers] local errors in {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
     if not args.skip_kl:
-        res["kl_attribution"] = kl_attribution(model, layers, state, ids, methods)
+        res["kl_attribution"] = kl_attribution(model, layers, state, ids, methods, args.batch)
     res["seconds"] = time.time() - t0
     text = json.dumps(res, indent=1)
     if args.out:
@@ -171,12 +193,14 @@ def summary(res: dict) -> str:
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     if "kl_attribution" in res:
         lines.append("")
-        lines.append("KL (nats/token) with the method on one group only (rest 16-bit):")
-        groups = list(next(iter(res["kl_attribution"].values())))
+        lines.append("KL (nats/token) / perplexity with the method on one group only (rest 16-bit):")
+        ka = res["kl_attribution"]
+        groups = list(next(iter(ka.values())))
         lines.append("| group | " + " | ".join(methods) + " |")
         lines.append("|---|" + "---|" * len(methods))
         for g in groups:
-            lines.append(f"| {g} | " + " | ".join(f"{res['kl_attribution'][m][g]['kl']:.4f}" for m in methods) + " |")
+            lines.append(f"| {g} | " + " | ".join(f"{ka[m][g]['kl']:.4f} / {ka[m][g]['ppl']:.4f}" for m in methods)
+                         + " |")
     return "\n".join(lines)
 
 
