@@ -33,6 +33,7 @@ from .harness import (
     load_model,
     make_windows,
     resolve_model_dir,
+    summarize,
 )
 from .methods import ACTS, LINEAR_NAMES, METHODS, install
 
@@ -79,7 +80,7 @@ def _by_depth(a: int, b: int):
     return lambda n: a <= _layer_idx(n) < b
 
 
-def _groups(names: list[str], n_layers: int) -> dict:
+def _groups(n_layers: int) -> dict:
     g = {f"type:{t}": _by_type(t) for t in LINEAR_NAMES}
     thirds = [(0, n_layers // 3), (n_layers // 3, 2 * n_layers // 3), (2 * n_layers // 3, n_layers)]
     for a, b in thirds:
@@ -91,8 +92,8 @@ def _groups(names: list[str], n_layers: int) -> dict:
 def kl_attribution(model, layers, state, ids, methods, batch: int = 1) -> dict:
     """Per (method, group): sums over all windows of ``ids``, ``batch`` windows per forward."""
     n_layers = 1 + max(_layer_idx(layer.name) for layer in layers)
-    groups = _groups([layer.name for layer in layers], n_layers)
-    sums = {m: {g: [0.0, 0.0, 0.0] for g in groups} for m in methods}
+    groups = _groups(n_layers)
+    sums = {m: {g: {"nll": 0.0, "kl": 0.0, "agree": 0.0} for g in groups} for m in methods}
     n = 0
     t0 = time.time()
     with torch.inference_mode():
@@ -112,16 +113,15 @@ def kl_attribution(model, layers, state, ids, methods, batch: int = 1) -> dict:
                     nll, kl, agree = _metrics(out[:, :-1].reshape(-1, out.shape[-1]), targets, ref)
                     del out
                     acc = sums[m][gname]
-                    acc[0] += nll
-                    acc[1] += kl
-                    acc[2] += agree
+                    acc["nll"] += nll
+                    acc["kl"] += kl
+                    acc["agree"] += agree
             n += targets.shape[0]
             print(f"[layers] attribution windows {min(i + batch, ids.shape[0])}/{ids.shape[0]} "
                   f"({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
         state.active_filter = None
         state.set("bf16")
-    return {m: {g: {"kl": v[1] / n, "ppl": math.exp(v[0] / n), "top1": v[2] / n} for g, v in gs.items()}
-            for m, gs in sums.items()}
+    return {m: {g: summarize(v, n) for g, v in gs.items()} for m, gs in sums.items()}
 
 
 def main(argv=None) -> int:
