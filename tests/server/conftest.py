@@ -66,7 +66,11 @@ def baseline_prompt_logprobs(smollm2_dir: Path, log_dir: Path, paragraph: str) -
 
 @pytest.fixture(scope="session")
 def sharq_server(smollm2_dir: Path, log_dir: Path) -> Iterator[VLLMServer]:
-    """SmolLM2 with ``--quantization sharq`` (paper defaults: nvfp4, 4:8-pairs), compiled."""
-    with VLLMServer(smollm2_dir, "--quantization", "sharq", log_path=log_dir / "sharq.log") as srv:
+    """SmolLM2 with ``--quantization sharq`` (paper defaults: nvfp4, 4:8-pairs), compiled,
+    under its short model id (``--served-model-name``, as scripts/serve.sh serves it)."""
+    from sharq_vllm.assets import MODELS
+
+    with VLLMServer(smollm2_dir, "--quantization", "sharq", log_path=log_dir / "sharq.log",
+                    served_name=MODELS["smollm2"].served_name) as srv:
         print(f"\n[sharq server] healthy after {srv.startup_s:.1f}s", file=sys.stderr)
         yield srv

