@@ -5,6 +5,7 @@
                         [--act-scale token|tensor] [--skip REGEX ...] [--dtype auto|bfloat16|...]
                         [--max-shard-size 2GB] [--overwrite] [--no-progress]
     sharq-vllm inspect DIR [--json] [--layers]
+    sharq-vllm --version
 
 Exit status: 0 ok, 2 usage error, 1 a bad checkpoint or option (the message names the file or
 tensor).
@@ -19,11 +20,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from . import __version__
 from .checkpoint import CheckpointError, CheckpointInfo, validate_checkpoint
 from .vllm_plugin.options import (
     ACT_SCALES,
     DEFAULTS,
     FORMATS,
+    OPTION_DOCS,
     PATTERNS,
     WEIGHT_BLOCKS,
     WEIGHT_ROUNDINGS,
@@ -50,6 +53,7 @@ def parse_size(text: str) -> int:
 
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sharq-vllm", description=__doc__.split("\n\n")[0])
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     q = sub.add_parser(
@@ -58,13 +62,21 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Quantize a 16-bit Hugging Face checkpoint (safetensors) into a SharQ "
         "checkpoint that `vllm serve DST_DIR` loads without --quantization.",
     )
-    q.add_argument("src", metavar="SRC_DIR")
-    q.add_argument("dst", metavar="DST_DIR")
-    q.add_argument("--format", choices=FORMATS, default=DEFAULTS["format"], help="activation FP4 format")
-    q.add_argument("--pattern", choices=PATTERNS, default=DEFAULTS["pattern"], help="sparse-backbone pattern")
-    q.add_argument("--weight-block", type=int, choices=WEIGHT_BLOCKS, default=DEFAULTS["weight_block"])
-    q.add_argument("--weight-rounding", choices=WEIGHT_ROUNDINGS, default=DEFAULTS["weight_rounding"])
-    q.add_argument("--act-scale", choices=ACT_SCALES, default=DEFAULTS["act_scale"])
+    q.add_argument("src", metavar="SRC_DIR", help="16-bit Hugging Face checkpoint folder (safetensors)")
+    q.add_argument("dst", metavar="DST_DIR", help="output folder for the SharQ checkpoint")
+    # help texts: the option docs of the vLLM plugin (one definition); '%' escaped for argparse
+    for flag, choices, conv in (
+        ("--format", FORMATS, str),
+        ("--pattern", PATTERNS, str),
+        ("--weight-block", WEIGHT_BLOCKS, int),
+        ("--weight-rounding", WEIGHT_ROUNDINGS, str),
+        ("--act-scale", ACT_SCALES, str),
+    ):
+        key = flag[2:].replace("-", "_")
+        doc = OPTION_DOCS[key].replace("%", "%%")
+        if "default" not in doc:
+            doc += " (default: %(default)s)"
+        q.add_argument(flag, type=conv, choices=choices, default=DEFAULTS[key], help=doc)
     q.add_argument(
         "--skip",
         metavar="REGEX",
@@ -82,12 +94,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="dtype the weights are quantized from; must match vLLM's --dtype for a payload "
         "bit-identical to online quantization (auto: vLLM's rule)",
     )
-    q.add_argument("--max-shard-size", type=parse_size, default=parse_size("2GB"), metavar="SIZE")
+    q.add_argument("--max-shard-size", type=parse_size, default=parse_size("2GB"), metavar="SIZE",
+                   help="largest safetensors file to write, e.g. 2GB, 500MB, 1GiB (default: 2GB)")
     q.add_argument("--overwrite", action="store_true", help="replace DST_DIR if it exists")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     i = sub.add_parser("inspect", help="validate a SharQ checkpoint and print its layers and sizes")
-    i.add_argument("path", metavar="DIR")
+    i.add_argument("path", metavar="DIR", help="checkpoint folder (SharQ or 16-bit)")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.add_argument("--layers", action="store_true", help="one line per quantized layer")
     return p

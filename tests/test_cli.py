@@ -241,3 +241,42 @@ def test_output_config_parses_in_vllm_plugin(tmp_path):
     qc = json.loads((tmp_path / "dst" / "config.json").read_text())["quantization_config"]
     cfg = SharQConfig.from_config(qc)
     assert cfg.get_name() == "sharq"
+
+
+def test_version(capsys):
+    import sharq_vllm
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"sharq-vllm {sharq_vllm.__version__}\n"
+    exe = shutil.which("sharq-vllm")
+    if exe is None:  # the console script exists where the package is installed (scripts/setup.sh)
+        pytest.skip("no sharq-vllm console script on PATH")
+    r = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
+    assert (r.returncode, r.stdout) == (0, f"sharq-vllm {sharq_vllm.__version__}\n")
+
+
+def test_every_option_has_help_text():
+    """Every argument of every subcommand documents itself; the SharQ options reuse the
+    plugin's OPTION_DOCS (one definition)."""
+    import argparse
+
+    from sharq_vllm.cli import _build_parser
+    from sharq_vllm.vllm_plugin.options import OPTION_DOCS
+
+    parser = _build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subs.choices) == {"quantize", "inspect"}
+    for name, sub in subs.choices.items():
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            label = f"{name} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help and action.help != argparse.SUPPRESS and len(action.help) > 10, label
+    quantize = subs.choices["quantize"]
+    text = " ".join(quantize.format_help().split())
+    for key in ("format", "pattern", "weight_block", "weight_rounding", "act_scale"):
+        action = next(a for a in quantize._actions if a.dest == key)
+        assert action.help.startswith(OPTION_DOCS[key]), key
+        assert " ".join(OPTION_DOCS[key].split()) in text, key
