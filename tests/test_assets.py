@@ -18,6 +18,12 @@ import pytest
 from sharq_vllm import assets
 
 GGUF_BOS = {"smollm2": False, "gemma3": True, "qwen2.5-coder": False}  # tokenizer.ggml.add_bos_token
+# sha256 of each pinned GGUF's tokenizer.chat_template (None: the GGUF has none)
+GGUF_CHAT_TEMPLATE_SHA256 = {
+    "smollm2": "872be49dbb638044ad01b60388f48d469ff2980e5f0dccdc22ec907db54d0788",
+    "gemma3": None,
+    "qwen2.5-coder": "d5495a1e5db0611132a97e46a65dbb64a642a499421228b9c8b93229097fa9a4",
+}
 
 
 def _write_gguf(path: Path, **kv) -> None:
@@ -93,6 +99,8 @@ def test_qwen_metadata_gives_its_tokenizer_settings():
     assert (s.add_bos, s.add_eos, s.bos_token_id, s.eos_token_id) == (False, None, 151643, 151645)
     assert s.chat_template == tpl
     assert s.as_json()["chat_template_sha256"] == hashlib.sha256(tpl.encode()).hexdigest()
+    none = assets.tokenizer_settings({k: v for k, v in meta.items() if k != "tokenizer.chat_template"})
+    assert none.chat_template is None and none.as_json()["chat_template_sha256"] is None
 
 
 def _converted(name: str) -> Path:
@@ -113,6 +121,7 @@ def test_converted_tokenizer_follows_the_gguf(name):
     folder = _converted(name)
     meta = assets.read_gguf_metadata(assets.ensure_gguf(name))
     assert meta["tokenizer.ggml.add_bos_token"] is GGUF_BOS[name]
+    assert assets.tokenizer_settings(meta).as_json()["chat_template_sha256"] == GGUF_CHAT_TEMPLATE_SHA256[name]
     tok = AutoTokenizer.from_pretrained(str(folder))
     ids = tok("Water boils at a temperature of").input_ids
     assert tok.bos_token_id == meta["tokenizer.ggml.bos_token_id"]
