@@ -43,7 +43,7 @@ def _cuda_extension():
         gencode.append(f"-gencode=arch=compute_{num},code=sm_{num}")
     ext = CUDAExtension(
         name="sharq_vllm._C",
-        sources=["csrc/bindings.cpp", "csrc/prep.cu", "csrc/gemm.cu"],
+        sources=[f"csrc/{s}" for s in ("bindings.cpp", "prep.cu", "gemm_decode.cu", "gemm_wgmma.cu")],
         extra_compile_args={
             "cxx": ["-O3", "-std=c++17"],
             "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo", *gencode],

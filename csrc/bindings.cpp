@@ -3,7 +3,7 @@
 // These are low-level, out-parameter ops (no allocation, no host sync): the user-facing ops
 // `torch.ops.sharq.prepare / gemm / prepare_debug` (sharq_vllm/ops.py) allocate outputs, pick
 // the path by M and call these. Built by setup.py (CUDAExtension `sharq_vllm._C`) or JIT-built by
-// sharq_vllm/kernels/_build.py; either way loaded as a plain shared library (no pybind: the
+// sharq_vllm/kernels/__init__.py; either way loaded as a plain shared library (no pybind: the
 // module init below only exists so that `import sharq_vllm._C` works).
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -80,39 +80,52 @@ void prep_debug(const at::Tensor& x, at::Tensor& out, at::Tensor& mask, at::Tens
   prep_impl(x, out, fmt, pattern, dbg);
 }
 
-void gemm_mma(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
-              const at::Tensor& tensor_scale, const std::optional<at::Tensor>& bias, at::Tensor& out,
-              int64_t n_pad, int64_t wblock) {
+// Shared checks of the GEMM ops; returns the bias pointer (or null).
+const void* check_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                       const at::Tensor& tensor_scale, const std::optional<at::Tensor>& bias,
+                       at::Tensor& out, int64_t n_pad) {
   check_rows(x, out);
   TORCH_CHECK(qweight.is_cuda() && scales.is_cuda() && tensor_scale.is_cuda(), "sharq: weights must be on CUDA");
   TORCH_CHECK(qweight.is_contiguous() && scales.is_contiguous(), "sharq: packed weights must be contiguous");
   TORCH_CHECK(tensor_scale.scalar_type() == at::kFloat, "sharq: tensor_scale must be float32");
-  const int M = x.size(0), K = x.size(1), n_valid = out.size(1);
+  const int64_t M = x.size(0), K = x.size(1), n_valid = out.size(1);
   TORCH_CHECK(qweight.numel() * qweight.element_size() == n_pad * K / 2, "sharq: qweight size mismatch");
   TORCH_CHECK(n_valid <= n_pad && out.size(0) == M, "sharq: out shape mismatch");
-  const void* bptr = nullptr;
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->scalar_type() == x.scalar_type() && bias->is_contiguous() && bias->numel() >= n_valid,
                 "sharq: bad bias");
-    bptr = bias->data_ptr();
+    return bias->data_ptr();
   }
-  const c10::cuda::CUDAGuard guard(x.device());
-  check_cuda(sharq::launch_gemm_mma(x.data_ptr(), x.stride(0), qweight.data_ptr(), scales.data_ptr(),
-                                    tensor_scale.data_ptr<float>(), bptr, out.data_ptr(), out.stride(0),
-                                    M, (int)n_pad, n_valid, K, (int)wblock, dtype_code(x),
-                                    c10::cuda::getCurrentCUDAStream().stream()),
-             "gemm_mma");
+  return nullptr;
 }
 
-void dequant(const at::Tensor& qweight, const at::Tensor& scales, at::Tensor& w, int64_t wblock) {
-  TORCH_CHECK(w.is_cuda() && w.is_contiguous() && w.dim() == 2, "sharq: bad dequant output");
-  const int N = w.size(0), K = w.size(1);
-  TORCH_CHECK(qweight.numel() * qweight.element_size() == (int64_t)N * K / 2, "sharq: qweight size mismatch");
-  const c10::cuda::CUDAGuard guard(w.device());
-  check_cuda(sharq::launch_dequant(qweight.data_ptr(), scales.data_ptr(), w.data_ptr(), N, K,
-                                   (int)wblock, dtype_code(w),
-                                   c10::cuda::getCurrentCUDAStream().stream()),
-             "dequant");
+// w (strips a CTA, 4..16) and cl (cluster size, 1..8): 0 = the kernel's own plan
+void gemm_decode(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                 const at::Tensor& tensor_scale, const std::optional<at::Tensor>& bias, at::Tensor& out,
+                 int64_t n_pad, int64_t wblock, int64_t w, int64_t cl) {
+  const void* bptr = check_gemm(x, qweight, scales, tensor_scale, bias, out, n_pad);
+  TORCH_CHECK(x.size(0) <= 16, "sharq: gemm_decode takes at most 16 rows");
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_cuda(sharq::launch_gemm_decode(x.data_ptr(), x.stride(0), qweight.data_ptr(), scales.data_ptr(),
+                                       tensor_scale.data_ptr<float>(), bptr, out.data_ptr(), out.stride(0),
+                                       x.size(0), (int)n_pad, out.size(1), x.size(1), (int)wblock,
+                                       dtype_code(x), c10::cuda::getCurrentCUDAStream().stream(), (int)w,
+                                       (int)cl),
+             "gemm_decode");
+}
+
+// tok (32/64/128/256) and cl (1/2/4/8): 0 = the kernel's own plan
+void gemm_wgmma(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                const at::Tensor& tensor_scale, const std::optional<at::Tensor>& bias, at::Tensor& out,
+                int64_t n_pad, int64_t wblock, int64_t tok, int64_t cl) {
+  const void* bptr = check_gemm(x, qweight, scales, tensor_scale, bias, out, n_pad);
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_cuda(sharq::launch_gemm_wgmma(x.data_ptr(), x.stride(0), qweight.data_ptr(), scales.data_ptr(),
+                                      tensor_scale.data_ptr<float>(), bptr, out.data_ptr(), out.stride(0),
+                                      x.size(0), (int)n_pad, out.size(1), x.size(1), (int)wblock,
+                                      dtype_code(x), c10::cuda::getCurrentCUDAStream().stream(), (int)tok,
+                                      (int)cl),
+             "gemm_wgmma");
 }
 
 }  // namespace
@@ -125,17 +138,19 @@ TORCH_LIBRARY(sharq_C, m) {
       "Tensor(d!) bb_scales, Tensor(e!) res_codes, Tensor(f!) res_scales, Tensor(g!) tscales, "
       "int fmt, int pattern) -> ()");
   m.def(
-      "gemm_mma(Tensor x, Tensor qweight, Tensor scales, Tensor tensor_scale, Tensor? bias, "
-      "Tensor(a!) out, int n_pad, int wblock) -> ()");
-  m.def("dequant(Tensor qweight, Tensor scales, Tensor(a!) w, int wblock) -> ()");
+      "gemm_decode(Tensor x, Tensor qweight, Tensor scales, Tensor tensor_scale, Tensor? bias, "
+      "Tensor(a!) out, int n_pad, int wblock, int w, int cl) -> ()");
+  m.def(
+      "gemm_wgmma(Tensor x, Tensor qweight, Tensor scales, Tensor tensor_scale, Tensor? bias, "
+      "Tensor(a!) out, int n_pad, int wblock, int tok, int cl) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(sharq_C, CUDA, m) {
   m.impl("prep", &prep);
   m.impl("prep_cfg", &prep_cfg);
   m.impl("prep_debug", &prep_debug);
-  m.impl("gemm_mma", &gemm_mma);
-  m.impl("dequant", &dequant);
+  m.impl("gemm_decode", &gemm_decode);
+  m.impl("gemm_wgmma", &gemm_wgmma);
 }
 
 // `import sharq_vllm._C` (setup.py build) just loads the library; the ops register above.

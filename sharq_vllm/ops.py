@@ -9,8 +9,8 @@ are CUDA-graph capturable):
     SharQ activation decomposition (reference.sharq_activation), optionally after an RMSNorm.
 ``torch.ops.sharq.prepare_debug(x, fmt, pattern) -> (x_hat, mask, bb_codes, bb_scales,
     res_codes, res_scales, tscales)``: the codes and scales too, for bit-exactness tests.
-``torch.ops.sharq.gemm(x_hat, qweight, scales, tensor_scale, bias, n, n_pad, k, block, layout,
-    alpha) -> y``: y = x_hat @ deQ(W)^T + bias with the weight from :func:`pack_weight`.
+``torch.ops.sharq.gemm(x_hat, qweight, scales, tensor_scale, bias, n, n_pad, k, block, layout)
+    -> y``: y = x_hat @ deQ(W)^T + bias with the weight from :func:`pack_weight`.
 
 CPU (and any device without the extension): the reference in plain PyTorch. CUDA: the kernels
 in csrc/ (``torch.ops.sharq_C``); if the extension cannot be loaded the CUDA impl falls back
@@ -31,7 +31,7 @@ import torch
 
 from . import kernels as _kernels
 from .formats import WEIGHT_FORMATS, QuantizedBlocks
-from .fp4 import unpack_nibbles
+from .kernels.layout import tile_weight, untile_weight
 from .reference import WeightPayload, dequantize_weight, prepare_activation
 from .reference import gemm as reference_gemm
 
@@ -40,13 +40,14 @@ logger = logging.getLogger(__name__)
 FMT_CODES = {"nvfp4": 0, "mxfp4": 1}
 PATTERN_CODES = {"dense": 0, "2:4": 1, "4:8-pairs": 2}
 LAYOUT_CANONICAL = 0  # codes [N, K/2] uint8, scales float8_e4m3fn [N, K/block]
-LAYOUT_TILED = 1  # csrc/gemm.cu: [N/16][K/64][32 lanes][16 B] + [N/16][K/64][scale bytes]
+LAYOUT_TILED = 1  # sharq_vllm/kernels/layout.py (csrc/fp4_tile.cuh): what the CUDA GEMMs read
 
 # Dispatch knobs (read once; tests and benchmarks may change CONFIG at run time).
 CONFIG: dict[str, Any] = {
-    # "auto": mma kernel for M <= mma_max_m, else dequantize + cuBLAS; or force one path.
+    # "auto": decode kernel for M <= decode_max_m (at most 16), else the wgmma kernel; or force
+    # "wgmma" for every M
     "gemm_path": os.environ.get("SHARQ_GEMM_PATH", "auto"),
-    "mma_max_m": int(os.environ.get("SHARQ_MMA_MAX_M", "64")),
+    "decode_max_m": 16,
 }
 
 _warned: set[str] = set()
@@ -68,22 +69,18 @@ def _ext_ok() -> bool:
 # ----------------------------------------------------------------------------------------
 # weights
 # ----------------------------------------------------------------------------------------
-_NIBBLE_POS = (3, 7, 2, 6, 1, 5, 0, 4)  # position of code c0..c7 inside a tiled word
-
-
 @dataclass
 class PackedWeight:
     """A weight payload in the layout the op consumes on its device (see :func:`pack_weight`)."""
 
-    qweight: torch.Tensor  # tiled: int32 [N_pad/16, K/64*128]; canonical: uint8 [N, K/2]
-    scales: torch.Tensor  # uint8 E4M3 bytes; tiled: [N_pad/16, K/64*bytes]; canonical: [N, K/block]
+    qweight: torch.Tensor  # tiled: uint8 [N_pad/16, K/64*512]; canonical: uint8 [N, K/2]
+    scales: torch.Tensor  # uint8; tiled: scale codes [N_pad/16, K/64*bytes]; canonical: E4M3 [N, K/block]
     tensor_scale: torch.Tensor  # fp32 [1]
     n: int
     n_pad: int
     k: int
     block: int
     layout: int
-    alpha: float  # float(tensor_scale): the cuBLAS path's epilogue scale (read once at pack time)
 
     @property
     def nbytes(self) -> int:
@@ -93,65 +90,12 @@ class PackedWeight:
         )
 
 
-def tile_weight(
-    codes: torch.Tensor, scales: torch.Tensor, block: int
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Canonical (codes uint8 [N, K/2], scales e4m3/uint8 [N, K/block]) -> tiled layout.
-
-    Returns (qweight int32 [N_pad/16, K/64*128], scales uint8 [N_pad/16, K/64*16*(64/block)],
-    N_pad). Layout contract: header of csrc/gemm.cu.
-    """
-    n, k2 = codes.shape
-    k = 2 * k2
-    if k % 64:
-        raise ValueError(f"sharq: tiled layout needs K % 64 == 0, got K={k}")
-    if block not in (16, 32):
-        raise ValueError(f"sharq: tiled layout needs block 16 or 32, got {block}")
-    n_pad = (n + 15) // 16 * 16
-    kt = k // 64
-    s_count = n_pad // 16
-    c = unpack_nibbles(codes).to(torch.int64)
-    sc = scales.view(torch.uint8) if scales.dtype != torch.uint8 else scales
-    if n_pad != n:
-        c = torch.cat([c, c.new_zeros(n_pad - n, k)])
-        sc = torch.cat([sc, sc.new_zeros(n_pad - n, sc.shape[1])])
-    # [S, h, g, KT, q, half, i]: row 16S + 8h + g, k = 64 KT + 16 q + 8 half + i
-    c = c.reshape(s_count, 2, 8, kt, 4, 2, 8)
-    shifts = torch.tensor([4 * p for p in _NIBBLE_POS], dtype=torch.int64, device=c.device)
-    words = (c << shifts).sum(-1)  # [S, h, g, KT, q, half], < 2^32
-    words = words.permute(0, 3, 2, 4, 5, 1).contiguous()  # [S, KT, g, q, half, h]
-    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
-    qweight = words.reshape(s_count, kt * 128)
-    nb = 64 // block
-    scl = sc.reshape(s_count, 2, 8, kt, nb).permute(0, 3, 4, 2, 1).contiguous()  # [S, KT, nb, g, h]
-    return qweight, scl.reshape(s_count, kt * nb * 16), n_pad
-
-
-def untile_weight(
-    qweight: torch.Tensor, scales: torch.Tensor, n: int, k: int, block: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverse of :func:`tile_weight`: (codes uint8 [N, K/2], scales uint8 [N, K/block])."""
-    n_pad = qweight.shape[0] * 16
-    kt = k // 64
-    s_count = n_pad // 16
-    words = (
-        qweight.reshape(s_count, kt, 8, 4, 2, 2).to(torch.int64) & 0xFFFFFFFF
-    )  # [S,KT,g,q,half,h]
-    words = words.permute(0, 5, 2, 1, 3, 4)  # [S, h, g, KT, q, half]
-    shifts = torch.tensor([4 * p for p in _NIBBLE_POS], dtype=torch.int64, device=words.device)
-    c = (words.unsqueeze(-1) >> shifts) & 0xF  # [S, h, g, KT, q, half, i]
-    c = c.reshape(n_pad, k).to(torch.uint8)[:n]
-    packed = (c[:, 0::2] | (c[:, 1::2] << 4)).contiguous()
-    nb = 64 // block
-    scl = scales.reshape(s_count, kt, nb, 8, 2).permute(0, 4, 3, 1, 2).reshape(n_pad, kt * nb)[:n]
-    return packed, scl.contiguous()
-
-
 def pack_weight(payload: WeightPayload, device: torch.device | str | None = None) -> PackedWeight:
     """Prepare a weight payload for :func:`sharq_linear` (once, in process_weights_after_loading).
 
-    On CUDA with the extension loaded (and K % 64 == 0): the tiled kernel layout (csrc/gemm.cu),
-    4.5 bits a weight. Elsewhere: the canonical payload tensors on ``device``.
+    On CUDA with the extension loaded (and K % 64 == 0): the tiled kernel layout
+    (sharq_vllm/kernels/layout.py), 4.5 (32-blocks) or 4.75 (16-blocks) bits a weight. Elsewhere:
+    the canonical payload tensors on ``device``.
     """
     device = torch.device(device) if device is not None else payload.codes.device
     ts = payload.tensor_scale
@@ -161,13 +105,12 @@ def pack_weight(payload: WeightPayload, device: torch.device | str | None = None
     n, k2 = payload.codes.shape
     k = 2 * k2
     block = payload.block
-    alpha = float(ts.cpu())
     if device.type == "cuda" and k % 64 == 0 and block in (16, 32) and _ext_ok():
         q, s, n_pad = tile_weight(payload.codes.to(device), payload.block_scales.to(device), block)
-        return PackedWeight(q, s, ts, n, n_pad, k, block, LAYOUT_TILED, alpha)
+        return PackedWeight(q, s, ts, n, n_pad, k, block, LAYOUT_TILED)
     codes = payload.codes.to(device).contiguous()
     scales = payload.block_scales.to(device).contiguous().view(torch.uint8)  # raw E4M3 bytes
-    return PackedWeight(codes, scales, ts, n, n, k, block, LAYOUT_CANONICAL, alpha)
+    return PackedWeight(codes, scales, ts, n, n, k, block, LAYOUT_CANONICAL)
 
 
 def _canonical_payload(qweight, scales, tensor_scale, n, k, block, layout) -> WeightPayload:
@@ -358,13 +301,12 @@ def gemm(
     k: int,
     block: int,
     layout: int,
-    alpha: float,
 ) -> torch.Tensor:
     return _gemm_reference(x_hat, qweight, scales, tensor_scale, bias, n, k, block, layout)
 
 
 @gemm.register_fake
-def _(x_hat, qweight, scales, tensor_scale, bias, n, n_pad, k, block, layout, alpha):
+def _(x_hat, qweight, scales, tensor_scale, bias, n, n_pad, k, block, layout):
     return x_hat.new_empty((*x_hat.shape[:-1], n))
 
 
@@ -373,45 +315,23 @@ def gemm_path_for(m: int) -> str:
     path = str(CONFIG["gemm_path"])
     if path != "auto":
         return path
-    return "mma" if m <= int(CONFIG["mma_max_m"]) else "dequant_mm"
+    return "decode" if m <= min(16, int(CONFIG["decode_max_m"])) else "wgmma"
 
 
-def _gemm_cuda_mma(x2, qweight, scales, tensor_scale, bias, n, n_pad, block):
+def _gemm_cuda_decode(x2, qweight, scales, tensor_scale, bias, n, n_pad, block, w=0, cl=0):
     out = torch.empty((x2.shape[0], n), dtype=x2.dtype, device=x2.device)
-    torch.ops.sharq_C.gemm_mma(x2, qweight, scales, tensor_scale, bias, out, n_pad, block)
+    torch.ops.sharq_C.gemm_decode(x2, qweight, scales, tensor_scale, bias, out, n_pad, block, w, cl)
     return out
 
 
-# The dequantized 16-bit weight is a transient workspace; bounding it keeps the large-M path's
-# peak memory small (a 70B gate_up is 0.9 GiB in bf16: on a card filled to 0.95 by vLLM's KV
-# cache, one unbounded workspace ran out of memory). Strips of 16 rows match the tiled layout.
-DEQUANT_WORKSPACE_BYTES = int(os.environ.get("SHARQ_DEQUANT_WORKSPACE_MB", "128")) << 20
-
-
-def _gemm_cuda_dequant_mm(x2, qweight, scales, bias, n, n_pad, k, block, alpha):
-    rows = max(16, DEQUANT_WORKSPACE_BYTES // (k * x2.element_size()) // 16 * 16)
-    if rows >= n_pad:
-        w = torch.empty((n_pad, k), dtype=x2.dtype, device=x2.device)
-        torch.ops.sharq_C.dequant(qweight, scales, w, block)
-        wt = w[:n].t()
-        if bias is not None:
-            return torch.addmm(bias, x2, wt, alpha=alpha)
-        return torch.addmm(x2.new_zeros(()), x2, wt, beta=0, alpha=alpha)
-    y = torch.empty((x2.shape[0], n), dtype=x2.dtype, device=x2.device)
-    w = torch.empty((rows, k), dtype=x2.dtype, device=x2.device)
-    for r0 in range(0, n, rows):
-        r1 = min(n, r0 + rows)
-        s0, s1 = r0 // 16, (r1 + 15) // 16
-        wc = w[: (s1 - s0) * 16]
-        torch.ops.sharq_C.dequant(qweight[s0:s1], scales[s0:s1], wc, block)
-        out = y[:, r0:r1]  # row-major with ld = n: cuBLAS writes it in place
-        base = bias[r0:r1] if bias is not None else out
-        torch.addmm(base, x2, wc[: r1 - r0].t(), beta=1 if bias is not None else 0, alpha=alpha, out=out)
-    return y
+def _gemm_cuda_wgmma(x2, qweight, scales, tensor_scale, bias, n, n_pad, block, tok=0, cl=0):
+    out = torch.empty((x2.shape[0], n), dtype=x2.dtype, device=x2.device)
+    torch.ops.sharq_C.gemm_wgmma(x2, qweight, scales, tensor_scale, bias, out, n_pad, block, tok, cl)
+    return out
 
 
 @gemm.register_kernel("cuda")
-def _(x_hat, qweight, scales, tensor_scale, bias, n, n_pad, k, block, layout, alpha):
+def _(x_hat, qweight, scales, tensor_scale, bias, n, n_pad, k, block, layout):
     if (
         layout != LAYOUT_TILED
         or x_hat.dtype not in (torch.bfloat16, torch.float16)
@@ -424,10 +344,10 @@ def _(x_hat, qweight, scales, tensor_scale, bias, n, n_pad, k, block, layout, al
     if bias is not None and bias.dtype != x2.dtype:
         bias = bias.to(x2.dtype)
     m = x2.shape[0]
-    if gemm_path_for(m) == "mma":
-        y = _gemm_cuda_mma(x2, qweight, scales, tensor_scale, bias, n, n_pad, block)
+    if gemm_path_for(m) == "decode":
+        y = _gemm_cuda_decode(x2, qweight, scales, tensor_scale, bias, n, n_pad, block)
     else:
-        y = _gemm_cuda_dequant_mm(x2, qweight, scales, bias, n, n_pad, k, block, alpha)
+        y = _gemm_cuda_wgmma(x2, qweight, scales, tensor_scale, bias, n, n_pad, block)
     return y.reshape(*x_hat.shape[:-1], n)
 
 
@@ -448,7 +368,6 @@ def sharq_gemm(
         packed.k,
         packed.block,
         packed.layout,
-        packed.alpha,
     )
 
 
@@ -494,10 +413,10 @@ def describe_kernel(device: torch.device | str | None = None) -> str:
         return f"sharq kernels: reference PyTorch path ({why})"
     path = CONFIG["gemm_path"]
     if path == "auto":
-        mm = CONFIG["mma_max_m"]
+        dm = CONFIG["decode_max_m"]
         disp = (
-            f"M<=16: persistent pipelined mma.sync stream kernel; 16<M<={mm}: mma.sync tile "
-            f"kernel; M>{mm}: dequant->cuBLAS"
+            f"M<={dm}: split-K decode kernel (bulk-async weight ring, mma.sync); M>{dm}: wgmma "
+            "kernel (FP4 decoded in registers)"
         )
     else:
         disp = f"forced {path}"

@@ -26,7 +26,7 @@ _state: dict[str, object] = {}
 CSRC = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "csrc"
 )
-SOURCES = ("bindings.cpp", "prep.cu", "gemm.cu")
+SOURCES = ("bindings.cpp", "prep.cu", "gemm_decode.cu", "gemm_wgmma.cu")
 
 
 def cuda_arch_flags() -> list[str]:
@@ -45,7 +45,7 @@ NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo", "-Xp
 
 def _ops_registered() -> bool:
     try:
-        return hasattr(torch.ops.sharq_C, "gemm_mma")
+        return hasattr(torch.ops.sharq_C, "gemm_wgmma")
     except Exception:
         return False
 

@@ -102,9 +102,7 @@ def kernel_label(packed: Any) -> str:
     layout = getattr(packed, "layout", None)
     ops = _ops()
     if ops is not None and layout == getattr(ops, "LAYOUT_TILED", object()):
-        mma_max_m = int(ops.CONFIG.get("mma_max_m", 64))
-        return (
-            f"kernel=cuda prep+W4A16 GEMM (mma.sync M<={mma_max_m}, dequant+cuBLAS above)"
-        )
+        dm = int(ops.CONFIG.get("decode_max_m", 16))
+        return f"kernel=cuda prep + GEMM (decode kernel M<={dm}, wgmma kernel above)"
     device = getattr(getattr(packed, "qweight", None), "device", None)
     return f"kernel=reference ({device.type if device is not None else 'cpu'})"

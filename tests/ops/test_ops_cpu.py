@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from sharq_vllm import ops
+from sharq_vllm.kernels.layout import tile_weight
 from sharq_vllm.reference import apply_linear, prepare_activation, quantize_weight
 
 
@@ -68,7 +69,7 @@ def test_fake_impls_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     payload = quantize_weight(_heavy(40, 128, torch.float32))
-    q, s, n_pad = ops.tile_weight(payload.codes, payload.block_scales, 32)
+    q, s, n_pad = tile_weight(payload.codes, payload.block_scales, 32)
     with FakeTensorMode() as mode:
         x = mode.from_tensor(_heavy(7, 128))
         qf, sf, tsf = (
@@ -78,7 +79,7 @@ def test_fake_impls_shapes():
         )
         xh = torch.ops.sharq.prepare(x, "nvfp4", "4:8-pairs")
         assert xh.shape == (7, 128) and xh.dtype == torch.bfloat16
-        y = torch.ops.sharq.gemm(xh, qf, sf, tsf, None, 40, n_pad, 128, 32, ops.LAYOUT_TILED, 1.0)
+        y = torch.ops.sharq.gemm(xh, qf, sf, tsf, None, 40, n_pad, 128, 32, ops.LAYOUT_TILED)
         assert y.shape == (7, 40) and y.dtype == torch.bfloat16
         d = torch.ops.sharq.prepare_debug(x, "mxfp4", "2:4")
         assert [t.shape for t in d] == [
@@ -108,7 +109,6 @@ def test_opcheck():
         packed.k,
         packed.block,
         packed.layout,
-        packed.alpha,
     )
     torch.library.opcheck(torch.ops.sharq.gemm.default, args)
 
@@ -128,11 +128,12 @@ def test_torch_compile_fullgraph_cpu():
 
 def test_dispatch_is_pure_function_of_m(monkeypatch):
     monkeypatch.setitem(ops.CONFIG, "gemm_path", "auto")
-    monkeypatch.setitem(ops.CONFIG, "mma_max_m", 64)
-    assert ops.gemm_path_for(1) == "mma" and ops.gemm_path_for(64) == "mma"
-    assert ops.gemm_path_for(65) == "dequant_mm"
-    monkeypatch.setitem(ops.CONFIG, "gemm_path", "mma")
-    assert ops.gemm_path_for(10_000) == "mma"
+    assert ops.gemm_path_for(1) == "decode" and ops.gemm_path_for(16) == "decode"
+    assert ops.gemm_path_for(17) == "wgmma"
+    monkeypatch.setitem(ops.CONFIG, "decode_max_m", 64)  # the decode kernel takes 16 rows at most
+    assert ops.gemm_path_for(17) == "wgmma"
+    monkeypatch.setitem(ops.CONFIG, "gemm_path", "wgmma")
+    assert ops.gemm_path_for(1) == "wgmma"
 
 
 def test_kernel_path_reports_cpu():
