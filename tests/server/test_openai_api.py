@@ -33,14 +33,61 @@ def test_completion_greedy_is_coherent(sharq_server: VLLMServer) -> None:
     assert r["usage"]["prompt_tokens"] == 5
 
 
-def test_chat_greedy_is_coherent(sharq_server: VLLMServer) -> None:
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+# The unquantized model's greedy reply is "The capital of France is Paris." Its FIRST token is a
+# close call in bf16 already ('The' -1.74, 'L' -1.99, 'La' -2.24 nats) and flips under W4A4 with
+# the CPU's inductor rounding (AVX-512 vs AVX2 machines answer differently: "La Coa (France) is
+# the capital ..." on one). So the open question checks the chat plumbing and that the reply is on
+# topic, and knowledge is checked where it is not a coin toss: with the reply framed as "The
+# capital of France is", the next token is " Paris" (measured under SharQ, compiled: -0.05 nats,
+# the runner-up " France" -4.98). Random or wrongly dequantized weights give no such answer.
+ANSWER_PREFIX = "The capital of France is"
+
+
+def _continue_body(model: str, max_tokens: int = 8) -> dict:
+    return {
+        "model": model, "temperature": 0, "max_tokens": max_tokens, "logprobs": True, "top_logprobs": 5,
+        "messages": [*QUESTION, {"role": "assistant", "content": ANSWER_PREFIX}],
+        "continue_final_message": True, "add_generation_prompt": False, "return_token_ids": True,
+    }
+
+
+def _template_ids(model_dir: Path, messages: list[dict], **kwargs: bool) -> list[int]:
+    """The prompt the model's own chat template renders, tokenized in this process."""
+    from transformers import AutoTokenizer
+
+    out = AutoTokenizer.from_pretrained(str(model_dir)).apply_chat_template(messages, tokenize=True, **kwargs)
+    return [int(i) for i in (out["input_ids"] if hasattr(out, "keys") else out)]
+
+
+def _assert_served_prompt(r: dict, want: list[int]) -> None:
+    """The server rendered the chat through the model's template (system turn, role markers,
+    the assistant header), token for token."""
+    got = r.get("prompt_token_ids")
+    if got is None:  # a vLLM without return_token_ids for chat: the length still has to match
+        assert r["usage"]["prompt_tokens"] == len(want), (r["usage"], len(want))
+    else:
+        assert got == want
+
+
+def test_chat_greedy_is_coherent(sharq_server: VLLMServer, smollm2_dir: Path) -> None:
     r = sharq_server.post("/v1/chat/completions", {
-        "model": sharq_server.model, "temperature": 0, "max_tokens": 16,
-        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "model": sharq_server.model, "temperature": 0, "max_tokens": 16, "messages": QUESTION,
+        "return_token_ids": True,
     })
+    _assert_served_prompt(r, _template_ids(smollm2_dir, QUESTION, add_generation_prompt=True))
     msg = r["choices"][0]["message"]
     assert msg["role"] == "assistant"
-    assert "Paris" in msg["content"], msg
+    assert re.search(r"Paris|France|capital", msg["content"]), msg  # on topic
+
+    r = sharq_server.post("/v1/chat/completions", _continue_body(sharq_server.model))
+    _assert_served_prompt(r, _template_ids(
+        smollm2_dir, [*QUESTION, {"role": "assistant", "content": ANSWER_PREFIX}], continue_final_message=True,
+    ))
+    choice = r["choices"][0]
+    first = choice["logprobs"]["content"][0]
+    assert first["token"] == " Paris" and first["logprob"] > -0.7, (choice["message"], first)  # p > 0.5
+    assert choice["message"]["content"].startswith(" Paris"), choice["message"]
 
 
 def test_completion_streaming(sharq_server: VLLMServer) -> None:
@@ -54,15 +101,17 @@ def test_completion_streaming(sharq_server: VLLMServer) -> None:
 
 
 def test_chat_streaming(sharq_server: VLLMServer) -> None:
-    events = sharq_server.stream("/v1/chat/completions", {
-        "model": sharq_server.model, "temperature": 0, "max_tokens": 16,
-        "messages": [{"role": "user", "content": "What is the capital of France?"}],
-    })
+    body = {"model": sharq_server.model, "temperature": 0, "max_tokens": 16, "messages": QUESTION}
+    events = sharq_server.stream("/v1/chat/completions", body)
     deltas = [e["choices"][0]["delta"] for e in events if e.get("choices")]
     assert deltas[0].get("role") == "assistant"
     content = "".join(d.get("content") or "" for d in deltas)
-    assert "Paris" in content, content
     assert [e for e in events if e.get("choices") and e["choices"][0].get("finish_reason")]
+    whole = sharq_server.post("/v1/chat/completions", body)["choices"][0]["message"]["content"]
+    assert content and content == whole  # same greedy tokens, streamed or not
+    events = sharq_server.stream("/v1/chat/completions", _continue_body(sharq_server.model))
+    answer = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e.get("choices"))
+    assert answer.startswith(" Paris"), answer
 
 
 def test_16_concurrent_requests(sharq_server: VLLMServer, log_dir: Path) -> None:
