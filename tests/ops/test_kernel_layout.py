@@ -23,7 +23,9 @@ MASK32 = 0xFFFFFFFF
 
 def _heavy(*shape, seed=0):
     g = torch.Generator().manual_seed(seed)
-    t = torch.distributions.StudentT(torch.tensor(3.0)).sample(shape)
+    with torch.random.fork_rng():  # StudentT samples from the global generator: seed it here
+        torch.manual_seed(seed)
+        t = torch.distributions.StudentT(torch.tensor(3.0)).sample(shape)
     idx = torch.randperm(shape[-1], generator=g)[:3]
     t[..., idx] *= 50.0
     return t
