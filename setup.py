@@ -4,20 +4,34 @@ Metadata lives in pyproject.toml. The extension is built only when torch's cpp_e
 nvcc (CUDA_HOME) and torch is a CUDA build (SHARQ_BUILD_CUDA=1 forces, =0 disables); otherwise
 this is a pure-Python install and the ops use the PyTorch reference (or a JIT build at first use,
 see sharq_vllm/kernels).
-Arch: TORCH_CUDA_ARCH_LIST (default "9.0a": Hopper, sm_90a). Parallel build: MAX_JOBS.
+Sources, arch and flags: sharq_vllm/kernels/build.py (one definition, shared with the JIT build;
+arch from TORCH_CUDA_ARCH_LIST, default "9.0a": Hopper, sm_90a). Parallel build: MAX_JOBS.
 Because the GPU machines have no network, build there with
     pip install --no-build-isolation -e .      or      python setup.py build_ext --inplace
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
+from pathlib import Path
 
 from setuptools import setup
 
 ext_modules = []
 cmdclass = {}
+
+
+def _build_module():
+    """sharq_vllm/kernels/build.py, loaded by path (the package itself is not importable in an
+    isolated build; build.py needs only the standard library at import)."""
+    path = Path(__file__).resolve().parent / "sharq_vllm" / "kernels" / "build.py"
+    spec = importlib.util.spec_from_file_location("_sharq_build", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _cuda_extension():
@@ -35,19 +49,12 @@ def _cuda_extension():
             file=sys.stderr,
         )
         return None
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0a")
-    archs = os.environ["TORCH_CUDA_ARCH_LIST"].replace(";", " ").split()
-    gencode = []
-    for a in archs:
-        num = a.replace("+PTX", "").replace(".", "")
-        gencode.append(f"-gencode=arch=compute_{num},code=sm_{num}")
+    build = _build_module()
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", build.ARCH)  # torch's cpp_extension reads it too
     ext = CUDAExtension(
         name="sharq_vllm._C",
-        sources=[f"csrc/{s}" for s in ("bindings.cpp", "prep.cu", "gemm_decode.cu", "gemm_wgmma.cu")],
-        extra_compile_args={
-            "cxx": ["-O3", "-std=c++17"],
-            "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo", *gencode],
-        },
+        sources=[f"csrc/{s}" for s in build.SOURCES],
+        extra_compile_args={"cxx": build.CXX_FLAGS, "nvcc": build.nvcc_flags()},
     )
     return ext, BuildExtension.with_options(use_ninja=True)
 

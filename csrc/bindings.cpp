@@ -2,9 +2,10 @@
 //
 // These are low-level, out-parameter ops (no allocation, no host sync): the user-facing ops
 // `torch.ops.sharq.prepare / gemm / prepare_debug` (sharq_vllm/ops.py) allocate outputs, pick
-// the path by M and call these. Built by setup.py (CUDAExtension `sharq_vllm._C`) or JIT-built by
-// sharq_vllm/kernels/__init__.py; either way loaded as a plain shared library (no pybind: the
-// module init below only exists so that `import sharq_vllm._C` works).
+// the kernel (sharq_vllm/kernels/dispatch.py) and call these. Built by setup.py (CUDAExtension
+// `sharq_vllm._C`) or JIT-built by sharq_vllm/kernels/build.py; either way loaded as a plain
+// shared library (no pybind: the module init below only exists so that `import sharq_vllm._C`
+// works).
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -42,31 +43,34 @@ void check_rows(const at::Tensor& x, const at::Tensor& out) {
               "sharq: x rows must be 16-byte aligned");
 }
 
-void prep_impl(const at::Tensor& x, at::Tensor& out, int64_t fmt, int64_t pattern,
-               sharq::PrepDebug dbg, int64_t force_v = 0, int64_t force_cl = 0) {
+// fmt / pattern: sharq::Format / sharq::Pattern codes; bb / rb: backbone / residual block
+// (channels per scale), derived from them in Python (sharq_vllm/reference.py)
+void prep_impl(const at::Tensor& x, at::Tensor& out, int64_t fmt, int64_t pattern, int64_t bb,
+               int64_t rb, sharq::PrepDebug dbg, int64_t force_v = 0, int64_t force_cl = 0) {
   check_rows(x, out);
   const c10::cuda::CUDAGuard guard(x.device());
   const int M = x.size(0), K = x.size(1);
   check_cuda(sharq::launch_prep(x.data_ptr(), x.stride(0), out.data_ptr(), M, K, dtype_code(x),
-                                (int)fmt, (int)pattern, dbg,
+                                (int)fmt, (int)pattern, (int)bb, (int)rb, dbg,
                                 c10::cuda::getCurrentCUDAStream().stream(), (int)force_v,
                                 (int)force_cl),
              "prep");
 }
 
 // prep with an explicit kernel configuration (benchmarks, configuration-equivalence tests)
-void prep_cfg(const at::Tensor& x, at::Tensor& out, int64_t fmt, int64_t pattern, int64_t v,
-              int64_t cl) {
-  prep_impl(x, out, fmt, pattern, sharq::PrepDebug{}, v, cl);
+void prep_cfg(const at::Tensor& x, at::Tensor& out, int64_t fmt, int64_t pattern, int64_t bb,
+              int64_t rb, int64_t v, int64_t cl) {
+  prep_impl(x, out, fmt, pattern, bb, rb, sharq::PrepDebug{}, v, cl);
 }
 
-void prep(const at::Tensor& x, at::Tensor& out, int64_t fmt, int64_t pattern) {
-  prep_impl(x, out, fmt, pattern, sharq::PrepDebug{});
+void prep(const at::Tensor& x, at::Tensor& out, int64_t fmt, int64_t pattern, int64_t bb,
+          int64_t rb) {
+  prep_impl(x, out, fmt, pattern, bb, rb, sharq::PrepDebug{});
 }
 
 void prep_debug(const at::Tensor& x, at::Tensor& out, at::Tensor& mask, at::Tensor& bb_codes,
                 at::Tensor& bb_scales, at::Tensor& res_codes, at::Tensor& res_scales,
-                at::Tensor& tscales, int64_t fmt, int64_t pattern) {
+                at::Tensor& tscales, int64_t fmt, int64_t pattern, int64_t bb, int64_t rb) {
   for (const at::Tensor* t : {&mask, &bb_codes, &bb_scales, &res_codes, &res_scales})
     TORCH_CHECK(t->scalar_type() == at::kByte && t->is_contiguous(), "sharq: debug outputs must be contiguous uint8");
   TORCH_CHECK(tscales.scalar_type() == at::kFloat && tscales.is_contiguous(), "sharq: tscales must be float32");
@@ -77,7 +81,7 @@ void prep_debug(const at::Tensor& x, at::Tensor& out, at::Tensor& mask, at::Tens
   dbg.res_codes = opt_u8(res_codes);
   dbg.res_scales = opt_u8(res_scales);
   dbg.tscales = tscales.numel() ? tscales.data_ptr<float>() : nullptr;
-  prep_impl(x, out, fmt, pattern, dbg);
+  prep_impl(x, out, fmt, pattern, bb, rb, dbg);
 }
 
 // Shared checks of the GEMM ops; returns the bias pointer (or null).
@@ -131,12 +135,12 @@ void gemm_wgmma(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor
 }  // namespace
 
 TORCH_LIBRARY(sharq_C, m) {
-  m.def("prep(Tensor x, Tensor(a!) out, int fmt, int pattern) -> ()");
-  m.def("prep_cfg(Tensor x, Tensor(a!) out, int fmt, int pattern, int v, int cl) -> ()");
+  m.def("prep(Tensor x, Tensor(a!) out, int fmt, int pattern, int bb, int rb) -> ()");
+  m.def("prep_cfg(Tensor x, Tensor(a!) out, int fmt, int pattern, int bb, int rb, int v, int cl) -> ()");
   m.def(
       "prep_debug(Tensor x, Tensor(a!) out, Tensor(b!) mask, Tensor(c!) bb_codes, "
       "Tensor(d!) bb_scales, Tensor(e!) res_codes, Tensor(f!) res_scales, Tensor(g!) tscales, "
-      "int fmt, int pattern) -> ()");
+      "int fmt, int pattern, int bb, int rb) -> ()");
   m.def(
       "gemm_decode(Tensor x, Tensor qweight, Tensor scales, Tensor tensor_scale, Tensor? bias, "
       "Tensor(a!) out, int n_pad, int wblock, int w, int cl) -> ()");

@@ -3,9 +3,11 @@
 // Contract (docs/NUMERICS.md, sharq_vllm/reference.py::prepare_activation, bit-exact):
 //   x [M, K] (bf16 | fp16 | fp32, row stride x_stride elements)  ->  x_hat [M, K] same dtype,
 //   x_hat = deQ(Q(mask(x) * x)) + deQ(Q(x - deQ(Q(mask(x) * x))))   (FP32, rounded once).
-//   fmt 0 = NVFP4 (E4M3 block scales, per-row FP32 tensor scale amax/2688; backbone block 32
-//   (16 if dense), residual block 16), fmt 1 = MXFP4 (E8M0 scales; backbone 64 (32 if dense),
-//   residual 32). pattern 0 = dense, 1 = 2:4, 2 = 4:8-pairs. Rows holding NaN/Inf give NaN rows.
+//   fmt kNVFP4 (E4M3 block scales, per-row FP32 tensor scale amax/2688), kMXFP4 (E8M0 scales);
+//   pattern kDense, kTwoOfFour, kFourOfEightPairs (sharq_kernels.h). The block sizes are values
+//   from the caller (sharq_vllm/reference.py defines them: backbone block = 2x the format's block
+//   unless dense, residual block = the format's; NVFP4 32 (16) / 16, MXFP4 64 (32) / 32).
+//   Rows holding NaN/Inf give NaN rows.
 //   Optional debug outputs (any may be null): mask u8 [M,K], backbone/residual codes packed u8
 //   [M,K/2] (low nibble first), their scale bytes u8 [M,K/block], tensor scales f32 [M,2].
 //
@@ -187,7 +189,7 @@ __device__ __forceinline__ float row_max(float v, float* red, float* slot, int c
 template <typename T, int V>
 __global__ void __launch_bounds__(V <= 2 ? 1024 : 512)
 prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int K, int fmt,
-            int pattern, PrepDebug dbg, int cl) {
+            int pattern, int bb_lanes, int rb_lanes, PrepDebug dbg, int cl) {
   __shared__ float red[33];
   __shared__ float cslot[2];
   // let a PDL-launched consumer (the stream GEMM) start its weight loads now; it still waits
@@ -224,11 +226,8 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
     for (int v = 0; v < V; ++v) xraw[v] = make_uint4(0, 0, 0, 0);
   }
 
-  const bool mx = fmt == 1;
-  const bool dense = pattern == 0;
-  // lanes per scale block (a lane holds 8 channels)
-  const int bb_lanes = (mx ? 4 : 2) * (dense ? 1 : 2);
-  const int rb_lanes = mx ? 4 : 2;
+  const bool mx = fmt == kMXFP4;
+  // bb_lanes / rb_lanes: lanes per backbone / residual scale block (a lane holds 8 channels)
   const float t_s = mx ? 0.0f : __fdiv_rn(amax, 2688.0f);
 
   uint32_t bb_packed[V];  // backbone codes of each chunk (dequantized again in pass 2)
@@ -242,10 +241,10 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
     for (int i = 0; i < 8; ++i) xv[i] = elem<T>(xraw[v], i);
     // --- mask
     uint32_t keep = 0xFFu;
-    if (pattern == 1) {
+    if (pattern == kTwoOfFour) {
       keep = top2of4(fabsf(xv[0]), fabsf(xv[1]), fabsf(xv[2]), fabsf(xv[3])) |
              (top2of4(fabsf(xv[4]), fabsf(xv[5]), fabsf(xv[6]), fabsf(xv[7])) << 4);
-    } else if (pattern == 2) {
+    } else if (pattern == kFourOfEightPairs) {
       uint32_t kp = top2of4(fmaxf(fabsf(xv[0]), fabsf(xv[1])),
                             fmaxf(fabsf(xv[2]), fabsf(xv[3])),
                             fmaxf(fabsf(xv[4]), fabsf(xv[5])),
@@ -348,12 +347,13 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
 
 template <typename T, int V>
 cudaError_t launch_v(const T* xp, int64_t x_stride, T* yp, int M, int K, int fmt, int pattern,
-                     const PrepDebug& dbg, int cl, cudaStream_t stream) {
+                     int bb_lanes, int rb_lanes, const PrepDebug& dbg, int cl, cudaStream_t stream) {
   const int nchunks = K / 8 / cl;
   const int threads = ((nchunks + V - 1) / V + 31) / 32 * 32;
   if (threads > (V <= 2 ? 1024 : 512)) return cudaErrorInvalidValue;
   if (cl == 1) {
-    prep_kernel<T, V><<<dim3(M), dim3(threads), 0, stream>>>(xp, x_stride, yp, K, fmt, pattern, dbg, 1);
+    prep_kernel<T, V><<<dim3(M), dim3(threads), 0, stream>>>(xp, x_stride, yp, K, fmt, pattern, bb_lanes,
+                                                             rb_lanes, dbg, 1);
     return cudaGetLastError();
   }
   cudaLaunchConfig_t cfg = {};
@@ -368,7 +368,8 @@ cudaError_t launch_v(const T* xp, int64_t x_stride, T* yp, int M, int K, int fmt
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, prep_kernel<T, V>, xp, x_stride, yp, K, fmt, pattern, dbg, cl);
+  return cudaLaunchKernelEx(&cfg, prep_kernel<T, V>, xp, x_stride, yp, K, fmt, pattern, bb_lanes, rb_lanes,
+                            dbg, cl);
 }
 
 // Rows split over a cluster for small M: K/(8 cl) must be a whole number of 8-chunk (64
@@ -384,8 +385,8 @@ inline int prep_cluster_size(int M, int K) {
 
 template <typename T>
 cudaError_t launch_prep_t(const void* x, int64_t x_stride, void* xhat, int M, int K, int fmt,
-                          int pattern, const PrepDebug& dbg, int force_v, int force_cl,
-                          cudaStream_t stream) {
+                          int pattern, int bb_lanes, int rb_lanes, const PrepDebug& dbg, int force_v,
+                          int force_cl, cudaStream_t stream) {
   const T* xp = static_cast<const T*>(x);
   T* yp = static_cast<T*>(xhat);
   // Decode (M <= 64): latency-bound and, with one CTA a row, issue-bound on ONE SM (~65
@@ -403,10 +404,10 @@ cudaError_t launch_prep_t(const void* x, int64_t x_stride, void* xhat, int M, in
   const int nchunks = K / 8 / cl;
   if (force_v > 0) {
     switch (force_v) {
-      case 1: return launch_v<T, 1>(xp, x_stride, yp, M, K, fmt, pattern, dbg, cl, stream);
-      case 2: return launch_v<T, 2>(xp, x_stride, yp, M, K, fmt, pattern, dbg, cl, stream);
-      case 4: return launch_v<T, 4>(xp, x_stride, yp, M, K, fmt, pattern, dbg, cl, stream);
-      case 8: return launch_v<T, 8>(xp, x_stride, yp, M, K, fmt, pattern, dbg, cl, stream);
+      case 1: return launch_v<T, 1>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
+      case 2: return launch_v<T, 2>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
+      case 4: return launch_v<T, 4>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
+      case 8: return launch_v<T, 8>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
       default: return cudaErrorInvalidValue;
     }
   }
@@ -414,25 +415,32 @@ cudaError_t launch_prep_t(const void* x, int64_t x_stride, void* xhat, int M, in
   // prep_configs_us) measured V=2 20-25% faster than V=4 at M >= 1024 for K = 4096 and 14336
   // (V=4's 100 registers cap residency at 5 CTAs/SM for K=4096, 1 CTA/SM for K=14336).
   if (M > kPrepLargeM && nchunks <= 2 * 1024)
-    return launch_v<T, 2>(xp, x_stride, yp, M, K, fmt, pattern, dbg, cl, stream);
+    return launch_v<T, 2>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
   if (M > kPrepLargeM && nchunks <= 4 * 512)
-    return launch_v<T, 4>(xp, x_stride, yp, M, K, fmt, pattern, dbg, cl, stream);
-  if (nchunks <= 1024) return launch_v<T, 1>(xp, x_stride, yp, M, K, fmt, pattern, dbg, cl, stream);
-  if (nchunks <= 2048) return launch_v<T, 2>(xp, x_stride, yp, M, K, fmt, pattern, dbg, cl, stream);
-  return launch_v<T, 8>(xp, x_stride, yp, M, K, fmt, pattern, dbg, cl, stream);
+    return launch_v<T, 4>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
+  if (nchunks <= 1024) return launch_v<T, 1>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
+  if (nchunks <= 2048) return launch_v<T, 2>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
+  return launch_v<T, 8>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
 }
 
 }  // namespace
 
 cudaError_t launch_prep(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
-                        int fmt, int pattern, const PrepDebug& dbg, cudaStream_t stream,
-                        int force_v, int force_cl) {
+                        int fmt, int pattern, int backbone_block, int residual_block,
+                        const PrepDebug& dbg, cudaStream_t stream, int force_v, int force_cl) {
   if (M == 0) return cudaSuccess;
-  const int need = (fmt == 1 ? 32 : 16) * (pattern == 0 ? 1 : 2);
-  if (K <= 0 || K % need != 0 || K % 8 != 0 || K > 8 * 8 * 512) return cudaErrorInvalidValue;
+  if (fmt != kNVFP4 && fmt != kMXFP4) return cudaErrorInvalidValue;
+  if (pattern != kDense && pattern != kTwoOfFour && pattern != kFourOfEightPairs) return cudaErrorInvalidValue;
+  // a scale block spans 1, 2, 4 or 8 lanes of 8 channels (group_max), and the backbone block
+  // holds whole residual blocks
+  const auto lanes_ok = [](int block) { return block == 16 || block == 32 || block == 64; };
+  if (!lanes_ok(backbone_block) || !lanes_ok(residual_block) || backbone_block % residual_block)
+    return cudaErrorInvalidValue;
+  if (K <= 0 || K % backbone_block != 0 || K % 8 != 0 || K > 8 * 8 * 512) return cudaErrorInvalidValue;
+  const int bb_lanes = backbone_block / 8, rb_lanes = residual_block / 8;
   switch (dtype) {
-    case kBF16: return launch_prep_t<__nv_bfloat16>(x, x_stride, xhat, M, K, fmt, pattern, dbg, force_v, force_cl, stream);
-    case kFP16: return launch_prep_t<__half>(x, x_stride, xhat, M, K, fmt, pattern, dbg, force_v, force_cl, stream);
+    case kBF16: return launch_prep_t<__nv_bfloat16>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, force_v, force_cl, stream);
+    case kFP16: return launch_prep_t<__half>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, force_v, force_cl, stream);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -9,6 +9,12 @@ namespace sharq {
 
 enum DType : int { kBF16 = 0, kFP16 = 1, kFP32 = 2 };
 
+// Activation FP4 format and N:M backbone pattern as the preparation kernel takes them. The one
+// definition: sharq_vllm/options.py mirrors them (FormatCode, PatternCode) and
+// tests/test_options.py parses this header to check that it does.
+enum Format : int { kNVFP4 = 0, kMXFP4 = 1 };
+enum Pattern : int { kDense = 0, kTwoOfFour = 1, kFourOfEightPairs = 2 };
+
 // Optional outputs of the preparation kernel for bit-exactness tests (null = not written).
 struct PrepDebug {
   uint8_t* mask = nullptr;        // [M, K] 0/1
@@ -19,12 +25,15 @@ struct PrepDebug {
   float* tscales = nullptr;       // [M, 2]: backbone / residual FP32 tensor scale (0 for MXFP4)
 };
 
-// fmt: 0 = nvfp4, 1 = mxfp4. pattern: 0 = dense, 1 = 2:4, 2 = 4:8-pairs.
+// fmt: a Format, pattern: a Pattern. backbone_block / residual_block: channels per backbone /
+// residual scale (16, 32 or 64), values the caller derives from fmt and pattern
+// (sharq_vllm/reference.py: backbone_block, residual_block); K must be a multiple of both.
 // force_v / force_cl (0 = automatic): chunks a thread (1, 2, 4, 8) and CTAs a row (cluster size
 // 1..8, K % (64 cl) == 0) for benchmarks and tests; every configuration gives identical bits.
 cudaError_t launch_prep(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
-                        int fmt, int pattern, const PrepDebug& dbg, cudaStream_t stream,
-                        int force_v = 0, int force_cl = 0);
+                        int fmt, int pattern, int backbone_block, int residual_block,
+                        const PrepDebug& dbg, cudaStream_t stream, int force_v = 0,
+                        int force_cl = 0);
 
 // GEMMs: y[M, N] = (x[M, K] @ w^T) * tensor_scale (+ bias), FP32 accumulation, w in the tiled
 // layout of fp4_tile.cuh (qweight [N/16][K/64][512 B], scale codes [N/16][K/64][64 | 32 B]),

@@ -33,7 +33,7 @@ if [[ -n "${SHARQ_OPTIONS:-}" ]]; then
     OVERRIDES="$("$PY" - "$SHARQ_OPTIONS" <<'EOF'
 import json, sys
 opts = json.loads(sys.argv[1])
-from sharq_vllm.vllm_plugin.options import SharQOptions
+from sharq_vllm.options import SharQOptions
 SharQOptions.from_dict(opts)  # fail here, before vLLM starts, on a bad option
 print(json.dumps({"quantization_config": {"quant_method": "sharq", **opts}}))
 EOF

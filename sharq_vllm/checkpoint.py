@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 from .formats import WEIGHT_FORMATS, QuantizedBlocks
-from .vllm_plugin.options import SharQOptionError, SharQOptions
+from .options import SharQOptionError, SharQOptions
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -151,28 +151,14 @@ def fused_group(module: str) -> tuple[str, tuple[str, ...]]:
 
 
 def is_module_skipped(options: SharQOptions, module: str) -> bool:
-    """Whether the checkpoint module ``module`` stays 16-bit, decided as the plugin's
-    ``SharQConfig.is_layer_skipped`` decides for the vLLM layer it belongs to: a fused layer is
-    skipped if skip_layers matches its fused name (``...qkv_proj``) or all of its members; a
-    partial match is an error (one payload spans the fused rows)."""
-    if not options.skip_layers:
-        return False
+    """Whether the checkpoint module ``module`` stays 16-bit: the rule of the vLLM layer it
+    belongs to (:meth:`SharQOptions.is_layer_skipped`, which the plugin's
+    ``SharQConfig.is_layer_skipped`` calls too), with the fused group as its members."""
     fused, members = fused_group(module)
-    if len(members) == 1:
-        return options.is_skipped_name(module)
-    if options.is_skipped_name(fused):
-        return True
-    flags = [options.is_skipped_name(m) for m in members]
-    if all(flags):
-        return True
-    if any(flags):
-        on = [m.rpartition(".")[2] for m, f in zip(members, flags, strict=True) if f]
-        off = [m.rpartition(".")[2] for m, f in zip(members, flags, strict=True) if not f]
-        raise CheckpointError(
-            f"{fused}: skip_layers matches {on} but not {off}; vLLM fuses them into one "
-            f"{fused.rpartition('.')[2]} layer, so skip all of them or none"
-        )
-    return False
+    try:
+        return options.is_layer_skipped(fused, members if len(members) > 1 else ())
+    except SharQOptionError as e:
+        raise CheckpointError(str(e).removeprefix("sharq: ")) from None
 
 
 def payload_names(prefix: str) -> dict[str, str]:

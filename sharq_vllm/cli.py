@@ -22,7 +22,7 @@ from typing import Any
 
 from . import __version__
 from .checkpoint import CheckpointError, CheckpointInfo, validate_checkpoint
-from .vllm_plugin.options import (
+from .options import (
     ACT_SCALES,
     DEFAULTS,
     FORMATS,

@@ -36,7 +36,7 @@ from .checkpoint import (
     payload_to_tensors,
     read_config,
 )
-from .vllm_plugin.options import SharQOptions
+from .options import SharQOptions
 
 __all__ = ["DTYPES", "QuantizeReport", "numerics_digest", "quantize_checkpoint", "resolve_dtype"]
 
@@ -343,12 +343,8 @@ def _escape_suffix(module: str) -> str:
 
 
 def _quantize(name: str, w: torch.Tensor, amax: torch.Tensor, options: SharQOptions) -> dict[str, torch.Tensor]:
-    from . import reference
-
     try:
-        payload = reference.quantize_weight(
-            w, block=options.weight_block, rounding=options.weight_rounding, tensor_amax=amax
-        )
+        payload = options.quantize_weight(w, tensor_amax=amax)
     except ValueError as e:
         raise CheckpointError(f"tensor {name}: {e}") from None
     return payload_to_tensors(name.removesuffix(".weight"), payload)

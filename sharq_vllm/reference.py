@@ -73,9 +73,20 @@ def backbone_block(fmt: str, pattern: str) -> int:
     return block if pattern == "dense" else 2 * block
 
 
+def residual_block(fmt: str) -> int:
+    """Channels per residual scale: the format's own (dense) block (NVFP4: 16, MXFP4: 32)."""
+    return activation_format(fmt).block
+
+
 def required_multiple(fmt: str, pattern: str) -> int:
     """What the activations' last dim (the layer's K) must be a multiple of."""
     return max(backbone_block(fmt, pattern), group_size(pattern))
+
+
+def required_k_multiple(fmt: str, pattern: str, weight_block: int) -> int:
+    """What a SharQ linear's K (per tensor-parallel shard) must be a multiple of, so that no
+    block straddles a shard: every activation block and N:M group, and the weight block."""
+    return max(required_multiple(fmt, pattern), weight_block)
 
 
 @dataclass
@@ -122,7 +133,9 @@ def prepare_activation(
     backbone_hat = backbone.dequantize()
 
     residual_values = xf - backbone_hat
-    residual = quantize_blocks(residual_values, block_fmt, amax=_group_amax(residual_values, act_scale))
+    residual = quantize_blocks(
+        residual_values, block_fmt, block=residual_block(fmt), amax=_group_amax(residual_values, act_scale)
+    )
     x_hat = backbone_hat + residual.dequantize()
     x_hat = torch.where(finite_rows, x_hat, torch.full_like(x_hat, float("nan")))
     return ActivationPayload(mask, backbone, residual, x_hat.to(x.dtype))

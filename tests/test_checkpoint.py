@@ -31,7 +31,7 @@ from sharq_vllm.checkpoint import (
     validate_loaded,
 )
 from sharq_vllm.convert import quantize_checkpoint
-from sharq_vllm.vllm_plugin.options import SharQOptions
+from sharq_vllm.options import SharQOptions
 
 from .tiny_checkpoint import llama_config, llama_tensors, write_checkpoint
 
@@ -49,17 +49,9 @@ def _eq(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _online_payload(w: torch.Tensor, options: SharQOptions, amax: torch.Tensor | None = None):
     """What SharQLinearMethod.process_weights_after_loading computes for a (fused) weight."""
-    try:
-        from sharq_vllm.vllm_plugin import backend
-    except ImportError:  # pragma: no cover - plugin package not importable here
-        backend = None
     if amax is None:
         amax = w.detach().float().abs().amax().reshape(1)
-    if backend is not None:
-        return backend.quantize(w, options, tensor_amax=amax)
-    return reference.quantize_weight(
-        w, block=options.weight_block, rounding=options.weight_rounding, tensor_amax=amax
-    )
+    return options.quantize_weight(w, tensor_amax=amax)
 
 
 # --------------------------------------------------------------------------------------------

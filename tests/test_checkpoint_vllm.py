@@ -34,7 +34,7 @@ from sharq_vllm.checkpoint import (
     preflight,
 )
 from sharq_vllm.convert import quantize_checkpoint
-from sharq_vllm.vllm_plugin.options import SharQOptions
+from sharq_vllm.options import SharQOptions
 
 from .tiny_checkpoint import llama_config, write_checkpoint
 

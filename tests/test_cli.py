@@ -263,7 +263,7 @@ def test_every_option_has_help_text():
     import argparse
 
     from sharq_vllm.cli import _build_parser
-    from sharq_vllm.vllm_plugin.options import OPTION_DOCS
+    from sharq_vllm.options import OPTION_DOCS
 
     parser = _build_parser()
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

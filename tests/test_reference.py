@@ -251,12 +251,6 @@ def test_weight_search_up_lowers_block_error_and_never_shrinks_the_scale():
     assert top["search-up"] < top["search"]
 
 
-def test_weight_rounding_names_agree_with_the_plugin_options():
-    from sharq_vllm.vllm_plugin.options import WEIGHT_ROUNDINGS
-
-    assert WEIGHT_ROUNDINGS == R.WEIGHT_ROUNDINGS
-
-
 @pytest.mark.parametrize("fmt,pattern", [("nvfp4", "4:8-pairs"), ("nvfp4", "2:4"), ("mxfp4", "2:4")])
 def test_sharq_linear_matches_its_definition(fmt, pattern):
     x = heavy_tailed(5, 128).bfloat16()

@@ -24,7 +24,7 @@ from pathlib import Path
 from . import corpora as corpora_mod
 from .methods import METHODS
 
-# harness method name -> plugin options (sharq_vllm/vllm_plugin/options.py); methods that
+# harness method name -> plugin options (sharq_vllm/options.py); methods that
 # declare their options (the sharq-plus family) bring them along
 PLUGIN_OPTIONS = {
     "sharq-nvfp4-4:8-pairs": {"format": "nvfp4", "pattern": "4:8-pairs", "weight_block": 32,

@@ -36,6 +36,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from sharq_vllm import ops
+from sharq_vllm.kernels import dispatch
 from sharq_vllm.reference import quantize_weight
 
 SHAPES = {  # name: (N, K)
@@ -215,13 +216,11 @@ def call_sharq_prep(x, st):
 
 
 def call_sharq_decode(x, st):
-    p = st["p"]
-    return ops._gemm_cuda_decode(x, p.qweight, p.scales, p.tensor_scale, None, p.n, p.n_pad, p.block)
+    return ops.run_gemm_kernel("decode", x, st["p"])
 
 
 def call_sharq_wgmma(x, st):
-    p = st["p"]
-    return ops._gemm_cuda_wgmma(x, p.qweight, p.scales, p.tensor_scale, None, p.n, p.n_pad, p.block)
+    return ops.run_gemm_kernel("wgmma", x, st["p"])
 
 
 def state_bytes(st) -> int:
@@ -458,7 +457,7 @@ def prep_sweep(args, t_start) -> dict:
                 def fn(i, cfg=cfg, xs=xs, outs=outs):
                     if cfg is None:
                         return torch.ops.sharq.prepare(xs[i], "nvfp4", "4:8-pairs")
-                    torch.ops.sharq_C.prep_cfg(xs[i], outs[i], 0, 2, cfg[0], cfg[1])
+                    torch.ops.sharq_C.prep_cfg(xs[i], outs[i], *dispatch.prep_values("nvfp4", "4:8-pairs"), *cfg)
                     return outs[i]
 
                 try:
@@ -494,10 +493,7 @@ def wgmma_sweep(args, shapes) -> dict:
                     continue
                 for cl in (0, 1, 2, 4, 8) if tok else (0,):
                     def fn(i, tok=tok, cl=cl, states=states, xs=xs):
-                        p = states[i]["p"]
-                        return ops._gemm_cuda_wgmma(
-                            xs[i], p.qweight, p.scales, p.tensor_scale, None, p.n, p.n_pad, p.block, tok, cl
-                        )
+                        return ops.run_gemm_kernel("wgmma", xs[i], states[i]["p"], plan=(tok, cl))
 
                     try:
                         line[f"t{tok}c{cl}" if tok else "auto"] = round(time_graph(fn, copies, reps=args.reps), 2)
@@ -525,10 +521,7 @@ def decode_sweep(args, shapes) -> dict:
             line: dict[str, float | str] = {}
             for w, cl in ((0, 0), (8, 0), (12, 0), (16, 0), (0, 1), (0, 2), (0, 4), (0, 8)):
                 def fn(i, w=w, cl=cl, states=states, xs=xs):
-                    p = states[i]["p"]
-                    return ops._gemm_cuda_decode(
-                        xs[i], p.qweight, p.scales, p.tensor_scale, None, p.n, p.n_pad, p.block, w, cl
-                    )
+                    return ops.run_gemm_kernel("decode", xs[i], states[i]["p"], plan=(w, cl))
 
                 key = "auto" if not (w or cl) else f"w{w}cl{cl}"
                 try:

@@ -4,7 +4,7 @@ Importing this package does not import vLLM; :func:`register_sharq` and the conf
 linear-method modules do.
 """
 
-from .options import SharQOptionError, SharQOptions
+from ..options import SharQOptionError, SharQOptions
 
 __all__ = ["SharQOptionError", "SharQOptions", "register_sharq"]
 

@@ -12,7 +12,7 @@ from vllm.model_executor.layers.quantization.base_config import (
     QuantizeMethodBase,
 )
 
-from .options import SharQOptionError, SharQOptions
+from ..options import SharQOptionError, SharQOptions
 
 logger = init_logger("vllm.sharq")
 
@@ -98,28 +98,12 @@ class SharQConfig(QuantizationConfig):
             checkpoint.preflight(model_name)
 
     def is_layer_skipped(self, prefix: str) -> bool:
-        """Whether the layer ``prefix`` stays 16-bit. A fused layer (qkv_proj, gate_up_proj)
-        is skipped only if all its shards are; a partial skip is an error (one payload spans
-        the fused rows)."""
-        opts = self.options
-        if not opts.skip_layers:
-            return False
+        """Whether the layer ``prefix`` stays 16-bit: :meth:`SharQOptions.is_layer_skipped` (the
+        rule the checkpoint tools share) with the layers vLLM fused into it as its members."""
         last = prefix.rsplit(".", 1)[-1]
-        shards = self.packed_modules_mapping.get(last)
-        if not shards:
-            return opts.is_skipped_name(prefix)
         base = prefix[: -len(last)]
-        flags = [opts.is_skipped_name(base + s) for s in shards]
-        if opts.is_skipped_name(prefix):
-            return True
-        if all(flags):
-            return True
-        if any(flags):
-            raise SharQOptionError(
-                f"sharq: skip_layers skips only some of the layers fused into {prefix} "
-                f"({[s for s, f in zip(shards, flags, strict=True) if f]} of {shards}); skip all of them or none"
-            )
-        return False
+        members = [base + s for s in self.packed_modules_mapping.get(last, ())]
+        return self.options.is_layer_skipped(prefix, members)
 
     def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> QuantizeMethodBase | None:
         if isinstance(layer, LinearBase):

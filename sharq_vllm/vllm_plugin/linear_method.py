@@ -11,7 +11,8 @@ Structure mirrors vLLM's online FP8 linear methods
   over the fused rows; under TP the tensor amax is MAX-all-reduced over the TP group so every
   rank holds exactly its slice of the TP=1 payload), then deletes the 16-bit weight;
 * ``apply`` decomposes the activations (sparse backbone + dense residual, both FP4) and
-  multiplies, through ``sharq_vllm.ops`` (CPU: reference numerics; CUDA: kernels when built).
+  multiplies, through ``sharq_vllm.ops`` (which ``sharq_vllm.kernels.dispatch`` routes to the
+  CUDA kernels or the PyTorch reference).
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ from vllm.model_executor.layers.linear import LinearMethodBase
 from vllm.model_executor.parameter import ModelWeightParameter
 from vllm.model_executor.utils import set_weight_attrs
 
-from . import backend, compat, stats
-from .options import SharQOptionError, SharQOptions
+from sharq_vllm import ops
+from sharq_vllm.kernels import dispatch
+
+from ..options import SharQOptionError, SharQOptions
+from . import compat, stats
 
 logger = init_logger("vllm.sharq")
 
@@ -43,7 +47,6 @@ __all__ = ["SharQLinearMethod"]
 # that runs a layer outside an engine (tests, tools).
 _LAYERS: dict[str, weakref.ReferenceType[torch.nn.Module]] = {}
 _ANONYMOUS = itertools.count(1)
-_warned_kernel: set[str] = set()
 
 
 def _layer_for(name: str) -> torch.nn.Module:
@@ -61,8 +64,8 @@ def _sharq_plugin_linear(x: torch.Tensor, bias: torch.Tensor | None, layer_name:
     """One SharQ linear (preparation + GEMM through sharq_vllm.ops): opaque to torch.compile
     (CUDA-graph capturable: no host syncs inside), counts calls."""
     layer: Any = _layer_for(layer_name)
-    method: SharQLinearMethod = layer.quant_method
-    y = backend.linear(x, layer.sharq_packed, bias, method.options)
+    o: SharQOptions = layer.quant_method.options
+    y = ops.sharq_linear(x, packed_weight(layer), bias, o.format, o.pattern, act_scale=o.act_scale)
     stats.record_forward(x.shape[0] if x.dim() > 1 else 1)
     return y
 
@@ -71,6 +74,13 @@ def _sharq_plugin_linear(x: torch.Tensor, bias: torch.Tensor | None, layer_name:
 def _(x: torch.Tensor, bias: torch.Tensor | None, layer_name: str) -> torch.Tensor:
     layer: Any = _layer_for(layer_name)
     return x.new_empty((*x.shape[:-1], int(layer.output_size_per_partition)))
+
+
+def packed_weight(layer: Any) -> ops.PackedWeight:
+    """The layer's weight as the op layer takes it: its three buffers (see ``_install``) and
+    the geometry kept beside them."""
+    return ops.PackedWeight(layer.sharq_qweight, layer.sharq_scales, layer.sharq_tensor_scale,
+                            *layer.sharq_geometry)
 
 
 class SharQLinearMethod(LinearMethodBase):
@@ -179,7 +189,7 @@ class SharQLinearMethod(LinearMethodBase):
         amax = w.detach().float().abs().amax().reshape(1)
         if self._is_tp_sharded(layer):
             amax = compat.all_reduce_max_tp(amax)
-        payload = backend.quantize(w, self.options, tensor_amax=amax)
+        payload = self.options.quantize_weight(w, tensor_amax=amax)
         bytes_16 = w.numel() * w.element_size()
         shape = (int(w.shape[0]), int(w.shape[1]))
         # free the 16-bit weight: the payload is all the layer keeps
@@ -189,21 +199,21 @@ class SharQLinearMethod(LinearMethodBase):
 
     def _install(self, layer: Any, payload: Any, shape: tuple[int, int], bytes_16: int, source: str) -> None:
         """Pack the payload for the op layer and attach it to the layer (shared by the online
-        and the pre-quantized paths)."""
-        packed = backend.pack(payload)
-        layer.sharq_packed = packed
-        for i, t in enumerate(backend.tensors_of(packed)):
-            # buffers: moved by .to(), counted as the layer's memory; never loaded from files
-            layer.register_buffer(f"sharq_t{i}", t, persistent=False)
+        and the pre-quantized paths): three non-persistent buffers (moved by ``.to()``, counted
+        as the layer's memory, never loaded from files) and the geometry beside them."""
+        packed = ops.pack_weight(payload)
+        layer.register_buffer("sharq_qweight", packed.qweight, persistent=False)
+        layer.register_buffer("sharq_scales", packed.scales, persistent=False)
+        layer.register_buffer("sharq_tensor_scale", packed.tensor_scale, persistent=False)
+        layer.sharq_geometry = packed.geometry
         self._register_name(layer)
-        self._warn_once_if_no_kernels(layer.sharq_t0.device if hasattr(layer, "sharq_t0") else torch.device("cpu"))
-        o = self.options
-        how = f"{o.format} {o.pattern} w{o.weight_block} {o.weight_rounding} act={o.act_scale}"
-        if source != "online":
-            how += f", from {source}"
+        device = packed.qweight.device
+        if device.type == "cuda":
+            stats.log_once(f"describe:{device}", dispatch.describe(device, self.options.act_scale))
+        how = self.options.label() + ("" if source == "online" else f", from {source}")
         stats.record_quantized(
-            self.prefix or type(layer).__name__, shape, bytes_16, backend.nbytes(packed), how,
-            kernel=backend.kernel_label(packed),
+            self.prefix or type(layer).__name__, shape, bytes_16, packed.nbytes, how,
+            kernel=dispatch.layer_label(packed.layout == ops.LAYOUT_TILED, device, self.options.act_scale),
         )
         layer._already_called_process_weights_after_loading = True
 
@@ -214,13 +224,4 @@ class SharQLinearMethod(LinearMethodBase):
         x: torch.Tensor,
         bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return torch.ops.sharq_plugin.linear(x, bias, layer.sharq_layer_name)
-
-    def _warn_once_if_no_kernels(self, device: torch.device) -> None:
-        key = str(device)
-        if key in _warned_kernel or device.type == "cpu":
-            return
-        _warned_kernel.add(key)
-        ok, why = backend.kernel_path_available(device)
-        if not ok:
-            logger.warning("sharq: no SharQ kernels for %s (%s); using the reference path", key, why)
+        return torch.ops.sharq_plugin.linear(x, bias, layer.sharq_layer_name)  # type: ignore[no-any-return]

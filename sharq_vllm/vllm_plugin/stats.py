@@ -13,13 +13,13 @@ Tests read these lines from the server's log; ``snapshot()`` gives the same numb
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass
 
-logger = logging.getLogger("sharq_vllm")
+from .. import log
 
 _lock = threading.Lock()
+_said: set[str] = set()
 
 
 @dataclass
@@ -34,15 +34,13 @@ class _Stats:
 _STATS = _Stats()
 
 
-def _log(msg: str, *args: object) -> None:
-    # vLLM configures its own "vllm" logger; ours propagates to root which vLLM may not
-    # print, so log through vLLM's logger when available.
-    try:
-        from vllm.logger import init_logger
-
-        init_logger("vllm.sharq").info(msg, *args)
-    except Exception:
-        logger.info(msg, *args)
+def log_once(key: str, msg: str) -> None:
+    """Log ``msg`` the first time ``key`` is seen in this process (e.g. once per device)."""
+    with _lock:
+        if key in _said:
+            return
+        _said.add(key)
+    log.info("%s", msg)
 
 
 def record_quantized(
@@ -58,7 +56,7 @@ def record_quantized(
         _STATS.bytes_16bit += bytes_16bit
         _STATS.bytes_sharq += bytes_sharq
         n, b16, bsq = _STATS.layers_quantized, _STATS.bytes_16bit, _STATS.bytes_sharq
-    _log(
+    log.info(
         "sharq: quantized %s [%d x %d] (%s): %d -> %d bytes (%.3fx); totals: %d layers, %d -> %d bytes%s",
         name, shape[0], shape[1], how, bytes_16bit, bytes_sharq,
         bytes_sharq / max(bytes_16bit, 1), n, b16, bsq, f"; {kernel}" if kernel else "",
@@ -71,7 +69,7 @@ def record_forward(rows: int) -> None:
         _STATS.forward_rows += rows
         n, r = _STATS.forward_calls, _STATS.forward_rows
     if n & (n - 1) == 0:  # 1, 2, 4, 8, ...
-        _log("sharq: forward calls=%d rows=%d (SharQ W4A4 linear ran in this process)", n, r)
+        log.info("sharq: forward calls=%d rows=%d (SharQ W4A4 linear ran in this process)", n, r)
 
 
 def snapshot() -> dict[str, int]:

@@ -15,6 +15,8 @@ from gpu_util import (
 )
 
 from sharq_vllm import ops
+from sharq_vllm.kernels import dispatch
+from sharq_vllm.reference import backbone_block, residual_block
 
 pytestmark = GPU_MARKS
 
@@ -29,7 +31,7 @@ def _kernels():
 # ------------------------------------------------------------------------------------------
 def _run_prep_debug_poisoned(x, fmt, pattern):
     m, k = x.shape
-    bb, rb = ops._block_sizes(fmt, pattern)
+    bb, rb = backbone_block(fmt, pattern), residual_block(fmt)
     u8 = dict(dtype=torch.uint8, device=x.device)
     out = torch.full_like(x, float("nan"))
     mask = torch.full((m, k), 0xAA, **u8)
@@ -38,9 +40,7 @@ def _run_prep_debug_poisoned(x, fmt, pattern):
     rc = torch.full((m, k // 2), 0xAA, **u8)
     rs = torch.full((m, k // rb), 0xAA, **u8)
     ts = torch.full((m, 2), float("nan"), dtype=torch.float32, device=x.device)
-    torch.ops.sharq_C.prep_debug(
-        x, out, mask, bbc, bbs, rc, rs, ts, ops.FMT_CODES[fmt], ops.PATTERN_CODES[pattern]
-    )
+    torch.ops.sharq_C.prep_debug(x, out, mask, bbc, bbs, rc, rs, ts, *dispatch.prep_values(fmt, pattern))
     return out, mask, bbc, bbs, rc, rs, ts
 
 
@@ -140,9 +140,7 @@ def test_prep_configurations_identical(fmt, m, k):
             if threads > (1024 if v <= 2 else 512):
                 continue
             out = torch.full_like(x, float("nan"))
-            torch.ops.sharq_C.prep_cfg(
-                x, out, ops.FMT_CODES[fmt], ops.PATTERN_CODES["4:8-pairs"], v, cl
-            )
+            torch.ops.sharq_C.prep_cfg(x, out, *dispatch.prep_values(fmt, "4:8-pairs"), v, cl)
             assert torch.equal(bits(out), bits(want)), (v, cl)
             ran += 1
     assert ran >= 4

@@ -7,8 +7,15 @@ import pytest
 import torch
 
 from sharq_vllm import ops
+from sharq_vllm.kernels import dispatch
 from sharq_vllm.kernels.layout import tile_weight
-from sharq_vllm.reference import apply_linear, prepare_activation, quantize_weight
+from sharq_vllm.reference import (
+    apply_linear,
+    backbone_block,
+    prepare_activation,
+    quantize_weight,
+    residual_block,
+)
 
 
 def _heavy(m, k, dtype=torch.bfloat16, seed=0):
@@ -26,7 +33,7 @@ def test_prepare_cpu_is_reference(fmt, pattern):
     assert torch.equal(y, prepare_activation(x, fmt, pattern).x_hat)
     dbg = torch.ops.sharq.prepare_debug(x, fmt, pattern)
     assert torch.equal(dbg[0], y)
-    bb, rb = ops._block_sizes(fmt, pattern)
+    bb, rb = backbone_block(fmt, pattern), residual_block(fmt)
     assert dbg[3].shape == (5, 128 // bb) and dbg[5].shape == (5, 128 // rb)
 
 
@@ -127,13 +134,17 @@ def test_torch_compile_fullgraph_cpu():
 
 
 def test_dispatch_is_pure_function_of_m(monkeypatch):
-    monkeypatch.setitem(ops.CONFIG, "gemm_path", "auto")
-    assert ops.gemm_path_for(1) == "decode" and ops.gemm_path_for(16) == "decode"
-    assert ops.gemm_path_for(17) == "wgmma"
-    monkeypatch.setitem(ops.CONFIG, "decode_max_m", 64)  # the decode kernel takes 16 rows at most
-    assert ops.gemm_path_for(17) == "wgmma"
-    monkeypatch.setitem(ops.CONFIG, "gemm_path", "wgmma")
-    assert ops.gemm_path_for(1) == "wgmma"
+    def path(m):
+        return dispatch.gemm_kernel(m).name
+
+    assert path(1) == "decode" and path(16) == "decode"
+    assert path(17) == "wgmma"
+    # the decode kernel takes 16 rows at most: the table cannot give it more
+    assert all(g.max_m <= dispatch.DECODE_MAX_ROWS for g in dispatch.GEMM_KERNELS if g.name == "decode")
+    assert path(17) == "wgmma"
+    # one kernel for every M (what a benchmark forcing the wgmma kernel sets)
+    monkeypatch.setattr(dispatch, "GEMM_KERNELS", dispatch.GEMM_KERNELS[1:])
+    assert path(1) == "wgmma"
 
 
 def test_kernel_path_reports_cpu():

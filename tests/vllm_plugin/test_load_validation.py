@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 pytest.importorskip("vllm")
 
 from sharq_vllm import reference
-from sharq_vllm.vllm_plugin.options import SharQOptionError, SharQOptions
+from sharq_vllm.options import SharQOptionError, SharQOptions
 
 
 @pytest.fixture(scope="module", autouse=True)

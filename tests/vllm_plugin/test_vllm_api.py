@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 vllm = pytest.importorskip("vllm")
 
 from sharq_vllm import reference  # noqa: E402
-from sharq_vllm.vllm_plugin.options import SharQOptionError  # noqa: E402
+from sharq_vllm.options import SharQOptionError  # noqa: E402
 
 EXPECTED_VLLM = os.environ.get("SHARQ_EXPECT_VLLM_VERSION")
 
@@ -136,7 +136,9 @@ def test_fused_qkv_is_one_payload_and_matches_reference() -> None:
     layer.quant_method.process_weights_after_loading(layer)  # no-op if done layer-wise
     assert stats.snapshot()["layers_quantized"] == before + 1
     assert "weight" not in dict(layer.named_parameters()), "16-bit weight was not freed"
-    assert layer.sharq_packed.tensor_scale.item() == pytest.approx(float(k.float().abs().max()) / 2688.0, rel=1e-6)
+    from sharq_vllm.vllm_plugin.linear_method import packed_weight
+
+    assert packed_weight(layer).tensor_scale.item() == pytest.approx(float(k.float().abs().max()) / 2688.0, rel=1e-6)
 
     x = torch.randn(7, 128, dtype=torch.bfloat16) * torch.linspace(0.1, 20, 128).to(torch.bfloat16)
     y, _ = layer(x)
@@ -203,8 +205,8 @@ def test_prequantized_qkv_loads_the_same_payload_as_online() -> None:
     """A `sharq-vllm quantize` config selects the pre-quantized method; loading the payload
     tensors through vLLM's (v2) weight loaders gives the online layer's exact output."""
     from sharq_vllm import checkpoint
+    from sharq_vllm.options import SharQOptions
     from sharq_vllm.vllm_plugin.config import SharQConfig
-    from sharq_vllm.vllm_plugin.options import SharQOptions
     from sharq_vllm.vllm_plugin.prequantized import SharQPrequantizedLinearMethod
 
     torch.manual_seed(3)

@@ -28,8 +28,9 @@ def main(rank: int, world: int, port: int) -> None:
 
     from sharq_vllm import reference
     from sharq_vllm.ops import dequantize_packed
+    from sharq_vllm.options import SharQOptionError
     from sharq_vllm.vllm_plugin.config import SharQConfig
-    from sharq_vllm.vllm_plugin.options import SharQOptionError
+    from sharq_vllm.vllm_plugin.linear_method import packed_weight
 
     cfg = SharQConfig.from_config({"quant_method": "sharq"})
     cfg.packed_modules_mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}
@@ -47,7 +48,7 @@ def main(rank: int, world: int, port: int) -> None:
     row.quant_method.process_weights_after_loading(row)
     full = reference.dequantize_weight(reference.quantize_weight(w))  # the TP=1 payload
     k0 = rank * 128
-    mine = dequantize_packed(row.sharq_packed)
+    mine = dequantize_packed(packed_weight(row))
     assert torch.equal(mine, full[:, k0:k0 + 128]), f"rank {rank}: row-parallel payload is not the TP=1 slice"
     x = torch.randn(5, 256, generator=g).to(bf)
     y, _ = row(x)
@@ -69,7 +70,7 @@ def main(rank: int, world: int, port: int) -> None:
         qkv.weight.weight_loader(qkv.weight, t, shard)
     qkv.quant_method.process_weights_after_loading(qkv)
     amax = torch.stack([t.float().abs().amax() for t in (q, k, v)]).amax()
-    mine = dequantize_packed(qkv.sharq_packed)
+    mine = dequantize_packed(packed_weight(qkv))
     q_r, k_r, v_r = q.chunk(world)[rank], k.chunk(world)[rank], v.chunk(world)[rank]
     expect = reference.dequantize_weight(reference.quantize_weight(torch.cat([q_r, k_r, v_r]), tensor_amax=amax))
     full_qkv = reference.dequantize_weight(reference.quantize_weight(torch.cat([q, k, v])))

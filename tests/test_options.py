@@ -1,10 +1,14 @@
-"""Option parsing and validation (no vLLM needed)."""
+"""Option parsing and validation (no vLLM needed), the values and rules the options take from the
+numerics modules, and the format/pattern codes shared with the CUDA kernels."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
-from sharq_vllm.vllm_plugin.options import DEFAULTS, SharQOptionError, SharQOptions
+from sharq_vllm.options import DEFAULTS, SharQOptionError, SharQOptions
 
 
 def test_defaults_are_the_paper_configuration() -> None:
@@ -66,3 +70,52 @@ def test_skip_layer_matching() -> None:
     assert o.is_skipped_name("model.layers.1.mlp.up_proj")
     assert o.is_skipped_name("model.layers.2.self_attn.q_proj")
     assert not o.is_skipped_name("model.layers.3.self_attn.q_proj")
+
+
+def test_allowed_values_come_from_the_numerics_modules() -> None:
+    from sharq_vllm import formats, masks, options, reference
+
+    assert options.FORMATS == tuple(formats.ACTIVATION_FORMATS)
+    assert options.PATTERNS == masks.PATTERNS
+    assert options.WEIGHT_BLOCKS == tuple(formats.WEIGHT_FORMATS)
+    assert options.WEIGHT_ROUNDINGS == reference.WEIGHT_ROUNDINGS == ("rtn", *formats.SCALE_SEARCHES)
+    assert options.ACT_SCALES == reference.ACT_SCALES
+    assert set(options.FORMAT_CODES) == set(options.FORMATS)
+    assert set(options.PATTERN_CODES) == set(options.PATTERNS)
+
+
+def test_derived_blocks() -> None:
+    for fmt, base in (("nvfp4", 16), ("mxfp4", 32)):
+        for pattern in ("4:8-pairs", "2:4", "dense"):
+            o = SharQOptions(format=fmt, pattern=pattern)
+            assert o.activation_block == base
+            assert o.backbone_block == (base if pattern == "dense" else 2 * base)
+
+
+def _header_enum(text: str, name: str) -> dict[str, int]:
+    m = re.search(rf"enum {name} : int \{{([^}}]*)\}};", text)
+    assert m, f"enum {name} not found in csrc/sharq_kernels.h"
+    out = {}
+    for item in m.group(1).split(","):
+        key, _, value = item.partition("=")
+        out[key.strip()] = int(value)
+    return out
+
+
+def test_kernel_codes_match_the_cuda_header() -> None:
+    """sharq_vllm.options mirrors sharq::Format / sharq::Pattern of csrc/sharq_kernels.h (the one
+    definition): same names (kTwoOfFour <-> TWO_OF_FOUR) and values."""
+    from sharq_vllm.options import FormatCode, PatternCode
+
+    header = (Path(__file__).resolve().parents[1] / "csrc" / "sharq_kernels.h").read_text()
+    for cpp, py in (("Format", FormatCode), ("Pattern", PatternCode)):
+        want = {k.removeprefix("k").upper(): v for k, v in _header_enum(header, cpp).items()}
+        assert {e.name.replace("_", ""): int(e) for e in py} == want, cpp
+
+
+def test_deprecated_plugin_location_reexports() -> None:
+    import sharq_vllm.options as new
+    import sharq_vllm.vllm_plugin.options as old
+
+    for name in old.__all__:
+        assert getattr(old, name) is getattr(new, name), name

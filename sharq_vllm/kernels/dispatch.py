@@ -1,0 +1,180 @@
+"""Which implementation serves a SharQ linear: decided here, from the data below, and told by
+:func:`describe` from the same data (the load log, the kernel benchmark).
+
+Per device: the CUDA kernels serve compute capability exactly :data:`KERNEL_CAPABILITY` (they
+are compiled for sm_90a only, ``build.ARCH``) once the extension is loaded; anything else runs
+the PyTorch reference, and a CUDA device without the kernels gets one warning naming the reason.
+Per call: the preparation kernel takes bf16/fp16 rows whose K is a multiple of every activation
+block and at most :data:`PREP_MAX_K`, with per-token activation scales; the GEMM takes a weight
+packed in the tiled layout (K % 64 == 0, weight block 16 or 32) and picks its kernel by the
+number of rows M from :data:`GEMM_KERNELS`.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from .. import log
+from ..options import FORMAT_CODES, PATTERN_CODES
+from ..reference import backbone_block, required_multiple, residual_block
+from . import build
+from .layout import TILE_K
+
+__all__ = [
+    "GEMM_KERNELS",
+    "KERNEL_CAPABILITY",
+    "GemmKernel",
+    "describe",
+    "gemm_kernel",
+    "kernels_for",
+    "layer_label",
+    "prep_on_kernel",
+    "prep_values",
+    "weight_on_kernel",
+]
+
+KERNEL_CAPABILITY = (9, 0)
+KERNEL_DTYPES = (torch.bfloat16, torch.float16)
+KERNEL_WEIGHT_BLOCKS = (16, 32)  # the tiled layout's scale blocks (layout.py)
+PREP_MAX_K = 8 * 8 * 512  # csrc/prep.cu: at most 8 chunks of 8 channels for each of 512 threads
+PREP_ACT_SCALES = ("token",)  # the preparation kernel computes per-row tensor scales only
+DECODE_MAX_ROWS = 16  # csrc/bindings.cpp: gemm_decode takes at most 16 rows
+
+
+@dataclass(frozen=True)
+class GemmKernel:
+    name: str  # torch.ops.sharq_C.gemm_<name>
+    max_m: int  # the largest M it serves (the last kernel serves every M)
+    what: str
+
+
+# The first kernel whose max_m >= M runs. The split-K decode kernel streams the weights at
+# bandwidth for a few rows (it takes at most 16); the wgmma kernel is the compute path above.
+# Chosen on the H100/H200 from benchmarks/kernels/bench_kernels.py: the sharq_decode and
+# sharq_wgmma rows (both kernels forced at every M) and their plan sweeps --decode-sweep and
+# --wgmma-sweep; change the thresholds here only with that sweep's numbers.
+GEMM_KERNELS: tuple[GemmKernel, ...] = (
+    GemmKernel("decode", 16, "split-K decode kernel (bulk-async weight ring, mma.sync)"),
+    GemmKernel("wgmma", sys.maxsize, "wgmma kernel (FP4 decoded in registers, x_hat by TMA)"),
+)
+assert GEMM_KERNELS[0].name == "decode" and GEMM_KERNELS[0].max_m <= DECODE_MAX_ROWS
+assert GEMM_KERNELS[-1].max_m == sys.maxsize
+
+_lock = threading.Lock()
+_status: dict[tuple[str, int], tuple[bool, str]] = {}
+
+
+def gemm_kernel(m: int) -> GemmKernel:
+    """The GEMM kernel for M rows (a pure function of M)."""
+    for kernel in GEMM_KERNELS:
+        if m <= kernel.max_m:
+            return kernel
+    return GEMM_KERNELS[-1]
+
+
+def _device(device: torch.device | str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _check(dev: torch.device) -> tuple[bool, str]:
+    if dev.type != "cuda":
+        return False, f"device {dev} has no SharQ kernels (PyTorch reference)"
+    if not torch.cuda.is_available():
+        return False, "CUDA is not available"
+    major, minor = torch.cuda.get_device_capability(dev)
+    if (major, minor) != KERNEL_CAPABILITY:
+        want = ".".join(map(str, KERNEL_CAPABILITY))
+        return False, (f"compute capability {major}.{minor}: the kernels are built for sm_{build.ARCH.replace('.', '')} "
+                       f"(Hopper, capability {want}) only")
+    ok, how = build.load_extension()
+    if not ok:
+        return False, f"extension not loaded: {how}"
+    return True, f"{how}; sm_{major}{minor}"
+
+
+def kernels_for(device: torch.device | str | None = None) -> tuple[bool, str]:
+    """(True, how the extension was loaded) when the CUDA kernels serve ``device``; (False,
+    why not) otherwise. Decided once per device; a CUDA device without them logs one warning."""
+    dev = _device(device)
+    index = dev.index if dev.index is not None else (
+        torch.cuda.current_device() if dev.type == "cuda" and torch.cuda.is_available() else 0)
+    key = (dev.type, index)
+    with _lock:
+        if key not in _status:
+            _status[key] = _check(dev)
+            if dev.type == "cuda" and not _status[key][0]:
+                log.warning("sharq: no SharQ kernels for %s (%s); using the PyTorch reference path",
+                            f"cuda:{index}", _status[key][1])
+        return _status[key]
+
+
+def prep_on_kernel(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> bool:
+    """Whether the preparation kernel takes ``x`` (else the reference preparation runs)."""
+    k = x.shape[-1]
+    return (
+        act_scale in PREP_ACT_SCALES
+        and x.dtype in KERNEL_DTYPES
+        and 0 < k <= PREP_MAX_K
+        and k % required_multiple(fmt, pattern) == 0
+        and kernels_for(x.device)[0]
+    )
+
+
+def prep_values(fmt: str, pattern: str) -> tuple[int, int, int, int]:
+    """The preparation kernel's (format, pattern, backbone block, residual block) arguments: the
+    codes of csrc/sharq_kernels.h and the blocks reference.py defines."""
+    return int(FORMAT_CODES[fmt]), int(PATTERN_CODES[pattern]), backbone_block(fmt, pattern), residual_block(fmt)
+
+
+def weight_on_kernel(device: torch.device | str, k: int, block: int) -> bool:
+    """Whether a [N, K] weight with ``block`` scales is packed for the CUDA GEMMs (tiled) on
+    ``device``; else it keeps the canonical layout and the reference GEMM runs."""
+    dev = torch.device(device)
+    return dev.type == "cuda" and k % TILE_K == 0 and block in KERNEL_WEIGHT_BLOCKS and kernels_for(dev)[0]
+
+
+def gemm_on_kernel(x_hat: torch.Tensor, tiled: bool) -> bool:
+    """Whether the GEMM kernels take ``x_hat`` against a weight (tiled: packed for them)."""
+    return tiled and x_hat.dtype in KERNEL_DTYPES
+
+
+def _gemm_table(short: bool = False) -> str:
+    parts, low = [], 1
+    for kernel in GEMM_KERNELS:
+        if kernel.max_m == sys.maxsize:
+            rows = f"M>{low - 1}" if low > 1 else "any M"
+        else:
+            rows = f"M<={kernel.max_m}" if low == 1 else f"{low}<=M<={kernel.max_m}"
+        parts.append(f"{kernel.name} kernel {rows}" if short else f"{rows}: {kernel.what}")
+        low = kernel.max_m + 1
+    return ", ".join(parts) if short else "; ".join(parts)
+
+
+def _prep_text(act_scale: str, short: bool = False) -> str:
+    if act_scale in PREP_ACT_SCALES:
+        return "prep" if short else "fused prep (CUDA)"
+    return f"PyTorch prep (act_scale={act_scale}: the prep kernel has per-token scales only)"
+
+
+def describe(device: torch.device | str | None = None, act_scale: str = "token") -> str:
+    """One line for the startup log and the benchmark: which paths serve which M."""
+    ok, why = kernels_for(device)
+    if not ok:
+        return f"sharq kernels: reference PyTorch path ({why})"
+    return f"sharq kernels: {_prep_text(act_scale)} + GEMM [{_gemm_table()}] ({why})"
+
+
+def layer_label(tiled: bool, device: torch.device, act_scale: str = "token") -> str:
+    """The end of a layer's load-log line: ``kernel=cuda ...`` or ``kernel=reference (why)``."""
+    if tiled:
+        return f"kernel=cuda {_prep_text(act_scale, short=True)} + GEMM ({_gemm_table(short=True)})"
+    if device.type != "cuda":
+        return f"kernel=reference ({device.type})"
+    ok, why = kernels_for(device)
+    return f"kernel=reference ({why if not ok else f'K not a multiple of {TILE_K} or weight block not 16/32'})"
