@@ -39,7 +39,7 @@ wheel=("$WORK"/dist/sharq_vllm-*.whl)
 import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 assert not any(n.startswith("sharq_vllm/_C") for n in names), "CUDA extension built on the CPU path"
-for need in ("sharq_vllm/checkpoint.py", "sharq_vllm/cli.py", "sharq_vllm/options.py"):
+for need in ("sharq_vllm/checkpoint/__init__.py", "sharq_vllm/cli.py", "sharq_vllm/options.py"):
     assert need in names, f"{need} missing from the wheel"
 print(f"[image-install] wheel ok: {sys.argv[1].rsplit('/', 1)[-1]} ({len(names)} files, no _C)")
 PY

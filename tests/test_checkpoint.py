@@ -383,3 +383,15 @@ def test_float32_source_quantized_in_vllm_dtype(tmp_path):
     w = tensors["model.layers.0.mlp.down_proj.weight"].bfloat16()
     assert _eq(t["model.layers.0.mlp.down_proj.weight_packed"], _online_payload(w, OPTS).codes)
     assert t["model.embed_tokens.weight"].dtype == torch.bfloat16
+
+
+def test_checkpoint_package_imports_no_vllm() -> None:
+    """The format, reading, validation and writing code runs where vLLM is not installed."""
+    import subprocess
+    import sys
+
+    code = ("import sys, sharq_vllm.checkpoint, sharq_vllm.cli, sharq_vllm.options; "
+            "bad = sorted(m for m in sys.modules if m == 'vllm' or m.startswith(('vllm.', 'transformers'))); "
+            "assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]

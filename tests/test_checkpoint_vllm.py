@@ -27,14 +27,10 @@ from vllm.model_executor.layers.linear import (
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
 
 from sharq_vllm import reference
-from sharq_vllm.checkpoint import (
-    CheckpointError,
-    create_packed_parameters,
-    finalize_packed,
-    preflight,
-)
+from sharq_vllm.checkpoint import CheckpointError, preflight
 from sharq_vllm.convert import quantize_checkpoint
 from sharq_vllm.options import SharQOptions
+from sharq_vllm.vllm_plugin.prequantized import create_packed_parameters, finalize_packed
 
 from .tiny_checkpoint import llama_config, write_checkpoint
 
