@@ -7,7 +7,7 @@
 #   scripts/serve.sh                      # defaults: port 8000, paper options (nvfp4, 4:8-pairs)
 #   PORT=8080 scripts/serve.sh
 #   SHARQ_OPTIONS='{"format": "mxfp4", "pattern": "2:4"}' scripts/serve.sh
-#   MODEL=gemma3 scripts/serve.sh         # another family (see python -m sharq_vllm.assets --list)
+#   MODEL=gemma3 scripts/serve.sh         # another family (see sharq-vllm fetch-model --list)
 #   scripts/serve.sh --enforce-eager      # extra arguments go to vLLM
 #
 # Entry point: `python -m vllm.entrypoints.openai.api_server`, not `vllm serve`: the CPU build's
@@ -24,8 +24,8 @@ VENV="${SHARQ_VENV:-$ROOT/.venv}"
 "$ROOT/scripts/setup.sh"
 PY="$VENV/bin/python"
 
-MODEL_DIR="$("$PY" -m sharq_vllm.assets "$MODEL")"
-MODEL_ID="$("$PY" -m sharq_vllm.assets "$MODEL" --served-name)"
+MODEL_DIR="$("$PY" -m sharq_vllm.cli fetch-model "$MODEL")"
+MODEL_ID="$("$PY" -m sharq_vllm.cli fetch-model "$MODEL" --served-name)"
 echo "[serve] model folder: $MODEL_DIR (16-bit weights dequantized from a 4-bit GGUF)" >&2
 
 ARGS=(--model "$MODEL_DIR" --served-model-name "$MODEL_ID" --host 127.0.0.1 --port "$PORT" --max-model-len 2048 --quantization sharq)

