@@ -6,17 +6,13 @@ shape folders. No vLLM, no GPU."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-SERVING = Path(__file__).resolve().parent.parent / "benchmarks" / "serving"
-sys.path.insert(0, str(SERVING))
+from benchmarks.serving import common, report, shapes
 
-import common  # noqa: E402
-import report  # noqa: E402
-import shapes  # noqa: E402
+SERVING = Path(common.__file__).resolve().parent
 
 # Lines rendered from vLLM 0.26.0's own format strings (see notes/serving.md for file:line),
 # with the prefixes vLLM's multiprocess logging adds and an ANSI colour code.
@@ -88,7 +84,7 @@ def test_card_slug():
 
 
 def test_summarize_bench():
-    import online
+    from benchmarks.serving import online
 
     raw = {"completed": 32, "failed": 0, "duration": 10.0, "request_throughput": 3.2, "output_throughput": 819.2,
            "total_token_throughput": 1228.8, "median_ttft_ms": 20.0, "p50_ttft_ms": 20.0, "p99_ttft_ms": 50.0,
@@ -101,7 +97,7 @@ def test_summarize_bench():
 
 
 def test_online_levels():
-    import online
+    from benchmarks.serving import online
 
     a = online.parse_args(["--concurrency", "1,8,128", "--request-rates", "2.5"])
     lv = online._levels(a)

@@ -27,13 +27,10 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 import traceback
 
 import torch
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from sharq_vllm import ops
 from sharq_vllm.kernels import dispatch

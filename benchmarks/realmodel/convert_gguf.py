@@ -2,15 +2,13 @@
 machines have no network: the GGUF travels in parts). The conversion is
 ``sharq_vllm.assets.convert_gguf``, the same one the asset cache uses.
 
-    python benchmarks/realmodel/convert_gguf.py FILE.gguf OUT_DIR
+    python -m benchmarks.realmodel.convert_gguf FILE.gguf OUT_DIR     # from the repository root
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: sharq_vllm
 
 from sharq_vllm.assets import convert_gguf
 

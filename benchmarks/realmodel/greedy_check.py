@@ -4,9 +4,9 @@ Run once per path, each in a fresh process (the path is chosen by the environmen
 kernels when the extension loads, the PyTorch reference otherwise — `SHARQ_JIT=0` and no
 `SHARQ_EXT_LIB` force the reference), then compare:
 
-    python benchmarks/realmodel/greedy_check.py run --model DIR --out kernel.json
-    SHARQ_JIT=0 SHARQ_EXT_LIB= python benchmarks/realmodel/greedy_check.py run --model DIR --out ref.json
-    python benchmarks/realmodel/greedy_check.py compare kernel.json ref.json [--tie-nats 0.1]
+    python -m benchmarks.realmodel.greedy_check run --model DIR --out kernel.json
+    SHARQ_JIT=0 SHARQ_EXT_LIB= python -m benchmarks.realmodel.greedy_check run --model DIR --out ref.json
+    python -m benchmarks.realmodel.greedy_check compare kernel.json ref.json [--tie-nats 0.1]
 
 Two paths "agree" when their greedy tokens are identical, or when at the first differing step
 both candidates were within `--tie-nats` of each other in BOTH runs' top-5 logprobs (a tie

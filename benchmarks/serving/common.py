@@ -44,9 +44,10 @@ def bench_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env.setdefault("NCCL_NVLS_ENABLE", "0")
     env.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
     env.setdefault("NVSHMEM_DISABLE_NVLS", "1")
-    # repo root (sharq_vllm) and this folder (probe.py, for LLM.apply_model) importable everywhere
+    # the repo root importable everywhere: sharq_vllm, and benchmarks.serving.probe (unpickled
+    # by reference in the workers for LLM.apply_model)
     parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    for p in (str(REPO), str(HERE)):
+    for p in (str(REPO),):
         if p not in parts:
             parts.append(p)
     env["PYTHONPATH"] = os.pathsep.join(parts)
@@ -254,7 +255,7 @@ class RunSetup:
 def setup_run(args: Any) -> RunSetup:
     """Resolve model, card, output and log folders and the run key; validate the method list.
     ``args`` carries model, shapes_dir, out, log_dir, tp, tag, methods (both scripts' CLIs)."""
-    import shapes  # sibling module: the scripts run with this folder on sys.path
+    from benchmarks.serving import shapes
 
     model = shapes.resolve_model(args.model)
     folder = shapes.shape_path(model, Path(args.shapes_dir) if args.shapes_dir else None)

@@ -20,7 +20,7 @@ Every prompt is fresh random token ids, so prefix caching (on by default) never 
 Results are merged into ``--out`` (default ``benchmarks/results/serving-<card>.json``) after
 each method; the raw log of each method is kept in ``--log-dir``.
 
-    python3 benchmarks/serving/offline.py --model llama-3.1-8b --methods fp8,sharq,bf16 \\
+    python3 -m benchmarks.serving.offline --model llama-3.1-8b --methods fp8,sharq,bf16 \\
         --out $OUT --log-dir $OUT/logs --budget-s 520
 """
 
@@ -34,9 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common
+from benchmarks.serving import common
 
 DEFAULT_BATCHES = "1,8,32,128,256"
 
@@ -148,7 +146,7 @@ def worker(spec_path: str) -> None:
     except Exception as e:
         res["engine"] = {"error": repr(e)}
     try:  # tensor bytes + quant method per layer, measured in the workers (one entry per rank)
-        import probe  # importable by reference in the workers (PYTHONPATH)
+        from benchmarks.serving import probe  # unpickled by reference in the workers
 
         res["model_stats"] = llm.apply_model(probe.model_stats)
     except Exception as e:
@@ -254,7 +252,7 @@ def run_method(args: argparse.Namespace, method: str, folder: Path, vocab: int, 
     Path(spec["result"]).unlink(missing_ok=True)
     extra_env = {"VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}  # LLM.apply_model(probe.model_stats)
     extra_env.update(dict(kv.split("=", 1) for kv in args.env))
-    cmd = [common.python(), str(Path(__file__).resolve()), "--worker", "--spec", str(spec_path)]
+    cmd = [common.python(), "-m", "benchmarks.serving.offline", "--worker", "--spec", str(spec_path)]
     common.log(f"{method}: start (timeout {timeout:.0f}s, eager={enforce_eager}) log={log_path}")
     proc = common.popen_logged(cmd, log_path, common.bench_env(extra_env))
     rc, timed_out = common.wait_logged(proc, timeout)

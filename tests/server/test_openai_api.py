@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from vllm_server import VLLMServer
+
+from .vllm_server import VLLMServer
 
 pytestmark = pytest.mark.server
 
@@ -175,7 +176,7 @@ def test_loglikelihood_close_to_unquantized(
     the in-process reference-numerics emulation (transformers + sharq_vllm.reference on every
     decoder linear) within 0.05 nats/token.
     """
-    from texts import prompt_logprobs, reference_emulated_logprobs
+    from .texts import prompt_logprobs, reference_emulated_logprobs
 
     sq = prompt_logprobs(sharq_server, paragraph)
     base = baseline_prompt_logprobs

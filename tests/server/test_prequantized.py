@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from vllm_server import VLLMServer
+
+from .vllm_server import VLLMServer
 
 pytestmark = pytest.mark.server
 
@@ -40,7 +41,7 @@ def prequantized_dir(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory
 def test_prequantized_folder_serves_chats_and_matches_online(
     prequantized_dir: Path, sharq_server: VLLMServer, log_dir: Path, paragraph: str
 ) -> None:
-    from texts import prompt_logprobs
+    from .texts import prompt_logprobs
 
     online = prompt_logprobs(sharq_server, paragraph)
     with VLLMServer(prequantized_dir, log_path=log_dir / "prequantized.log") as srv:

@@ -25,14 +25,12 @@ from __future__ import annotations
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
-from vllm_server import VLLMServer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "robustness"))
+from benchmarks.robustness import load_abuse as la
 
-import load_abuse as la
+from .vllm_server import VLLMServer
 
 pytestmark = pytest.mark.server
 

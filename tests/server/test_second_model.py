@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from vllm_server import VLLMServer
+
+from .vllm_server import VLLMServer
 
 pytestmark = pytest.mark.server
 
@@ -31,7 +32,7 @@ def _hf_bf16_nll(model_dir: Path, text: str) -> float:
 def test_gemma3_loads_and_answers_with_cli_options(gemma3_dir: Path, log_dir: Path, paragraph: str) -> None:
     """Answers coherently (greedy text on topic; paragraph NLL within 1 nat/token of the
     unquantized model's, measured in transformers) with non-default options from the CLI."""
-    from texts import prompt_logprobs
+    from .texts import prompt_logprobs
 
     args = ("--quantization", "sharq", "--enforce-eager", "--hf-overrides",
             json.dumps({"quantization_config": OPTIONS}))

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from vllm_server import run_until_exit
+
+from .vllm_server import run_until_exit
 
 pytestmark = pytest.mark.server
 

@@ -13,13 +13,8 @@ each option set is accepted.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 pytest.importorskip("vllm")
 
@@ -29,13 +24,13 @@ from sharq_vllm.options import SharQOptionError, SharQOptions
 
 @pytest.fixture(scope="module", autouse=True)
 def vllm_env() -> None:
-    from vllm_env import init_vllm
+    from .vllm_env import init_vllm
 
     init_vllm()
 
 
 def _config(**opts: object):  # type: ignore[no-untyped-def]
-    from vllm_env import sharq_config
+    from .vllm_env import sharq_config
 
     return sharq_config(**opts)
 

@@ -11,18 +11,17 @@ import pytest
 
 pytest.importorskip("vllm")
 
-HERE = Path(__file__).parent
+REPO = Path(__file__).resolve().parents[2]  # tp_worker runs as a module of the tests package
 
 
 def run_tp(world: int = 2, extra_env: dict[str, str] | None = None, timeout: float = 600) -> None:
-    sys.path.insert(0, str(HERE))
-    from vllm_env import free_port
+    from .vllm_env import free_port
 
     port = free_port()
     env = {**os.environ, **(extra_env or {})}
     procs = [
-        subprocess.Popen([sys.executable, str(HERE / "tp_worker.py"), str(r), str(world), str(port)],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        subprocess.Popen([sys.executable, "-m", "tests.vllm_plugin.tp_worker", str(r), str(world), str(port)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         for r in range(world)
     ]
     outs = []

@@ -9,13 +9,9 @@ RowParallelLinear, VocabParallelEmbedding) loaded through their own weight loade
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 vllm = pytest.importorskip("vllm")
 
@@ -27,13 +23,13 @@ EXPECTED_VLLM = os.environ.get("SHARQ_EXPECT_VLLM_VERSION")
 
 @pytest.fixture(scope="module", autouse=True)
 def vllm_env() -> None:
-    from vllm_env import init_vllm
+    from .vllm_env import init_vllm
 
     init_vllm()
 
 
 def _config(**opts: object):  # type: ignore[no-untyped-def]
-    from vllm_env import sharq_config
+    from .vllm_env import sharq_config
 
     return sharq_config(**opts)
 

@@ -9,15 +9,12 @@ and checks its payload is exactly its slice of the TP=1 payload, and that the la
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-
 
 def main(rank: int, world: int, port: int) -> None:
-    from vllm_env import init_vllm
+    from tests.vllm_plugin.vllm_env import init_vllm
 
     init_vllm(world_size=world, rank=rank, port=port)
     from vllm.model_executor.layers.linear import (
