@@ -1,4 +1,4 @@
-"""scripts/gpu_session.sh, the CPU-side half: `pack` splits model files into per-call folders
+"""tools/gpu/gpu_session.sh, the CPU-side half: `pack` splits model files into per-call folders
 under the travel limit, `stash` + `join` put them back together on the device (here: a
 temporary HOME) bit for bit, checked against the manifest's sha256."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "scripts" / "gpu_session.sh"
+SCRIPT = REPO / "tools" / "gpu" / "gpu_session.sh"
 MiB = 1 << 20
 
 

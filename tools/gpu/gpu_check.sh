@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-call GPU check for the SharQ kernels (run from the repo root on the GPU machine):
-#   bash scripts/gpu_check.sh [quick|full|final|tests|bench]     (default: quick)
+#   bash tools/gpu/gpu_check.sh [quick|full|final|tests|bench]     (default: quick)
 # quick: build + GPU tests + benchmark at M=1,4096 (bf16, sharq paths, vLLM baselines if importable)
 # full:  build + GPU tests + the full benchmark (7 M values x 4 shapes x all methods)
 # final: = full, fitted into SHARQ_TOTAL_S seconds (default 360): the benchmark gets what the
@@ -60,7 +60,7 @@ step() {  # step NAME TIMEOUT_S LOGFILE CMD...
   $PY -c "import triton;print('triton',triton.__version__)" 2>&1 | tail -1
 } 2>&1 | tee -a "$LOG"
 
-# ---- kernels: a prebuilt library (scripts/prebuild_ext.sh, built on the CPU machine against
+# ---- kernels: a prebuilt library (tools/gpu/prebuild_ext.sh, built on the CPU machine against
 # torch 2.11.0+cu130 headers) if it loads, else setup.py build (ninja, one arch), else the ops'
 # own JIT build. SHARQ_FORCE_BUILD=1 skips the prebuilt library.
 IMPORT_CHECK="
@@ -74,7 +74,7 @@ PREBUILT="$PWD/build/prebuilt/libsharq_C.so"
 USE_PREBUILT=0
 STAMP="$PWD/build/prebuilt/SOURCES.md5"
 if [ -f "$PREBUILT" ] && ! md5sum --quiet -c "$STAMP" >/dev/null 2>&1; then
-  note "prebuilt library is stale or unstamped (csrc/ changed since scripts/prebuild_ext.sh): building"
+  note "prebuilt library is stale or unstamped (csrc/ changed since tools/gpu/prebuild_ext.sh): building"
   PREBUILT="/nonexistent"
 fi
 if [ -f "$PREBUILT" ] && [ "${SHARQ_FORCE_BUILD:-0}" != "1" ]; then
@@ -102,13 +102,13 @@ if [ "$MODE" != "bench" ]; then
 fi
 
 if [ "$MODE" = "quick" ]; then
-  step bench-quick 240 "$OUT/bench.log" $PY benchmarks/kernels/bench_kernels.py --quick --budget-s 180 --out "$OUT"
+  step bench-quick 240 "$OUT/bench.log" $PY -m benchmarks.kernels.bench_kernels --quick --budget-s 180 --out "$OUT"
 elif [ "$MODE" = "final" ]; then
   LEFT=$((TOTAL_S - ($(date +%s) - T0) - 30))
   [ "$LEFT" -lt 90 ] && LEFT=90
-  step bench-full $((LEFT + 60)) "$OUT/bench.log" $PY benchmarks/kernels/bench_kernels.py --budget-s "$LEFT" --out "$OUT"
+  step bench-full $((LEFT + 60)) "$OUT/bench.log" $PY -m benchmarks.kernels.bench_kernels --budget-s "$LEFT" --out "$OUT"
 elif [ "$MODE" = "full" ] || [ "$MODE" = "bench" ]; then
-  step bench-full 420 "$OUT/bench.log" $PY benchmarks/kernels/bench_kernels.py --budget-s 330 --out "$OUT"
+  step bench-full 420 "$OUT/bench.log" $PY -m benchmarks.kernels.bench_kernels --budget-s 330 --out "$OUT"
 fi
 
 echo | tee -a "$LOG"

@@ -4,7 +4,7 @@
 # call, so the GGUF was carried in ~50 MB pieces over consecutive calls into $STASH/<model>/)
 # and the corpora as the cached text files (benchmarks/accuracy/corpora.py builds them here).
 #
-#   bash benchmarks/accuracy/gpu_session.sh MODEL GGUF_NAME [TIMEOUT_S] [LAYERS_ONLY]
+#   bash tools/gpu/accuracy_session.sh MODEL GGUF_NAME [TIMEOUT_S] [LAYERS_ONLY]
 #
 # Env: STASH (default /root/stash), OUT (result folder), PYTHONPATH must hold `gguf`.
 set -uo pipefail

@@ -3,7 +3,7 @@
 # against a downloaded torch wheel's headers/libs (no GPU needed; nvcc needed), so the GPU call
 # can skip compiling. Loaded with torch.ops.load_library via SHARQ_EXT_LIB.
 #   TORCH_ROOT=/tmp/torch211/torch PYINC=/root/.pyenv/versions/3.12.1/include/python3.12 \
-#     bash scripts/prebuild_ext.sh build/prebuilt/libsharq_C.so
+#     bash tools/gpu/prebuild_ext.sh build/prebuilt/libsharq_C.so
 # (torch wheel: pip download torch==2.11.0 --no-deps --python-version 3.12 --only-binary=:all:
 #  --platform manylinux_2_28_x86_64, then unzip torch/include/* torch/lib/*).
 set -euo pipefail
@@ -11,17 +11,28 @@ OUTSO="${1:-build/prebuilt/libsharq_C.so}"
 TORCH_ROOT="${TORCH_ROOT:?set TORCH_ROOT to an unpacked torch/ dir}"
 PYINC="${PYINC:?set PYINC to the target Python include dir}"
 CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
-ARCH="${ARCH:--gencode=arch=compute_90a,code=sm_90a}"
 TMP="$(mktemp -d)"
 mkdir -p "$(dirname "$OUTSO")"
-NVFLAGS="-O3 -std=c++17 --expt-relaxed-constexpr -lineinfo -Xcompiler -fPIC $ARCH -Xptxas=-v"
-nvcc $NVFLAGS -c csrc/prep.cu -o "$TMP/prep.o" 2> "$TMP/prep.ptxas" &
-nvcc $NVFLAGS -c csrc/gemm.cu -o "$TMP/gemm.o" 2> "$TMP/gemm.ptxas" &
-g++ -O3 -std=c++17 -fPIC -D_GLIBCXX_USE_CXX11_ABI=1 -DTORCH_EXTENSION_NAME=_C \
-  -I"$TORCH_ROOT/include" -I"$TORCH_ROOT/include/torch/csrc/api/include" -I"$CUDA_HOME/include" \
-  -I"$PYINC" -c csrc/bindings.cpp -o "$TMP/bindings.o" &
-wait %1 %2 %3
-g++ -shared -o "$OUTSO" "$TMP/bindings.o" "$TMP/prep.o" "$TMP/gemm.o" \
+# sources, arch (TORCH_CUDA_ARCH_LIST, default 9.0a) and flags: sharq_vllm/kernels/build.py, the
+# definition setup.py and the JIT build use (importing it needs no torch)
+BUILD=(env PYTHONPATH="$PWD" python3 -m sharq_vllm.kernels.build)
+read -r -a NVFLAGS <<< "$("${BUILD[@]}" nvcc-flags) -Xcompiler -fPIC"
+read -r -a CXXFLAGS <<< "$("${BUILD[@]}" cxx-flags) -fPIC"
+read -r -a SOURCES <<< "$("${BUILD[@]}" sources)"
+OBJS=()
+for src in "${SOURCES[@]}"; do
+  obj="$TMP/$(basename "$src").o"
+  OBJS+=("$obj")
+  if [[ "$src" == *.cu ]]; then
+    nvcc "${NVFLAGS[@]}" -c "$src" -o "$obj" 2> "$obj.ptxas" &
+  else
+    g++ "${CXXFLAGS[@]}" -D_GLIBCXX_USE_CXX11_ABI=1 -DTORCH_EXTENSION_NAME=_C \
+      -I"$TORCH_ROOT/include" -I"$TORCH_ROOT/include/torch/csrc/api/include" -I"$CUDA_HOME/include" \
+      -I"$PYINC" -c "$src" -o "$obj" &
+  fi
+done
+for job in $(jobs -p); do wait "$job"; done
+g++ -shared -o "$OUTSO" "${OBJS[@]}" \
   -L"$TORCH_ROOT/lib" -lc10 -lc10_cuda -ltorch -ltorch_cpu -ltorch_cuda \
   -L"$CUDA_HOME/lib64" -lcudart -Wl,--as-needed
 grep -E "registers|spill" "$TMP"/*.ptxas | sed 's/.*ptxas info *: //' | sort | uniq -c | head -40 || true

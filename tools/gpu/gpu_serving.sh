@@ -2,10 +2,10 @@
 # Device-side driver for the serving benchmarks (issue 8 items 2-4). Run from the repo root on
 # the GPU machine, AFTER the vLLM 0.26 bundle is installed (../shared/device/vllm-bundle.sh):
 #
-#   bash scripts/gpu_serving.sh STAGE [STAGE ...]
+#   bash tools/gpu/gpu_serving.sh STAGE [STAGE ...]
 #
 # Carry: benchmarks/serving/.shapes (configs are committed; this is the tokenizer pack, ~4 MB,
-# built here by `python3 benchmarks/serving/shapes.py fetch`), plus whatever the SharQ kernels
+# built here by `python3 -m benchmarks.serving.shapes fetch`), plus whatever the SharQ kernels
 # need (e.g. a prebuilt SHARQ_EXT_LIB). No network, no npm, no pip download on the device.
 #
 # Stages (each sized for one <= 9-minute call; expected H100 runtimes, engine start with
@@ -36,7 +36,7 @@
 # After each call: copy $OUT/serving-<card>.json to benchmarks/results/ here so the next stage
 # merges into it.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 REPO="$PWD"
 [ $# -ge 1 ] || { sed -n '2,40p' "$0"; exit 2; }
 OUT="${OUT:-$REPO/serving_out}"
@@ -93,7 +93,7 @@ setup() {
   [ "$tot" -gt "$BUDGET_S" ] && note "WARNING: expected time exceeds BUDGET_S: later methods will be skipped (recorded as skipped)"
   nvidia-smi --query-gpu=index,name,memory.total,memory.used --format=csv,noheader 2>&1 | head -8
   install_plugin
-  "$PY" benchmarks/serving/shapes.py materialize >/dev/null || { note "shape folders: FAILED (carry benchmarks/serving/.shapes)"; exit 3; }
+  "$PY" -m benchmarks.serving.shapes materialize >/dev/null || { note "shape folders: FAILED (carry benchmarks/serving/.shapes)"; exit 3; }
   "$PY" - <<'EOF' || { note "setup check FAILED"; exit 3; }
 import importlib.metadata as md, time
 t = time.time()
@@ -112,7 +112,7 @@ try:  # build / load the SharQ kernels once here, so vLLM's processes find them 
 except Exception as e:  # noqa: BLE001
     print("setup: sharq kernels not loaded here:", repr(e))
 EOF
-  CARD=$("$PY" -c "import sys; sys.path.insert(0,'benchmarks/serving'); import common; print(common.card_slug(common.detect_card()))")
+  CARD=$("$PY" -c "from benchmarks.serving import common; print(common.card_slug(common.detect_card()))")
   RESULT="$OUT/serving-$CARD.json"
   if [ ! -f "$RESULT" ] && [ -f "benchmarks/results/serving-$CARD.json" ]; then
     cp "benchmarks/results/serving-$CARD.json" "$RESULT"; note "merging into previous results (benchmarks/results/serving-$CARD.json)"
@@ -129,14 +129,14 @@ offline() {  # offline ESTIMATE_S METHODS ARGS...
   local est="$1" methods="${METHODS:-$2}"; shift 2
   note "offline $* methods=$methods: expected ~${est}s, $(left)s left in budget"
   # shellcheck disable=SC2086  # EXTRA_ARGS is split on purpose; later flags override earlier ones
-  "$PY" benchmarks/serving/offline.py --methods "$methods" "${COMMON[@]}" --budget-s "$(left)" "$@" ${EXTRA_ARGS:-}
+  "$PY" -m benchmarks.serving.offline --methods "$methods" "${COMMON[@]}" --budget-s "$(left)" "$@" ${EXTRA_ARGS:-}
   note "offline rc=$?"
 }
 online() {
   local est="$1" methods="${METHODS:-$2}"; shift 2
   note "online $* methods=$methods: expected ~${est}s, $(left)s left in budget"
   # shellcheck disable=SC2086
-  "$PY" benchmarks/serving/online.py --methods "$methods" "${COMMON[@]}" --budget-s "$(left)" "$@" ${EXTRA_ARGS:-}
+  "$PY" -m benchmarks.serving.online --methods "$methods" "${COMMON[@]}" --budget-s "$(left)" "$@" ${EXTRA_ARGS:-}
   note "online rc=$?"
 }
 
@@ -165,10 +165,10 @@ done
 # ---- report, logs, short table -----------------------------------------------------------
 tar -czf "$OUT/logs-$STAGE_NAME.tar.gz" -C "$LOGDIR" --exclude=.work . 2>/dev/null || true
 if [ -f "$RESULT" ]; then
-  "$PY" benchmarks/serving/report.py "$RESULT" --plots "$OUT" --quiet || note "report FAILED"
+  "$PY" -m benchmarks.serving.report "$RESULT" --plots "$OUT" --quiet || note "report FAILED"
   note "total $(($(date +%s) - T0))s; files in $OUT:"; ls -la "$OUT" | tail -n +2
   echo
-  "$PY" benchmarks/serving/report.py "$RESULT" --print-runs "$(sort -u "$SHARQ_RUNS_FILE" 2>/dev/null | tr '\n' ' ')" --no-write
+  "$PY" -m benchmarks.serving.report "$RESULT" --print-runs "$(sort -u "$SHARQ_RUNS_FILE" 2>/dev/null | tr '\n' ' ')" --no-write
 fi
 }
 

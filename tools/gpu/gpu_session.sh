@@ -8,20 +8,20 @@
 # call ends with `collect`, so what finished comes back at once and nothing is lost when the
 # machine goes back.
 #
-# Here (CPU machine), once:   bash scripts/gpu_session.sh pack     -> .device-carry/cNN/ (git-ignored)
-#                             bash scripts/gpu_session.sh plan     -> the calls: carry lists + commands
+# Here (CPU machine), once:   bash tools/gpu/gpu_session.sh pack     -> .device-carry/cNN/ (git-ignored)
+#                             bash tools/gpu/gpu_session.sh plan     -> the calls: carry lists + commands
 #   (env: PACK_MODELS="qwen gemma smollm2", PACK_VLLM=0 for a session without vLLM, CARRY_DIR)
-# On the device, every call:  bash scripts/gpu_session.sh stash .device-carry/cNN [.device-vllm/pN]
-#                             bash scripts/gpu_session.sh lane NAME GPUS JOB...   (starts a lane)
-#                             bash scripts/gpu_session.sh status; bash scripts/gpu_session.sh collect
-# One job in the foreground:  bash scripts/gpu_session.sh job NAME
+# On the device, every call:  bash tools/gpu/gpu_session.sh stash .device-carry/cNN [.device-vllm/pN]
+#                             bash tools/gpu/gpu_session.sh lane NAME GPUS JOB...   (starts a lane)
+#                             bash tools/gpu/gpu_session.sh status; bash tools/gpu/gpu_session.sh collect
+# One job in the foreground:  bash tools/gpu/gpu_session.sh job NAME
 # A lane runs its JOBs in order; a JOB written `@OTHER` waits until job OTHER (any lane) is done.
 # Lanes run from a snapshot of the repo taken when the lane starts (later calls re-copy the tree).
 #
 # Jobs (results and logs under $RES/JOB/, state in $RES/JOB.rc):
-#   kernel-tests  GPU kernel tests (scripts/gpu_check.sh tests; prebuilt library)
-#   kernel-bench  kernel benchmark (scripts/gpu_check.sh bench)
-#   tp2-serving   Llama-3.1-8B shape, TP=2, fp8 then sharq (scripts/gpu_serving.sh tp2); 2 GPUs
+#   kernel-tests  GPU kernel tests (tools/gpu/gpu_check.sh tests; prebuilt library)
+#   kernel-bench  kernel benchmark (tools/gpu/gpu_check.sh bench)
+#   tp2-serving   Llama-3.1-8B shape, TP=2, fp8 then sharq (tools/gpu/gpu_serving.sh tp2); 2 GPUs
 #   qwen-model    join the Qwen2.5-Coder-1.5B-Instruct GGUF pieces, sha256, convert to bf16
 #   qwen-greedy   greedy tokens through vLLM: SharQ kernels (compile + CUDA graphs) vs the
 #                 PyTorch reference path (same compile cache), benchmarks/realmodel/greedy_check.py
@@ -33,7 +33,7 @@
 #   qwen-layers-prose  per-layer-group KL / perplexity attribution of the W4A16 roundings (layers.py)
 #   gemma-model, gemma-acc, smollm2-model, smollm2-acc   the same for the small models
 set -uo pipefail
-cd "$(dirname "$0")/.." || exit 2
+cd "$(dirname "$0")/../.." || exit 2
 STASH=${STASH:-$HOME/stash}
 RES=${RES:-$HOME/results}
 OUT=${OUT:-$PWD/session_out}
@@ -44,10 +44,13 @@ export VLLM_USE_FLASHINFER_SAMPLER=0 TOKENIZERS_PARALLELISM=false
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export SHARQ_VLLM_CACHE=$STASH/cache
 
-# model name -> GGUF file name and sha256 (sharq_vllm/assets.py pins the same files)
-declare -A GGUF=([qwen]=qwen2.5-coder-1.5b-instruct.gguf [gemma]=gemma-3-270m-q4_k_m.gguf
-                 [smollm2]=SmolLM2-135M-Instruct.Q4_1.gguf)
+# job-name prefix -> model asset; the pins (wheels, GGUF file names, sha256) live in one place,
+# sharq_vllm/assets/catalog.py, and are read from there (stdlib-only import, no torch needed)
 declare -A ASSET=([qwen]=qwen2.5-coder [gemma]=gemma3 [smollm2]=smollm2)
+asset_pairs() { local k; for k in "${!ASSET[@]}"; do printf '%s=%s ' "$k" "${ASSET[$k]}"; done; }
+gguf_name() {  # PREFIX -> the asset's GGUF file name
+  PYTHONPATH=$PWD python3 -c 'import sys; from sharq_vllm.assets import MODELS; print(MODELS[sys.argv[1]].gguf_name)' "${ASSET[$1]}"
+}
 
 log() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
@@ -58,12 +61,13 @@ pack() {
   local limit=${LIMIT:-$((61 * 1024 * 1024))} cache=${SHARQ_VLLM_CACHE_LOCAL:-$HOME/.cache/sharq-vllm}
   local py=python3 carry=${CARRY_DIR:-.device-carry}
   rm -rf "$carry" && mkdir -p "$carry"
-  $py - "$limit" "$cache" "${PACK_MODELS:-qwen gemma smollm2}" "$carry" <<'PY'
+  PYTHONPATH=$PWD $py - "$limit" "$cache" "${PACK_MODELS:-qwen gemma smollm2}" "$carry" "$(asset_pairs)" <<'PY'
 import gzip, hashlib, os, shutil, sys
 from pathlib import Path
+from sharq_vllm.assets import MODELS
 limit, cache, models = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3].split()
-names = {"qwen": "qwen2.5-coder-1.5b-instruct.gguf", "gemma": "gemma-3-270m-q4_k_m.gguf",
-         "smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+assets = dict(kv.split("=", 1) for kv in sys.argv[5].split())  # job prefix -> asset name
+names = {m: MODELS[a].gguf_name for m, a in assets.items()}
 root = Path(sys.argv[4])
 vllm = sorted(Path(".device-vllm").glob("p*")) if os.environ.get("PACK_VLLM", "1") != "0" else []
 def size(p):
@@ -92,7 +96,6 @@ for t in sorted((cache / "corpora").glob("*.txt")):
         shutil.copyfileobj(f, g)
 # the tokenizer files that sharq_vllm.assets wrote here: the device's transformers (5.17) converts
 # Gemma 3's GGUF tokenizer wrongly (benchmarks/accuracy/harness.py TOKENIZER_PINS)
-assets = {"qwen": "qwen2.5-coder", "gemma": "gemma3", "smollm2": "smollm2"}
 for m in models:
     src = cache / "models" / f"{assets[m]}-bfloat16"
     files = [f for f in sorted(src.glob("*")) if f.name.startswith("tokenizer") or f.name in
@@ -167,7 +170,7 @@ lane() {
   tar -cf - --exclude=./.venv --exclude=./.hypothesis --exclude=./.mypy_cache --exclude=./.device-carry --exclude=./.device-vllm --exclude=./.device-model \
       --exclude=./session_out --exclude=./.git . | tar -xf - -C "$snap"
   echo "$*" > "$RES/lane-$name.jobs"
-  setsid nohup env CUDA_VISIBLE_DEVICES="$gpus" LANE="$name" bash "$snap/scripts/gpu_session.sh" _run_lane "$@" \
+  setsid nohup env CUDA_VISIBLE_DEVICES="$gpus" LANE="$name" bash "$snap/tools/gpu/gpu_session.sh" _run_lane "$@" \
     > "$RES/lane-$name.log" 2>&1 < /dev/null &
   log "lane $name (GPUs $gpus) started: $*"
 }
@@ -260,14 +263,15 @@ join_pieces() {  # MODEL DEST_FILE: concatenate the pieces in order and check th
 }
 
 model_job() {  # join pieces, check, install gguf, convert GGUF -> bf16 folder
-  local m=$1 gguf=${GGUF[$1]}
+  local m=$1 gguf
+  gguf=$(gguf_name "$1") || return 2
   log "waiting for all pieces of $gguf"
   until pieces_complete "$m"; do sleep 5; done
   join_pieces "$m" "$MODELS/$m-gguf/$gguf" || return 3
   python3 -m pip install -q --no-deps --no-index --target "$HOME/gguf-site" "$STASH"/wheels/gguf-*.whl 2>&1 | tail -2
   export PYTHONPATH=$HOME/gguf-site:${PYTHONPATH:-}
   local t0=$SECONDS
-  python3 benchmarks/realmodel/convert_gguf.py "$MODELS/$m-gguf/$gguf" "$MODELS/$m-bf16" || return 4
+  python3 -m benchmarks.realmodel.convert_gguf "$MODELS/$m-gguf/$gguf" "$MODELS/$m-bf16" || return 4
   if [ -d "$STASH/$m-tokenizer" ]; then  # the CPU machine's tokenizer files win (see pack)
     cp "$STASH/$m-tokenizer"/* "$MODELS/$m-bf16/" && log "tokenizer files from the CPU machine: $(ls "$STASH/$m-tokenizer" | tr '\n' ' ')"
   fi
@@ -309,14 +313,14 @@ job() {
   local j=$1 o=$RES/$1
   mkdir -p "$o"
   case "$j" in
-    kernel-tests) OUT=$o SHARQ_TOTAL_S=420 bash scripts/gpu_check.sh tests ;;
+    kernel-tests) OUT=$o SHARQ_TOTAL_S=420 bash tools/gpu/gpu_check.sh tests ;;
     kernel-bench)  # FP8 / Marlin baselines come from vLLM: wait for the bundle
       wait_vllm; export PYTHONPATH=$HOME/vllm-site:${PYTHONPATH:-}
-      OUT=$o SHARQ_TOTAL_S=300 bash scripts/gpu_check.sh bench ;;
+      OUT=$o SHARQ_TOTAL_S=300 bash tools/gpu/gpu_check.sh bench ;;
     tp2-serving)
       wait_vllm
       OUT=$o BUDGET_S=${TP2_BUDGET_S:-420} SHARQ_EXT_LIB=$PWD/build/prebuilt/libsharq_C.so SHARQ_JIT=0 \
-        bash scripts/gpu_serving.sh tp2 ;;
+        bash tools/gpu/gpu_serving.sh tp2 ;;
     qwen-model|gemma-model|smollm2-model) model_job "${j%-model}" ;;
     qwen-acc-code|qwen-acc-prose|gemma-acc-code|gemma-acc-prose|smollm2-acc-code|smollm2-acc-prose)
       local m=${j%%-*} c=${j##*-}
@@ -330,28 +334,28 @@ job() {
     qwen-greedy)
       wait_vllm; plugin_site
       local M=$MODELS/qwen-bf16
-      ( use_kernels; timeout 420 python3 benchmarks/realmodel/greedy_check.py run --model "$M" \
+      ( use_kernels; timeout 420 python3 -m benchmarks.realmodel.greedy_check run --model "$M" \
           --max-tokens 48 --gpu-memory-utilization 0.2 --out "$o/greedy-kernel.json" ) > "$o/kernel.log" 2>&1
       log "kernel rc=$?"; grep -E "sharq: quantized|kernel_path|->|Error" "$o/kernel.log" | tail -12
-      ( use_reference; timeout 420 python3 benchmarks/realmodel/greedy_check.py run --model "$M" \
+      ( use_reference; timeout 420 python3 -m benchmarks.realmodel.greedy_check run --model "$M" \
           --max-tokens 48 --gpu-memory-utilization 0.2 --out "$o/greedy-reference.json" ) > "$o/reference.log" 2>&1
       log "reference rc=$?"; grep -E "kernel_path|->|Error" "$o/reference.log" | tail -12
-      python3 benchmarks/realmodel/greedy_check.py compare "$o/greedy-kernel.json" "$o/greedy-reference.json" \
+      python3 -m benchmarks.realmodel.greedy_check compare "$o/greedy-kernel.json" "$o/greedy-reference.json" \
         --tie-nats 0.5 --out "$o/greedy-compare.json" ;;
     qwen-greedy-ref)  # the reference half of qwen-greedy again, against its kernel run
       wait_vllm; plugin_site
-      ( use_reference; timeout 420 python3 benchmarks/realmodel/greedy_check.py run --model "$MODELS/qwen-bf16" \
+      ( use_reference; timeout 420 python3 -m benchmarks.realmodel.greedy_check run --model "$MODELS/qwen-bf16" \
           --max-tokens 48 --gpu-memory-utilization 0.2 --out "$o/greedy-reference.json" ) > "$o/reference.log" 2>&1
       log "reference rc=$?"; grep -E "kernel_path|->|Error" "$o/reference.log" | tail -12
-      python3 benchmarks/realmodel/greedy_check.py compare "$RES/qwen-greedy/greedy-kernel.json" "$o/greedy-reference.json" \
+      python3 -m benchmarks.realmodel.greedy_check compare "$RES/qwen-greedy/greedy-kernel.json" "$o/greedy-reference.json" \
         --tie-nats 0.5 --out "$o/greedy-compare.json" ;;
     qwen-tp2)
       wait_vllm; plugin_site; use_kernels
       while [ ! -f "$RES/qwen-greedy.rc" ]; do sleep 5; done
-      timeout 420 python3 benchmarks/realmodel/greedy_check.py run --model "$MODELS/qwen-bf16" --tp 2 \
+      timeout 420 python3 -m benchmarks.realmodel.greedy_check run --model "$MODELS/qwen-bf16" --tp 2 \
           --max-tokens 48 --gpu-memory-utilization 0.2 --out "$o/greedy-tp2.json" > "$o/tp2.log" 2>&1
       log "tp2 rc=$?"; grep -E "kernel_path|->|Error" "$o/tp2.log" | tail -12
-      python3 benchmarks/realmodel/greedy_check.py compare "$RES/qwen-greedy/greedy-kernel.json" "$o/greedy-tp2.json" \
+      python3 -m benchmarks.realmodel.greedy_check compare "$RES/qwen-greedy/greedy-kernel.json" "$o/greedy-tp2.json" \
         --tie-nats 0.5 --out "$o/tp2-compare.json" ;;
     qwen-prequant)
       wait_vllm; plugin_site; use_kernels
@@ -386,7 +390,7 @@ PY
       export VLLM_API_KEY=sharq-abuse-key-$RANDOM
       serve_until_healthy 8103 "$o/server.log" 400 --model "$MODELS/qwen-bf16" --quantization sharq \
         --served-model-name qwen --max-model-len 2048 --gpu-memory-utilization 0.3 --api-key "$VLLM_API_KEY" || return 6
-      timeout 600 python3 benchmarks/robustness/load_abuse.py --url http://127.0.0.1:8103 --api-key "$VLLM_API_KEY" \
+      timeout 600 python3 -m benchmarks.robustness.load_abuse --url http://127.0.0.1:8103 --api-key "$VLLM_API_KEY" \
         --pid "$SERVER_PID" --rounds 3 --valid 200 --disconnects 40 --bad-repeats 4 --noauth 10 --workers 64 \
         --json "$o/robustness-gpu.json"
       local rc=$?
@@ -405,13 +409,13 @@ plan() {  # the calls of one session, in order, from the packed .device-carry (C
     [ "$n" = 1 ] && extra="$extra build/prebuilt benchmarks/serving/.shapes"
     echo "call $n: carry [$c$extra]"
     local parts=${extra%% build*}
-    echo "        bash scripts/gpu_session.sh stash ${parts:+${parts# } }$c"
+    echo "        bash tools/gpu/gpu_session.sh stash ${parts:+${parts# } }$c"
   done
   echo "Start the lanes in call 1 (after its stash), e.g. the session of 2026-11-27:"
   echo "  lane k0 0 kernel-tests; lane k1 1 kernel-bench; lane a 0,1 @kernel-tests @kernel-bench tp2-serving;"
   echo "  lane q0 0 @tp2-serving qwen-model qwen-greedy qwen-greedy-ref qwen-prequant; lane q1 1 @tp2-serving @qwen-model qwen-acc-code qwen-acc-prose;"
   echo "  lane q3 1 @tp2-serving @qwen-model qwen-abuse; lane t 0,1 @qwen-prequant @qwen-abuse qwen-tp2"
-  echo "Keep a call in flight (e.g. 'sleep 120; bash scripts/gpu_session.sh status; bash scripts/gpu_session.sh collect')"
+  echo "Keep a call in flight (e.g. 'sleep 120; bash tools/gpu/gpu_session.sh status; bash tools/gpu/gpu_session.sh collect')"
   echo "until the jobs end: the machine goes back after 30 s without one."
 }
 
