@@ -32,11 +32,7 @@ TENSOR_SCALE_DIVISOR = E2M1_MAX * E4M3_MAX  # 2688.0
 class BlockFormat:
     name: str
     block: int
-    scale_kind: str  # "e4m3" | "e8m0"
-
-    @property
-    def has_tensor_scale(self) -> bool:
-        return self.scale_kind == "e4m3"
+    scale_kind: str  # "e4m3" (with an FP32 tensor scale) | "e8m0" (none)
 
 
 NVFP4 = BlockFormat("nvfp4", 16, "e4m3")

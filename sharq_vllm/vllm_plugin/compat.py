@@ -30,7 +30,6 @@ __all__ = [
     "all_reduce_max_tp",
     "forward_context_layer",
     "get_online_processing_initializer",
-    "is_cpu_platform",
     "parse_version",
     "register_forward_context_layer",
     "vllm_version",
@@ -60,12 +59,6 @@ def get_online_processing_initializer() -> Callable[[torch.nn.Module], None] | N
     except ImportError:
         return None
     return initialize_online_processing  # type: ignore[no-any-return]
-
-
-def is_cpu_platform() -> bool:
-    from vllm.platforms import current_platform
-
-    return bool(current_platform.is_cpu())
 
 
 def all_reduce_max_tp(t: torch.Tensor) -> torch.Tensor:

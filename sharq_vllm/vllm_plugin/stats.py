@@ -75,9 +75,3 @@ def record_forward(rows: int) -> None:
 def snapshot() -> dict[str, int]:
     with _lock:
         return dict(vars(_STATS))
-
-
-def reset() -> None:
-    global _STATS
-    with _lock:
-        _STATS = _Stats()
