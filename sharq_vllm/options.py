@@ -87,7 +87,7 @@ OPTION_DOCS: dict[str, str] = {
     "or tensor (paper; PyTorch preparation, then the CUDA GEMM)",
 }
 
-#: the paper-faithful defaults (DESIGN.md: keep them as the default and measured reference)
+#: the paper-faithful defaults: the default and the measured reference (docs/ACCURACY.md)
 DEFAULTS: dict[str, Any] = {
     "format": FORMATS[0],
     "pattern": PATTERNS[0],

@@ -1,6 +1,6 @@
 """SharQ in plain PyTorch: the reference every kernel is tested against.
 
-The method (DESIGN.md; bit-level contract in docs/NUMERICS.md), per activation row x:
+The method (README.md, "What SharQ does"; bit-level contract in docs/NUMERICS.md), per activation row x:
 
     mask      = nm_mask(x, pattern)              # N:M sparse backbone selection
     backbone  = Q(x * mask)                      # FP4, blocks of 2x the format's block

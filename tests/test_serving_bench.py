@@ -14,7 +14,7 @@ from benchmarks.serving import common, report, shapes
 
 SERVING = Path(common.__file__).resolve().parent
 
-# Lines rendered from vLLM 0.26.0's own format strings (see notes/serving.md for file:line),
+# Lines rendered from vLLM 0.26.0's own format strings (files named in common.LOG_PATTERNS),
 # with the prefixes vLLM's multiprocess logging adds and an ANSI colour code.
 LOG_026 = "\n".join([
     "(EngineCore pid=812) INFO 11-27 02:01:13 [gpu_model_runner.py:5348] Model loading took %s GiB memory and %.6f seconds"

@@ -79,7 +79,7 @@ def ids_sha256(windows: list[list[int]]) -> str:
 # GGUF conversion on the GPU machine built a Gemma 3 tokenizer that adds no BOS (so does 5.19's;
 # sharq_vllm.assets now corrects its folders from the GGUF metadata); the harness then ran
 # Gemma 3 without BOS and measured a 16-bit perplexity of 175 (code) instead of 6
-# (notes/gpu-run-20, results unused).
+# (GPU session 20; those results were discarded: docs/ACCURACY.md, "two discarded GPU runs").
 MODEL_BOS = {"gemma3": True, "smollm2": False, "qwen2.5-coder": False}
 
 

@@ -82,7 +82,7 @@ def free_port() -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# vLLM startup log parsing (line formats from vLLM 0.26 source; see notes/serving.md)
+# vLLM startup log parsing (line formats from vLLM 0.26's source: each pattern names its file)
 # ---------------------------------------------------------------------------------------------
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

