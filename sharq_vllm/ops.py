@@ -69,12 +69,14 @@ class PackedWeight:
         return self.n, self.n_pad, self.k, self.block, self.layout
 
 
-def pack_weight(payload: WeightPayload, device: torch.device | str | None = None) -> PackedWeight:
+def pack_weight(
+    payload: WeightPayload, device: torch.device | str | None = None, act_dtype: torch.dtype | None = None
+) -> PackedWeight:
     """Prepare a weight payload for :func:`sharq_linear` (once, in process_weights_after_loading).
 
-    Where the CUDA GEMMs serve it (dispatch.weight_on_kernel): the tiled kernel layout
-    (sharq_vllm/kernels/layout.py), 4.5 (32-blocks) or 4.75 (16-blocks) bits a weight.
-    Elsewhere: the canonical payload tensors on ``device``.
+    Where the CUDA GEMMs serve it (dispatch.weight_on_kernel; ``act_dtype``: the activations'
+    dtype if known): the tiled kernel layout (sharq_vllm/kernels/layout.py), 4.5 (32-blocks) or
+    4.75 (16-blocks) bits a weight. Elsewhere: the canonical payload tensors on ``device``.
     """
     dev = torch.device(device) if device is not None else payload.codes.device
     ts = payload.tensor_scale
@@ -84,7 +86,7 @@ def pack_weight(payload: WeightPayload, device: torch.device | str | None = None
     n, k2 = payload.codes.shape
     k = 2 * k2
     block = payload.block
-    if dispatch.weight_on_kernel(dev, k, block):
+    if dispatch.weight_on_kernel(dev, k, block, act_dtype):
         q, s, n_pad = tile_weight(payload.codes.to(dev), payload.block_scales.to(dev), block)
         return PackedWeight(q, s, ts, n, n_pad, k, block, LAYOUT_TILED)
     codes = payload.codes.to(dev).contiguous()

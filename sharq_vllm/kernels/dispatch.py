@@ -132,11 +132,18 @@ def prep_values(fmt: str, pattern: str) -> tuple[int, int, int, int]:
     return int(FORMAT_CODES[fmt]), int(PATTERN_CODES[pattern]), backbone_block(fmt, pattern), residual_block(fmt)
 
 
-def weight_on_kernel(device: torch.device | str, k: int, block: int) -> bool:
+def weight_on_kernel(device: torch.device | str, k: int, block: int, act_dtype: torch.dtype | None = None) -> bool:
     """Whether a [N, K] weight with ``block`` scales is packed for the CUDA GEMMs (tiled) on
-    ``device``; else it keeps the canonical layout and the reference GEMM runs."""
+    ``device``; else it keeps the canonical layout and the reference GEMM runs. ``act_dtype``:
+    the activations' dtype when known at load (a float32 model never reaches the kernels)."""
     dev = torch.device(device)
-    return dev.type == "cuda" and k % TILE_K == 0 and block in KERNEL_WEIGHT_BLOCKS and kernels_for(dev)[0]
+    return (
+        dev.type == "cuda"
+        and k % TILE_K == 0
+        and block in KERNEL_WEIGHT_BLOCKS
+        and (act_dtype is None or act_dtype in KERNEL_DTYPES)
+        and kernels_for(dev)[0]
+    )
 
 
 def gemm_on_kernel(x_hat: torch.Tensor, tiled: bool) -> bool:
@@ -170,11 +177,17 @@ def describe(device: torch.device | str | None = None, act_scale: str = "token")
     return f"sharq kernels: {_prep_text(act_scale)} + GEMM [{_gemm_table()}] ({why})"
 
 
-def layer_label(tiled: bool, device: torch.device, act_scale: str = "token") -> str:
+def layer_label(
+    tiled: bool, device: torch.device, act_scale: str = "token", act_dtype: torch.dtype | None = None
+) -> str:
     """The end of a layer's load-log line: ``kernel=cuda ...`` or ``kernel=reference (why)``."""
     if tiled:
         return f"kernel=cuda {_prep_text(act_scale, short=True)} + GEMM ({_gemm_table(short=True)})"
     if device.type != "cuda":
         return f"kernel=reference ({device.type})"
     ok, why = kernels_for(device)
-    return f"kernel=reference ({why if not ok else f'K not a multiple of {TILE_K} or weight block not 16/32'})"
+    if ok and act_dtype is not None and act_dtype not in KERNEL_DTYPES:
+        why = f"{act_dtype} activations: the kernels take bfloat16 / float16"
+    elif ok:
+        why = f"K not a multiple of {TILE_K} or weight block not 16/32"
+    return f"kernel=reference ({why})"

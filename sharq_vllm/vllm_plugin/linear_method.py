@@ -201,7 +201,8 @@ class SharQLinearMethod(LinearMethodBase):
         """Pack the payload for the op layer and attach it to the layer (shared by the online
         and the pre-quantized paths): three non-persistent buffers (moved by ``.to()``, counted
         as the layer's memory, never loaded from files) and the geometry beside them."""
-        packed = ops.pack_weight(payload)
+        act_dtype = getattr(layer, "orig_dtype", None)  # the model's dtype: the activations'
+        packed = ops.pack_weight(payload, act_dtype=act_dtype)
         layer.register_buffer("sharq_qweight", packed.qweight, persistent=False)
         layer.register_buffer("sharq_scales", packed.scales, persistent=False)
         layer.register_buffer("sharq_tensor_scale", packed.tensor_scale, persistent=False)
@@ -213,7 +214,7 @@ class SharQLinearMethod(LinearMethodBase):
         how = self.options.label() + ("" if source == "online" else f", from {source}")
         stats.record_quantized(
             self.prefix or type(layer).__name__, shape, bytes_16, packed.nbytes, how,
-            kernel=dispatch.layer_label(packed.layout == ops.LAYOUT_TILED, device, self.options.act_scale),
+            kernel=dispatch.layer_label(packed.layout == ops.LAYOUT_TILED, device, self.options.act_scale, act_dtype),
         )
         layer._already_called_process_weights_after_loading = True
 

@@ -151,3 +151,40 @@ def test_kernel_path_reports_cpu():
     ok, why = ops.kernel_path_available("cpu")
     assert not ok and "reference" in why
     assert "reference" in ops.describe_kernel("cpu")
+
+
+def test_dispatch_refuses_other_gpus_with_one_warning(monkeypatch):
+    """The kernels are built for sm_90a: any other capability runs the reference, and the
+    reason is logged once per device (and is what describe() and the load label say)."""
+    warnings: list[str] = []
+    monkeypatch.setattr(dispatch.log, "warning", lambda msg, *args: warnings.append(msg % args))
+    monkeypatch.setattr(dispatch, "_status", {})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    ok, why = dispatch.kernels_for("cuda:0")
+    assert dispatch.kernels_for("cuda:0") == (ok, why)
+    assert not ok and "compute capability 8.0" in why and "sm_90a" in why
+    assert len(warnings) == 1 and why in warnings[0] and "no SharQ kernels for cuda:0" in warnings[0]
+    assert why in dispatch.describe("cuda:0")
+    assert dispatch.layer_label(False, torch.device("cuda:0")) == f"kernel=reference ({why})"
+    assert not dispatch.weight_on_kernel("cuda:0", 4096, 32)
+
+
+def test_dispatch_labels_from_the_same_table():
+    label = dispatch.layer_label(True, torch.device("cuda:0"))
+    assert label == "kernel=cuda prep + GEMM (decode kernel M<=16, wgmma kernel M>16)"
+    tensor = dispatch.layer_label(True, torch.device("cuda:0"), act_scale="tensor")
+    assert tensor.startswith("kernel=cuda PyTorch prep (act_scale=tensor") and "decode kernel M<=16" in tensor
+    assert dispatch.prep_values("nvfp4", "4:8-pairs") == (0, 2, 32, 16)
+    assert dispatch.prep_values("mxfp4", "dense") == (1, 0, 32, 32)
+
+
+def test_act_scale_tensor_runs_through_the_op_layer():
+    """act_scale="tensor": PyTorch preparation with one tensor scale, then the same GEMM."""
+    w = _heavy(40, 128, torch.float32, seed=4)
+    packed = ops.pack_weight(quantize_weight(w), "cpu")
+    x = _heavy(6, 128, seed=5)
+    y = ops.sharq_linear(x, packed, None, "nvfp4", "2:4", act_scale="tensor")
+    assert torch.equal(y, apply_linear(x, quantize_weight(w), None, "nvfp4", "2:4", act_scale="tensor"))
+    assert not torch.equal(y, ops.sharq_linear(x, packed, None, "nvfp4", "2:4"))
