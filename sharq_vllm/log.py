@@ -25,8 +25,8 @@ def logger() -> logging.Logger:
 
 
 def info(msg: str, *args: object) -> None:
-    logger().info(msg, *args)
+    logger().info(msg, *args, stacklevel=2)  # the record names the caller's file and line
 
 
 def warning(msg: str, *args: object) -> None:
-    logger().warning(msg, *args)
+    logger().warning(msg, *args, stacklevel=2)
