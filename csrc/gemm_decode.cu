@@ -8,8 +8,9 @@
 //     a thread-block cluster of CL CTAs (split-K, CL = 1..8), the k-tiles [r*kts, (r+1)*kts) of
 //     rank r; (W, CL) are chosen so that ~one CTA runs on every SM (decode_plan below);
 //   * one PRODUCER warp streams stages of T k-tiles of all W strips into an S-stage shared ring
-//     with bulk async copies (cp.async.bulk: two per strip a stage, codes and scale codes;
-//     mbarriers full/empty) from the first cycle - the weights do not depend on the previous
+//     with two tensor copies a stage (TMA: one box of the W strips' codes, one of their scale
+//     codes; a bulk copy a strip made the TMA unit's issue rate the limit; mbarriers full/empty)
+//     from the first cycle - the weights do not depend on the previous
 //     kernel, so under programmatic dependent launch they arrive while the preparation still
 //     runs - then (after griddepcontrol.wait) copies the CTA's k-slice of x_hat (M rows) to
 //     shared memory once;
@@ -26,6 +27,7 @@
 #include "sm90_async.cuh"
 
 #include <algorithm>
+#include <type_traits>
 
 namespace sharq {
 namespace {
@@ -47,6 +49,7 @@ struct DecodePlan {
 
 __host__ __device__ inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 __host__ __device__ inline int x_pitch(int kts) { return kts * 128 + 16; }  // +16 B: conflict-free
+__host__ __device__ inline int round_up(int a, int b) { return (a + b - 1) / b * b; }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t (&r)[4]) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -83,11 +86,12 @@ __device__ __forceinline__ void tile_mma(float (&acc)[MT][4], uint4 codes, const
 
 template <typename T, int MT>
 __global__ void __launch_bounds__(kMaxThreads, 1)
-gemm_decode_kernel(const T* __restrict__ x, int64_t xs, const uint8_t* __restrict__ qw,
-                   const uint8_t* __restrict__ sc, const float* __restrict__ tscale,
+gemm_decode_kernel(const T* __restrict__ x, int64_t xs, const __grid_constant__ CUtensorMap qmap,
+                   const __grid_constant__ CUtensorMap smap, const float* __restrict__ tscale,
                    const T* __restrict__ bias, T* __restrict__ y, int64_t ys, int M, int nstrips,
                    int n_valid, int K, int wblock, int cl, int kts, int tps, int stages) {
-  extern __shared__ __align__(128) uint8_t smem[];
+  extern __shared__ __align__(128) uint8_t smem_raw[];
+  uint8_t* smem = smem_raw + ((128 - (smem_u32(smem_raw) & 127)) & 127);  // TMA: 128-B aligned
   const int W = (int)blockDim.x / 32 - 1;
   const int KT = K >> 6;
   const int SBT = tile_scale_bytes(wblock);
@@ -99,13 +103,13 @@ gemm_decode_kernel(const T* __restrict__ x, int64_t xs, const uint8_t* __restric
   const int pitch = x_pitch(kts);
   constexpr int kSlot = MT * 4 * 32;  // floats of one strip's partial sums
 
-  // shared memory: [x slice: M rows][partials: W slots][ring: codes | scales][barriers]
-  uint8_t* xsm = smem;
-  float* red = reinterpret_cast<float*>(smem + M * pitch);
-  uint8_t* ring = reinterpret_cast<uint8_t*>(red + W * kSlot);
+  // shared memory: [ring: stages x (codes | scale codes)][x slice: M rows][partials: W slots][bars]
   const int codes_bytes = W * tps * kTileBytes;
-  const int stage_bytes = codes_bytes + W * tps * SBT;
-  uint64_t* full = reinterpret_cast<uint64_t*>(ring + stages * stage_bytes);
+  const int stage_bytes = codes_bytes + round_up(W * tps * SBT, 128);
+  uint8_t* ring = smem;
+  uint8_t* xsm = ring + stages * stage_bytes;
+  float* red = reinterpret_cast<float*>(xsm + M * pitch);
+  uint64_t* full = reinterpret_cast<uint64_t*>(red + W * kSlot);
   uint64_t* empty = full + stages;
   uint64_t* xbar = empty + stages;
 
@@ -123,18 +127,14 @@ gemm_decode_kernel(const T* __restrict__ x, int64_t xs, const uint8_t* __restric
   if (warp == W) {
     // ---------------- producer ----------------
     if (lane == 0) {
+      const uint32_t bytes = (uint32_t)(W * tps * (kTileBytes + SBT));  // whole boxes (zeros past N, K)
       auto issue = [&](int st) {
         const int s = st % stages;
         if (st >= stages) mbar_wait(&empty[s], ((st / stages) - 1) & 1);
-        const int ta = k0 + st * tps;
-        const int nt = min(tps, k1 - ta);
         uint8_t* dst = ring + s * stage_bytes;
-        mbar_arrive_expect_tx(&full[s], (uint32_t)(ns * nt * (kTileBytes + SBT)));
-        for (int w = 0; w < ns; ++w) {
-          const int64_t tile = (int64_t)(s0 + w) * KT + ta;
-          bulk_g2s(dst + w * tps * kTileBytes, qw + tile * kTileBytes, (uint32_t)(nt * kTileBytes), &full[s]);
-          bulk_g2s(dst + codes_bytes + w * tps * SBT, sc + tile * SBT, (uint32_t)(nt * SBT), &full[s]);
-        }
+        mbar_arrive_expect_tx(&full[s], bytes);
+        tma_load_3d(dst, &qmap, 0, k0 + st * tps, s0, &full[s]);
+        tma_load_3d(dst + codes_bytes, &smap, 0, k0 + st * tps, s0, &full[s]);
       };
       const int first = min(nst, stages);
       for (int st = 0; st < first; ++st) issue(st);  // weights: independent of the previous kernel
@@ -227,9 +227,9 @@ gemm_decode_kernel(const T* __restrict__ x, int64_t xs, const uint8_t* __restric
   cluster_sync();  // no CTA leaves while a peer may still read its partials
 }
 
+int stage_bytes(int w, int t, int sbt) { return w * t * kTileBytes + round_up(w * t * sbt, 128); }
 int smem_bytes(int m, int mt, int w, int kts, int t, int sbt, int stages) {
-  return m * x_pitch(kts) + w * mt * 4 * 32 * 4 + stages * w * t * (kTileBytes + sbt) +
-         (2 * stages + 1) * 8;
+  return 128 + stages * stage_bytes(w, t, sbt) + m * x_pitch(kts) + w * mt * 4 * 32 * 4 + (2 * stages + 1) * 8;
 }
 
 // Split: strips a CTA (W consumer warps) and cluster size CL such that ~one CTA an SM runs
@@ -249,7 +249,7 @@ DecodePlan decode_plan(int m, int mt, int nstrips, int KT, int sbt, int sms, int
       if (cl > 1 && (cl - 1) * kts >= KT) continue;  // a rank would hold no k-tiles
       for (int t = 4; t >= 1; t /= 2) {
         const int fixed = smem_bytes(m, mt, w, kts, t, sbt, 0);
-        const int stages = std::min(kMaxStages, (kSmemLimit - fixed) / (w * t * (kTileBytes + sbt)));
+        const int stages = std::min(kMaxStages, (kSmemLimit - fixed) / stage_bytes(w, t, sbt));
         if (stages < 3) continue;
         const double cost = (double)w * kts / std::min(w, 12) + 0.5 * cl + (t == 1 ? 1.0 : 0.0);
         if (best_cost < 0 || cost < best_cost - 1e-9) {
@@ -258,6 +258,17 @@ DecodePlan decode_plan(int m, int mt, int nstrips, int KT, int sbt, int sms, int
         }
         break;  // the largest stage that fits
       }
+    }
+  }
+  if (best_cost < 0 && !force_w && !force_cl) {
+    // more strips than 16 x SMs: several waves of 16-strip CTAs, no split
+    const int kts = KT;
+    for (int t = 4; t >= 1; t /= 2) {
+      const int fixed = smem_bytes(m, mt, kMaxWarps, kts, t, sbt, 0);
+      const int stages = std::min(kMaxStages, (kSmemLimit - fixed) / stage_bytes(kMaxWarps, t, sbt));
+      if (stages < 3) continue;
+      return DecodePlan{kMaxWarps, 1, ceil_div(nstrips, kMaxWarps), kts, t, stages,
+                        smem_bytes(m, mt, kMaxWarps, kts, t, sbt, stages)};
     }
   }
   return best;
@@ -274,7 +285,16 @@ cudaError_t launch_decode_t(const void* x, int64_t xs, const void* qw, const voi
     sms = 132;
   const int nstrips = N / 16, KT = K / 64;
   const DecodePlan p = decode_plan(M, MT, nstrips, KT, tile_scale_bytes(wblock), sms, force_w, force_cl);
-  if (p.smem <= 0) return cudaErrorInvalidValue;
+  if (p.smem <= 0) {
+    if (force_w || force_cl) return cudaErrorInvalidValue;
+    // no split fits shared memory (a very long K with 16 rows): the wgmma kernel takes any shape
+    return launch_gemm_wgmma(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock,
+                             std::is_same<T, __half>::value ? kFP16 : kBF16, stream);
+  }
+  CUtensorMap qmap, smap;
+  cudaError_t me = tile_map(&qmap, qw, nstrips, KT, kTileBytes, p.t, p.w);
+  if (me == cudaSuccess) me = tile_map(&smap, sc, nstrips, KT, tile_scale_bytes(wblock), p.t, p.w);
+  if (me != cudaSuccess) return me;
   static int configured = 0;  // raise the dynamic shared memory limit once per instantiation
   if (!configured) {
     const cudaError_t e = cudaFuncSetAttribute(gemm_decode_kernel<T, MT>,
@@ -296,8 +316,7 @@ cudaError_t launch_decode_t(const void* x, int64_t xs, const void* qw, const voi
   attr[1].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 2;
-  return cudaLaunchKernelEx(&cfg, gemm_decode_kernel<T, MT>, static_cast<const T*>(x), xs,
-                            static_cast<const uint8_t*>(qw), static_cast<const uint8_t*>(sc), ts,
+  return cudaLaunchKernelEx(&cfg, gemm_decode_kernel<T, MT>, static_cast<const T*>(x), xs, qmap, smap, ts,
                             static_cast<const T*>(bias), static_cast<T*>(y), ys, M, nstrips, n_valid,
                             K, wblock, p.cl, p.kts, p.t, p.stages);
 }

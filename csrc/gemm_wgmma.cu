@@ -10,9 +10,9 @@
 // and read by wgmma through a matrix descriptor.
 //
 // CTA = 3 warpgroups (warp specialisation, setmaxnreg): WG0 = producer, WG1-2 = consumers.
-//   * producer: one thread issues, per 64-k stage, one TMA load of the TOK x 64 x_hat tile (rows
-//     past M are zero-filled by the TMA unit) and bulk copies of the 8 strips' codes (8 x 512 B)
-//     and scale codes, all completing on the stage's mbarrier; S stages in flight.
+//   * producer: one thread issues, per 64-k stage, three tensor copies (TMA): the TOK x 64 x_hat
+//     tile (rows past M zero-filled), the 8 strips' codes (8 x 512 B) and their scale codes, all
+//     completing on the stage's mbarrier; S stages in flight.
 //   * consumers: WG c owns weight rows 64c..64c+63 of the CTA's 128 (4 strips, one per warp) and
 //     all TOK tokens: wgmma m64nTOKk16 x 4 per stage, A double-buffered in registers so stage i+1
 //     is decoded while stage i's wgmmas run (wait_group 1), then the stage is released.
@@ -27,9 +27,6 @@
 #include "sharq_kernels.h"
 #include "sm90_async.cuh"
 #include "wgmma_rs.cuh"
-
-#include <cuda.h>
-#include <cudaTypedefs.h>
 
 #include <algorithm>
 
@@ -50,7 +47,7 @@ template <int TOK>
 struct Tile {
   static constexpr int kX = TOK * 128;              // x_hat: TOK rows x 64 k x 2 B (swizzled)
   static constexpr int kA = kStrips * kTileBytes;   // codes
-  static constexpr int kS = kStrips * 64;           // scale codes (room for 16-blocks)
+  static constexpr int kS = kStrips * 64;           // scale codes (8 x 64 | 32 B)
   static constexpr int kStage = (kX + kA + kS + 1023) / 1024 * 1024;  // x tiles 1024-B aligned
   static constexpr int kBars = 1024;                // barriers + alignment slack
   static constexpr int kStagesMax = (kSmemBudget - 2 * kBars) / kStage;
@@ -69,14 +66,6 @@ __device__ __forceinline__ uint64_t b_desc_sw128(uint32_t smem_addr) {
          ((uint64_t)1 << 62);
 }
 
-__device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, int c0, int c1, uint64_t* bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
-          smem_u32(dst)),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_u32(bar))
-      : "memory");
-}
-
 template <int N>
 __device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
 template <int N>
@@ -84,8 +73,8 @@ __device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.
 
 template <typename T, int TOK>
 __global__ void __launch_bounds__(kThreads, 1)
-gemm_wgmma_kernel(const __grid_constant__ CUtensorMap xmap, const uint8_t* __restrict__ qw,
-                  const uint8_t* __restrict__ sc, const float* __restrict__ tscale,
+gemm_wgmma_kernel(const __grid_constant__ CUtensorMap xmap, const __grid_constant__ CUtensorMap qmap,
+                  const __grid_constant__ CUtensorMap smap, const float* __restrict__ tscale,
                   const T* __restrict__ bias, T* __restrict__ y, int64_t ys, int M, int nstrips,
                   int n_valid, int K, int wblock, int cl, int kts) {
   using TL = Tile<TOK>;
@@ -123,36 +112,23 @@ gemm_wgmma_kernel(const __grid_constant__ CUtensorMap xmap, const uint8_t* __res
     // =========================== producer ===========================
     setmaxnreg_dec<kProducerRegs>();
     if (threadIdx.x == 0) {
-      const int nvalid = max(0, min(kStrips, nstrips - sb));
-      const uint32_t bytes = (uint32_t)(TL::kX + nvalid * (kTileBytes + SBT));
-      auto issue = [&](int it) {
+      const uint32_t bytes = (uint32_t)(TL::kX + kStrips * (kTileBytes + SBT));
+      auto weights = [&](int it) {
         const int s = it % S;
-        const int t = kt0 + it;
         mbar_arrive_expect_tx(&full[s], bytes);
-        for (int sl = 0; sl < nvalid; ++sl) {
-          const int64_t tile = (int64_t)(sb + sl) * KT + t;
-          bulk_g2s(a_tile(s) + sl * kTileBytes, qw + tile * kTileBytes, kTileBytes, &full[s]);
-          bulk_g2s(s_tile(s) + sl * 64, sc + tile * SBT, (uint32_t)SBT, &full[s]);
-        }
-        tma_load_2d(x_tile(s), &xmap, 64 * t, m0, &full[s]);
+        tma_load_3d(a_tile(s), &qmap, 0, kt0 + it, sb, &full[s]);  // strips past N: zeros
+        tma_load_3d(s_tile(s), &smap, 0, kt0 + it, sb, &full[s]);
       };
       // the weights of the first stages do not depend on the previous kernel: issue them, and
       // the x_hat tiles only after griddepcontrol.wait
       const int first = min(nk, S);
-      for (int it = 0; it < first; ++it) {
-        const int t = kt0 + it;
-        mbar_arrive_expect_tx(&full[it], bytes);
-        for (int sl = 0; sl < nvalid; ++sl) {
-          const int64_t tile = (int64_t)(sb + sl) * KT + t;
-          bulk_g2s(a_tile(it) + sl * kTileBytes, qw + tile * kTileBytes, kTileBytes, &full[it]);
-          bulk_g2s(s_tile(it) + sl * 64, sc + tile * SBT, (uint32_t)SBT, &full[it]);
-        }
-      }
+      for (int it = 0; it < first; ++it) weights(it);
       pdl_wait();  // x_hat is the previous kernel's output
       for (int it = 0; it < first; ++it) tma_load_2d(x_tile(it), &xmap, 64 * (kt0 + it), m0, &full[it]);
       for (int it = first; it < nk; ++it) {
         mbar_wait(&empty[it % S], ((it / S) - 1) & 1);
-        issue(it);
+        weights(it);
+        tma_load_2d(x_tile(it % S), &xmap, 64 * (kt0 + it), m0, &full[it % S]);
       }
     }
     setmaxnreg_inc<kLaunchRegs>();
@@ -176,7 +152,7 @@ gemm_wgmma_kernel(const __grid_constant__ CUtensorMap xmap, const uint8_t* __res
       const int s = it % S;
       mbar_wait(&full[s], (it / S) & 1);
       const uint4 qv = *reinterpret_cast<const uint4*>(a_tile(s) + sl * kTileBytes + lane * 16);
-      const TileScales scl = load_tile_scales(s_tile(s) + sl * 64, wblock, g);
+      const TileScales scl = load_tile_scales(s_tile(s) + sl * SBT, wblock, g);
       const uint32_t w[4] = {qv.x, qv.y, qv.z, qv.w};
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
@@ -281,27 +257,14 @@ WgmmaPlan wgmma_plan(int M, int nstrips, int KT, int sms, int force_tok, int for
 }
 
 // x_hat [M, K] (row stride xs elements) as a 2-D tensor map: boxes of 64 k x TOK rows, 128-byte
-// swizzle (bank-conflict-free wgmma reads), rows past M zero-filled. Encoded on the host at every
-// launch (~1 us; the map is a kernel parameter, so CUDA-graph capture records it by value).
+// swizzle (bank-conflict-free wgmma reads), rows past M zero-filled. Maps are encoded on the host
+// at every launch (~1 us each; a map is a kernel parameter, so a CUDA graph records it by value).
 cudaError_t x_tensor_map(CUtensorMap* map, const void* x, int64_t xs, int M, int K, int tok, int dtype) {
-  static PFN_cuTensorMapEncodeTiled_v12000 encode = nullptr;
-  if (encode == nullptr) {
-    cudaDriverEntryPointQueryResult q;
-    void* fn = nullptr;
-    const cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000,
-                                                           cudaEnableDefault, &q);
-    if (e != cudaSuccess || q != cudaDriverEntryPointSuccess || fn == nullptr) return cudaErrorNotSupported;
-    encode = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-  }
   const cuuint64_t dims[2] = {(cuuint64_t)K, (cuuint64_t)M};
   const cuuint64_t strides[1] = {(cuuint64_t)xs * 2};
   const cuuint32_t box[2] = {64, (cuuint32_t)tok};
-  const cuuint32_t estr[2] = {1, 1};
-  const CUresult r = encode(map, dtype == kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-                            2, const_cast<void*>(x), dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+  return tma_map(map, dtype == kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, x,
+                 dims, strides, box, CU_TENSOR_MAP_SWIZZLE_128B);
 }
 
 template <typename T, int TOK>
@@ -316,8 +279,10 @@ cudaError_t launch_wgmma_t(const WgmmaPlan& p, const void* x, int64_t xs, const 
     if (e != cudaSuccess) return e;
     configured = 1;
   }
-  CUtensorMap xmap;
-  const cudaError_t me = x_tensor_map(&xmap, x, xs, M, K, TOK, dtype);
+  CUtensorMap xmap, qmap, smap;
+  cudaError_t me = x_tensor_map(&xmap, x, xs, M, K, TOK, dtype);
+  if (me == cudaSuccess) me = tile_map(&qmap, qw, N / 16, K / 64, kTileBytes, 1, kStrips);
+  if (me == cudaSuccess) me = tile_map(&smap, sc, N / 16, K / 64, tile_scale_bytes(wblock), 1, kStrips);
   if (me != cudaSuccess) return me;
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3((unsigned)(p.blocks * p.cl), (unsigned)p.ttiles);
@@ -333,8 +298,7 @@ cudaError_t launch_wgmma_t(const WgmmaPlan& p, const void* x, int64_t xs, const 
   attr[1].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 2;
-  return cudaLaunchKernelEx(&cfg, gemm_wgmma_kernel<T, TOK>, xmap, static_cast<const uint8_t*>(qw),
-                            static_cast<const uint8_t*>(sc), ts, static_cast<const T*>(bias),
+  return cudaLaunchKernelEx(&cfg, gemm_wgmma_kernel<T, TOK>, xmap, qmap, smap, ts, static_cast<const T*>(bias),
                             static_cast<T*>(y), ys, M, N / 16, n_valid, K, wblock, p.cl, p.kts);
 }
 

@@ -9,8 +9,14 @@
 //   * cluster barrier / distributed shared memory: CTAs of one thread-block cluster reading each
 //     other's shared memory (fixed-order split-K reductions, no atomics, no workspace).
 //   * programmatic dependent launch: wait for the preceding kernel's memory before reading it.
+//   * tensor copies (cp.async.bulk.tensor, TMA): a 2-D/3-D box of a tensor described by a
+//     CUtensorMap (encoded on the host: tma_map(), below) -> shared memory, one instruction.
 // Semantics: PTX ISA 8.x, "Asynchronous operations", "mbarrier", "cp.async.bulk", "wgmma".
 #pragma once
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_runtime.h>
 
 #include <cstdint>
 
@@ -58,6 +64,56 @@ __device__ __forceinline__ void bulk_g2s(void* dst, const void* src, uint32_t by
           smem_u32(dst)),
       "l"(src), "r"(bytes), "r"(smem_u32(bar))
       : "memory");
+}
+
+// ---- tensor copies (TMA) -------------------------------------------------------------------
+// dst: shared memory, 128-byte aligned (1024 with the 128-byte swizzle); coordinates in elements,
+// innermost first; out-of-bounds elements arrive as zeros and still count as bytes.
+__device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, int c0, int c1, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          smem_u32(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_u32(bar))
+      : "memory");
+}
+__device__ __forceinline__ void tma_load_3d(void* dst, const CUtensorMap* map, int c0, int c1, int c2,
+                                            uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(
+          smem_u32(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(bar))
+      : "memory");
+}
+
+// Host: encode a tensor map (driver entry point resolved once through the runtime, so nothing
+// links against libcuda). rank <= 3; dims/box innermost first; strides in bytes for dims 1..
+inline cudaError_t tma_map(CUtensorMap* map, CUtensorMapDataType type, int rank, const void* base,
+                           const cuuint64_t* dims, const cuuint64_t* strides, const cuuint32_t* box,
+                           CUtensorMapSwizzle swizzle) {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = nullptr;
+  if (encode == nullptr) {
+    cudaDriverEntryPointQueryResult q;
+    void* fn = nullptr;
+    const cudaError_t e =
+        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q);
+    if (e != cudaSuccess || q != cudaDriverEntryPointSuccess || fn == nullptr) return cudaErrorNotSupported;
+    encode = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }
+  const cuuint32_t estr[3] = {1, 1, 1};
+  const CUresult r = encode(map, type, (cuuint32_t)rank, const_cast<void*>(base), dims, strides, box, estr,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+// The tiled weights (fp4_tile.cuh) as [strips][k-tiles][bytes a tile] of 4-byte words: a box of
+// (all the bytes of) T consecutive k-tiles of W consecutive strips, in one tensor copy.
+inline cudaError_t tile_map(CUtensorMap* map, const void* base, int strips, int ktiles, int tile_bytes,
+                            int box_tiles, int box_strips) {
+  const cuuint64_t dims[3] = {(cuuint64_t)tile_bytes / 4, (cuuint64_t)ktiles, (cuuint64_t)strips};
+  const cuuint64_t strides[2] = {(cuuint64_t)tile_bytes, (cuuint64_t)tile_bytes * ktiles};
+  const cuuint32_t box[3] = {(cuuint32_t)tile_bytes / 4, (cuuint32_t)box_tiles, (cuuint32_t)box_strips};
+  return tma_map(map, CU_TENSOR_MAP_DATA_TYPE_UINT32, 3, base, dims, strides, box, CU_TENSOR_MAP_SWIZZLE_NONE);
 }
 
 // ---- proxies, named barriers ----------------------------------------------------------------
