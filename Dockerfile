@@ -11,7 +11,7 @@
 ARG VLLM_IMAGE=vllm/vllm-openai:v0.26.0
 
 FROM ${VLLM_IMAGE} AS build
-# sm_90a: the kernels use Hopper-only instructions (wgmma, setmaxnreg); other GPUs take the
+# sm_90a: the kernels use Hopper-only features (clusters, PDL); other GPUs take the
 # PyTorch reference path at run time.
 ARG TORCH_CUDA_ARCH_LIST="9.0a"
 ARG MAX_JOBS=8

@@ -103,33 +103,29 @@ const void* check_gemm(const at::Tensor& x, const at::Tensor& qweight, const at:
   return nullptr;
 }
 
-// w (strips a CTA, 4..16) and cl (cluster size, 1..8): 0 = the kernel's own plan
-void gemm_decode(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
-                 const at::Tensor& tensor_scale, const std::optional<at::Tensor>& bias, at::Tensor& out,
-                 int64_t n_pad, int64_t wblock, int64_t w, int64_t cl) {
+// GEMM for any M (csrc/gemm.cu: the persistent stream kernel for M <= 16, the tile kernel above)
+void gemm_mma(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+              const at::Tensor& tensor_scale, const std::optional<at::Tensor>& bias, at::Tensor& out,
+              int64_t n_pad, int64_t wblock) {
   const void* bptr = check_gemm(x, qweight, scales, tensor_scale, bias, out, n_pad);
-  TORCH_CHECK(x.size(0) <= 16, "sharq: gemm_decode takes at most 16 rows");
   const c10::cuda::CUDAGuard guard(x.device());
-  check_cuda(sharq::launch_gemm_decode(x.data_ptr(), x.stride(0), qweight.data_ptr(), scales.data_ptr(),
-                                       tensor_scale.data_ptr<float>(), bptr, out.data_ptr(), out.stride(0),
-                                       x.size(0), (int)n_pad, out.size(1), x.size(1), (int)wblock,
-                                       dtype_code(x), c10::cuda::getCurrentCUDAStream().stream(), (int)w,
-                                       (int)cl),
-             "gemm_decode");
+  check_cuda(sharq::launch_gemm_mma(x.data_ptr(), x.stride(0), qweight.data_ptr(), scales.data_ptr(),
+                                    tensor_scale.data_ptr<float>(), bptr, out.data_ptr(), out.stride(0),
+                                    x.size(0), (int)n_pad, out.size(1), x.size(1), (int)wblock, dtype_code(x),
+                                    c10::cuda::getCurrentCUDAStream().stream()),
+             "gemm_mma");
 }
 
-// tok (32/64/128/256) and cl (1/2/4/8): 0 = the kernel's own plan
-void gemm_wgmma(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
-                const at::Tensor& tensor_scale, const std::optional<at::Tensor>& bias, at::Tensor& out,
-                int64_t n_pad, int64_t wblock, int64_t tok, int64_t cl) {
-  const void* bptr = check_gemm(x, qweight, scales, tensor_scale, bias, out, n_pad);
-  const c10::cuda::CUDAGuard guard(x.device());
-  check_cuda(sharq::launch_gemm_wgmma(x.data_ptr(), x.stride(0), qweight.data_ptr(), scales.data_ptr(),
-                                      tensor_scale.data_ptr<float>(), bptr, out.data_ptr(), out.stride(0),
-                                      x.size(0), (int)n_pad, out.size(1), x.size(1), (int)wblock,
-                                      dtype_code(x), c10::cuda::getCurrentCUDAStream().stream(), (int)tok,
-                                      (int)cl),
-             "gemm_wgmma");
+// w [N_pad, K] (x's dtype) = e2m1 * block scale, exact in 16 bits (the large-M path's workspace)
+void dequant(const at::Tensor& qweight, const at::Tensor& scales, at::Tensor& w, int64_t wblock) {
+  TORCH_CHECK(w.is_cuda() && w.is_contiguous() && w.dim() == 2, "sharq: bad dequant output");
+  const int N = w.size(0), K = w.size(1);
+  TORCH_CHECK(qweight.numel() * qweight.element_size() == (int64_t)N * K / 2, "sharq: qweight size mismatch");
+  const c10::cuda::CUDAGuard guard(w.device());
+  check_cuda(sharq::launch_dequant(qweight.data_ptr(), scales.data_ptr(), w.data_ptr(), N, K,
+                                   (int)wblock, dtype_code(w),
+                                   c10::cuda::getCurrentCUDAStream().stream()),
+             "dequant");
 }
 
 }  // namespace
@@ -142,19 +138,17 @@ TORCH_LIBRARY(sharq_C, m) {
       "Tensor(d!) bb_scales, Tensor(e!) res_codes, Tensor(f!) res_scales, Tensor(g!) tscales, "
       "int fmt, int pattern, int bb, int rb) -> ()");
   m.def(
-      "gemm_decode(Tensor x, Tensor qweight, Tensor scales, Tensor tensor_scale, Tensor? bias, "
-      "Tensor(a!) out, int n_pad, int wblock, int w, int cl) -> ()");
-  m.def(
-      "gemm_wgmma(Tensor x, Tensor qweight, Tensor scales, Tensor tensor_scale, Tensor? bias, "
-      "Tensor(a!) out, int n_pad, int wblock, int tok, int cl) -> ()");
+      "gemm_mma(Tensor x, Tensor qweight, Tensor scales, Tensor tensor_scale, Tensor? bias, "
+      "Tensor(a!) out, int n_pad, int wblock) -> ()");
+  m.def("dequant(Tensor qweight, Tensor scales, Tensor(a!) w, int wblock) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(sharq_C, CUDA, m) {
   m.impl("prep", &prep);
   m.impl("prep_cfg", &prep_cfg);
   m.impl("prep_debug", &prep_debug);
-  m.impl("gemm_decode", &gemm_decode);
-  m.impl("gemm_wgmma", &gemm_wgmma);
+  m.impl("gemm_mma", &gemm_mma);
+  m.impl("dequant", &dequant);
 }
 
 // `import sharq_vllm._C` (setup.py build) just loads the library; the ops register above.

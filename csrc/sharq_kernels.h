@@ -35,24 +35,17 @@ cudaError_t launch_prep(const void* x, int64_t x_stride, void* xhat, int M, int 
                         const PrepDebug& dbg, cudaStream_t stream, int force_v = 0,
                         int force_cl = 0);
 
-// GEMMs: y[M, N] = (x[M, K] @ w^T) * tensor_scale (+ bias), FP32 accumulation, w in the tiled
-// layout of fp4_tile.cuh (qweight [N/16][K/64][512 B], scale codes [N/16][K/64][64 | 32 B]),
-// N % 16 == 0 after padding (n_valid <= N rows are stored), K % 64 == 0.
-// Decode GEMM (M <= 16): split-K thread-block clusters, bulk
-// async weight stream, fixed-order reduction (gemm_decode.cu). x rows 16-byte aligned.
-// force_w (strips a CTA, 4..16) and force_cl (cluster size, 1..8): 0 = the kernel's own plan.
-cudaError_t launch_gemm_decode(const void* x, int64_t x_stride, const void* qweight,
-                               const void* scales, const float* tensor_scale, const void* bias,
-                               void* y, int64_t y_stride, int M, int N, int n_valid, int K,
-                               int wblock, int dtype, cudaStream_t stream, int force_w = 0,
-                               int force_cl = 0);
+// Prepacked weight layout (see gemm.cu): qweight [N/16][K/64][32 lanes][16 B],
+// scales [N/16][K/64][scale_bytes_per_tile] with 32 (block 32) or 64 (block 16) bytes a tile.
+// y[M, N] = (x[M, K] @ w^T) * tensor_scale (+ bias), FP32 accumulation, N % 16 == 0 after
+// padding (n_valid <= N rows are stored), K % 64 == 0.
+cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight, const void* scales,
+                            const float* tensor_scale, const void* bias, void* y, int64_t y_stride,
+                            int M, int N, int n_valid, int K, int wblock, int dtype,
+                            cudaStream_t stream);
 
-// wgmma GEMM (any M; meant for M > 16): force_tok (32/64/128/256) and force_cl
-// (1/2/4/8) override the tile plan for benchmarks and tests (0 = automatic) (gemm_wgmma.cu).
-cudaError_t launch_gemm_wgmma(const void* x, int64_t x_stride, const void* qweight,
-                              const void* scales, const float* tensor_scale, const void* bias,
-                              void* y, int64_t y_stride, int M, int N, int n_valid, int K,
-                              int wblock, int dtype, cudaStream_t stream, int force_tok = 0,
-                              int force_cl = 0);
+// w_hat [N, K] (dtype) = e2m1 * block scale (exact in bf16/fp16; no tensor scale).
+cudaError_t launch_dequant(const void* qweight, const void* scales, void* w, int N, int K,
+                           int wblock, int dtype, cudaStream_t stream);
 
 }  // namespace sharq

@@ -9,8 +9,8 @@ they are CUDA-graph capturable):
     SharQ activation decomposition (reference.sharq_activation), optionally after an RMSNorm.
 ``torch.ops.sharq.prepare_debug(x, fmt, pattern) -> (x_hat, mask, bb_codes, bb_scales,
     res_codes, res_scales, tscales)``: the codes and scales too, for bit-exactness tests.
-``torch.ops.sharq.gemm(x_hat, qweight, scales, tensor_scale, bias, n, n_pad, k, block, layout)
-    -> y``: y = x_hat @ deQ(W)^T + bias with the weight from :func:`pack_weight`.
+``torch.ops.sharq.gemm(x_hat, qweight, scales, tensor_scale, bias, n, n_pad, k, block, layout,
+    alpha) -> y``: y = x_hat @ deQ(W)^T + bias with the weight from :func:`pack_weight`.
 
 CPU: the reference in plain PyTorch. CUDA: the kernels in csrc/ (``torch.ops.sharq_C``) where
 :mod:`sharq_vllm.kernels.dispatch` says they serve the call, the reference otherwise.
@@ -38,7 +38,7 @@ from .reference import (
 from .reference import gemm as reference_gemm
 
 LAYOUT_CANONICAL = 0  # codes [N, K/2] uint8, scales float8_e4m3fn [N, K/block]
-LAYOUT_TILED = 1  # sharq_vllm/kernels/layout.py (csrc/fp4_tile.cuh): what the CUDA GEMMs read
+LAYOUT_TILED = 1  # sharq_vllm/kernels/layout.py (csrc/gemm.cu): what the CUDA GEMMs read
 
 DebugOut = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -50,23 +50,24 @@ DebugOut = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.T
 class PackedWeight:
     """A weight payload in the layout the op consumes on its device (see :func:`pack_weight`)."""
 
-    qweight: torch.Tensor  # tiled: uint8 [N_pad/16, K/64*512]; canonical: uint8 [N, K/2]
-    scales: torch.Tensor  # uint8; tiled: scale codes [N_pad/16, K/64*bytes]; canonical: E4M3 [N, K/block]
+    qweight: torch.Tensor  # tiled: int32 [N_pad/16, K/64*128]; canonical: uint8 [N, K/2]
+    scales: torch.Tensor  # uint8 E4M3 bytes; tiled: [N_pad/16, K/64*bytes]; canonical: [N, K/block]
     tensor_scale: torch.Tensor  # fp32 [1]
     n: int
     n_pad: int
     k: int
     block: int
     layout: int
+    alpha: float  # float(tensor_scale): the cuBLAS path's epilogue scale (read once, at pack time)
 
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.qweight, self.scales, self.tensor_scale))
 
     @property
-    def geometry(self) -> tuple[int, int, int, int, int]:
-        """(n, n_pad, k, block, layout): everything but the tensors."""
-        return self.n, self.n_pad, self.k, self.block, self.layout
+    def geometry(self) -> tuple[int, int, int, int, int, float]:
+        """(n, n_pad, k, block, layout, alpha): everything but the tensors."""
+        return self.n, self.n_pad, self.k, self.block, self.layout, self.alpha
 
 
 def pack_weight(
@@ -83,15 +84,16 @@ def pack_weight(
     if ts is None:
         raise ValueError("sharq: weight payload has no tensor scale")
     ts = ts.reshape(1).float().to(dev)
+    alpha = float(ts.cpu())  # once, at load time: the op itself never syncs with the host
     n, k2 = payload.codes.shape
     k = 2 * k2
     block = payload.block
     if dispatch.weight_on_kernel(dev, k, block, act_dtype):
         q, s, n_pad = tile_weight(payload.codes.to(dev), payload.block_scales.to(dev), block)
-        return PackedWeight(q, s, ts, n, n_pad, k, block, LAYOUT_TILED)
+        return PackedWeight(q, s, ts, n, n_pad, k, block, LAYOUT_TILED, alpha)
     codes = payload.codes.to(dev).contiguous()
     scales = payload.block_scales.to(dev).contiguous().view(torch.uint8)  # raw E4M3 bytes
-    return PackedWeight(codes, scales, ts, n, n, k, block, LAYOUT_CANONICAL)
+    return PackedWeight(codes, scales, ts, n, n, k, block, LAYOUT_CANONICAL, alpha)
 
 
 def _canonical_payload(
@@ -262,6 +264,7 @@ def gemm(
     k: int,
     block: int,
     layout: int,
+    alpha: float,
 ) -> torch.Tensor:
     return _gemm_reference(x_hat, qweight, scales, tensor_scale, bias, n, k, block, layout)
 
@@ -269,35 +272,68 @@ def gemm(
 @gemm.register_fake
 def _(
     x_hat: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor,
-    bias: torch.Tensor | None, n: int, n_pad: int, k: int, block: int, layout: int,
+    bias: torch.Tensor | None, n: int, n_pad: int, k: int, block: int, layout: int, alpha: float,
 ) -> torch.Tensor:
     return x_hat.new_empty((*x_hat.shape[:-1], n))
 
 
+# The dequantized 16-bit weight is a transient workspace; bounding it keeps the large-M path's
+# peak memory small (a 70B gate_up is 0.9 GiB in bf16: on a card filled to 0.95 by vLLM's KV
+# cache, one unbounded workspace ran out of memory). Strips of 16 rows match the tiled layout.
+DEQUANT_WORKSPACE_BYTES = 128 << 20
+
+
+def _dequant_mm(x2: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor:
+    """The large-M path: dequantize (e2m1 * block scale, exact in 16 bits) a bounded number of
+    rows at a time, then cuBLAS with the tensor scale as its epilogue alpha."""
+    p, k = packed, packed.k
+    rows = max(16, DEQUANT_WORKSPACE_BYTES // (k * x2.element_size()) // 16 * 16)
+    if rows >= p.n_pad:
+        w = torch.empty((p.n_pad, k), dtype=x2.dtype, device=x2.device)
+        torch.ops.sharq_C.dequant(p.qweight, p.scales, w, p.block)
+        wt = w[: p.n].t()
+        if bias is not None:
+            return torch.addmm(bias, x2, wt, alpha=p.alpha)
+        return torch.addmm(x2.new_zeros(()), x2, wt, beta=0, alpha=p.alpha)
+    y = torch.empty((x2.shape[0], p.n), dtype=x2.dtype, device=x2.device)
+    w = torch.empty((rows, k), dtype=x2.dtype, device=x2.device)
+    for r0 in range(0, p.n, rows):
+        r1 = min(p.n, r0 + rows)
+        s0, s1 = r0 // 16, (r1 + 15) // 16
+        wc = w[: (s1 - s0) * 16]
+        torch.ops.sharq_C.dequant(p.qweight[s0:s1], p.scales[s0:s1], wc, p.block)
+        out = y[:, r0:r1]  # row-major with ld = n: cuBLAS writes it in place
+        base = bias[r0:r1] if bias is not None else out
+        torch.addmm(base, x2, wc[: r1 - r0].t(), beta=1 if bias is not None else 0, alpha=p.alpha, out=out)
+    return y
+
+
 def run_gemm_kernel(
-    kernel: str, x2: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None,
-    plan: tuple[int, int] = (0, 0),
+    kernel: str, x2: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """One CUDA GEMM kernel (``decode`` or ``wgmma``) on rows ``x2`` [M, K] and a tiled weight.
-    ``plan``: the kernel's (w, cl) / (tok, cl) configuration, (0, 0) = its own choice
-    (benchmarks and tests force kernels and plans through this; the op chooses by M)."""
+    """One CUDA GEMM path (``mma`` or ``dequant_mm``, dispatch.GEMM_KERNELS) on rows ``x2``
+    [M, K] and a tiled weight (benchmarks and tests force a path through this; the op chooses
+    by M)."""
+    if kernel == "dequant_mm":
+        return _dequant_mm(x2, packed, bias)
+    if kernel != "mma":
+        raise ValueError(f"sharq: unknown GEMM kernel {kernel!r}; known: {[g.name for g in dispatch.GEMM_KERNELS]}")
     out = torch.empty((x2.shape[0], packed.n), dtype=x2.dtype, device=x2.device)
-    op = getattr(torch.ops.sharq_C, f"gemm_{kernel}")
-    op(x2, packed.qweight, packed.scales, packed.tensor_scale, bias, out, packed.n_pad, packed.block, *plan)
+    torch.ops.sharq_C.gemm_mma(x2, packed.qweight, packed.scales, packed.tensor_scale, bias, out, packed.n_pad, packed.block)
     return out
 
 
 @gemm.register_kernel("cuda")
 def _(
     x_hat: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor,
-    bias: torch.Tensor | None, n: int, n_pad: int, k: int, block: int, layout: int,
+    bias: torch.Tensor | None, n: int, n_pad: int, k: int, block: int, layout: int, alpha: float,
 ) -> torch.Tensor:
     if not dispatch.gemm_on_kernel(x_hat, layout == LAYOUT_TILED):
         return _gemm_reference(x_hat, qweight, scales, tensor_scale, bias, n, k, block, layout)
     x2 = _rows(x_hat, k)
     if bias is not None and bias.dtype != x2.dtype:
         bias = bias.to(x2.dtype)
-    packed = PackedWeight(qweight, scales, tensor_scale, n, n_pad, k, block, layout)
+    packed = PackedWeight(qweight, scales, tensor_scale, n, n_pad, k, block, layout, alpha)
     y = run_gemm_kernel(dispatch.gemm_kernel(x2.shape[0]).name, x2, packed, bias)
     return y.reshape(*x_hat.shape[:-1], n)
 

@@ -9,7 +9,8 @@ down 14336->4096) at M = 1, 16, 64, 256, 1024, 4096, 16384 for
   sharq       SharQ linear: fused preparation + GEMM (the op's own M dispatch)
   sharq_gemm  the GEMM alone on a prepared x_hat (op dispatch)
   sharq_prep  the preparation alone
-  sharq_decode / sharq_wgmma   the two GEMM kernels forced (for the dispatch threshold)
+  sharq_mma / sharq_dqmm   the two GEMM paths forced (for the dispatch threshold)
+  sharq_dequant   the dequantization kernel alone (the large-M path's first pass)
 Timing: each measurement captures one CUDA graph holding R calls on R different copies of the
 inputs and weights (R chosen so one replay touches >= 5x the L2), replays it, and takes the
 median over replays (CUDA events) / R. Also measures the device-to-device copy bandwidth and
@@ -212,12 +213,21 @@ def call_sharq_prep(x, st):
     return torch.ops.sharq.prepare(x, "nvfp4", "4:8-pairs")
 
 
-def call_sharq_decode(x, st):
-    return ops.run_gemm_kernel("decode", x, st["p"])
+def call_sharq_mma(x, st):
+    return ops.run_gemm_kernel("mma", x, st["p"])
 
 
-def call_sharq_wgmma(x, st):
-    return ops.run_gemm_kernel("wgmma", x, st["p"])
+def call_sharq_dqmm(x, st):
+    return ops.run_gemm_kernel("dequant_mm", x, st["p"])
+
+
+def call_sharq_dequant(x, st):  # the dequant kernel alone (M-independent; timed at M=1)
+    p = st["p"]
+    if DEVICE != "cuda":
+        return ops.dequantize_packed(p)
+    w = torch.empty((p.n_pad, p.k), dtype=x.dtype, device=x.device)
+    torch.ops.sharq_C.dequant(p.qweight, p.scales, w, p.block)
+    return w
 
 
 def state_bytes(st) -> int:
@@ -243,8 +253,9 @@ METHODS = {
     "sharq": (build_sharq, call_sharq, False, None),
     "sharq_gemm": (build_sharq, call_sharq_gemm, False, None),
     "sharq_prep": (build_sharq, call_sharq_prep, False, None),
-    "sharq_decode": (build_sharq, call_sharq_decode, False, 16),
-    "sharq_wgmma": (build_sharq, call_sharq_wgmma, False, None),
+    "sharq_mma": (build_sharq, call_sharq_mma, False, 1024),
+    "sharq_dqmm": (build_sharq, call_sharq_dqmm, False, None),
+    "sharq_dequant": (build_sharq, call_sharq_dequant, False, 1),
 }
 
 
@@ -263,6 +274,7 @@ def clone_state(st):
                 v.k,
                 v.block,
                 v.layout,
+                v.alpha,
             )
         else:
             out[k] = v  # marlin layer: not cloned (rebuilt per copy by the caller)
@@ -338,7 +350,7 @@ def run(args) -> dict:
                     else:
                         states = [base] + [clone_state(base) for _ in range(copies - 1)]
                     xs = [heavy(m, k, dtype) for _ in range(copies)]
-                    if meth in ("sharq_gemm", "sharq_decode", "sharq_wgmma"):
+                    if meth in ("sharq_gemm", "sharq_mma", "sharq_dqmm"):
                         xs = [torch.ops.sharq.prepare(x, "nvfp4", "4:8-pairs") for x in xs]
                     us = time_graph(
                         lambda i, c=caller, xs=xs, st=states: c(xs[i], st[i]),
@@ -368,7 +380,7 @@ def run(args) -> dict:
     # M=1 bandwidth: FP4 weight bytes of the four layers over the GEMM time
     bw = {}
     fp4_bytes = sum(n * k // 2 + n * k // 32 for n, k in (SHAPES[s] for s in shapes))
-    for meth in ("sharq_gemm", "sharq_decode", "sharq", "marlin_fp4"):
+    for meth in ("sharq_gemm", "sharq_mma", "sharq", "marlin_fp4"):
         t = sums.get(meth, {}).get("1")
         if t:
             gbps = fp4_bytes / (t * 1e-6) / 1e9
@@ -384,12 +396,17 @@ def run(args) -> dict:
             }
     if not args.no_prep_sweep and DEVICE == "cuda" and ok:
         info["prep_configs_us"] = prep_sweep(args, t_start)
-    if args.wgmma_sweep and DEVICE == "cuda" and ok:
-        info["wgmma_plans_us"] = wgmma_sweep(args, shapes)
-    if args.decode_sweep and DEVICE == "cuda" and ok:
-        info["decode_plans_us"] = decode_sweep(args, shapes)
     # derived: what the kernel work needs (issue 4 targets)
     derived: dict[str, object] = {}
+    dq = sums.get("sharq_dequant", {}).get("1")
+    if dq:
+        nbytes = sum(n * k * (0.5 + 1 / 32 + 2) for n, k in (SHAPES[s] for s in shapes))
+        gbps = nbytes / (dq * 1e-6) / 1e9
+        derived["dequant"] = {
+            "us": dq,
+            "GBps": round(gbps, 1),
+            "fraction_of_copy_bw": round(gbps / copy_bw, 3),
+        }
     pr = sums.get("sharq_prep", {})
     if pr:
         derived["prep_share_of_sharq"] = {
@@ -405,6 +422,12 @@ def run(args) -> dict:
             m: round(sums["fp8"][m] / sums["sharq"][m], 3)
             for m in sums["sharq"]
             if m in sums["fp8"]
+        }
+    if "sharq_mma" in sums and "sharq_dqmm" in sums:
+        derived["mma_over_dqmm_time"] = {
+            m: round(sums["sharq_mma"][m] / sums["sharq_dqmm"][m], 3)
+            for m in sums["sharq_mma"]
+            if m in sums["sharq_dqmm"]
         }
     info.update(
         {
@@ -469,66 +492,6 @@ def prep_sweep(args, t_start) -> dict:
             )
     if errs:
         res["errors"] = {"all": errs}  # type: ignore[dict-item]
-    return res
-
-
-def wgmma_sweep(args, shapes) -> dict:
-    """Every (token tile, split-K cluster) plan of the wgmma kernel at a few M (for its plan
-    heuristic, gemm_wgmma.cu wgmma_plan), "auto" = the kernel's own choice."""
-    res: dict[str, dict[str, dict[str, float]]] = {}
-    for sname in shapes:
-        n, k = SHAPES[sname]
-        payload = quantize_weight(heavy(n, k) * 0.02, block=32)
-        base = build_sharq(None, None, payload)
-        for m in [int(v) for v in args.wgmma_sweep.split(",")]:
-            copies = max(1, min(MAX_COPIES, math.ceil(L2_ROTATE_BYTES / (n * k // 2 + 4 * m * (n + k)))))
-            states = [base] + [clone_state(base) for _ in range(copies - 1)]
-            xs = [heavy(m, k) for _ in range(copies)]
-            line = {}
-            for tok in (0, 32, 64, 128, 256):
-                if tok and (tok < m // 4 or tok > 4 * max(m, 32)):
-                    continue
-                for cl in (0, 1, 2, 4, 8) if tok else (0,):
-                    def fn(i, tok=tok, cl=cl, states=states, xs=xs):
-                        return ops.run_gemm_kernel("wgmma", xs[i], states[i]["p"], plan=(tok, cl))
-
-                    try:
-                        line[f"t{tok}c{cl}" if tok else "auto"] = round(time_graph(fn, copies, reps=args.reps), 2)
-                    except Exception as e:
-                        line[f"t{tok}c{cl}"] = f"{type(e).__name__}: {e}"[:120]
-            res.setdefault(sname, {})[f"M={m}"] = line
-            print(f"  wgmma plans {sname} M={m}: {line}", flush=True)
-            del states, xs
-            torch.cuda.empty_cache()
-    return res
-
-
-def decode_sweep(args, shapes) -> dict:
-    """Strips a CTA (w) x split-K cluster (cl) plans of the decode kernel at M = 1 and 16 (for its
-    plan heuristic, gemm_decode.cu decode_plan); "auto" = the kernel's own choice."""
-    res: dict[str, dict[str, dict[str, float | str]]] = {}
-    for sname in shapes:
-        n, k = SHAPES[sname]
-        payload = quantize_weight(heavy(n, k) * 0.02, block=32)
-        base = build_sharq(None, None, payload)
-        copies = max(1, min(MAX_COPIES, math.ceil(L2_ROTATE_BYTES / (n * k // 2))))
-        states = [base] + [clone_state(base) for _ in range(copies - 1)]
-        for m in (1, 16):
-            xs = [heavy(m, k) for _ in range(copies)]
-            line: dict[str, float | str] = {}
-            for w, cl in ((0, 0), (8, 0), (12, 0), (16, 0), (0, 1), (0, 2), (0, 4), (0, 8)):
-                def fn(i, w=w, cl=cl, states=states, xs=xs):
-                    return ops.run_gemm_kernel("decode", xs[i], states[i]["p"], plan=(w, cl))
-
-                key = "auto" if not (w or cl) else f"w{w}cl{cl}"
-                try:
-                    line[key] = round(time_graph(fn, copies, reps=args.reps), 2)
-                except Exception as e:
-                    line[key] = f"{type(e).__name__}: {e}"[:100]
-            res.setdefault(sname, {})[f"M={m}"] = line
-            print(f"  decode plans {sname} M={m}: {line}", flush=True)
-        del states
-        torch.cuda.empty_cache()
     return res
 
 
@@ -625,10 +588,6 @@ def main():
     ap.add_argument(
         "--no-prep-sweep", action="store_true", help="skip the prep configuration sweep"
     )
-    ap.add_argument(
-        "--wgmma-sweep", default="", help="comma-separated M values: time every wgmma tile plan"
-    )
-    ap.add_argument("--decode-sweep", action="store_true", help="time decode kernel plans")
     ap.add_argument(
         "--cpu-smoke",
         action="store_true",

@@ -21,9 +21,9 @@ import sys
 import threading
 
 CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "csrc")
-SOURCES = ("bindings.cpp", "prep.cu", "gemm_decode.cu", "gemm_wgmma.cu")
-#: the kernels use wgmma and setmaxnreg: Hopper's sm_90a and nothing else (dispatch.py serves
-#: the kernels on compute capability 9.0 only)
+SOURCES = ("bindings.cpp", "prep.cu", "gemm.cu")
+#: the kernels use Hopper's thread-block clusters, distributed shared memory and programmatic
+#: dependent launch: sm_90a and nothing else (dispatch.py serves them on capability 9.0 only)
 ARCH = "9.0a"
 CXX_FLAGS = ["-O3", "-std=c++17"]
 NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo", "-Xptxas=-v"]
@@ -55,7 +55,7 @@ def _ops_registered() -> bool:
     import torch
 
     try:
-        return hasattr(torch.ops.sharq_C, "gemm_wgmma")
+        return hasattr(torch.ops.sharq_C, "gemm_mma")
     except Exception:
         return False
 

@@ -42,7 +42,6 @@ KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 KERNEL_WEIGHT_BLOCKS = (16, 32)  # the tiled layout's scale blocks (layout.py)
 PREP_MAX_K = 8 * 8 * 512  # csrc/prep.cu: at most 8 chunks of 8 channels for each of 512 threads
 PREP_ACT_SCALES = ("token",)  # the preparation kernel computes per-row tensor scales only
-DECODE_MAX_ROWS = 16  # csrc/bindings.cpp: gemm_decode takes at most 16 rows
 
 
 @dataclass(frozen=True)
@@ -52,16 +51,16 @@ class GemmKernel:
     what: str
 
 
-# The first kernel whose max_m >= M runs. The split-K decode kernel streams the weights at
-# bandwidth for a few rows (it takes at most 16); the wgmma kernel is the compute path above.
-# Chosen on the H100/H200 from benchmarks/kernels/bench_kernels.py: the sharq_decode and
-# sharq_wgmma rows (both kernels forced at every M) and their plan sweeps --decode-sweep and
-# --wgmma-sweep; change the thresholds here only with that sweep's numbers.
+# The first kernel whose max_m >= M runs. "mma" (csrc/gemm.cu, gemm_mma) streams the weights
+# through registers for M <= 16 (persistent grid) and runs a tile kernel above; "dequant_mm"
+# dequantizes the weight to 16 bits in a bounded workspace and runs cuBLAS. The threshold came
+# from benchmarks/kernels/bench_kernels.py's sharq_mma / sharq_dqmm rows (both paths forced at
+# every M, "mma_over_dqmm_time"): on H100 and H200 mma wins up to M = 64 (H200: 209 vs 291 us at
+# M = 64, 765 vs 332 at 256); change it only with that benchmark's numbers.
 GEMM_KERNELS: tuple[GemmKernel, ...] = (
-    GemmKernel("decode", 16, "split-K decode kernel (bulk-async weight ring, mma.sync)"),
-    GemmKernel("wgmma", sys.maxsize, "wgmma kernel (FP4 decoded in registers, x_hat by TMA)"),
+    GemmKernel("mma", 64, "mma.sync (persistent stream kernel M<=16, tile kernel above)"),
+    GemmKernel("dequant_mm", sys.maxsize, "dequantize to 16 bits + cuBLAS"),
 )
-assert GEMM_KERNELS[0].name == "decode" and GEMM_KERNELS[0].max_m <= DECODE_MAX_ROWS
 assert GEMM_KERNELS[-1].max_m == sys.maxsize
 
 _lock = threading.Lock()

@@ -14,6 +14,7 @@ from gpu_util import (
 )
 
 from sharq_vllm import ops
+from sharq_vllm.kernels import dispatch
 
 pytestmark = GPU_MARKS
 
@@ -57,8 +58,10 @@ def test_cuda_graph_replay(m):
         graph.replay()
         torch.cuda.synchronize()
         eager = ops.sharq_linear(new_x, packed, bias, "nvfp4", "4:8-pairs")
-        # our kernels (the tensor map and plan are launch parameters): bit-identical
-        assert torch.equal(bits(static_y), bits(eager))
+        if dispatch.gemm_kernel(m).name == "mma":  # our kernels: bit-identical
+            assert torch.equal(bits(static_y), bits(eager))
+        else:  # cuBLAS may pick another algorithm under capture
+            assert rel(static_y, eager) < 1e-3
 
 
 def test_torch_compile_fullgraph():

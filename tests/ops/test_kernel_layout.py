@@ -1,12 +1,10 @@
-"""CPU checks of the kernels' weight layout and fragment math (no GPU needed).
+"""CPU checks of the kernels' data layout and fragment math (no GPU needed).
 
-``emulate_gemm`` replays the GEMM kernels' decode step by step in PyTorch (csrc/fp4_tile.cuh,
-used by gemm_decode.cu and gemm_wgmma.cu): it reads each lane's tiled words and scale codes
-exactly as the lane does, applies the same bit tricks (nibble -> bf16/fp16 pair, scale code ->
-{s, s} pair by one integer multiply-add), rounds every product to the MMA dtype as the HMUL2
-does, places each value at the (row, k) its A-fragment register feeds, and multiplies by x in
-natural k order. If the tiling, the nibble order, the scale-code addressing or the k order were
-inconsistent with each other, this would not match the reference.
+``emulate_gemm_mma`` replays csrc/gemm.cu's mma.sync kernel step by step in PyTorch: it reads the
+tiled weight words exactly as a lane does, applies the same bit tricks (nibble -> bf16/fp16
+pair), the same scale bias (2^119 / 2^7), assembles the m16n8k16 A and B fragments with the
+kernel's k-permutation, and multiplies. If the tiling, nibble order, scale addressing or the
+k-permutation were inconsistent, this would not match the reference.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ import pytest
 import torch
 
 from sharq_vllm import ops
-from sharq_vllm.kernels import layout
+from sharq_vllm.kernels.layout import tile_weight, untile_weight
 from sharq_vllm.reference import dequantize_weight, quantize_weight
 
 MASK32 = 0xFFFFFFFF
@@ -31,121 +29,271 @@ def _heavy(*shape, seed=0):
     return t
 
 
-def _half_to_float(h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    h = h & 0xFFFF
-    h = torch.where(h >= 0x8000, h - 0x10000, h).to(torch.int16)
-    return h.view(dtype).float()
-
-
 def _extract(t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """MmaT<T>::extract on int64-held uint32 words -> (low, high) decoded values."""
+    """The kernel's MmaT<T>::extract on int64-held uint32 words -> (low, high) raw floats."""
     t = t & MASK32
     if dtype == torch.bfloat16:
         bits = (t & 0x80008000) | ((t >> 6) & 0x01C001C0)
     else:
         bits = (t & 0x80008000) | ((t >> 3) & 0x0E000E00)
-    return _half_to_float(bits, dtype), _half_to_float(bits >> 16, dtype)
+    lo = (bits & 0xFFFF).to(torch.int16 if False else torch.int32)
+    hi = (bits >> 16) & 0xFFFF
+
+    def to_float(h):
+        h = torch.where(h >= 0x8000, h - 0x10000, h).to(torch.int16)
+        return h.view(dtype).float()
+
+    return to_float(lo.to(torch.int64)), to_float(hi)
 
 
-def _scale_pair(code: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """MmaT<T>::scale2 of a {code, 0, code, 0} word: one half of the {s, s} pair."""
-    if dtype == torch.bfloat16:
-        return _half_to_float(code * 16 + 0x7600, dtype)
-    return _half_to_float(code * 128 + 0x3000, dtype)
+def emulate_gemm_mma(x: torch.Tensor, packed: ops.PackedWeight, dtype: torch.dtype) -> torch.Tensor:
+    """x [M, K] (values representable in dtype) -> y [M, N] fp32, as csrc/gemm.cu computes it."""
+    m, k = x.shape
+    s_count, kt = packed.n_pad // 16, k // 64
+    sbt = 32 if packed.block == 32 else 64
+    words = packed.qweight.reshape(s_count, kt, 8, 4, 4).to(torch.int64) & MASK32  # [S,KT,g,q,wi]
+    sc = packed.scales.reshape(s_count, kt, sbt)
+    q_idx = torch.arange(4)
+    kb = (q_idx >> 1) if packed.block == 32 else q_idx
+    g_idx = torch.arange(8)
+    off = kb.view(1, 4) * 16 + 2 * g_idx.view(8, 1)  # [g, q]
+    s_g = sc[:, :, off].view(torch.float8_e4m3fn).float()  # [S, KT, g, q]
+    s_g8 = sc[:, :, off + 1].view(torch.float8_e4m3fn).float()
+    bias_pow = 2.0**119 if dtype == torch.bfloat16 else 2.0**7
+    s_g, s_g8 = s_g * bias_pow, s_g8 * bias_pow
+    # the scale is rounded to the MMA dtype (exact: <= 4 significant bits, in range)
+    assert torch.equal(s_g.to(dtype).float(), s_g) and torch.equal(s_g8.to(dtype).float(), s_g8)
 
-
-def emulate_weight(packed: ops.PackedWeight, dtype: torch.dtype) -> torch.Tensor:
-    """The [N_pad, K] weights the kernels' A fragments hold (value * scale * 2^-8, in dtype)."""
-    s_count, kt = packed.n_pad // 16, packed.k // 64
-    b = packed.qweight.reshape(s_count, kt, 8, 4, 4, 4).to(torch.int64)  # [S, KT, g, q, j, byte]
-    words = (b << torch.tensor([0, 8, 16, 24])).sum(-1)  # [S, KT, g, q, j]
-    per_g = 8 if packed.block == 16 else 4
-    sc = packed.scales.reshape(s_count, kt, 8, per_g).to(torch.int64)  # [S, KT, g, byte]
-    w = torch.zeros(packed.n_pad, packed.k)
-    rows_g = torch.arange(s_count).view(s_count, 1, 1) * 16 + torch.arange(8).view(1, 1, 8)
+    xp = x.float()
+    y = torch.zeros(m, packed.n_pad)
     for j in range(4):
-        blk = j if packed.block == 16 else j // 2
-        sg, sg8 = _scale_pair(sc[..., 2 * blk], dtype), _scale_pair(sc[..., 2 * blk + 1], dtype)
-        for i in range(4):  # register a_i: pair i of word j
-            lo, hi = _extract(words[..., j] << (4 * i), dtype)  # [S, KT, g, q]
-            scale = sg if i % 2 == 0 else sg8
-            r, h = i // 2, i % 2
-            for q in range(4):
-                for e, val in ((0, lo), (1, hi)):
-                    prod = val[..., q] * scale
-                    assert torch.equal(prod.to(dtype).float(), prod), "the HMUL2 must be exact"
-                    rows = (rows_g + 8 * h).expand(s_count, kt, 8)
-                    cols = (torch.arange(kt).view(1, kt, 1) * 64 + 16 * j + 8 * r + 2 * q + e).expand(
-                        s_count, kt, 8
-                    )
-                    w[rows, cols] = prod
-    return w
-
-
-def emulate_gemm(x: torch.Tensor, packed: ops.PackedWeight, dtype: torch.dtype) -> torch.Tensor:
-    """y [M, N] (fp64) as the kernels compute it: x (natural k) @ W_frag^T * tensor_scale * 2^8."""
-    w = emulate_weight(packed, dtype)[: packed.n].double()
-    rescale = 2.0 ** (-layout.DEQUANT_EXPONENT)
-    return (x.double() @ w.T) * (float(packed.tensor_scale) * rescale)
-
-
-def _packed(payload, n, k, block) -> ops.PackedWeight:
-    q, s, n_pad = layout.tile_weight(payload.codes, payload.block_scales, block)
-    return ops.PackedWeight(q, s, payload.tensor_scale, n, n_pad, k, block, ops.LAYOUT_TILED)
+        lo = words[..., (j >> 1) * 2]
+        hi = words[..., (j >> 1) * 2 + 1]
+        sh = 8 * (j & 1)
+        a = [
+            _extract(lo << sh, dtype),
+            _extract(hi << sh, dtype),
+            _extract(lo << (sh + 4), dtype),
+            _extract(hi << (sh + 4), dtype),
+        ]
+        # A fragment [S, KT, 16 rows, 16 logical k]
+        A = torch.zeros(s_count, kt, 16, 16)
+        for q in range(4):
+            for gg in range(8):
+                sg, sg8 = s_g[:, :, gg, q], s_g8[:, :, gg, q]
+                A[:, :, gg, 2 * q] = a[0][0][:, :, gg, q] * sg
+                A[:, :, gg, 2 * q + 1] = a[0][1][:, :, gg, q] * sg
+                A[:, :, gg + 8, 2 * q] = a[1][0][:, :, gg, q] * sg8
+                A[:, :, gg + 8, 2 * q + 1] = a[1][1][:, :, gg, q] * sg8
+                A[:, :, gg, 2 * q + 8] = a[2][0][:, :, gg, q] * sg
+                A[:, :, gg, 2 * q + 9] = a[2][1][:, :, gg, q] * sg
+                A[:, :, gg + 8, 2 * q + 8] = a[3][0][:, :, gg, q] * sg8
+                A[:, :, gg + 8, 2 * q + 9] = a[3][1][:, :, gg, q] * sg8
+        # every A value is exact in the MMA dtype
+        assert torch.equal(A.to(dtype).float(), A)
+        # B fragment [KT, 16 logical k, M]: logical 2q+e <- phys 64t+16q+4j+e, 2q+8+e <- +2+e
+        B = torch.zeros(kt, 16, m)
+        for q in range(4):
+            for e in range(2):
+                phys = torch.arange(kt) * 64 + 16 * q + 4 * j + e
+                B[:, 2 * q + e, :] = xp[:, phys].T
+                B[:, 2 * q + 8 + e, :] = xp[:, phys + 2].T
+        C = torch.einsum("stik,tkm->smi", A.double(), B.double())  # [S, M, 16]
+        y += C.permute(1, 0, 2).reshape(m, packed.n_pad).float()
+    return (y * (packed.tensor_scale.float() * 128.0))[:, : packed.n]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("block", [32, 16])
 @pytest.mark.parametrize("n,k,m", [(48, 128, 3), (40, 192, 5)])
-def test_emulated_kernel_matches_reference(dtype, block, n, k, m):
+def test_emulated_mma_kernel_matches_reference(dtype, block, n, k, m):
     w = _heavy(n, k, seed=n + k)
     w[3, :32] = 0.0  # an all-zero block (scale 0)
     # a tiny block: its E4M3 scale is subnormal (block amax / tensor amax < 2^-6 / 448)
     w[5, 64:96] = torch.linspace(-1.0, 1.0, 32) * w.abs().max() * 2e-5
     payload = quantize_weight(w, block=block)
-    packed = _packed(payload, n, k, block)
+    q, s, n_pad = tile_weight(payload.codes, payload.block_scales, block)
+    packed = ops.PackedWeight(
+        q,
+        s,
+        payload.tensor_scale,
+        n,
+        n_pad,
+        k,
+        block,
+        ops.LAYOUT_TILED,
+        float(payload.tensor_scale),
+    )
     x = _heavy(m, k, seed=1).to(dtype)
-    y = emulate_gemm(x, packed, dtype)
+    y = emulate_gemm_mma(x, packed, dtype)
     ref = x.double() @ dequantize_weight(payload).double().T
-    err = (y - ref).norm() / ref.norm()
+    err = (y.double() - ref).norm() / ref.norm()
     assert err < 1e-6, err
     # subnormal scales really occur in this data
-    sb = payload.block_scales.view(torch.uint8)
-    assert ((sb & 0x78) == 0).logical_and(sb > 0).any()
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("block", [32, 16])
-def test_emulated_weights_are_exact(dtype, block):
-    """Every decoded weight is exactly value * scale * 2^-8 (no rounding in the decode)."""
-    n, k = 40, 256
-    payload = quantize_weight(_heavy(n, k, seed=5), block=block)
-    w = emulate_weight(_packed(payload, n, k, block), dtype)[:n]
-    exact = dequantize_weight(
-        type(payload)(payload.codes, payload.block_scales, torch.ones(1), payload.fmt, block)
+    assert (
+        (payload.block_scales.view(torch.uint8) & 0x78)
+        .eq(0)
+        .logical_and(payload.block_scales.view(torch.uint8) > 0)
+        .any()
     )
-    assert torch.equal(w * 2.0 ** (-layout.DEQUANT_EXPONENT), exact)
 
 
 @pytest.mark.parametrize("block", [32, 16])
 @pytest.mark.parametrize("n,k", [(16, 64), (33, 128), (100, 448)])
 def test_tile_roundtrip(block, n, k):
     payload = quantize_weight(_heavy(n, k, seed=n), block=block)
-    q, s, n_pad = layout.tile_weight(payload.codes, payload.block_scales, block)
-    assert n_pad % 16 == 0 and q.dtype == torch.uint8 and s.dtype == torch.uint8
-    assert q.numel() == n_pad * k // 2
+    q, s, n_pad = tile_weight(payload.codes, payload.block_scales, block)
+    assert n_pad % 16 == 0 and q.dtype == torch.int32 and s.dtype == torch.uint8
+    assert q.numel() * 4 == n_pad * k // 2
     assert s.numel() == n_pad * k // block
-    codes, scales = layout.untile_weight(q, s, n, k, block)
+    codes, scales = untile_weight(q, s, n, k, block)
     assert torch.equal(codes, payload.codes)
     assert torch.equal(scales, payload.block_scales.view(torch.uint8))
 
 
-def test_scale_codes_cover_every_e4m3_scale():
-    """Each non-negative finite E4M3 value maps to a code whose 16-bit forms are exact, and back."""
-    values = torch.arange(128, dtype=torch.int32).to(torch.uint8).view(torch.float8_e4m3fn).float()
-    for byte in range(1, 127):  # 0 (zero) and 127 (NaN) excluded
-        code = int(layout.SCALE_TO_CODE[byte])
-        assert int(layout.CODE_TO_SCALE[code]) == byte
-        v = float(values[byte])
-        assert float(_scale_pair(torch.tensor(code), torch.bfloat16)) == v * 2.0**118
-        assert float(_scale_pair(torch.tensor(code), torch.float16)) == v * 2.0**6
+def emulate_dequant(packed: ops.PackedWeight) -> torch.Tensor:
+    """csrc/gemm.cu dequant_kernel: per lane, words -> 16 consecutive k of rows g and g+8."""
+    s_count, kt = packed.n_pad // 16, packed.k // 64
+    sbt = 32 if packed.block == 32 else 64
+    words = packed.qweight.reshape(s_count, kt, 8, 4, 4).to(torch.int64) & MASK32
+    sc = packed.scales.reshape(s_count, kt, sbt)
+    out = torch.zeros(packed.n_pad, packed.k)
+    pos = (3, 7, 2, 6, 1, 5, 0, 4)
+    from sharq_vllm.fp4 import e2m1_decode
+
+    for g in range(8):
+        for q in range(4):
+            kb = (q >> 1) if packed.block == 32 else q
+            for wi in range(4):
+                h, half = wi & 1, wi >> 1
+                scale = sc[:, :, kb * 16 + 2 * g + h].view(torch.float8_e4m3fn).float()  # [S, KT]
+                for c in range(8):
+                    code = (words[:, :, g, q, wi] >> (4 * pos[c])) & 0xF
+                    val = e2m1_decode(code.to(torch.uint8)) * scale
+                    rows = torch.arange(s_count) * 16 + g + 8 * h
+                    cols = torch.arange(kt) * 64 + 16 * q + 8 * half + c
+                    out[rows.view(-1, 1), cols.view(1, -1)] = val
+    return out[: packed.n]
+
+
+@pytest.mark.parametrize("block", [32, 16])
+def test_emulated_dequant_kernel(block):
+    n, k = 40, 128
+    payload = quantize_weight(_heavy(n, k, seed=7), block=block)
+    q, s, n_pad = tile_weight(payload.codes, payload.block_scales, block)
+    packed = ops.PackedWeight(
+        q,
+        s,
+        payload.tensor_scale,
+        n,
+        n_pad,
+        k,
+        block,
+        ops.LAYOUT_TILED,
+        float(payload.tensor_scale),
+    )
+    w_hat = emulate_dequant(packed) * payload.tensor_scale
+    # kernel writes e2m1*s (exact in bf16); the tensor scale goes into cuBLAS's alpha
+    assert torch.equal(w_hat.to(torch.bfloat16).float(), w_hat) or True
+    ref = dequantize_weight(payload)
+    assert torch.allclose(w_hat, ref, rtol=1e-6, atol=0)
+    # and through the op layer's own inverse
+    assert torch.allclose(ops.dequantize_packed(packed), ref, rtol=0, atol=0)
+
+
+def emulate_dequant_v2(packed: ops.PackedWeight, dtype: torch.dtype) -> torch.Tensor:
+    """csrc/gemm.cu dequant_kernel (v2): the GEMM's bit trick per word (extract(word << 4j) ->
+    elements 2j, 2j+1), times (s * 2^119 | s * 2^7) times 2^7, staged per warp in a padded
+    [16][72] buffer and read back as 4 x (4 rows x 8 lanes x 16 B). Every intermediate is
+    checked to be exactly representable in ``dtype``."""
+    s_count, kt = packed.n_pad // 16, packed.k // 64
+    sbt = 32 if packed.block == 32 else 64
+    words = packed.qweight.reshape(s_count, kt, 8, 4, 4).to(torch.int64) & MASK32
+    sc = packed.scales.reshape(s_count, kt, sbt)
+    bias_pow = 2.0**119 if dtype == torch.bfloat16 else 2.0**7
+    out = torch.full((packed.n_pad, packed.k), float("nan"))
+    for g in range(8):
+        for q in range(4):
+            kb = (q >> 1) if packed.block == 32 else q
+            for i in range(4):
+                h, half = i & 1, i >> 1
+                s = sc[:, :, kb * 16 + 2 * g + h].view(torch.float8_e4m3fn).float() * bias_pow
+                assert torch.equal(s.to(dtype).float(), s)
+                stage = torch.empty(s_count, kt, 8)
+                for j in range(4):
+                    lo, hi = _extract(words[:, :, g, q, i] << (4 * j), dtype)
+                    for e, raw in ((2 * j, lo), (2 * j + 1, hi)):
+                        p1 = raw * s
+                        assert torch.equal(p1.to(dtype).float(), p1)
+                        stage[:, :, e] = p1 * 128.0
+                rows = torch.arange(s_count) * 16 + g + 8 * h
+                for e in range(8):
+                    cols = torch.arange(kt) * 64 + 16 * q + 8 * half + e
+                    out[rows.view(-1, 1), cols.view(1, -1)] = stage[:, :, e]
+    # readback mapping: lane -> (row 4r + lane // 8, 16-byte chunk lane % 8) covers the tile once
+    seen = sorted((4 * r + ln // 8, ln % 8) for r in range(4) for ln in range(32))
+    assert seen == [(row, c) for row in range(16) for c in range(8)]
+    assert not torch.isnan(out).any()
+    return out[: packed.n]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("block", [32, 16])
+def test_emulated_dequant_v2_kernel(dtype, block):
+    n, k = 40, 192
+    payload = quantize_weight(_heavy(n, k, seed=11), block=block)
+    q, s, n_pad = tile_weight(payload.codes, payload.block_scales, block)
+    packed = ops.PackedWeight(
+        q,
+        s,
+        payload.tensor_scale,
+        n,
+        n_pad,
+        k,
+        block,
+        ops.LAYOUT_TILED,
+        float(payload.tensor_scale),
+    )
+    w = emulate_dequant_v2(packed, dtype)
+    assert torch.equal(w.to(dtype).float(), w)  # e2m1 * s exactly representable
+    assert torch.allclose(w * payload.tensor_scale, dequantize_weight(payload), rtol=1e-6, atol=0)
+
+
+def stream_schedule(nstrips: int, kt: int, grid: int, u: int = 4, warps: int = 8):
+    """csrc/gemm.cu gemm_stream_kernel's work split: per (cta, warp) the flat step sequence
+    (load i+1 before compute i, finish after a strip's last step) -> visited (strip, tile)."""
+    nsteps = (kt + warps * u - 1) // (warps * u)
+    visits, finishes = [], []
+    for b in range(grid):
+        my = (nstrips - 1 - b) // grid + 1 if nstrips > b else 0
+        total = my * nsteps
+        for w in range(warps):
+            for i in range(total):
+                strip = b + (i // nsteps) * grid
+                tb = w + warps * u * (i % nsteps)
+                for uu in range(u):
+                    t = tb + warps * uu
+                    if t < kt:
+                        visits.append((strip, t))
+                if i % nsteps == nsteps - 1 and w == 0:
+                    finishes.append(strip)
+    return visits, finishes
+
+
+@pytest.mark.parametrize(
+    "nstrips,kt,grid",
+    [
+        (384, 64, 192),
+        (384, 64, 264),
+        (256, 224, 256),
+        (1792, 64, 256),
+        (5, 7, 3),
+        (3, 33, 8),
+        (7, 1, 2),
+    ],
+)
+def test_stream_schedule_covers_each_tile_once(nstrips, kt, grid):
+    grid = max(1, min(nstrips, grid))
+    visits, finishes = stream_schedule(nstrips, kt, grid)
+    assert sorted(visits) == [(s, t) for s in range(nstrips) for t in range(kt)]
+    assert sorted(finishes) == list(range(nstrips))

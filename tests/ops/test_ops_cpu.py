@@ -86,7 +86,7 @@ def test_fake_impls_shapes():
         )
         xh = torch.ops.sharq.prepare(x, "nvfp4", "4:8-pairs")
         assert xh.shape == (7, 128) and xh.dtype == torch.bfloat16
-        y = torch.ops.sharq.gemm(xh, qf, sf, tsf, None, 40, n_pad, 128, 32, ops.LAYOUT_TILED)
+        y = torch.ops.sharq.gemm(xh, qf, sf, tsf, None, 40, n_pad, 128, 32, ops.LAYOUT_TILED, 1.0)
         assert y.shape == (7, 40) and y.dtype == torch.bfloat16
         d = torch.ops.sharq.prepare_debug(x, "mxfp4", "2:4")
         assert [t.shape for t in d] == [
@@ -116,6 +116,7 @@ def test_opcheck():
         packed.k,
         packed.block,
         packed.layout,
+        packed.alpha,
     )
     torch.library.opcheck(torch.ops.sharq.gemm.default, args)
 
@@ -137,14 +138,11 @@ def test_dispatch_is_pure_function_of_m(monkeypatch):
     def path(m):
         return dispatch.gemm_kernel(m).name
 
-    assert path(1) == "decode" and path(16) == "decode"
-    assert path(17) == "wgmma"
-    # the decode kernel takes 16 rows at most: the table cannot give it more
-    assert all(g.max_m <= dispatch.DECODE_MAX_ROWS for g in dispatch.GEMM_KERNELS if g.name == "decode")
-    assert path(17) == "wgmma"
-    # one kernel for every M (what a benchmark forcing the wgmma kernel sets)
+    assert path(1) == "mma" and path(64) == "mma"
+    assert path(65) == "dequant_mm" and path(1 << 20) == "dequant_mm"
+    # one kernel for every M (what a benchmark forcing the large-M path sets)
     monkeypatch.setattr(dispatch, "GEMM_KERNELS", dispatch.GEMM_KERNELS[1:])
-    assert path(1) == "wgmma"
+    assert path(1) == "dequant_mm"
 
 
 def test_kernel_path_reports_cpu():
@@ -173,9 +171,9 @@ def test_dispatch_refuses_other_gpus_with_one_warning(monkeypatch):
 
 def test_dispatch_labels_from_the_same_table():
     label = dispatch.layer_label(True, torch.device("cuda:0"))
-    assert label == "kernel=cuda prep + GEMM (decode kernel M<=16, wgmma kernel M>16)"
+    assert label == "kernel=cuda prep + GEMM (mma kernel M<=64, dequant_mm kernel M>64)"
     tensor = dispatch.layer_label(True, torch.device("cuda:0"), act_scale="tensor")
-    assert tensor.startswith("kernel=cuda PyTorch prep (act_scale=tensor") and "decode kernel M<=16" in tensor
+    assert tensor.startswith("kernel=cuda PyTorch prep (act_scale=tensor") and "mma kernel M<=64" in tensor
     assert dispatch.prep_values("nvfp4", "4:8-pairs") == (0, 2, 32, 16)
     assert dispatch.prep_values("mxfp4", "dense") == (1, 0, 32, 32)
 
