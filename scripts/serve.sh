@@ -4,9 +4,11 @@
 # with vLLM on localhost with --quantization sharq, under its short model id (the asset's
 # served_name, e.g. SmolLM2-135M-Instruct). Runs in the foreground (Ctrl-C stops it).
 #
-#   scripts/serve.sh                      # defaults: port 8000, paper options (nvfp4, 4:8-pairs)
+#   scripts/serve.sh                      # defaults: port 8000, --quantization sharq (the paper's options)
 #   PORT=8080 scripts/serve.sh
-#   SHARQ_OPTIONS='{"format": "mxfp4", "pattern": "2:4"}' scripts/serve.sh
+#   SHARQ_PRESET=sharq-plus scripts/serve.sh   # --quantization sharq-plus (the recommended options)
+#   SHARQ_OPTIONS='{"format": "mxfp4", "pattern": "2:4"}' scripts/serve.sh   # single options on top
+#   SERVE_DRY_RUN=1 scripts/serve.sh      # print the vLLM command instead of running it
 #   MODEL=gemma3 scripts/serve.sh         # another family (see sharq-vllm fetch-model --list)
 #   scripts/serve.sh --enforce-eager      # extra arguments go to vLLM
 #
@@ -28,17 +30,31 @@ MODEL_DIR="$("$PY" -m sharq_vllm.cli fetch-model "$MODEL")"
 MODEL_ID="$("$PY" -m sharq_vllm.cli fetch-model "$MODEL" --served-name)"
 echo "[serve] model folder: $MODEL_DIR (16-bit weights dequantized from a 4-bit GGUF)" >&2
 
-ARGS=(--model "$MODEL_DIR" --served-model-name "$MODEL_ID" --host 127.0.0.1 --port "$PORT" --max-model-len 2048 --quantization sharq)
-if [[ -n "${SHARQ_OPTIONS:-}" ]]; then
-    OVERRIDES="$("$PY" - "$SHARQ_OPTIONS" <<'EOF'
+PRESET="${SHARQ_PRESET:-sharq}"
+ARGS=(--model "$MODEL_DIR" --served-model-name "$MODEL_ID" --host 127.0.0.1 --port "$PORT" --max-model-len 2048 --quantization "$PRESET")
+# check the preset and the options here, before vLLM starts: a bad one stops with its message
+OVERRIDES="$("$PY" - "$PRESET" "${SHARQ_OPTIONS:-}" <<'EOF'
 import json, sys
-opts = json.loads(sys.argv[1])
-from sharq_vllm.options import SharQOptions
-SharQOptions.from_dict(opts)  # fail here, before vLLM starts, on a bad option
-print(json.dumps({"quantization_config": {"quant_method": "sharq", **opts}}))
+from sharq_vllm.options import PRESETS, SharQOptionError, SharQOptions
+preset, text = sys.argv[1], sys.argv[2]
+try:
+    if preset not in PRESETS:
+        raise SharQOptionError(f"SHARQ_PRESET={preset!r}: expected one of {list(PRESETS)}")
+    opts = json.loads(text) if text else None
+    if opts is not None:
+        SharQOptions.from_dict(opts, preset=preset)
+        print(json.dumps({"quantization_config": {"quant_method": preset, **opts}}))
+except (SharQOptionError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+    sys.exit(f"[serve] ERROR: {e}")
 EOF
 )"
+if [[ -n "$OVERRIDES" ]]; then
     ARGS+=(--hf-overrides "$OVERRIDES")
+fi
+if [[ "${SERVE_DRY_RUN:-0}" == 1 ]]; then
+    printf '%q ' "$PY" -m vllm.entrypoints.openai.api_server "${ARGS[@]}" "$@"
+    echo
+    exit 0
 fi
 
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-2}"

@@ -1,9 +1,11 @@
 """``sharq-vllm``: create and inspect pre-quantized SharQ checkpoints; fetch a small real model.
 
-    sharq-vllm quantize SRC_DIR DST_DIR [--format nvfp4|mxfp4] [--pattern 4:8-pairs|2:4|dense]
-                        [--weight-block 32|16] [--weight-rounding rtn|search|search-up]
-                        [--act-scale token|tensor] [--skip REGEX ...] [--dtype auto|bfloat16|...]
+    sharq-vllm quantize SRC DST_DIR [--preset sharq|sharq-plus] [--format nvfp4|mxfp4]
+                        [--pattern 4:8-pairs|2:4|dense] [--weight-block 32|16]
+                        [--weight-rounding rtn|search|search-up] [--act-scale token|tensor]
+                        [--skip REGEX ...] [--dtype auto|bfloat16|...] [--revision REV]
                         [--max-shard-size 2GB] [--overwrite] [--no-progress]
+      (SRC: a 16-bit checkpoint folder, or a Hugging Face model id when the Hub is reachable)
     sharq-vllm inspect DIR [--json] [--layers]
     sharq-vllm fetch-model [NAME] [--list] [--served-name] [--dtype bfloat16|float16]
     sharq-vllm --version
@@ -25,17 +27,20 @@ from . import __version__
 from .checkpoint import CheckpointError, CheckpointInfo, validate_checkpoint
 from .options import (
     ACT_SCALES,
-    DEFAULTS,
+    DEFAULT_PRESET,
     FORMATS,
     OPTION_DOCS,
     PATTERNS,
+    PRESET_DOCS,
+    PRESETS,
     WEIGHT_BLOCKS,
     WEIGHT_ROUNDINGS,
     SharQOptionError,
     SharQOptions,
+    preset_defaults,
 )
 
-__all__ = ["main", "parse_size"]
+__all__ = ["main", "parse_size", "quantize_options"]
 
 
 def parse_size(text: str) -> int:
@@ -63,8 +68,15 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Quantize a 16-bit Hugging Face checkpoint (safetensors) into a SharQ "
         "checkpoint that `vllm serve DST_DIR` loads without --quantization.",
     )
-    q.add_argument("src", metavar="SRC_DIR", help="16-bit Hugging Face checkpoint folder (safetensors)")
+    q.add_argument("src", metavar="SRC",
+                   help="16-bit Hugging Face checkpoint folder (safetensors), or a Hugging Face model "
+                   "id (org/name: safetensors and tokenizer files are downloaded, or taken from the "
+                   "Hugging Face cache when HF_HUB_OFFLINE=1)")
     q.add_argument("dst", metavar="DST_DIR", help="output folder for the SharQ checkpoint")
+    q.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET,
+                   help="named configuration the options below start from: "
+                   + "; ".join(f"{k}: {v}" for k, v in PRESET_DOCS.items()).replace("%", "%%")
+                   + " (default: %(default)s); each option given explicitly overrides it")
     # help texts: the option docs of the vLLM plugin (one definition); '%' escaped for argparse
     for flag, choices, conv in (
         ("--format", FORMATS, str),
@@ -74,10 +86,8 @@ def _build_parser() -> argparse.ArgumentParser:
         ("--act-scale", ACT_SCALES, str),
     ):
         key = flag[2:].replace("-", "_")
-        doc = OPTION_DOCS[key].replace("%", "%%")
-        if "default" not in doc:
-            doc += " (default: %(default)s)"
-        q.add_argument(flag, type=conv, choices=choices, default=DEFAULTS[key], help=doc)
+        doc = OPTION_DOCS[key].replace("%", "%%") + " (default: the preset's)"
+        q.add_argument(flag, type=conv, choices=choices, default=None, help=doc)
     q.add_argument(
         "--skip",
         metavar="REGEX",
@@ -95,10 +105,11 @@ def _build_parser() -> argparse.ArgumentParser:
         help="dtype the weights are quantized from; must match vLLM's --dtype for a payload "
         "bit-identical to online quantization (auto: vLLM's rule)",
     )
+    q.add_argument("--revision", default=None, help="revision (branch, tag or commit) of a Hugging Face model id")
     q.add_argument("--max-shard-size", type=parse_size, default=parse_size("2GB"), metavar="SIZE",
                    help="largest safetensors file to write, e.g. 2GB, 500MB, 1GiB (default: 2GB)")
     q.add_argument("--overwrite", action="store_true", help="replace DST_DIR if it exists")
-    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar (bytes and layers)")
 
     i = sub.add_parser("inspect", help="validate a SharQ checkpoint and print its layers and sizes")
     i.add_argument("path", metavar="DIR", help="checkpoint folder (SharQ or 16-bit)")
@@ -132,20 +143,13 @@ def _skip_entries(regexes: Sequence[str]) -> list[str]:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from .convert import quantize_checkpoint
+    from .checkpoint import quantize_checkpoint
+    from .hub import resolve_source
 
-    options = SharQOptions.from_dict(
-        {
-            "format": args.format,
-            "pattern": args.pattern,
-            "weight_block": args.weight_block,
-            "weight_rounding": args.weight_rounding,
-            "act_scale": args.act_scale,
-            "skip_layers": _skip_entries(args.skip),
-        }
-    )
+    options = quantize_options(args)
+    src = resolve_source(args.src, revision=args.revision)
     report = quantize_checkpoint(
-        args.src,
+        src,
         args.dst,
         options,
         dtype=args.dtype,
@@ -155,6 +159,20 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     )
     print(report.summary())
     return 0
+
+
+def quantize_options(args: argparse.Namespace) -> SharQOptions:
+    """``quantize``'s options: the preset's values, each flag given explicitly overriding its own."""
+    given = {
+        "format": args.format,
+        "pattern": args.pattern,
+        "weight_block": args.weight_block,
+        "weight_rounding": args.weight_rounding,
+        "act_scale": args.act_scale,
+    }
+    values = {**preset_defaults(args.preset), **{k: v for k, v in given.items() if v is not None}}
+    values["skip_layers"] = _skip_entries(args.skip)
+    return SharQOptions.from_dict(values)
 
 
 def _info_dict(info: CheckpointInfo) -> dict[str, Any]:

@@ -6,7 +6,10 @@ checkpoint, from the command line::
     --quantization sharq \\
     --hf-overrides '{"quantization_config": {"quant_method": "sharq", "format": "mxfp4"}}'
 
-and from ``sharq-vllm quantize``'s flags. Every value is checked here so that a bad option stops
+and from ``sharq-vllm quantize``'s flags. Named presets (:data:`PRESETS`) give a whole
+configuration one name: ``--quantization sharq`` (the paper's defaults) or ``--quantization
+sharq-plus`` (the recommended configuration), ``sharq-vllm quantize --preset NAME``; values given
+explicitly override the preset's. Every value is checked here so that a bad option stops
 the server (or the quantizer) at once with a message that names the option, the bad value and
 the accepted values. The accepted values are the numerics modules' own (formats.py, masks.py,
 reference.py), and so are the rules derived from them (blocks, the K multiple): this module
@@ -32,17 +35,21 @@ from .masks import PATTERNS
 __all__ = [
     "ACT_SCALES",
     "DEFAULTS",
+    "DEFAULT_PRESET",
     "FORMATS",
     "FORMAT_CODES",
     "OPTION_DOCS",
     "PATTERNS",
     "PATTERN_CODES",
+    "PRESETS",
+    "PRESET_DOCS",
     "WEIGHT_BLOCKS",
     "WEIGHT_ROUNDINGS",
     "FormatCode",
     "PatternCode",
     "SharQOptionError",
     "SharQOptions",
+    "preset_defaults",
 ]
 
 FORMATS: tuple[str, ...] = tuple(ACTIVATION_FORMATS)  # ("nvfp4", "mxfp4")
@@ -97,6 +104,23 @@ DEFAULTS: dict[str, Any] = {
     "act_scale": ACT_SCALES[0],
 }
 
+#: Named configurations: name -> the option values that differ from :data:`DEFAULTS`. Each name
+#: is a vLLM quantization method (``--quantization NAME``, sharq_vllm.vllm_plugin.presets) and a
+#: ``sharq-vllm quantize --preset``; explicit options override a preset's values one by one.
+#: "sharq-plus" is the configuration docs/ACCURACY.md recommends (the accuracy harness's
+#: "sharq-plus" method; tests/test_presets.py checks they agree).
+PRESETS: dict[str, dict[str, Any]] = {
+    "sharq": {},
+    "sharq-plus": {"pattern": "2:4", "weight_block": 16, "weight_rounding": "search-up"},
+}
+DEFAULT_PRESET = "sharq"
+PRESET_DOCS: dict[str, str] = {
+    "sharq": "the paper's configuration: nvfp4, 4:8-pairs backbone, 32-channel RTN weight scales "
+    "(4.25 bits a weight)",
+    "sharq-plus": "the recommended configuration: nvfp4, 2:4 backbone, 16-channel search-up weight "
+    "scales (4.5 bits a weight; docs/ACCURACY.md)",
+}
+
 # keys vLLM/HF may put into a quantization_config that are not ours but harmless
 _IGNORED_KEYS = {"quant_method", "version", "_load_in_4bit", "_load_in_8bit"}
 _ALIASES = {"fmt": "format", "ignore": "skip_layers", "modules_to_not_convert": "skip_layers"}
@@ -104,6 +128,13 @@ _ALIASES = {"fmt": "format", "ignore": "skip_layers", "modules_to_not_convert": 
 
 class SharQOptionError(ValueError):
     """A bad SharQ option (raised at startup, before any weight is loaded)."""
+
+
+def preset_defaults(name: str) -> dict[str, Any]:
+    """Every option's value under the preset ``name`` (:data:`DEFAULTS` updated by the preset)."""
+    if name not in PRESETS:
+        raise SharQOptionError(f"sharq: unknown preset {name!r}; expected one of {list(PRESETS)}")
+    return {**DEFAULTS, **PRESETS[name]}
 
 
 def _choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
@@ -156,11 +187,23 @@ class SharQOptions:
     act_scale: str = DEFAULTS["act_scale"]
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any] | None) -> SharQOptions:
+    def from_dict(cls, config: Mapping[str, Any] | None, preset: str | None = None) -> SharQOptions:
+        """Options from a ``quantization_config``-style dict. Values it does not give come from
+        a preset: the one its ``quant_method`` names when that is not plain ``sharq``, else
+        ``preset`` (the vLLM method's, e.g. ``--quantization sharq-plus``), else ``sharq``."""
         config = dict(config or {})
-        qm = config.get("quant_method", "sharq")
-        if qm not in ("sharq", None, ""):
-            raise SharQOptionError(f"sharq: quantization_config has quant_method={qm!r}, not 'sharq'")
+        qm = config.get("quant_method", DEFAULT_PRESET)
+        if qm not in (*PRESETS, None, ""):
+            raise SharQOptionError(
+                f"sharq: quantization_config has quant_method={qm!r}, not one of {list(PRESETS)}"
+            )
+        named = qm if qm not in (None, "", DEFAULT_PRESET) else None
+        if named and preset not in (None, DEFAULT_PRESET, named):
+            raise SharQOptionError(
+                f"sharq: quantization_config has quant_method={qm!r} but the method is {preset!r}; "
+                "name one preset"
+            )
+        base = preset_defaults(named or preset or DEFAULT_PRESET)
         merged: dict[str, Any] = {}
         unknown = []
         for key, value in config.items():
@@ -178,13 +221,23 @@ class SharQOptions:
             )
         allowed = {"format": FORMATS, "pattern": PATTERNS, "weight_block": WEIGHT_BLOCKS,
                    "weight_rounding": WEIGHT_ROUNDINGS, "act_scale": ACT_SCALES}
-        values = {k: _choice(k, merged.get(k, DEFAULTS[k]), v) for k, v in allowed.items()}
-        return cls(skip_layers=tuple(_skip_list(merged.get("skip_layers"))), **values)
+        values = {k: _choice(k, merged.get(k, base[k]), v) for k, v in allowed.items()}
+        skip = merged.get("skip_layers", base["skip_layers"])
+        return cls(skip_layers=tuple(_skip_list(skip)), **values)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["skip_layers"] = list(self.skip_layers)
         return {"quant_method": "sharq", **d}
+
+    def preset(self) -> str | None:
+        """The preset these options are exactly (skip_layers aside), or None (custom)."""
+        mine = {k: v for k, v in asdict(self).items() if k != "skip_layers"}
+        for name in PRESETS:
+            values = preset_defaults(name)
+            if all(values[k] == v for k, v in mine.items()):
+                return name
+        return None
 
     # -- rules derived from the options (each defined once, in the numerics modules) -----------
     @property

@@ -153,7 +153,7 @@ def test_refusals(tmp_path, capsys):
     src = write_checkpoint(tmp_path / "src", llama_config(layers=1))
     # not a directory / no config / no weights
     assert run("quantize", tmp_path / "missing", tmp_path / "d1", "--no-progress") == 1
-    assert "no config.json" in capsys.readouterr().err
+    assert "missing: no such folder (and not a Hugging Face model id" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "config.json").write_text("{}")

