@@ -40,7 +40,6 @@ RUN pkgs=() && \
 sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')) else 'no Python.h')"
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
-COPY csrc ./csrc
 COPY sharq_vllm ./sharq_vllm
 # --no-build-isolation: compile against the torch already in the image (no second torch).
 # Build-stage tools only (nothing of them reaches the final image); setuptools stays a range so

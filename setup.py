@@ -1,13 +1,20 @@
-"""Build hook for the optional CUDA extension ``sharq_vllm._C`` (sources in csrc/).
+"""Build hook for the optional prebuilt CUDA extension ``sharq_vllm._C`` (sources in
+sharq_vllm/csrc/, which every wheel and sdist ships as package data).
 
-Metadata lives in pyproject.toml. The extension is built only when torch's cpp_extension finds
-nvcc (CUDA_HOME) and torch is a CUDA build (SHARQ_BUILD_CUDA=1 forces, =0 disables); otherwise
-this is a pure-Python install and the ops use the PyTorch reference (or a JIT build at first use,
-see sharq_vllm/kernels).
-Sources, arch and flags: sharq_vllm/kernels/build.py (one definition, shared with the JIT build;
-arch from TORCH_CUDA_ARCH_LIST, default "9.0a": Hopper, sm_90a). Parallel build: MAX_JOBS.
-Because the GPU machines have no network, build there with
-    pip install --no-build-isolation -e .      or      python setup.py build_ext --inplace
+Metadata lives in pyproject.toml. Two ways to get the kernels on a Hopper GPU machine:
+
+* ``pip install .`` (pip's default build isolation: torch is not importable here, so no ``_C``
+  is built): the package compiles its shipped sources at first use into a cache keyed by torch,
+  CUDA, architecture and the sources (sharq_vllm/kernels/build.py; needs nvcc at run time).
+* ``pip install --no-build-isolation .`` with a CUDA torch and nvcc: ``_C`` is compiled now
+  against that torch (~20 s with ninja). Rebuild it after a torch change (docs/KERNELS.md).
+
+torch is deliberately not a build requirement in pyproject.toml: an isolated build would fetch a
+second torch, possibly not the one vLLM runs with, and an extension built against it fails to
+load. SHARQ_BUILD_CUDA=1 demands the prebuilt extension (the build fails if it cannot be built),
+=0 never builds it; unset, it is built when torch is a CUDA build and nvcc is found. Sources,
+arch (TORCH_CUDA_ARCH_LIST, default "9.0a") and flags: sharq_vllm/kernels/build.py. Parallel
+build: MAX_JOBS.
 """
 
 from __future__ import annotations
@@ -34,26 +41,46 @@ def _build_module():
     return module
 
 
+def _say(why: str) -> None:
+    """A banner on stderr (pip shows it with -v, and in full when the build fails)."""
+    bar = "=" * 78
+    print(
+        f"\n{bar}\nsharq-vllm: this wheel has NO prebuilt CUDA kernels ({why}).\n"
+        "It ships the kernel sources: on a Hopper GPU (sm_90a) SharQ compiles them at first use\n"
+        "(needs nvcc; one log line, ~1 min, cached). To build them now instead, against the\n"
+        "installed CUDA torch: pip install --no-build-isolation .\n"
+        f"Force / forbid: SHARQ_BUILD_CUDA=1 / SHARQ_BUILD_CUDA=0.\n{bar}\n",
+        file=sys.stderr,
+    )
+
+
 def _cuda_extension():
+    flag = os.environ.get("SHARQ_BUILD_CUDA", "auto")
+    if flag == "0":
+        _say("SHARQ_BUILD_CUDA=0")
+        return None
     try:
         import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
-    except Exception as e:  # torch missing at build time (isolated build without torch)
-        print(f"sharq-vllm: building without CUDA kernels ({e})", file=sys.stderr)
+    except Exception as e:  # torch missing at build time (pip's isolated build)
+        if flag == "1":
+            sys.exit(f"sharq-vllm: SHARQ_BUILD_CUDA=1 but torch is not importable in this build ({e}); "
+                     "build with pip's --no-build-isolation next to a CUDA torch")
+        _say(f"torch is not importable in this build: {e}; pip's build isolation hides it")
         return None
-    flag = os.environ.get("SHARQ_BUILD_CUDA", "auto")
-    if flag == "0" or CUDA_HOME is None or (flag != "1" and torch.version.cuda is None):
-        print(
-            "sharq-vllm: no CUDA kernels built (SHARQ_BUILD_CUDA=0, nvcc not found, or a CPU-only "
-            "torch; SHARQ_BUILD_CUDA=1 forces the build)",
-            file=sys.stderr,
-        )
+    if CUDA_HOME is None or (flag != "1" and torch.version.cuda is None):
+        why = "nvcc not found (CUDA_HOME)" if CUDA_HOME is None else f"torch {torch.__version__} is a CPU build"
+        if flag == "1":
+            sys.exit(f"sharq-vllm: SHARQ_BUILD_CUDA=1 but {why}")
+        _say(why)
         return None
     build = _build_module()
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", build.ARCH)  # torch's cpp_extension reads it too
+    print(f"sharq-vllm: building the CUDA kernels for {build.sm_names()} against torch "
+          f"{torch.__version__} (CUDA {torch.version.cuda})", file=sys.stderr)
     ext = CUDAExtension(
         name="sharq_vllm._C",
-        sources=[f"csrc/{s}" for s in build.SOURCES],
+        sources=[f"sharq_vllm/csrc/{s}" for s in build.SOURCES],
         extra_compile_args={"cxx": build.CXX_FLAGS, "nvcc": build.nvcc_flags()},
     )
     return ext, BuildExtension.with_options(use_ninja=True)

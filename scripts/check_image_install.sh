@@ -27,7 +27,7 @@ trap 'rm -rf "$WORK"' EXIT
 # the build context the Dockerfile sees (.dockerignore allow-list)
 mkdir -p "$WORK/src/deploy"
 cp "$ROOT"/pyproject.toml "$ROOT"/setup.py "$ROOT"/README.md "$WORK/src/"
-cp -r "$ROOT/csrc" "$ROOT/sharq_vllm" "$WORK/src/"
+cp -r "$ROOT/sharq_vllm" "$WORK/src/"
 cp "$ROOT/deploy/ray-node.sh" "$WORK/src/deploy/"
 find "$WORK/src" \( -name __pycache__ -o -name '*.so' -o -name '*.egg-info' \) -prune -exec rm -rf {} +
 
@@ -39,7 +39,8 @@ wheel=("$WORK"/dist/sharq_vllm-*.whl)
 import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 assert not any(n.startswith("sharq_vllm/_C") for n in names), "CUDA extension built on the CPU path"
-for need in ("sharq_vllm/checkpoint/__init__.py", "sharq_vllm/cli.py", "sharq_vllm/options.py"):
+for need in ("sharq_vllm/checkpoint/__init__.py", "sharq_vllm/cli.py", "sharq_vllm/options.py",
+             "sharq_vllm/csrc/gemm.cu", "sharq_vllm/csrc/sharq_kernels.h"):
     assert need in names, f"{need} missing from the wheel"
 print(f"[image-install] wheel ok: {sys.argv[1].rsplit('/', 1)[-1]} ({len(names)} files, no _C)")
 PY

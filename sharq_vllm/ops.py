@@ -12,7 +12,7 @@ they are CUDA-graph capturable):
 ``torch.ops.sharq.gemm(x_hat, qweight, scales, tensor_scale, bias, n, n_pad, k, block, layout,
     alpha) -> y``: y = x_hat @ deQ(W)^T + bias with the weight from :func:`pack_weight`.
 
-CPU: the reference in plain PyTorch. CUDA: the kernels in csrc/ (``torch.ops.sharq_C``) where
+CPU: the reference in plain PyTorch. CUDA: the kernels in sharq_vllm/csrc/ (``torch.ops.sharq_C``) where
 :mod:`sharq_vllm.kernels.dispatch` says they serve the call, the reference otherwise.
 
 Public API: :func:`pack_weight`, :func:`sharq_linear`, :func:`sharq_gemm`,
@@ -38,7 +38,7 @@ from .reference import (
 from .reference import gemm as reference_gemm
 
 LAYOUT_CANONICAL = 0  # codes [N, K/2] uint8, scales float8_e4m3fn [N, K/block]
-LAYOUT_TILED = 1  # sharq_vllm/kernels/layout.py (csrc/gemm.cu): what the CUDA GEMMs read
+LAYOUT_TILED = 1  # sharq_vllm/kernels/layout.py (sharq_vllm/csrc/gemm.cu): what the CUDA GEMMs read
 
 DebugOut = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 

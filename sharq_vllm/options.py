@@ -14,7 +14,7 @@ the server (or the quantizer) at once with a message that names the option, the 
 the accepted values. The accepted values are the numerics modules' own (formats.py, masks.py,
 reference.py), and so are the rules derived from them (blocks, the K multiple): this module
 only gathers them. The format/pattern codes the CUDA kernels take are mirrored from
-``csrc/sharq_kernels.h`` (tests/test_options.py parses the header and compares).
+``sharq_vllm/csrc/sharq_kernels.h`` (tests/test_options.py parses the header and compares).
 """
 
 from __future__ import annotations
@@ -59,14 +59,14 @@ ACT_SCALES: tuple[str, ...] = reference.ACT_SCALES  # ("token", "tensor")
 
 
 class FormatCode(IntEnum):
-    """``sharq::Format`` of csrc/sharq_kernels.h (the value the kernels take)."""
+    """``sharq::Format`` of sharq_vllm/csrc/sharq_kernels.h (the value the kernels take)."""
 
     NVFP4 = 0
     MXFP4 = 1
 
 
 class PatternCode(IntEnum):
-    """``sharq::Pattern`` of csrc/sharq_kernels.h."""
+    """``sharq::Pattern`` of sharq_vllm/csrc/sharq_kernels.h."""
 
     DENSE = 0
     TWO_OF_FOUR = 1

@@ -94,7 +94,7 @@ def test_derived_blocks() -> None:
 
 def _header_enum(text: str, name: str) -> dict[str, int]:
     m = re.search(rf"enum {name} : int \{{([^}}]*)\}};", text)
-    assert m, f"enum {name} not found in csrc/sharq_kernels.h"
+    assert m, f"enum {name} not found in sharq_vllm/csrc/sharq_kernels.h"
     out = {}
     for item in m.group(1).split(","):
         key, _, value = item.partition("=")
@@ -103,11 +103,11 @@ def _header_enum(text: str, name: str) -> dict[str, int]:
 
 
 def test_kernel_codes_match_the_cuda_header() -> None:
-    """sharq_vllm.options mirrors sharq::Format / sharq::Pattern of csrc/sharq_kernels.h (the one
+    """sharq_vllm.options mirrors sharq::Format / sharq::Pattern of sharq_vllm/csrc/sharq_kernels.h (the one
     definition): same names (kTwoOfFour <-> TWO_OF_FOUR) and values."""
     from sharq_vllm.options import FormatCode, PatternCode
 
-    header = (Path(__file__).resolve().parents[1] / "csrc" / "sharq_kernels.h").read_text()
+    header = (Path(__file__).resolve().parents[1] / "sharq_vllm" / "csrc" / "sharq_kernels.h").read_text()
     for cpp, py in (("Format", FormatCode), ("Pattern", PatternCode)):
         want = {k.removeprefix("k").upper(): v for k, v in _header_enum(header, cpp).items()}
         assert {e.name.replace("_", ""): int(e) for e in py} == want, cpp

@@ -40,7 +40,7 @@ __all__ = [
 KERNEL_CAPABILITY = (9, 0)
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 KERNEL_WEIGHT_BLOCKS = (16, 32)  # the tiled layout's scale blocks (layout.py)
-PREP_MAX_K = 8 * 8 * 512  # csrc/prep.cu: at most 8 chunks of 8 channels for each of 512 threads
+PREP_MAX_K = 8 * 8 * 512  # sharq_vllm/csrc/prep.cu: at most 8 chunks of 8 channels for each of 512 threads
 PREP_ACT_SCALES = ("token",)  # the preparation kernel computes per-row tensor scales only
 
 
@@ -51,7 +51,7 @@ class GemmKernel:
     what: str
 
 
-# The first kernel whose max_m >= M runs. "mma" (csrc/gemm.cu, gemm_mma) streams the weights
+# The first kernel whose max_m >= M runs. "mma" (sharq_vllm/csrc/gemm.cu, gemm_mma) streams the weights
 # through registers for M <= 16 (persistent grid) and runs a tile kernel above; "dequant_mm"
 # dequantizes the weight to 16 bits in a bounded workspace and runs cuBLAS. The threshold came
 # from benchmarks/kernels/bench_kernels.py's sharq_mma / sharq_dqmm rows (both paths forced at
@@ -127,7 +127,7 @@ def prep_on_kernel(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "to
 
 def prep_values(fmt: str, pattern: str) -> tuple[int, int, int, int]:
     """The preparation kernel's (format, pattern, backbone block, residual block) arguments: the
-    codes of csrc/sharq_kernels.h and the blocks reference.py defines."""
+    codes of sharq_vllm/csrc/sharq_kernels.h and the blocks reference.py defines."""
     return int(FORMAT_CODES[fmt]), int(PATTERN_CODES[pattern]), backbone_block(fmt, pattern), residual_block(fmt)
 
 

@@ -3,7 +3,7 @@
 The checkpoint / reference payload is canonical (codes uint8 [N, K/2], E4M3 scales [N, K/block]);
 the CUDA GEMMs read a tiled copy in which each lane's bytes are the operands it feeds to the
 tensor cores, so one 16-byte load gives a lane its share of a 16 x 64 tile. Contract (mirrored in
-the header of csrc/gemm.cu, which also explains the k-permutation the MMAs use):
+the header of sharq_vllm/csrc/gemm.cu, which also explains the k-permutation the MMAs use):
 
 * tile (s, t) = rows 16s..16s+15, k 64t..64t+63; N is padded to a multiple of 16 with zero rows.
 * qweight: int32 [N/16, K/64 * 128] = [N/16][K/64][32 lanes][4 words]: lane L = 4g + q holds

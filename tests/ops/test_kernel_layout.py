@@ -1,6 +1,6 @@
 """CPU checks of the kernels' data layout and fragment math (no GPU needed).
 
-``emulate_gemm_mma`` replays csrc/gemm.cu's mma.sync kernel step by step in PyTorch: it reads the
+``emulate_gemm_mma`` replays sharq_vllm/csrc/gemm.cu's mma.sync kernel step by step in PyTorch: it reads the
 tiled weight words exactly as a lane does, applies the same bit tricks (nibble -> bf16/fp16
 pair), the same scale bias (2^119 / 2^7), assembles the m16n8k16 A and B fragments with the
 kernel's k-permutation, and multiplies. If the tiling, nibble order, scale addressing or the
@@ -47,7 +47,7 @@ def _extract(t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.T
 
 
 def emulate_gemm_mma(x: torch.Tensor, packed: ops.PackedWeight, dtype: torch.dtype) -> torch.Tensor:
-    """x [M, K] (values representable in dtype) -> y [M, N] fp32, as csrc/gemm.cu computes it."""
+    """x [M, K] (values representable in dtype) -> y [M, N] fp32, as sharq_vllm/csrc/gemm.cu computes it."""
     m, k = x.shape
     s_count, kt = packed.n_pad // 16, k // 64
     sbt = 32 if packed.block == 32 else 64
@@ -152,7 +152,7 @@ def test_tile_roundtrip(block, n, k):
 
 
 def emulate_dequant(packed: ops.PackedWeight) -> torch.Tensor:
-    """csrc/gemm.cu dequant_kernel: per lane, words -> 16 consecutive k of rows g and g+8."""
+    """sharq_vllm/csrc/gemm.cu dequant_kernel: per lane, words -> 16 consecutive k of rows g and g+8."""
     s_count, kt = packed.n_pad // 16, packed.k // 64
     sbt = 32 if packed.block == 32 else 64
     words = packed.qweight.reshape(s_count, kt, 8, 4, 4).to(torch.int64) & MASK32
@@ -202,7 +202,7 @@ def test_emulated_dequant_kernel(block):
 
 
 def emulate_dequant_v2(packed: ops.PackedWeight, dtype: torch.dtype) -> torch.Tensor:
-    """csrc/gemm.cu dequant_kernel (v2): the GEMM's bit trick per word (extract(word << 4j) ->
+    """sharq_vllm/csrc/gemm.cu dequant_kernel (v2): the GEMM's bit trick per word (extract(word << 4j) ->
     elements 2j, 2j+1), times (s * 2^119 | s * 2^7) times 2^7, staged per warp in a padded
     [16][72] buffer and read back as 4 x (4 rows x 8 lanes x 16 B). Every intermediate is
     checked to be exactly representable in ``dtype``."""
@@ -260,7 +260,7 @@ def test_emulated_dequant_v2_kernel(dtype, block):
 
 
 def stream_schedule(nstrips: int, kt: int, grid: int, u: int = 4, warps: int = 8):
-    """csrc/gemm.cu gemm_stream_kernel's work split: per (cta, warp) the flat step sequence
+    """sharq_vllm/csrc/gemm.cu gemm_stream_kernel's work split: per (cta, warp) the flat step sequence
     (load i+1 before compute i, finish after a strip's last step) -> visited (strip, tile)."""
     nsteps = (kt + warps * u - 1) // (warps * u)
     visits, finishes = [], []

@@ -74,7 +74,7 @@ PREBUILT="$PWD/build/prebuilt/libsharq_C.so"
 USE_PREBUILT=0
 STAMP="$PWD/build/prebuilt/SOURCES.md5"
 if [ -f "$PREBUILT" ] && ! md5sum --quiet -c "$STAMP" >/dev/null 2>&1; then
-  note "prebuilt library is stale or unstamped (csrc/ changed since tools/gpu/prebuild_ext.sh): building"
+  note "prebuilt library is stale or unstamped (sharq_vllm/csrc/ changed since tools/gpu/prebuild_ext.sh): building"
   PREBUILT="/nonexistent"
 fi
 if [ -f "$PREBUILT" ] && [ "${SHARQ_FORCE_BUILD:-0}" != "1" ]; then

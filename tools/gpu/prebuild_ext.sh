@@ -36,6 +36,6 @@ g++ -shared -o "$OUTSO" "${OBJS[@]}" \
   -L"$TORCH_ROOT/lib" -lc10 -lc10_cuda -ltorch -ltorch_cpu -ltorch_cuda \
   -L"$CUDA_HOME/lib64" -lcudart -Wl,--as-needed
 grep -E "registers|spill" "$TMP"/*.ptxas | sed 's/.*ptxas info *: //' | sort | uniq -c | head -40 || true
-md5sum csrc/* > "$(dirname "$OUTSO")/SOURCES.md5"   # gpu_check.sh skips a stale library
+md5sum sharq_vllm/csrc/* > "$(dirname "$OUTSO")/SOURCES.md5"   # gpu_check.sh skips a stale library
 ls -la "$OUTSO"
 rm -rf "$TMP"
