@@ -215,6 +215,7 @@ class SharQLinearMethod(LinearMethodBase):
         stats.record_quantized(
             self.prefix or type(layer).__name__, shape, bytes_16, packed.nbytes, how,
             kernel=dispatch.layer_label(packed.layout == ops.LAYOUT_TILED, device, self.options.act_scale, act_dtype),
+            options=self.options,
         )
         layer._already_called_process_weights_after_loading = True
 

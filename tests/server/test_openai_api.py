@@ -164,6 +164,49 @@ def test_sharq_actually_ran(sharq_server: VLLMServer) -> None:
     assert calls and max(calls) >= 4 * N_DECODER_LINEARS, calls[-3:]
 
 
+def test_sharq_metrics_endpoint(sharq_server: VLLMServer) -> None:
+    """vLLM's /metrics (served by the API server) shows what the engine process quantized:
+    options, preset, kernel path and why, and the same byte totals as its load log."""
+    import urllib.request
+
+    from sharq_vllm.options import SharQOptions
+
+    with urllib.request.urlopen(sharq_server.url + "/metrics", timeout=60) as r:
+        text = r.read().decode()
+    info = re.findall(r"^sharq_info\{(.*)\} (\S+)$", text, re.MULTILINE)
+    assert len(info) == 1, [line for line in text.splitlines() if "sharq" in line][:10]
+    labels = dict(re.findall(r'(\w+)="([^"]*)"', info[0][0]))
+    assert float(info[0][1]) == 1.0
+    assert labels["preset"] == "sharq" and labels["options"] == SharQOptions().summary(), labels
+    assert (labels["kernel"], labels["kernel_detail"]) == ("reference", "cpu"), labels
+    assert labels["pid"].isdigit() and labels["pid"] in {str(p) for p in _server_pids(sharq_server)}
+
+    def value(name: str) -> int:
+        (v,) = re.findall(rf"^{name}\{{.*\}} (\S+)$", text, re.MULTILINE)
+        return int(float(v))
+
+    n, b16, bsq = map(int, re.findall(r"totals: (\d+) layers, (\d+) -> (\d+) bytes", sharq_server.log_text())[-1])
+    assert (value("sharq_quantized_layers"), value("sharq_weight_bytes_16bit"), value("sharq_weight_bytes")) == (
+        N_DECODER_LINEARS, b16, bsq) and n == N_DECODER_LINEARS
+
+
+def _server_pids(srv: VLLMServer) -> list[int]:
+    """The server's process group (API server, engine core, workers)."""
+    import os
+
+    assert srv.proc is not None
+    pgid = os.getpgid(srv.proc.pid)
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getpgid(int(entry)) == pgid:
+                    pids.append(int(entry))
+            except ProcessLookupError:
+                continue
+    return pids
+
+
 def test_loglikelihood_close_to_unquantized(
     sharq_server: VLLMServer, baseline_prompt_logprobs: list[float], paragraph: str,
     smollm2_dir: Path, log_dir: Path,
