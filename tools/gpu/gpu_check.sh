@@ -6,6 +6,7 @@
 # final: = full, fitted into SHARQ_TOTAL_S seconds (default 360): the benchmark gets what the
 #        tests left (it stops starting new measurements at its budget; sums need all 4 shapes)
 # tests: build + GPU tests only;  bench: build + full benchmark only
+# SHARQ_BENCH_ARGS: extra benchmark flags (e.g. --gemm-sweep for the GEMM's L2 prefetch depths)
 # GPU choice: CUDA_VISIBLE_DEVICES is honoured (PCI bus order, as nvidia-smi numbers them); when
 # it is unset and several GPUs are visible, the least busy one (memory used, then utilization)
 # is chosen and logged, so a run beside another job on a 2-GPU host does not share its card.
@@ -108,7 +109,8 @@ elif [ "$MODE" = "final" ]; then
   [ "$LEFT" -lt 90 ] && LEFT=90
   step bench-full $((LEFT + 60)) "$OUT/bench.log" $PY -m benchmarks.kernels.bench_kernels --budget-s "$LEFT" --out "$OUT"
 elif [ "$MODE" = "full" ] || [ "$MODE" = "bench" ]; then
-  step bench-full 420 "$OUT/bench.log" $PY -m benchmarks.kernels.bench_kernels --budget-s 330 --out "$OUT"
+  # shellcheck disable=SC2086  # SHARQ_BENCH_ARGS (e.g. --gemm-sweep) is split on purpose
+  step bench-full 420 "$OUT/bench.log" $PY -m benchmarks.kernels.bench_kernels --budget-s 330 --out "$OUT" ${SHARQ_BENCH_ARGS:-}
 fi
 
 echo | tee -a "$LOG"
