@@ -396,8 +396,6 @@ def run(args) -> dict:
             }
     if not args.no_prep_sweep and DEVICE == "cuda" and ok:
         info["prep_configs_us"] = prep_sweep(args, t_start)
-    if args.gemm_sweep and DEVICE == "cuda" and ok:
-        info["gemm_prefetch_us"] = gemm_prefetch_sweep(args, t_start)
     # derived: what the kernel work needs (issue 4 targets)
     derived: dict[str, object] = {}
     dq = sums.get("sharq_dequant", {}).get("1")
@@ -497,60 +495,6 @@ def prep_sweep(args, t_start) -> dict:
     return res
 
 
-GEMM_PREFETCH = (0, 1, 2, 3, 4)  # L2 prefetch depths (weight strips) of the mma.sync kernels
-GEMM_PREFETCH_MS = (1, 8, 16, 32, 64)
-
-
-def gemm_prefetch_sweep(args, t_start) -> dict:
-    """The mma.sync GEMM kernels at each L2 prefetch depth (the defaults in gemm.cu), per shape,
-    plus the sums over the 4 shapes; "auto" is the op's own choice."""
-    res: dict[str, dict[str, dict[str, float]]] = {}
-    errs: dict[str, str] = {}
-    for sname, (n, k) in SHAPES.items():
-        w = torch.randn(n, k, device=DEVICE, dtype=torch.float32) * 0.02
-        base = ops.pack_weight(quantize_weight(w, 32), DEVICE)
-        copies = max(1, min(MAX_COPIES, math.ceil(L2_ROTATE_BYTES / max(1, state_bytes({"p": base})))))
-        states = [base] + [clone_state({"p": base})["p"] for _ in range(copies - 1)]
-        for m in GEMM_PREFETCH_MS:
-            if time.time() - t_start > args.budget_s + 60:
-                errs.setdefault("budget", "skipped after the budget")
-                continue
-            xs = [torch.ops.sharq.prepare(heavy(m, k), "nvfp4", "4:8-pairs") for _ in range(copies)]
-            outs = [torch.empty((m, n), dtype=xs[0].dtype, device=DEVICE) for _ in range(copies)]
-            line = res.setdefault(sname, {}).setdefault(f"M={m}", {})
-            for pf in (None, *GEMM_PREFETCH):
-
-                def fn(i, pf=pf, xs=xs, outs=outs, sts=states):
-                    p = sts[i]
-                    if pf is None:
-                        return ops.run_gemm_kernel("mma", xs[i], p)
-                    torch.ops.sharq_C.gemm_mma_cfg(
-                        xs[i], p.qweight, p.scales, p.tensor_scale, None, outs[i], p.n_pad, p.block, pf
-                    )
-                    return outs[i]
-
-                try:
-                    line["auto" if pf is None else f"pf{pf}"] = round(time_graph(fn, copies, reps=args.reps), 2)
-                except Exception as e:
-                    errs[f"{sname}/{m}/{pf}"] = f"{type(e).__name__}: {e}"
-            print(f"  gemm {sname} M={m}: " + ", ".join(f"{a}={b:.1f}" for a, b in line.items()), flush=True)
-            del xs, outs
-        del base
-        torch.cuda.empty_cache()
-    sums: dict[str, dict[str, float]] = {}
-    for m in GEMM_PREFETCH_MS:
-        for cfg in ("auto", *(f"pf{p}" for p in GEMM_PREFETCH)):
-            vals = [res.get(s, {}).get(f"M={m}", {}).get(cfg) for s in SHAPES]
-            if all(v is not None for v in vals):
-                sums.setdefault(f"M={m}", {})[cfg] = round(sum(vals), 2)  # type: ignore[arg-type]
-        if f"M={m}" in sums:
-            print(f"  gemm sum M={m}: " + ", ".join(f"{a}={b:.1f}" for a, b in sums[f"M={m}"].items()), flush=True)
-    res["sum"] = sums
-    if errs:
-        res["errors"] = {"all": errs}  # type: ignore[dict-item]
-    return res
-
-
 def print_table(res: dict) -> str:
     sums = res["sum_us"]
     ms = sorted({int(m) for d in sums.values() for m in d})
@@ -643,9 +587,6 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT", ""))
     ap.add_argument(
         "--no-prep-sweep", action="store_true", help="skip the prep configuration sweep"
-    )
-    ap.add_argument(
-        "--gemm-sweep", action="store_true", help="the mma.sync GEMM at each L2 prefetch depth"
     )
     ap.add_argument(
         "--cpu-smoke",

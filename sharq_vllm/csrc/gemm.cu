@@ -110,26 +110,12 @@ __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
   return r;
 }
 
-// L2 prefetch of whole weight strips (cp.async.bulk.prefetch.L2, sm_90): one instruction hands
-// up to kPrefetchChunk contiguous bytes to the TMA unit, which brings them toward L2 while the
-// warps' register loads (a few tiles a warp) are in flight; the later tiles of a strip then hit
-// L2. A strip's codes (K/64 * 512 B) and scales (K/64 * 32|64 B) are contiguous, 16-byte
-// aligned and multiples of 16 bytes. Prefetching changes no value (tests compare every setting).
-constexpr uint32_t kPrefetchChunk = 32768;
-__device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (uint32_t off = 0; off < bytes; off += kPrefetchChunk) {
-    const uint32_t n = bytes - off < kPrefetchChunk ? bytes - off : kPrefetchChunk;
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(c + off), "r"(n) : "memory");
-  }
-}
-
 template <typename T, int MT, int U>
 __global__ void __launch_bounds__(kWarps * 32)
 gemm_mma_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict__ qw,
                 const uint8_t* __restrict__ sc, const float* __restrict__ tscale,
                 const T* __restrict__ bias, T* __restrict__ y, int64_t ys, int M, int n_valid,
-                int K, int wblock, int prefetch) {
+                int K, int wblock) {
   __shared__ float red[kWarps][MT][4][32];
   const int strip = blockIdx.x;
   const int m_base = blockIdx.y * 8 * MT;
@@ -139,10 +125,6 @@ gemm_mma_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict__ q
   const int SBT = wblock == 32 ? 32 : 64;
   const uint4* qs = qw + (int64_t)strip * KT * 32 + lane;
   const uint8_t* ss = sc + (int64_t)strip * KT * SBT + ((wblock == 32 ? (q >> 1) : q) * 16 + 2 * g);
-  if (prefetch > 0 && threadIdx.x == 0 && blockIdx.y == 0) {  // the whole strip, once
-    prefetch_l2(qw + (int64_t)strip * KT * 32, (uint32_t)KT * 512u);
-    prefetch_l2(sc + (int64_t)strip * KT * SBT, (uint32_t)(KT * SBT));
-  }
   const T* xrow[MT];
   bool mrow[MT];
 #pragma unroll
@@ -252,7 +234,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict__ qw,
                    const uint8_t* __restrict__ sc, const float* __restrict__ tscale,
                    const T* __restrict__ bias, T* __restrict__ y, int64_t ys, int M, int n_valid,
-                   int K, int wblock, int nstrips, int prefetch) {
+                   int K, int wblock, int nstrips) {
   __shared__ float red[kWarps][MT][4][32];
   const int m_base = blockIdx.y * 8 * MT;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -279,17 +261,8 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
 #pragma unroll
     for (int c = 0; c < 4; ++c) acc[mt][c] = 0.0f;
 
-  // L2 prefetch `prefetch` strips deep: strips 0 .. prefetch-1 of this CTA at the start, strip
-  // j + prefetch - 1 when strip j starts (one thread; the TMA unit does the copying)
-  auto prefetch_strip = [&](int j) {
-    if (j >= my_strips) return;
-    const int strip = (int)blockIdx.x + j * (int)gridDim.x;
-    prefetch_l2(qw + (int64_t)strip * KT * 32, (uint32_t)KT * 512u);
-    prefetch_l2(sc + (int64_t)strip * KT * SBT, (uint32_t)(KT * SBT));
-  };
   // step i -> strip blockIdx.x + (i / nsteps) * gridDim.x, tiles warp + 8 (U (i % nsteps) + u)
   auto load = [&](StreamStage<T, MT, U>& st, int i) {
-    if (prefetch > 0 && threadIdx.x == 0 && i > 0 && i % nsteps == 0) prefetch_strip(i / nsteps + prefetch - 1);
     const int strip = (int)blockIdx.x + (i / nsteps) * (int)gridDim.x;
     const int tb = warp + kWarps * U * (i % nsteps);
     const uint4* qs = qw + (int64_t)strip * KT * 32 + lane;
@@ -371,8 +344,6 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
   };
 
   StreamStage<T, MT, U> A, B;
-  if (threadIdx.x == 0)
-    for (int j = 0; j < prefetch; ++j) prefetch_strip(j);
   if (total > 0) load(A, 0);
   // Programmatic dependent launch: the weights do not depend on the previous kernel (the
   // preparation writing x_hat), so their first loads are issued before waiting for it. A no-op
@@ -392,7 +363,7 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
 template <typename T, int MT, int U>
 cudaError_t launch_stream_t(const void* x, int64_t xs, const void* qw, const void* sc,
                             const float* ts, const void* bias, void* y, int64_t ys, int M, int N,
-                            int n_valid, int K, int wblock, int prefetch, cudaStream_t stream) {
+                            int n_valid, int K, int wblock, cudaStream_t stream) {
   static int per_sm = 0;  // resident CTAs an SM (host query, once per instantiation)
   if (per_sm == 0) {
     int v = 0;
@@ -425,34 +396,28 @@ cudaError_t launch_stream_t(const void* x, int64_t xs, const void* qw, const voi
   return cudaLaunchKernelEx(&cfg, gemm_stream_kernel<T, MT, U>, static_cast<const T*>(x), xs,
                             static_cast<const uint4*>(qw), static_cast<const uint8_t*>(sc), ts,
                             static_cast<const T*>(bias), static_cast<T*>(y), ys, M, n_valid, K,
-                            wblock, nstrips, prefetch);
+                            wblock, nstrips);
 }
 
 template <typename T, int MT, int U>
 cudaError_t launch_mma_t(const void* x, int64_t xs, const void* qw, const void* sc,
                          const float* ts, const void* bias, void* y, int64_t ys, int M, int N,
-                         int n_valid, int K, int wblock, int prefetch, cudaStream_t stream) {
+                         int n_valid, int K, int wblock, cudaStream_t stream) {
   dim3 grid(N / 16, (M + 8 * MT - 1) / (8 * MT));
   gemm_mma_kernel<T, MT, U><<<grid, kWarps * 32, 0, stream>>>(
       static_cast<const T*>(x), xs, static_cast<const uint4*>(qw), static_cast<const uint8_t*>(sc),
-      ts, static_cast<const T*>(bias), static_cast<T*>(y), ys, M, n_valid, K, wblock, prefetch);
+      ts, static_cast<const T*>(bias), static_cast<T*>(y), ys, M, n_valid, K, wblock);
   return cudaGetLastError();
 }
-
-// L2 prefetch depth in strips (0 = off) when the caller does not force one (benchmarks/tests do)
-constexpr int kStreamPrefetch = 2;  // persistent stream kernel: this strip and the next
-constexpr int kMmaPrefetch = 1;     // tile kernel: its own strip
 
 template <typename T>
 cudaError_t launch_mma_dt(const void* x, int64_t xs, const void* qw, const void* sc,
                           const float* ts, const void* bias, void* y, int64_t ys, int M, int N,
-                          int n_valid, int K, int wblock, int prefetch, cudaStream_t stream) {
-  const int ps = prefetch >= 0 ? prefetch : kStreamPrefetch;
-  const int pm = prefetch >= 0 ? prefetch : kMmaPrefetch;
-  if (M <= 8) return launch_stream_t<T, 1, 4>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, ps, stream);
-  if (M <= 16) return launch_stream_t<T, 2, 4>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, ps, stream);
-  if (M <= 32) return launch_mma_t<T, 4, 2>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, pm, stream);
-  return launch_mma_t<T, 8, 1>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, pm, stream);
+                          int n_valid, int K, int wblock, cudaStream_t stream) {
+  if (M <= 8) return launch_stream_t<T, 1, 4>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+  if (M <= 16) return launch_stream_t<T, 2, 4>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+  if (M <= 32) return launch_mma_t<T, 4, 2>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+  return launch_mma_t<T, 8, 1>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
 }
 
 // ---- dequantization to a 16-bit workspace (large-M path: then cuBLAS) -----------------------
@@ -529,12 +494,12 @@ dequant_kernel(const uint4* __restrict__ qw, const uint8_t* __restrict__ sc, T* 
 cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight, const void* scales,
                             const float* tensor_scale, const void* bias, void* y, int64_t y_stride,
                             int M, int N, int n_valid, int K, int wblock, int dtype,
-                            cudaStream_t stream, int prefetch) {
+                            cudaStream_t stream) {
   if (M == 0 || N == 0) return cudaSuccess;
-  if (N % 16 || K % 64 || (wblock != 16 && wblock != 32) || prefetch > 8) return cudaErrorInvalidValue;
+  if (N % 16 || K % 64 || (wblock != 16 && wblock != 32)) return cudaErrorInvalidValue;
   switch (dtype) {
-    case kBF16: return launch_mma_dt<__nv_bfloat16>(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock, prefetch, stream);
-    case kFP16: return launch_mma_dt<__half>(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock, prefetch, stream);
+    case kBF16: return launch_mma_dt<__nv_bfloat16>(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock, stream);
+    case kFP16: return launch_mma_dt<__half>(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock, stream);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -125,32 +125,3 @@ def test_dequant_mm_bounded_workspace_is_exact(monkeypatch, n, k, with_bias):
     assert rel(chunked, ref) < 1e-2
     # cuBLAS may pick another algorithm for a narrower problem: equal up to bf16 rounding
     assert rel(chunked, whole) < 4e-3
-
-
-@pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 14336), (40, 576), (272, 1024)])
-@pytest.mark.parametrize("m", [1, 8, 9, 16, 17, 33, 64])
-def test_gemm_l2_prefetch_changes_no_bit(n, k, m):
-    """The L2 strip prefetch (cp.async.bulk.prefetch.L2) is a hint: every depth, and the default,
-    gives the same bits as none (outputs NaN-poisoned first); depths past the last strip and
-    strips shorter than one 32 KB prefetch chunk included."""
-    payload, packed = packed_weight(n, k)
-    x = heavy(m, k, torch.bfloat16)
-    bias = heavy(1, n, torch.bfloat16).reshape(n) if m % 2 else None
-
-    def run(pf: int | None) -> torch.Tensor:
-        y = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
-        args = (x, packed.qweight, packed.scales, packed.tensor_scale, bias, y, packed.n_pad, packed.block)
-        if pf is None:
-            torch.ops.sharq_C.gemm_mma(*args)
-        else:
-            torch.ops.sharq_C.gemm_mma_cfg(*args, pf)
-        return y
-
-    base = run(0)
-    assert torch.isfinite(base).all()
-    ref = x.float() @ dequantize_weight(payload).cuda().T + (bias.float() if bias is not None else 0)
-    assert rel(base, ref) < 1e-2
-    for pf in (None, 1, 2, 3, 8):
-        assert torch.equal(run(pf), base), pf
-    with pytest.raises(RuntimeError):
-        run(9)
