@@ -9,6 +9,15 @@
 Importing this package touches neither CUDA nor torch.
 """
 
-from .build import load_extension
+from typing import Any
 
 __all__ = ["load_extension"]
+
+
+def __getattr__(name: str) -> Any:
+    # lazy, so that `python -m sharq_vllm.kernels.build` does not import .build twice
+    if name == "load_extension":
+        from .build import load_extension
+
+        return load_extension
+    raise AttributeError(name)
