@@ -125,3 +125,41 @@ def test_dequant_mm_bounded_workspace_is_exact(monkeypatch, n, k, with_bias):
     assert rel(chunked, ref) < 1e-2
     # cuBLAS may pick another algorithm for a narrower problem: equal up to bf16 rounding
     assert rel(chunked, whole) < 4e-3
+
+
+RING_VARIANTS = (1, 2, 3)  # gemm.cu kStreamVariants: the shared-memory ring decode kernels
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k,block", [(6144, 4096, 32), (4096, 14336, 32), (40, 576, 32), (272, 1024, 16)])
+@pytest.mark.parametrize("m", [1, 3, 8, 9, 16])
+def test_gemm_decode_variants_identical(dtype, n, k, block, m):
+    """Every decode kernel variant gives the bits of the dispatched stream kernel (same tiles,
+    accumulation order and reduction), outputs NaN-poisoned first; bias on odd M."""
+    payload, packed = packed_weight(n, k, block=block)
+    x = heavy(m, k, dtype)
+    bias = heavy(1, n, dtype).reshape(n) if m % 2 else None
+
+    def run(variant: int) -> torch.Tensor:
+        y = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+        torch.ops.sharq_C.gemm_mma_cfg(
+            x, packed.qweight, packed.scales, packed.tensor_scale, bias, y, packed.n_pad, packed.block, variant
+        )
+        return y
+
+    base = run(0)
+    assert torch.isfinite(base).all()
+    ref = x.float() @ dequantize_weight(payload).cuda().T + (bias.float() if bias is not None else 0)
+    assert rel(base, ref) < 1e-2
+    for v in RING_VARIANTS:
+        assert torch.equal(run(v), base), v
+
+
+def test_gemm_decode_variants_refuse_large_m():
+    _, packed = packed_weight(64, 256)
+    x = heavy(17, 256, torch.bfloat16)
+    y = torch.empty((17, 64), dtype=torch.bfloat16, device="cuda")
+    with pytest.raises(RuntimeError):
+        torch.ops.sharq_C.gemm_mma_cfg(
+            x, packed.qweight, packed.scales, packed.tensor_scale, None, y, packed.n_pad, packed.block, 1
+        )
