@@ -396,8 +396,6 @@ def run(args) -> dict:
             }
     if not args.no_prep_sweep and DEVICE == "cuda" and ok:
         info["prep_configs_us"] = prep_sweep(args, t_start)
-    if args.gemm_sweep and DEVICE == "cuda" and ok:
-        info["gemm_variants_us"] = gemm_variant_sweep(args, t_start)
     # derived: what the kernel work needs (issue 4 targets)
     derived: dict[str, object] = {}
     dq = sums.get("sharq_dequant", {}).get("1")
@@ -497,58 +495,6 @@ def prep_sweep(args, t_start) -> dict:
     return res
 
 
-GEMM_VARIANTS = {0: "stream", 1: "ring_u4s4", 2: "ring_u2s8", 3: "ring_u4s3"}  # gemm.cu decode kernels
-GEMM_VARIANT_MS = (1, 4, 8, 16)
-
-
-def gemm_variant_sweep(args, t_start) -> dict:
-    """The decode GEMM kernels (M <= 16) of gemm.cu, forced one by one (gemm_mma_cfg), per shape
-    and summed over the 4 shapes; variant 0 is the one the op dispatches today."""
-    res: dict[str, dict[str, dict[str, float]]] = {}
-    errs: dict[str, str] = {}
-    for sname, (n, k) in SHAPES.items():
-        w = torch.randn(n, k, device=DEVICE, dtype=torch.float32) * 0.02
-        base = ops.pack_weight(quantize_weight(w, 32), DEVICE)
-        copies = max(1, min(MAX_COPIES, math.ceil(L2_ROTATE_BYTES / max(1, state_bytes({"p": base})))))
-        states = [base] + [clone_state({"p": base})["p"] for _ in range(copies - 1)]
-        for m in GEMM_VARIANT_MS:
-            if time.time() - t_start > args.budget_s + 60:
-                errs.setdefault("budget", "skipped after the budget")
-                continue
-            xs = [torch.ops.sharq.prepare(heavy(m, k), "nvfp4", "4:8-pairs") for _ in range(copies)]
-            outs = [torch.empty((m, n), dtype=xs[0].dtype, device=DEVICE) for _ in range(copies)]
-            line = res.setdefault(sname, {}).setdefault(f"M={m}", {})
-            for v, vname in GEMM_VARIANTS.items():
-
-                def fn(i, v=v, xs=xs, outs=outs, sts=states):
-                    p = sts[i]
-                    torch.ops.sharq_C.gemm_mma_cfg(
-                        xs[i], p.qweight, p.scales, p.tensor_scale, None, outs[i], p.n_pad, p.block, v
-                    )
-                    return outs[i]
-
-                try:
-                    line[vname] = round(time_graph(fn, copies, reps=args.reps), 2)
-                except Exception as e:
-                    errs[f"{sname}/{m}/{vname}"] = f"{type(e).__name__}: {e}"
-            print(f"  gemm {sname} M={m}: " + ", ".join(f"{a}={b:.1f}" for a, b in line.items()), flush=True)
-            del xs, outs
-        del base
-        torch.cuda.empty_cache()
-    sums: dict[str, dict[str, float]] = {}
-    for m in GEMM_VARIANT_MS:
-        for vname in GEMM_VARIANTS.values():
-            vals = [res.get(s, {}).get(f"M={m}", {}).get(vname) for s in SHAPES]
-            if all(v is not None for v in vals):
-                sums.setdefault(f"M={m}", {})[vname] = round(sum(vals), 2)  # type: ignore[arg-type]
-        if f"M={m}" in sums:
-            print(f"  gemm sum M={m}: " + ", ".join(f"{a}={b:.1f}" for a, b in sums[f"M={m}"].items()), flush=True)
-    res["sum"] = sums
-    if errs:
-        res["errors"] = {"all": errs}  # type: ignore[dict-item]
-    return res
-
-
 def print_table(res: dict) -> str:
     sums = res["sum_us"]
     ms = sorted({int(m) for d in sums.values() for m in d})
@@ -641,9 +587,6 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT", ""))
     ap.add_argument(
         "--no-prep-sweep", action="store_true", help="skip the prep configuration sweep"
-    )
-    ap.add_argument(
-        "--gemm-sweep", action="store_true", help="the decode GEMM kernel variants (M <= 16)"
     )
     ap.add_argument(
         "--cpu-smoke",

@@ -360,201 +360,6 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
   }
 }
 
-// ---- stream kernel with a shared-memory ring (cp.async; variant for the decode sweep) -------
-// Same steps, tiles, accumulation order and reduction as gemm_stream_kernel (identical bits), but
-// each warp keeps S - 1 steps of U tiles in flight through its own S-slot ring in shared memory
-// (cp.async.cg 16 B a lane for the codes; 2 or 4 lanes copy a tile's 32/64 scale bytes), filled
-// before griddepcontrol.wait, instead of a register double buffer (U..2U tiles in flight). The
-// pipeline is per warp (cp.async groups are per thread; __syncwarp orders the scale bytes that
-// other lanes copied), so no CTA barrier beyond the per-strip reduction.
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
-
-template <int U, int S>
-struct RingSlot {
-  uint4 q[U][32];        // 512 B a tile: lane L's 16 bytes at q[u][L]
-  uint8_t s[U][64];      // a tile's scale bytes (32 with 32-blocks, 64 with 16-blocks)
-};
-
-template <typename T, int MT, int U, int S>
-__global__ void __launch_bounds__(kWarps * 32)
-gemm_stream_ring_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict__ qw,
-                        const uint8_t* __restrict__ sc, const float* __restrict__ tscale,
-                        const T* __restrict__ bias, T* __restrict__ y, int64_t ys, int M, int n_valid,
-                        int K, int wblock, int nstrips) {
-  extern __shared__ __align__(16) uint8_t dyn_smem[];
-  __shared__ float red[kWarps][MT][4][32];
-  const int m_base = blockIdx.y * 8 * MT;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int g = lane >> 2, q = lane & 3;
-  const int KT = K >> 6;
-  const int SBT = wblock == 32 ? 32 : 64;
-  const int soff = (wblock == 32 ? (q >> 1) : q) * 16 + 2 * g;
-  const int nsteps = (KT + kWarps * U - 1) / (kWarps * U);
-  const int my_strips = nstrips > (int)blockIdx.x ? (nstrips - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
-  const int total = my_strips * nsteps;
-  const float ts = __fmul_rn(tscale[0], 128.0f);
-  RingSlot<U, S>* ring = reinterpret_cast<RingSlot<U, S>*>(dyn_smem) + warp * S;
-
-  const T* xrow[MT];
-  bool mrow[MT];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-    const int m = m_base + 8 * mt + g;
-    mrow[mt] = m < M;
-    xrow[mt] = x + (int64_t)(mrow[mt] ? m : 0) * xs + 16 * q;
-  }
-  float acc[MT][4];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int c = 0; c < 4; ++c) acc[mt][c] = 0.0f;
-
-  // step i's U tiles into slot i % S (one commit group a step, empty past the end)
-  auto issue = [&](int i) {
-    if (i < total) {
-      RingSlot<U, S>& sl = ring[i % S];
-      const int strip = (int)blockIdx.x + (i / nsteps) * (int)gridDim.x;
-      const int tb = warp + kWarps * U * (i % nsteps);
-      const uint4* qs = qw + (int64_t)strip * KT * 32 + lane;
-      const uint8_t* ss = sc + (int64_t)strip * KT * SBT;
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int t = tb + kWarps * u;
-        if (t < KT) {
-          cp_async16(&sl.q[u][lane], qs + (int64_t)t * 32);
-          if (lane < SBT / 16) cp_async16(&sl.s[u][16 * lane], ss + (int64_t)t * SBT + 16 * lane);
-        }
-      }
-    }
-    cp_async_commit();
-  };
-  auto compute = [&](int i) {
-    const RingSlot<U, S>& sl = ring[i % S];
-    const int tb = warp + kWarps * U * (i % nsteps);
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int t = tb + kWarps * u;
-      if (t < KT) {
-        uint4 xv[MT][2];
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          if (mrow[mt]) {
-            const uint4* xp = reinterpret_cast<const uint4*>(xrow[mt] + 64 * t);
-            xv[mt][0] = __ldg(xp);
-            xv[mt][1] = __ldg(xp + 1);
-          } else {
-            xv[mt][0] = make_uint4(0, 0, 0, 0);
-            xv[mt][1] = make_uint4(0, 0, 0, 0);
-          }
-        }
-        uint32_t sg, sg8;
-        MmaT<T>::scales(*reinterpret_cast<const uint16_t*>(&sl.s[u][soff]), sg, sg8);
-        const uint4 qv = sl.q[u][lane];
-        const uint32_t w[4] = {qv.x, qv.y, qv.z, qv.w};
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const uint32_t lo = w[(j >> 1) * 2 + 0], hi = w[(j >> 1) * 2 + 1];
-          const int sh = 8 * (j & 1);
-          uint32_t a[4];
-          a[0] = MmaT<T>::mul(MmaT<T>::extract(lo << sh), sg);
-          a[1] = MmaT<T>::mul(MmaT<T>::extract(hi << sh), sg8);
-          a[2] = MmaT<T>::mul(MmaT<T>::extract(lo << (sh + 4)), sg);
-          a[3] = MmaT<T>::mul(MmaT<T>::extract(hi << (sh + 4)), sg8);
-#pragma unroll
-          for (int mt = 0; mt < MT; ++mt) {
-            const uint32_t* xw = reinterpret_cast<const uint32_t*>(&xv[mt][0]);
-            MmaT<T>::mma(acc[mt], a, xw[2 * j], xw[2 * j + 1]);
-          }
-        }
-      }
-    }
-  };
-  auto finish = [&](int i) {
-    if (i % nsteps != nsteps - 1) return;
-    const int strip = (int)blockIdx.x + (i / nsteps) * (int)gridDim.x;
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        red[warp][mt][c][lane] = acc[mt][c];
-        acc[mt][c] = 0.0f;
-      }
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < MT * 4 * 32; idx += kWarps * 32) {
-      const int mt = idx >> 7, c = (idx >> 5) & 3, ln = idx & 31;
-      float sum = 0.0f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) sum += red[w][mt][c][ln];
-      const int n = strip * 16 + (ln >> 2) + (c >= 2 ? 8 : 0);
-      const int m = m_base + 8 * mt + 2 * (ln & 3) + (c & 1);
-      if (m < M && n < n_valid) {
-        float v = __fmul_rn(sum, ts);
-        if (bias != nullptr) v = __fadd_rn(v, Elem<T>::to_float(bias[n]));
-        y[(int64_t)m * ys + n] = Elem<T>::from_float(v);
-      }
-    }
-    __syncthreads();
-  };
-
-#pragma unroll
-  for (int i = 0; i < S - 1; ++i) issue(i);  // weights do not depend on the preparation
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-  for (int i = 0; i < total; ++i) {
-    __syncwarp();            // every lane is done with slot (i - 1) % S before it is refilled
-    issue(i + S - 1);
-    cp_async_wait<S - 1>();  // this thread's copies of step i have landed
-    __syncwarp();            // and the scale bytes other lanes copied are visible
-    compute(i);
-    finish(i);
-  }
-  cp_async_wait<0>();
-}
-
-template <typename T, int MT, int U, int S>
-cudaError_t launch_stream_ring_t(const void* x, int64_t xs, const void* qw, const void* sc,
-                                 const float* ts, const void* bias, void* y, int64_t ys, int M, int N,
-                                 int n_valid, int K, int wblock, cudaStream_t stream) {
-  const int smem = (int)(kWarps * S * sizeof(RingSlot<U, S>));
-  static int per_sm = 0;
-  if (per_sm == 0) {
-    cudaError_t e = cudaFuncSetAttribute(gemm_stream_ring_kernel<T, MT, U, S>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (e != cudaSuccess) return e;
-    int v = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, gemm_stream_ring_kernel<T, MT, U, S>, kWarps * 32, smem) != cudaSuccess || v < 1) v = 1;
-    per_sm = v;
-  }
-  int dev = 0, sms = 132;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-    sms = 132;
-  const int nstrips = N / 16;
-  const int mtiles = (M + 8 * MT - 1) / (8 * MT);
-  const int slots = std::max(1, sms * per_sm / mtiles);
-  const int per_cta = (nstrips + slots - 1) / slots;
-  const int gx = std::max(1, (nstrips + per_cta - 1) / per_cta);
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(gx, mtiles);
-  cfg.blockDim = dim3(kWarps * 32);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = kStreamPdl ? 1 : 0;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, gemm_stream_ring_kernel<T, MT, U, S>, static_cast<const T*>(x), xs,
-                            static_cast<const uint4*>(qw), static_cast<const uint8_t*>(sc), ts,
-                            static_cast<const T*>(bias), static_cast<T*>(y), ys, M, n_valid, K,
-                            wblock, nstrips);
-}
-
 template <typename T, int MT, int U>
 cudaError_t launch_stream_t(const void* x, int64_t xs, const void* qw, const void* sc,
                             const float* ts, const void* bias, void* y, int64_t ys, int M, int N,
@@ -605,27 +410,10 @@ cudaError_t launch_mma_t(const void* x, int64_t xs, const void* qw, const void* 
   return cudaGetLastError();
 }
 
-// Decode kernel variants for the benchmark sweep and the tests (variant 0 = the dispatch below):
-// 1..3 = the shared-memory ring kernel with (U, S) = (4, 4), (2, 8), (4, 3), M <= 16 only.
-constexpr int kStreamVariants = 3;
-
 template <typename T>
 cudaError_t launch_mma_dt(const void* x, int64_t xs, const void* qw, const void* sc,
                           const float* ts, const void* bias, void* y, int64_t ys, int M, int N,
-                          int n_valid, int K, int wblock, int variant, cudaStream_t stream) {
-  if (variant > 0) {
-    if (M > 16 || variant > kStreamVariants) return cudaErrorInvalidValue;
-    const bool two = M > 8;
-#define SHARQ_RING(U, S)                                                                            \
-  return two ? launch_stream_ring_t<T, 2, U, S>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream) \
-             : launch_stream_ring_t<T, 1, U, S>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream)
-    switch (variant) {
-      case 1: SHARQ_RING(4, 4);
-      case 2: SHARQ_RING(2, 8);
-      default: SHARQ_RING(4, 3);
-    }
-#undef SHARQ_RING
-  }
+                          int n_valid, int K, int wblock, cudaStream_t stream) {
   if (M <= 8) return launch_stream_t<T, 1, 4>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
   if (M <= 16) return launch_stream_t<T, 2, 4>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
   if (M <= 32) return launch_mma_t<T, 4, 2>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
@@ -706,12 +494,12 @@ dequant_kernel(const uint4* __restrict__ qw, const uint8_t* __restrict__ sc, T* 
 cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight, const void* scales,
                             const float* tensor_scale, const void* bias, void* y, int64_t y_stride,
                             int M, int N, int n_valid, int K, int wblock, int dtype,
-                            cudaStream_t stream, int variant) {
+                            cudaStream_t stream) {
   if (M == 0 || N == 0) return cudaSuccess;
-  if (N % 16 || K % 64 || (wblock != 16 && wblock != 32) || variant < 0) return cudaErrorInvalidValue;
+  if (N % 16 || K % 64 || (wblock != 16 && wblock != 32)) return cudaErrorInvalidValue;
   switch (dtype) {
-    case kBF16: return launch_mma_dt<__nv_bfloat16>(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock, variant, stream);
-    case kFP16: return launch_mma_dt<__half>(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock, variant, stream);
+    case kBF16: return launch_mma_dt<__nv_bfloat16>(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock, stream);
+    case kFP16: return launch_mma_dt<__half>(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock, stream);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -39,12 +39,10 @@ cudaError_t launch_prep(const void* x, int64_t x_stride, void* xhat, int M, int 
 // scales [N/16][K/64][scale_bytes_per_tile] with 32 (block 32) or 64 (block 16) bytes a tile.
 // y[M, N] = (x[M, K] @ w^T) * tensor_scale (+ bias), FP32 accumulation, N % 16 == 0 after
 // padding (n_valid <= N rows are stored), K % 64 == 0.
-// variant (0 = the kernel chosen by M): another decode kernel (M <= 16) for benchmarks and
-// tests (gemm.cu: kStreamVariants); every variant gives identical bits.
 cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight, const void* scales,
                             const float* tensor_scale, const void* bias, void* y, int64_t y_stride,
                             int M, int N, int n_valid, int K, int wblock, int dtype,
-                            cudaStream_t stream, int variant = 0);
+                            cudaStream_t stream);
 
 // w_hat [N, K] (dtype) = e2m1 * block scale (exact in bf16/fp16; no tensor scale).
 cudaError_t launch_dequant(const void* qweight, const void* scales, void* w, int N, int K,
