@@ -1,0 +1,38 @@
+"""Run the small-M GEMM (M rows, one Llama-3.1-8B shape) a few times, for a profiler:
+
+    ncu --clock-control none --kernel-name regex:gemm_stream --launch-skip 3 --launch-count 1 \
+        --section SpeedOfLight --section WarpStateStats --section Occupancy \
+        python3 tools/gpu/profile_decode_gemm.py [--shape gate_up] [--m 1]
+
+(regex:gemm_mma for 16 < M <= 64). docs/KERNELS.md quotes such a profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from sharq_vllm import ops
+from sharq_vllm.reference import quantize_weight
+
+SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="gate_up", choices=sorted(SHAPES))
+    ap.add_argument("--m", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=6)
+    a = ap.parse_args()
+    n, k = SHAPES[a.shape]
+    p = ops.pack_weight(quantize_weight(torch.randn(n, k, device="cuda") * 0.02, 32), "cuda")
+    x = torch.ops.sharq.prepare(torch.randn(a.m, k, device="cuda", dtype=torch.bfloat16), "nvfp4", "4:8-pairs")
+    for _ in range(a.runs):
+        ops.run_gemm_kernel("mma", x, p)
+    torch.cuda.synchronize()
+    print(f"ran {a.runs}x {a.shape} M={a.m}")
+
+
+if __name__ == "__main__":
+    main()
