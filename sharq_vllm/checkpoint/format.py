@@ -130,8 +130,13 @@ def make_quantization_config(options: SharQOptions) -> dict[str, Any]:
 def is_prequantized_config(quantization_config: Mapping[str, Any] | None) -> bool:
     """A ``quantization_config`` written by ``sharq-vllm quantize`` (it carries ``version``):
     the checkpoint holds packed payloads. Without ``version`` (e.g. options given with
-    --hf-overrides for a 16-bit checkpoint) the layers are quantized online."""
-    return isinstance(quantization_config, Mapping) and "version" in quantization_config
+    --hf-overrides for a 16-bit checkpoint) the layers are quantized online. (Other tools'
+    configs carry a ``version`` too: compressed-tensors'; their quant_method is not sharq.)"""
+    return (
+        isinstance(quantization_config, Mapping)
+        and "version" in quantization_config
+        and quantization_config.get("quant_method", "sharq") == "sharq"
+    )
 
 
 def read_quantization_config(config: Mapping[str, Any], *, where: str = "config.json") -> SharQOptions | None:
