@@ -28,6 +28,7 @@ KINDS = {
     "llmc-nvfp4": ("compressed-tensors", "W4A4"),
     "llmc-nvfp4a16": ("compressed-tensors", "W4A16"),
     "llmc-nvfp4-unfused": ("compressed-tensors", "W4A4"),
+    "llmc-nvfp4a16-ignore": ("compressed-tensors", "W4A16"),
     "modelopt-nvfp4": ("modelopt", "W4A4"),
     "modelopt-w4a16": ("modelopt", "W4A16"),
     "modelopt-nvfp4-unfused": ("modelopt", "W4A4"),
@@ -54,6 +55,7 @@ def test_fixture_configs_parse(name: str) -> None:
     skip = SharQOptions(skip_layers=src.skip_layers)
     assert skip.is_skipped_name("lm_head")
     assert not is_module_skipped(skip, "model.layers.0.self_attn.q_proj")
+    assert is_module_skipped(skip, "model.layers.1.mlp.down_proj") == name.endswith("-ignore")
 
 
 def test_legacy_modelopt_config_as_vllm_passes_it() -> None:
@@ -136,7 +138,7 @@ def test_payloads_are_the_formats_values(name: str) -> None:
 
     src, payloads = read_nvfp4_payloads(FIXTURES / name)
     raw = load_file(str(FIXTURES / name / "model.safetensors"))
-    assert len(payloads) == 14
+    assert len(payloads) == (12 if name.endswith("-ignore") else 14)
     for prefix, p in payloads.items():
         packed, s, g = (raw[f"{prefix}.{x}"] for x in (src.packed, src.scale, src.global_scale))
         t = (1.0 / g.float()).reshape(1) if src.global_is_divisor else g.float().reshape(1)
