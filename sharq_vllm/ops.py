@@ -15,12 +15,13 @@ they are CUDA-graph capturable):
 CPU: the reference in plain PyTorch. CUDA: the kernels in sharq_vllm/csrc/ (``torch.ops.sharq_C``) where
 :mod:`sharq_vllm.kernels.dispatch` says they serve the call, the reference otherwise.
 
-Public API: :func:`pack_weight`, :func:`sharq_linear`, :func:`sharq_gemm`,
+Public API: :func:`pack_weight`, :func:`sharq_linear`, :func:`sharq_gemm`, :func:`sharq_gemm_rows`,
 :func:`kernel_path_available`, :func:`describe_kernel`, :class:`PackedWeight`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -346,9 +347,26 @@ def sharq_gemm(x_hat: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | N
     return torch.ops.sharq.gemm(x_hat, p.qweight, p.scales, p.tensor_scale, bias, *p.geometry)  # type: ignore[no-any-return]
 
 
+def sharq_gemm_rows(
+    x_hat: torch.Tensor, parts: Sequence[PackedWeight], bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """y = x_hat @ [deQ(W_0); deQ(W_1); ...]^T + bias for a weight stored as row blocks that
+    each carry their own FP32 tensor scale (the members of a fused qkv / gate_up layer whose
+    NVFP4 checkpoint gave them different scales): one GEMM per block, outputs side by side.
+    Exact on every path (a row's output depends only on that row's payload), and the kernels
+    take any N, so nothing kernel-side changes; one block is exactly :func:`sharq_gemm`."""
+    if len(parts) == 1:
+        return sharq_gemm(x_hat, parts[0], bias)
+    ys, r0 = [], 0
+    for p in parts:
+        ys.append(sharq_gemm(x_hat, p, None if bias is None else bias[r0 : r0 + p.n]))
+        r0 += p.n
+    return torch.cat(ys, dim=-1)
+
+
 def sharq_linear(
     x: torch.Tensor,
-    packed: PackedWeight,
+    packed: PackedWeight | Sequence[PackedWeight],
     bias: torch.Tensor | None = None,
     fmt: str = "nvfp4",
     pattern: str = "4:8-pairs",
@@ -358,11 +376,15 @@ def sharq_linear(
 ) -> torch.Tensor:
     """y = sharq_activation(x) @ deQ(W)^T + bias. Pass ``x_hat`` (from ``torch.ops.sharq.prepare``)
     to share one preparation between layers that read the same input (q/k/v, gate/up).
+    ``packed``: one weight, or row blocks with their own tensor scales (:func:`sharq_gemm_rows`;
+    the activations are prepared once for all of them).
     ``act_scale="tensor"`` (one activation tensor scale, the paper's setting) prepares in PyTorch
     (the preparation kernel has per-token scales only); the GEMM is the same either way."""
     if x_hat is None:
         x_hat = torch.ops.sharq.prepare(x, fmt, pattern, act_scale=act_scale)
-    return sharq_gemm(x_hat, packed, bias)
+    if isinstance(packed, PackedWeight):
+        return sharq_gemm(x_hat, packed, bias)
+    return sharq_gemm_rows(x_hat, packed, bias)
 
 
 def kernel_path_available(device: torch.device | str | None = None) -> tuple[bool, str]:

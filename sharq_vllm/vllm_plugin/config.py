@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from vllm.logger import init_logger
@@ -12,7 +12,10 @@ from vllm.model_executor.layers.quantization.base_config import (
     QuantizeMethodBase,
 )
 
-from ..options import SharQOptionError, SharQOptions
+from ..options import PRESETS, SharQOptionError, SharQOptions, preset_defaults
+
+if TYPE_CHECKING:
+    from ..checkpoint.nvfp4 import Nvfp4Source
 
 logger = init_logger("vllm.sharq")
 
@@ -34,10 +37,17 @@ class SharQConfig(QuantizationConfig):
     PRESET: ClassVar[str] = "sharq"
 
     def __init__(
-        self, options: SharQOptions | None = None, *, prequantized: bool = False, **kwargs: Any
+        self,
+        options: SharQOptions | None = None,
+        *,
+        prequantized: bool = False,
+        nvfp4: Nvfp4Source | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__()
         self.prequantized = prequantized
+        #: set when the checkpoint is another tool's NVFP4 (its weights are served as stored)
+        self.nvfp4 = nvfp4
         if options is None:
             options = SharQOptions.from_dict(kwargs, preset=self.PRESET)
         elif kwargs:
@@ -45,7 +55,8 @@ class SharQConfig(QuantizationConfig):
         self.options = options
         logger.info(
             "sharq: SharQ config %s (%s)", options.summary(),
-            "pre-quantized checkpoint" if prequantized else "online quantization at load",
+            f"weights from a {nvfp4.label}" if nvfp4 is not None
+            else "pre-quantized checkpoint" if prequantized else "online quantization at load",
         )
 
     def __repr__(self) -> str:
@@ -77,7 +88,26 @@ class SharQConfig(QuantizationConfig):
             # a checkpoint written by `sharq-vllm quantize` (its config carries a version)
             return cls(checkpoint.read_quantization_config({"quantization_config": config}),
                        prequantized=True)
+        if config.get("quant_method") not in (None, "", *PRESETS):
+            return cls.from_nvfp4_config(config)
         return cls(SharQOptions.from_dict(config, preset=cls.PRESET))
+
+    @classmethod
+    def from_nvfp4_config(cls, config: dict[str, Any]) -> SharQConfig:
+        """``--quantization <this method>`` on another tool's checkpoint: its NVFP4 weights as
+        stored (``weight_block`` 16; the tools round to nearest: ``weight_rounding`` ``rtn``), the activation
+        options of this method's preset (:data:`sharq_vllm.options.PRESETS`: ``sharq`` nvfp4
+        4:8-pairs, ``sharq-plus`` nvfp4 2:4), its ignore / exclude_modules list as
+        ``skip_layers``. Anything SharQ cannot serve raises CheckpointError naming the reason
+        (checkpoint.nvfp4.parse_nvfp4_config)."""
+        from sharq_vllm.checkpoint import nvfp4
+
+        source = nvfp4.parse_nvfp4_config(config)
+        skip = [*preset_defaults(cls.PRESET)["skip_layers"], *source.skip_layers]
+        options = SharQOptions.from_dict(
+            {"weight_block": nvfp4.NVFP4_BLOCK, "weight_rounding": "rtn", "skip_layers": skip}, preset=cls.PRESET
+        )
+        return cls(options, nvfp4=source)
 
     @classmethod
     def override_quantization_method(
@@ -86,16 +116,32 @@ class SharQConfig(QuantizationConfig):
         method = hf_quant_cfg.get("quant_method")
         if method == "sharq":
             return "sharq"
-        if user_quant == "sharq" and method in (None, ""):
+        if user_quant == "sharq" and method not in PRESETS:
             # `--quantization sharq --hf-overrides '{"quantization_config": {...}}'` without
-            # quant_method in the dict (vLLM versions that default it to None)
+            # quant_method in the dict (vLLM versions that default it to None), and any other
+            # tool's quantized checkpoint: the user asked for SharQ, so it is never silently
+            # replaced by another method (vLLM's modelopt_fp4 claims ModelOpt NVFP4 whatever was
+            # asked); from_config serves an NVFP4 checkpoint or says why it cannot. Another
+            # preset's name in the config is vLLM's mismatch error. The preset methods
+            # (presets.py) ask this for their own name.
             return "sharq"
         return None
 
     def maybe_update_config(self, model_name: str, hf_config: Any = None, revision: str | None = None) -> None:
-        """Validate a local pre-quantized checkpoint (tensor names, shapes, dtypes) before any
-        weight is loaded; a no-op for 16-bit checkpoints."""
-        if getattr(self, "prequantized", False):
+        """Validate a local pre-quantized or NVFP4 checkpoint (tensor names, shapes, dtypes)
+        before any weight is loaded; a no-op for 16-bit checkpoints."""
+        if self.nvfp4 is not None:
+            from sharq_vllm.checkpoint.nvfp4 import preflight_nvfp4
+
+            info = preflight_nvfp4(model_name, self.nvfp4)
+            logger.info(
+                "sharq: serving the FP4 weights of a %s as stored (SharQ weight_block 16 payloads%s) "
+                "with SharQ activations (%s %s, act_scale=%s); the checkpoint's static input scales "
+                "(%s) are not used: SharQ's activation scales are dynamic",
+                self.nvfp4.label, f"; {info.summary()}" if info is not None else "",
+                self.options.format, self.options.pattern, self.options.act_scale, self.nvfp4.input_scale,
+            )
+        elif getattr(self, "prequantized", False):
             from sharq_vllm import checkpoint
 
             checkpoint.preflight(model_name)
@@ -113,6 +159,10 @@ class SharQConfig(QuantizationConfig):
             if self.is_layer_skipped(prefix):
                 logger.info("sharq: %s stays 16-bit (skip_layers)", prefix)
                 return UnquantizedLinearMethod()
+            if self.nvfp4 is not None:
+                from .nvfp4 import SharQNvfp4LinearMethod
+
+                return SharQNvfp4LinearMethod(self.options, prefix, self.nvfp4, preset=self.PRESET)
             if getattr(self, "prequantized", False):
                 from .prequantized import SharQPrequantizedLinearMethod
 

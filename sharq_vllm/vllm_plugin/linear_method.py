@@ -65,7 +65,9 @@ def _sharq_plugin_linear(x: torch.Tensor, bias: torch.Tensor | None, layer_name:
     (CUDA-graph capturable: no host syncs inside), counts calls."""
     layer: Any = _layer_for(layer_name)
     o: SharQOptions = layer.quant_method.options
-    y = ops.sharq_linear(x, packed_weight(layer), bias, o.format, o.pattern, act_scale=o.act_scale)
+    parts = packed_weights(layer)
+    y = ops.sharq_linear(x, parts[0] if len(parts) == 1 else parts, bias, o.format, o.pattern,
+                         act_scale=o.act_scale)
     stats.record_forward(x.shape[0] if x.dim() > 1 else 1)
     return y
 
@@ -76,11 +78,29 @@ def _(x: torch.Tensor, bias: torch.Tensor | None, layer_name: str) -> torch.Tens
     return x.new_empty((*x.shape[:-1], int(layer.output_size_per_partition)))
 
 
+def _buffer_names(part: int) -> tuple[str, str, str]:
+    names = ("sharq_qweight", "sharq_scales", "sharq_tensor_scale")
+    return names if part == 0 else (f"{names[0]}_{part}", f"{names[1]}_{part}", f"{names[2]}_{part}")
+
+
+def packed_weights(layer: Any) -> list[ops.PackedWeight]:
+    """The layer's weight as the op layer takes it: its buffers (see ``_install``) and the
+    geometry kept beside them; one part, or one per row block with its own tensor scale (a
+    fused layer from an NVFP4 checkpoint whose members carry different scales)."""
+    geometries = getattr(layer, "sharq_geometries", None) or [layer.sharq_geometry]
+    return [
+        ops.PackedWeight(*(getattr(layer, name) for name in _buffer_names(i)), *geometry)
+        for i, geometry in enumerate(geometries)
+    ]
+
+
 def packed_weight(layer: Any) -> ops.PackedWeight:
-    """The layer's weight as the op layer takes it: its three buffers (see ``_install``) and
-    the geometry kept beside them."""
-    return ops.PackedWeight(layer.sharq_qweight, layer.sharq_scales, layer.sharq_tensor_scale,
-                            *layer.sharq_geometry)
+    """The layer's weight when it is one part (every layer but the per-member case above)."""
+    parts = packed_weights(layer)
+    if len(parts) != 1:
+        raise ValueError(f"sharq: layer holds {len(parts)} row blocks with their own tensor scales; "
+                         "use packed_weights()")
+    return parts[0]
 
 
 class SharQLinearMethod(LinearMethodBase):
@@ -88,6 +108,8 @@ class SharQLinearMethod(LinearMethodBase):
 
     # layer-wise online quantization (weights on meta until loaded) where vLLM supports it
     uses_meta_device: bool = compat.get_online_processing_initializer() is not None
+    #: the preset named on /metrics (None: the one the options are, else "custom"; stats.py)
+    preset: str | None = None
 
     def __init__(self, options: SharQOptions, prefix: str = "") -> None:
         self.options = options
@@ -197,25 +219,36 @@ class SharQLinearMethod(LinearMethodBase):
         del weight, w
         self._install(layer, payload, shape, bytes_16, source="online")
 
-    def _install(self, layer: Any, payload: Any, shape: tuple[int, int], bytes_16: int, source: str) -> None:
+    def _install(
+        self, layer: Any, payload: Any, shape: tuple[int, int], bytes_16: int, source: str, how: str | None = None
+    ) -> None:
         """Pack the payload for the op layer and attach it to the layer (shared by the online
         and the pre-quantized paths): three non-persistent buffers (moved by ``.to()``, counted
-        as the layer's memory, never loaded from files) and the geometry beside them."""
+        as the layer's memory, never loaded from files) and the geometry beside them.
+        ``payload``: one payload, or a list of row blocks with their own tensor scales (three
+        buffers each, see :func:`packed_weights`). ``how``: the load-log label (default: the
+        options')."""
         act_dtype = getattr(layer, "orig_dtype", None)  # the model's dtype: the activations'
-        packed = ops.pack_weight(payload, act_dtype=act_dtype)
-        layer.register_buffer("sharq_qweight", packed.qweight, persistent=False)
-        layer.register_buffer("sharq_scales", packed.scales, persistent=False)
-        layer.register_buffer("sharq_tensor_scale", packed.tensor_scale, persistent=False)
-        layer.sharq_geometry = packed.geometry
+        payloads = payload if isinstance(payload, list) else [payload]
+        parts = [ops.pack_weight(p, act_dtype=act_dtype) for p in payloads]
+        for i, packed in enumerate(parts):
+            for name, t in zip(_buffer_names(i), (packed.qweight, packed.scales, packed.tensor_scale), strict=True):
+                layer.register_buffer(name, t, persistent=False)
+        layer.sharq_geometry = parts[0].geometry
+        layer.sharq_geometries = [p.geometry for p in parts]
         self._register_name(layer)
+        packed = parts[0]
         device = packed.qweight.device
         if device.type == "cuda":
             stats.log_once(f"describe:{device}", dispatch.describe(device, self.options.act_scale))
-        how = self.options.label() + ("" if source == "online" else f", from {source}")
+        if how is None:
+            how = self.options.label() + ("" if source == "online" else f", from {source}")
+        if len(parts) > 1:
+            how += f", {len(parts)} row blocks with their own tensor scales"
         stats.record_quantized(
-            self.prefix or type(layer).__name__, shape, bytes_16, packed.nbytes, how,
+            self.prefix or type(layer).__name__, shape, bytes_16, sum(p.nbytes for p in parts), how,
             kernel=dispatch.layer_label(packed.layout == ops.LAYOUT_TILED, device, self.options.act_scale, act_dtype),
-            options=self.options,
+            options=self.options, preset=self.preset,
         )
         layer._already_called_process_weights_after_loading = True
 

@@ -39,7 +39,12 @@ from ..formats import QuantizedBlocks
 from ..options import SharQOptions
 from .linear_method import SharQLinearMethod
 
-__all__ = ["SharQPrequantizedLinearMethod", "create_packed_parameters", "finalize_packed"]
+__all__ = [
+    "SharQPrequantizedLinearMethod",
+    "check_shards_loaded",
+    "create_packed_parameters",
+    "finalize_packed",
+]
 
 
 class SharQPrequantizedLinearMethod(SharQLinearMethod):
@@ -186,6 +191,30 @@ def create_packed_parameters(
     setattr(layer, "sharq_output_partition_sizes", list(output_partition_sizes))  # noqa: B010
 
 
+def check_shards_loaded(
+    prefix: str,
+    members: Sequence[str],
+    sizes: Sequence[int],
+    scale: torch.Tensor,
+    tensor_scale: torch.Tensor,
+    suffixes: tuple[str, str],
+) -> None:
+    """Every logical shard's block scales (rows still holding the E4M3 NaN they were created
+    with) and tensor scale (NaN) were loaded; raises CheckpointError naming the missing tensor."""
+    raw = scale.view(torch.uint8)
+    bad_rows = ((raw == _NAN_E4M3[0]) | (raw == _NAN_E4M3[1])).any(dim=1)
+    start = 0
+    for member, size in zip(members, sizes, strict=True):
+        if bool(bad_rows[start : start + size].any()):
+            raise CheckpointError(
+                f"tensor {member}.{suffixes[0]} was not loaded (or holds NaN scales) for {prefix}"
+            )
+        start += size
+    for i, member in enumerate(members):
+        if not bool(torch.isfinite(tensor_scale[i])):
+            raise CheckpointError(f"tensor {member}.{suffixes[1]} was not loaded for {prefix}")
+
+
 def finalize_packed(layer: torch.nn.Module, *, prefix: str, options: SharQOptions) -> QuantizedBlocks:
     """The loaded payload of a pre-quantized layer (call from ``process_weights_after_loading``),
     after checking that every logical shard's tensors were loaded and that fused shards share
@@ -196,18 +225,7 @@ def finalize_packed(layer: torch.nn.Module, *, prefix: str, options: SharQOption
     ts: torch.Tensor = getattr(layer, TENSOR_SCALE).data
     sizes = list(getattr(layer, "sharq_output_partition_sizes", [packed.shape[0]]))
     members = _members(prefix, len(sizes))
-    raw = scale.view(torch.uint8)
-    bad_rows = ((raw == _NAN_E4M3[0]) | (raw == _NAN_E4M3[1])).any(dim=1)
-    start = 0
-    for member, size in zip(members, sizes, strict=True):
-        if bool(bad_rows[start : start + size].any()):
-            raise CheckpointError(
-                f"tensor {member}.{SCALE} was not loaded (or holds NaN scales) for {prefix}"
-            )
-        start += size
-    for i, member in enumerate(members):
-        if not bool(torch.isfinite(ts[i])):
-            raise CheckpointError(f"tensor {member}.{TENSOR_SCALE} was not loaded for {prefix}")
+    check_shards_loaded(prefix, members, sizes, scale, ts, (SCALE, TENSOR_SCALE))
     shared = shared_tensor_scale(prefix, ts, [f"{m}.{TENSOR_SCALE}" for m in members])
     validate_loaded(
         prefix,

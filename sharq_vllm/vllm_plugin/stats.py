@@ -55,9 +55,12 @@ def record_quantized(
     how: str = "",
     kernel: str = "",
     options: Any = None,
+    preset: str | None = None,
 ) -> None:
     """``kernel``: the load log's ``kernel=...`` text (dispatch.layer_label); ``options``: the
-    layer's SharQOptions (for /metrics)."""
+    layer's SharQOptions (for /metrics); ``preset``: the preset /metrics names (default: the one
+    the options are, else ``custom``; an NVFP4 checkpoint's layers name the method that serves
+    them, whose activation options they use)."""
     with _lock:
         _STATS.layers_quantized += 1
         _STATS.bytes_16bit += bytes_16bit
@@ -65,7 +68,7 @@ def record_quantized(
         path = kernel.removeprefix("kernel=") or "reference (unknown)"
         _STATS.kernel_layers[path] = _STATS.kernel_layers.get(path, 0) + 1
         n, b16, bsq = _STATS.layers_quantized, _STATS.bytes_16bit, _STATS.bytes_sharq
-        facts = _facts(options)
+        facts = _facts(options, preset)
     log.info(
         "sharq: quantized %s [%d x %d] (%s): %d -> %d bytes (%.3fx); totals: %d layers, %d -> %d bytes%s",
         name, shape[0], shape[1], how, bytes_16bit, bytes_sharq,
@@ -74,7 +77,7 @@ def record_quantized(
     metrics.publish(facts)
 
 
-def _facts(options: Any) -> dict[str, Any]:
+def _facts(options: Any, preset: str | None = None) -> dict[str, Any]:
     """What /metrics shows for this process (call under _lock)."""
     paths = _STATS.kernel_layers
     kinds = {p.split(" ", 1)[0] for p in paths}
@@ -84,7 +87,7 @@ def _facts(options: Any) -> dict[str, Any]:
     if kernel == "reference":
         detail = detail.removeprefix("reference (").removesuffix(")")
     return {
-        "preset": (options.preset() or "custom") if options is not None else "",
+        "preset": (preset or options.preset() or "custom") if options is not None else "",
         "options": options.summary() if options is not None else "",
         "kernel": kernel,
         "kernel_detail": detail,
