@@ -31,6 +31,7 @@ def test_quantize_then_inspect(tmp_path, capsys):
     # folder layout
     names = sorted(p.name for p in dst.iterdir())
     assert names == [
+        "README.md",  # the usage note (checkpoint/readme.py)
         "config.json",
         "generation_config.json",
         "model-00001-of-00001.safetensors",

@@ -2,8 +2,8 @@
 
 Reads the source with safetensors ``safe_open`` one fused group at a time (q/k/v, gate/up, or a
 single tensor), so memory stays at about one output shard plus one group; writes sharded
-safetensors, ``model.safetensors.index.json``, the tokenizer/generation files and config.json with
-``quantization_config``. The payload of every layer equals what SharQLinearMethod's online
+safetensors, ``model.safetensors.index.json``, the tokenizer/generation files, config.json with
+``quantization_config`` and a usage note appended to README.md (readme.py). The payload of every layer equals what SharQLinearMethod's online
 quantization computes when vLLM loads the source checkpoint with the same dtype: fused groups
 share one amax (format.py's docstring; tests/test_checkpoint.py).
 """
@@ -39,6 +39,7 @@ from .io import (
     natural_sorted,
     read_config,
 )
+from .readme import add_usage_note
 
 __all__ = ["DTYPES", "QuantizeReport", "numerics_digest", "quantize_checkpoint", "resolve_dtype"]
 
@@ -288,6 +289,7 @@ def quantize_checkpoint(
                 continue
             shutil.copy2(p, tmp / p.name)
             report.copied_files.append(p.name)
+        add_usage_note(tmp, options)
         new_config = dict(config)
         new_config["quantization_config"] = make_quantization_config(options)
         (tmp / "config.json").write_text(json.dumps(new_config, indent=2) + "\n")
