@@ -28,7 +28,7 @@ import torch
 from sharq_vllm import assets
 
 from . import corpora as corpora_mod
-from .methods import ALL, METHODS, install, method_options, prepare_weights
+from .methods import ALL, METHODS, install, load_checkpoint_weights, method_options, prepare_weights
 
 MODEL_NAMES = {name: asset.served_name for name, asset in assets.MODELS.items()}  # model ids
 MODEL_SOURCES = {
@@ -239,6 +239,10 @@ def run(args) -> dict:
     if tok_bos != bos:
         print(f"[harness] note: the tokenizer {'adds' if tok_bos else 'does not add'} BOS; "
               f"using bos={bos} ({bos_source})", file=sys.stderr, flush=True)
+    nvfp4_sources = {}
+    for spec in args.nvfp4_checkpoint:
+        label, _, folder = spec.partition("=")
+        nvfp4_sources[label] = {"path": folder, "source": load_checkpoint_weights(label, folder)}
     state, layers = install(model, args.act_scale, fused_amax=not args.per_linear_amax)
     t0 = time.time()
     with torch.inference_mode():
@@ -317,6 +321,7 @@ def run(args) -> dict:
                       file=sys.stderr, flush=True)
     res = build_result(args, methods, bos, sums, timing, infos, t_weights, path)
     res["weights_sha256"] = weights_hash
+    res["nvfp4_checkpoints"] = nvfp4_sources
     res["bos_source"] = bos_source
     res["tokenizer_adds_bos"] = tok_bos
     return res
@@ -325,7 +330,8 @@ def run(args) -> dict:
 def _config(args, methods, bos) -> dict:
     return {"model": args.model, "window": args.window, "tokens": args.tokens, "dtype": args.dtype,
             "act_scale": args.act_scale, "methods": methods, "corpora": args.corpora, "bos": bos,
-            "fused_amax": not args.per_linear_amax, "skip_windows": args.skip_windows}
+            "fused_amax": not args.per_linear_amax, "skip_windows": args.skip_windows,
+            "nvfp4_checkpoints": args.nvfp4_checkpoint}
 
 
 def _save_state(path: Path, args, methods, bos, sums, timing, extra) -> None:
@@ -366,6 +372,8 @@ def add_recoveries(methods: dict) -> None:
         "sharq-plus-rtn": ("nvfp4", "w4a16-w16"),
         "sharq-plus": ("nvfp4-w16-search-up", "w4a16-w16-search-up"),
         "sharq-plus-dense": ("nvfp4-w16-search-up", "w4a16-w16-search-up"),
+        **{f"nvfp4ckpt-{c}+sharq{p}": (f"nvfp4ckpt-{c}", f"nvfp4ckpt-{c}-w4a16")
+           for c in ("ct", "mo") for p in ("", "-2:4")},
     }
     for name, (act_base, w_only) in pairs.items():
         if name in methods and act_base in methods and w_only in methods:
@@ -465,6 +473,9 @@ def parser() -> argparse.ArgumentParser:
                         "the GGUF's add_bos_token, else whether the tokenizer adds it")
     p.add_argument("--per-linear-amax", action="store_true",
                    help="weight tensor scale per q/k/v/gate/up linear instead of per fused layer")
+    p.add_argument("--nvfp4-checkpoint", action="append", default=[], metavar="LABEL=DIR",
+                   help="an NVFP4 checkpoint of the same model (ct: llm-compressor, mo: ModelOpt) whose "
+                        "weights the nvfp4ckpt-LABEL* methods use as stored")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--batch", type=int, default=1,
                    help="windows per forward (only with per-token activation scales)")

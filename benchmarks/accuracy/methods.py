@@ -153,6 +153,42 @@ ACTS = {
     "sharq-mxfp4-2:4": a_sharq("mxfp4", "2:4"),
 }
 
+# Weights read from an NVFP4 checkpoint of the same model written by another tool (harness
+# --nvfp4-checkpoint LABEL=DIR; labels "ct" = llm-compressor / compressed-tensors, "mo" = ModelOpt):
+# label -> {linear name: FP32 weight}, each member exactly as stored (sharq_vllm.checkpoint.nvfp4,
+# what `--quantization sharq` serves). Weight key "ckpt:LABEL".
+CHECKPOINT_WEIGHTS: dict[str, dict[str, torch.Tensor]] = {}
+CHECKPOINT_LABELS = {"ct": "llm-compressor NVFP4 (compressed-tensors)", "mo": "ModelOpt NVFP4"}
+
+
+def load_checkpoint_weights(label: str, path: str) -> str:
+    """Read the NVFP4 checkpoint ``path`` as the weights of method rows ``nvfp4ckpt-LABEL*``;
+    returns its description (format, tool version, scheme)."""
+    from sharq_vllm.checkpoint.nvfp4 import read_nvfp4_payloads
+
+    if label not in CHECKPOINT_LABELS:
+        raise SystemExit(f"--nvfp4-checkpoint label {label!r}: expected one of {sorted(CHECKPOINT_LABELS)}")
+    src, payloads = read_nvfp4_payloads(path)
+    CHECKPOINT_WEIGHTS[label] = {name: ref.dequantize_weight(p) for name, p in payloads.items()}
+    return src.label
+
+
+def _checkpoint_methods(label: str) -> list[Method]:
+    what = CHECKPOINT_LABELS[label]
+    w = f"ckpt:{label}"
+    return [
+        Method(f"nvfp4ckpt-{label}-w4a16", w, "16bit", f"the weights of a real {what} checkpoint, 16-bit activations"),
+        Method(f"nvfp4ckpt-{label}", w, "nvfp4",
+               f"the weights of a real {what} checkpoint with NVFP4 activations (dynamic per-token scales)"),
+        Method(f"nvfp4ckpt-{label}+sharq", w, "sharq-nvfp4-4:8-pairs",
+               f"NVFP4 checkpoint + SharQ activations: a real {what} checkpoint's weights as stored with "
+               "SharQ nvfp4 4:8-pairs activations (what --quantization sharq serves)"),
+        Method(f"nvfp4ckpt-{label}+sharq-2:4", w, "sharq-nvfp4-2:4",
+               f"a real {what} checkpoint's weights as stored with SharQ nvfp4 2:4 activations "
+               "(sharq-plus' activations)"),
+    ]
+
+
 # The name "bf16" is the 16-bit model itself (bf16 weights; activations in the run's dtype).
 METHODS: dict[str, Method] = {
     m.name: m
@@ -219,6 +255,7 @@ METHODS: dict[str, Method] = {
 }
 METHODS.update({f"w4a16-w16-{k}": Method(f"w4a16-w16-{k}", f"w16-{k}", "16bit", f"screen: {what}")
                 for k, (_, _, what) in WEIGHT_SCREEN.items()})
+METHODS.update({m.name: m for label in CHECKPOINT_LABELS for m in _checkpoint_methods(label)})
 
 # Methods every report must contain (issue 7).
 REQUIRED = ["bf16", "fp8", "nvfp4", "mxfp4", "w4a16-w32", "sharq-nvfp4-2:4",
@@ -273,6 +310,14 @@ class QuantLinear(torch.nn.Module):
         self.group_amax: torch.Tensor | None = None
 
     def weight_for(self, key: str) -> torch.Tensor:
+        if key.startswith("ckpt:"):
+            label = key[len("ckpt:"):]
+            if label not in CHECKPOINT_WEIGHTS:
+                raise SystemExit(f"methods with weights {key!r} need --nvfp4-checkpoint {label}=DIR")
+            try:
+                return CHECKPOINT_WEIGHTS[label][self.name]
+            except KeyError:
+                raise SystemExit(f"the {label} NVFP4 checkpoint has no quantized {self.name}") from None
         if key not in self.weights:
             fn = WEIGHTS[key]
             if getattr(fn, "uses_tensor_amax", False) and self.group_amax is not None:

@@ -30,7 +30,8 @@ ORDER = ["bf16", "fp8", "nvfp4", "mxfp4", "nvfp4-w32", "w4a16-w32", "w4a16-w16",
          "sharq-nvfp4-2:4", "sharq-nvfp4-4:8-pairs", "dense+dense", "sharq-mxfp4", "sharq-mxfp4-wmx",
          "sharq-nvfp4-4:8-pairs-w16", "sharq-nvfp4-2:4-w16", "dense+dense-w16", "sharq-plus-rtn",
          "sharq-plus-search", "sharq-plus-search-dense", "nvfp4-w16-search-up", "w4a16-w16-search-up",
-         "sharq-plus", "sharq-plus-dense"]
+         "sharq-plus", "sharq-plus-dense",
+         *(f"nvfp4ckpt-{c}{s}" for c in ("ct", "mo") for s in ("-w4a16", "", "+sharq", "+sharq-2:4"))]
 
 
 def _ordered(methods: dict) -> list[str]:
@@ -201,7 +202,10 @@ def write_report(json_path: Path) -> None:
     json_path = Path(json_path)
     res = json.loads(json_path.read_text())
     json_path.with_suffix(".md").write_text(markdown(res) + "\n")
-    plot(res, json_path.with_suffix(".png"))
+    try:
+        plot(res, json_path.with_suffix(".png"))
+    except ModuleNotFoundError as e:  # matplotlib is not in the CPU serving stack
+        print(f"[report] no plot ({e}); the JSON and .md are written", file=sys.stderr)
 
 
 # fields that must be equal in every merged run (else they did not measure the same thing)
