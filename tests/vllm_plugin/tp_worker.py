@@ -86,6 +86,10 @@ def main(rank: int, world: int, port: int) -> None:
         assert "tensor-parallel" in str(e) and "straddle" in str(e), e
     else:
         raise AssertionError("expected a SharQOptionError for K=96 split over 2 ranks")
+
+    from tests.vllm_plugin.tp_nvfp4 import check_nvfp4_checkpoint
+
+    check_nvfp4_checkpoint(rank, world)
     print(f"rank {rank}: OK", flush=True)
 
 
