@@ -125,3 +125,23 @@ def test_dequant_mm_bounded_workspace_is_exact(monkeypatch, n, k, with_bias):
     assert rel(chunked, ref) < 1e-2
     # cuBLAS may pick another algorithm for a narrower problem: equal up to bf16 rounding
     assert rel(chunked, whole) < 4e-3
+
+
+@pytest.mark.parametrize("m", [1, 9, 33, 300])
+def test_gemm_row_blocks_with_own_tensor_scales(m):
+    """Fused layers of NVFP4 checkpoints whose members carry different tensor scales
+    (ops.sharq_gemm_rows): on the kernels, each row block's GEMM with its bias slice, side by
+    side, and the FP32 reference of the stacked weights; every M path (stream, tile, dequant)."""
+    k = 1024
+    blocks = [packed_weight(n, k, block=16) for n in (256, 64, 48)]
+    assert len({float(p.tensor_scale) for _, p in blocks}) == 3
+    x = heavy(m, k, torch.bfloat16)
+    bias = heavy(1, 368, torch.bfloat16).reshape(368)
+    y = ops.sharq_gemm_rows(x, [p for _, p in blocks], bias)
+    parts, r0 = [], 0
+    for _, p in blocks:
+        parts.append(ops.sharq_gemm(x, p, bias[r0 : r0 + p.n]))
+        r0 += p.n
+    assert torch.equal(y, torch.cat(parts, dim=-1))
+    w = torch.cat([dequantize_weight(pl).cuda() for pl, _ in blocks])
+    assert rel(y, x.float() @ w.T + bias.float()) < 1e-2
