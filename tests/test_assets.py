@@ -168,6 +168,36 @@ def test_the_folder_check_catches_a_tokenizer_that_ignores_the_gguf(tmp_path):
         assets.apply_tokenizer_settings(tok, wrong_id)
 
 
+def test_conversion_with_tokenizer_files_from_elsewhere(tmp_path):
+    """benchmarks/realmodel/convert_gguf.py TOKENIZER_DIR (what the GPU machines use: their
+    transformers 5.17 converts SmolLM2's GGUF tokenizer with eos_token_id 1, the GGUF says 2):
+    the weights come from the GGUF, the tokenizer files from the folder, and they are checked
+    against the GGUF metadata all the same, so a folder that does not follow it is refused."""
+    from safetensors.torch import load_file
+
+    gguf = assets.ensure_gguf("smollm2")
+    ref = assets.ensure_model("smollm2")
+    good = tmp_path / "tok"
+    good.mkdir()
+    for f in ref.iterdir():
+        if f.name.startswith("tokenizer") or f.name in ("chat_template.jinja", "special_tokens_map.json"):
+            (good / f.name).write_bytes(f.read_bytes())
+    out = tmp_path / "out"
+    settings = assets.convert_gguf(gguf, out, tokenizer_dir=good)
+    assert settings == assets.tokenizer_settings(assets.read_gguf_metadata(gguf))
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(ref / "model.safetensors"))
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    assert (out / "tokenizer.json").read_bytes() == (good / "tokenizer.json").read_bytes()
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in good.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    (bad / "chat_template.jinja").unlink()  # as if converted without the GGUF's template
+    with pytest.raises(RuntimeError, match="chat template differs"):
+        assets.convert_gguf(gguf, tmp_path / "out2", tokenizer_dir=bad)
+
+
 def test_fingerprint_covers_every_input(monkeypatch):
     libs = {"transformers": "5.19.0", "tokenizers": "0.23.3", "gguf": "0.19.0", "torch": "2.13.0"}
     base = assets.conversion_fingerprint("a" * 64, "bfloat16", libs)

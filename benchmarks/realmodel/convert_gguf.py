@@ -2,7 +2,10 @@
 machines have no network: the GGUF travels in parts). The conversion is
 ``sharq_vllm.assets.convert_gguf``, the same one the asset cache uses.
 
-    python -m benchmarks.realmodel.convert_gguf FILE.gguf OUT_DIR     # from the repository root
+    python -m benchmarks.realmodel.convert_gguf FILE.gguf OUT_DIR [TOKENIZER_DIR]   # from the repository root
+
+TOKENIZER_DIR: tokenizer files converted on another machine (tools/gpu/gpu_session.sh carries the
+CPU machine's), used instead of this machine's conversion and checked against the GGUF metadata.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from sharq_vllm.assets import convert_gguf
 
 def main() -> None:
     gguf, out = Path(sys.argv[1]), Path(sys.argv[2])
-    convert_gguf(gguf, out)
+    convert_gguf(gguf, out, tokenizer_dir=Path(sys.argv[3]) if len(sys.argv) > 3 else None)
     print(f"converted {gguf.name} -> {out}")
 
 

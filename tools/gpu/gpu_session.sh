@@ -275,10 +275,12 @@ model_job() {  # join pieces, check, install gguf, convert GGUF -> bf16 folder
   python3 -m pip install -q --no-deps --no-index --target "$HOME/gguf-site" "$STASH"/wheels/gguf-*.whl 2>&1 | tail -2
   export PYTHONPATH=$HOME/gguf-site:${PYTHONPATH:-}
   local t0=$SECONDS
-  python3 -m benchmarks.realmodel.convert_gguf "$MODELS/$m-gguf/$gguf" "$MODELS/$m-bf16" || return 4
-  if [ -d "$STASH/$m-tokenizer" ]; then  # the CPU machine's tokenizer files win (see pack)
-    cp "$STASH/$m-tokenizer"/* "$MODELS/$m-bf16/" && log "tokenizer files from the CPU machine: $(ls "$STASH/$m-tokenizer" | tr '\n' ' ')"
-  fi
+  # the CPU machine's tokenizer files (see pack) instead of this machine's conversion: the
+  # device's transformers 5.17 converts some GGUF tokenizers wrongly (SmolLM2: eos_token_id 1,
+  # the GGUF says 2); they are checked against the GGUF metadata all the same
+  local tokdir=""
+  [ -d "$STASH/$m-tokenizer" ] && tokdir="$STASH/$m-tokenizer" && log "tokenizer files from the CPU machine: $(ls "$tokdir" | tr '\n' ' ')"
+  python3 -m benchmarks.realmodel.convert_gguf "$MODELS/$m-gguf/$gguf" "$MODELS/$m-bf16" $tokdir || return 4
   log "converted in $((SECONDS - t0))s"; du -sb "$MODELS/$m-bf16"
 }
 
