@@ -212,7 +212,7 @@ class SharQLinearMethod(LinearMethodBase):
         if self._is_tp_sharded(layer):
             amax = compat.all_reduce_max_tp(amax)
         payload = self.options.quantize_weight(w, tensor_amax=amax)
-        bytes_16 = w.numel() * w.element_size()
+        bytes_16 = w.numel() * 2  # the same weights in 16 bits, also when the model runs in float32
         shape = (int(w.shape[0]), int(w.shape[1]))
         # free the 16-bit weight: the payload is all the layer keeps
         del layer.weight

@@ -157,6 +157,24 @@ def test_quant_method_per_layer_kind() -> None:
     assert isinstance(_qkv(skip0, prefix="model.layers.1.self_attn.qkv_proj").quant_method, SharQLinearMethod)
 
 
+def test_16bit_bytes_count_two_bytes_a_weight_in_float32_models() -> None:
+    """sharq_weight_bytes_16bit / the load log's "N -> M bytes" compare with the same weights in
+    16 bits, also when the model runs in float32 (as on CPU), like pre-quantized layers do."""
+    from vllm.model_executor.layers.linear import QKVParallelLinear
+
+    from sharq_vllm.vllm_plugin import stats
+
+    layer = QKVParallelLinear(128, 32, 4, 2, bias=False, quant_config=_config(),
+                              prefix="model.layers.0.self_attn.qkv_proj", params_dtype=torch.float32)
+    before = stats.snapshot()
+    for shard, rows in (("q", 128), ("k", 64), ("v", 64)):
+        layer.weight.weight_loader(layer.weight, torch.randn(rows, 128), shard)
+    layer.quant_method.process_weights_after_loading(layer)
+    after = stats.snapshot()
+    assert after["layers_quantized"] == before["layers_quantized"] + 1
+    assert after["bytes_16bit"] - before["bytes_16bit"] == 256 * 128 * 2
+
+
 def test_fused_qkv_is_one_payload_and_matches_reference() -> None:
     from sharq_vllm.vllm_plugin import stats
 
