@@ -28,22 +28,16 @@ from vllm.model_executor.layers.quantization.base_config import QuantizationConf
 
 from sharq_vllm import reference
 from sharq_vllm.checkpoint import CheckpointError, preflight
+from sharq_vllm.checkpoint.format import PAYLOAD_SUFFIXES
 from sharq_vllm.convert import quantize_checkpoint
 from sharq_vllm.options import SharQOptions
 from sharq_vllm.vllm_plugin.prequantized import create_packed_parameters, finalize_packed
 
 from .tiny_checkpoint import llama_config, write_checkpoint
+from .vllm_plugin.nvfp4_layers import route_tensors
 
 OPTS = SharQOptions()
 H, INTER, NH, KV, HD = 64, 128, 4, 2, 16
-# Llama's stacked_params_mapping: checkpoint module -> (vLLM module, shard id)
-STACKED = {
-    "q_proj": ("qkv_proj", "q"),
-    "k_proj": ("qkv_proj", "k"),
-    "v_proj": ("qkv_proj", "v"),
-    "gate_proj": ("gate_up_proj", 0),
-    "up_proj": ("gate_up_proj", 1),
-}
 
 
 class PrequantizedMethod(LinearMethodBase):
@@ -148,20 +142,7 @@ def _layers(cfg: PrequantizedConfig) -> dict[str, torch.nn.Module]:
 
 def _load(layers: dict[str, torch.nn.Module], tensors: dict[str, torch.Tensor], skip: tuple[str, ...] = ()) -> None:
     """What LlamaModel.load_weights does for these tensors."""
-    for name, t in tensors.items():
-        if not name.startswith("model.layers.0.") or name in skip:
-            continue
-        module, _, suffix = name.removeprefix("model.layers.0.").rpartition(".")
-        if suffix not in ("weight_packed", "weight_scale", "weight_tensor_scale"):
-            continue
-        block, _, leaf = module.rpartition(".")
-        if leaf in STACKED:
-            fused, shard = STACKED[leaf]
-            param = getattr(layers[f"{block}.{fused}"], suffix)
-            param.weight_loader(param, t, shard)
-        else:
-            param = getattr(layers[module], suffix)
-            param.weight_loader(param, t)
+    route_tensors(layers, tensors, keep=lambda name, suffix: name not in skip and suffix in PAYLOAD_SUFFIXES)
     for layer in layers.values():
         layer.quant_method.process_weights_after_loading(layer)
 

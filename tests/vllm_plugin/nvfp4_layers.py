@@ -5,6 +5,7 @@ qkv_proj with shard ids "q"/"k"/"v", gate/up into gate_up_proj with 0/1)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +57,17 @@ def build_layers(cfg: Any, dtype: torch.dtype = torch.bfloat16) -> dict[str, Any
     }
 
 
-def load_layers(layers: dict[str, Any], ts: dict[str, torch.Tensor], process: bool = True) -> None:
-    """Route layer 0's checkpoint tensors into ``layers`` through the params' weight loaders,
-    then run process_weights_after_loading."""
+def route_tensors(layers: dict[str, Any], ts: dict[str, torch.Tensor], prefix: str = PREFIX,
+                  keep: Callable[[str, str], bool] | None = None) -> None:
+    """What Llama's load_weights does for one decoder layer: each tensor under ``prefix`` (for
+    which ``keep(name, suffix)``) goes through its param's weight loader, q/k/v and gate/up into
+    their fused layer with their shard id (:data:`STACKED`)."""
     for name, t in ts.items():
-        if not name.startswith(PREFIX) or "layernorm" in name:
+        if not name.startswith(prefix):
             continue
-        module, _, suffix = name.removeprefix(PREFIX).rpartition(".")
+        module, _, suffix = name.removeprefix(prefix).rpartition(".")
+        if keep is not None and not keep(name, suffix):
+            continue
         block, _, leaf = module.rpartition(".")
         if leaf in STACKED:
             fused, shard = STACKED[leaf]
@@ -71,6 +76,12 @@ def load_layers(layers: dict[str, Any], ts: dict[str, torch.Tensor], process: bo
         else:
             param = getattr(layers[module], suffix)
             param.weight_loader(param, t)
+
+
+def load_layers(layers: dict[str, Any], ts: dict[str, torch.Tensor], process: bool = True) -> None:
+    """Route layer 0's checkpoint tensors into ``layers`` through the params' weight loaders,
+    then run process_weights_after_loading."""
+    route_tensors(layers, ts, keep=lambda name, _suffix: "layernorm" not in name)
     if process:
         for layer in layers.values():
             layer.quant_method.process_weights_after_loading(layer)
