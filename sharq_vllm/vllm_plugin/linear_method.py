@@ -87,10 +87,9 @@ def packed_weights(layer: Any) -> list[ops.PackedWeight]:
     """The layer's weight as the op layer takes it: its buffers (see ``_install``) and the
     geometry kept beside them; one part, or one per row block with its own tensor scale (a
     fused layer from an NVFP4 checkpoint whose members carry different scales)."""
-    geometries = getattr(layer, "sharq_geometries", None) or [layer.sharq_geometry]
     return [
         ops.PackedWeight(*(getattr(layer, name) for name in _buffer_names(i)), *geometry)
-        for i, geometry in enumerate(geometries)
+        for i, geometry in enumerate(layer.sharq_geometries)
     ]
 
 
@@ -234,7 +233,6 @@ class SharQLinearMethod(LinearMethodBase):
         for i, packed in enumerate(parts):
             for name, t in zip(_buffer_names(i), (packed.qweight, packed.scales, packed.tensor_scale), strict=True):
                 layer.register_buffer(name, t, persistent=False)
-        layer.sharq_geometry = parts[0].geometry
         layer.sharq_geometries = [p.geometry for p in parts]
         self._register_name(layer)
         packed = parts[0]
