@@ -396,6 +396,8 @@ def run(args) -> dict:
             }
     if not args.no_prep_sweep and DEVICE == "cuda" and ok:
         info["prep_configs_us"] = prep_sweep(args, t_start)
+    if args.gemm_sweep and DEVICE == "cuda" and ok:
+        info["gemm_variants_us"] = gemm_variant_sweep(args, t_start)
     # derived: what the kernel work needs (issue 4 targets)
     derived: dict[str, object] = {}
     dq = sums.get("sharq_dequant", {}).get("1")
@@ -495,6 +497,85 @@ def prep_sweep(args, t_start) -> dict:
     return res
 
 
+# the forced GEMM kernels of sharq_kernels.h (GemmVariant) and the M they serve
+GEMM_VARIANTS = {
+    "auto": 0,
+    "tile": 2,
+    **{f"ring{c}": 3 + c for c in range(5)},
+    **{f"stream{c}": 8 + c for c in range(4)},  # stream0 = the default stream configuration
+}
+GEMM_VARIANT_MAX_M = {
+    name: 16 if name.startswith("stream") else 32 if name.startswith("ring") else 64 for name in GEMM_VARIANTS
+}
+GEMM_SWEEP_MS = (1, 4, 8, 16, 32, 64)
+
+
+def gemm_variant_sweep(args, t_start) -> dict:
+    """Every forced GEMM kernel at each small M (the data behind the decode choice in gemm.cu):
+    per shape, M and kernel, "gemm" = the GEMM alone on a prepared x_hat and "prep+gemm" = the
+    preparation kernel then the GEMM (as the op runs them: programmatic dependent launch lets the
+    GEMM start streaming weights while the preparation runs), plus the sums over the shapes."""
+    res: dict[str, dict] = {}
+    errs: dict[str, str] = {}
+    for sname, (n, k) in SHAPES.items():
+        w = torch.randn(n, k, device=DEVICE, dtype=torch.float32) * 0.02
+        base = ops.pack_weight(quantize_weight(w, 32), DEVICE)
+        copies = max(1, min(MAX_COPIES, math.ceil(L2_ROTATE_BYTES / max(1, state_bytes({"p": base})))))
+        states = [base] + [clone_state({"p": base})["p"] for _ in range(copies - 1)]
+        for m in GEMM_SWEEP_MS:
+            if time.time() - t_start > args.budget_s + 120:
+                errs.setdefault("budget", "skipped after the budget")
+                continue
+            xs = [heavy(m, k) for _ in range(copies)]
+            xh = [torch.ops.sharq.prepare(x, "nvfp4", "4:8-pairs") for x in xs]
+            outs = [torch.empty((m, n), dtype=xs[0].dtype, device=DEVICE) for _ in range(copies)]
+            line = res.setdefault(sname, {}).setdefault(f"M={m}", {})
+            for name, variant in GEMM_VARIANTS.items():
+                if m > GEMM_VARIANT_MAX_M[name]:
+                    continue
+
+                def run_variant(x_hat, i, variant=variant, sts=states, outs=outs):
+                    p = sts[i]
+                    torch.ops.sharq_C.gemm_mma_cfg(
+                        x_hat, p.qweight, p.scales, p.tensor_scale, None, outs[i], p.n_pad, p.block, variant
+                    )
+                    return outs[i]
+
+                def gemm(i, run_variant=run_variant, xh=xh):
+                    return run_variant(xh[i], i)
+
+                def prep_gemm(i, run_variant=run_variant, xs=xs):
+                    return run_variant(torch.ops.sharq.prepare(xs[i], "nvfp4", "4:8-pairs"), i)
+
+                try:
+                    line[name] = {
+                        "gemm": round(time_graph(gemm, copies, reps=args.reps), 2),
+                        "prep+gemm": round(time_graph(prep_gemm, copies, reps=args.reps), 2),
+                    }
+                except Exception as e:
+                    errs[f"{sname}/{m}/{name}"] = f"{type(e).__name__}: {e}"
+            print(f"  gemm {sname} M={m}: " + ", ".join(
+                f"{a}={b['gemm']:.1f}/{b['prep+gemm']:.1f}" for a, b in line.items()), flush=True)
+            del xs, xh, outs
+        del base, states
+        torch.cuda.empty_cache()
+    sums: dict[str, dict[str, dict[str, float]]] = {}
+    for m in GEMM_SWEEP_MS:
+        for name in GEMM_VARIANTS:
+            vals = [res.get(s, {}).get(f"M={m}", {}).get(name) for s in SHAPES]
+            if all(v is not None for v in vals):
+                sums.setdefault(f"M={m}", {})[name] = {
+                    key: round(sum(v[key] for v in vals), 2) for key in ("gemm", "prep+gemm")  # type: ignore[index]
+                }
+        if f"M={m}" in sums:
+            print(f"  gemm sum M={m}: " + ", ".join(
+                f"{a}={b['gemm']:.1f}/{b['prep+gemm']:.1f}" for a, b in sums[f"M={m}"].items()), flush=True)
+    res["sum"] = sums
+    if errs:
+        res["errors"] = errs
+    return res
+
+
 def print_table(res: dict) -> str:
     sums = res["sum_us"]
     ms = sorted({int(m) for d in sums.values() for m in d})
@@ -587,6 +668,10 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT", ""))
     ap.add_argument(
         "--no-prep-sweep", action="store_true", help="skip the prep configuration sweep"
+    )
+    ap.add_argument(
+        "--gemm-sweep", action="store_true",
+        help="every forced GEMM kernel (stream, tile, ring configurations) at M <= 64, alone and after the prep",
     )
     ap.add_argument(
         "--cpu-smoke",

@@ -116,6 +116,22 @@ void gemm_mma(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& 
              "gemm_mma");
 }
 
+// One forced GEMM kernel (sharq_kernels.h, GemmVariant): benchmarks and tests
+void gemm_mma_cfg(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                  const at::Tensor& tensor_scale, const std::optional<at::Tensor>& bias, at::Tensor& out,
+                  int64_t n_pad, int64_t wblock, int64_t variant) {
+  const void* bptr = check_gemm(x, qweight, scales, tensor_scale, bias, out, n_pad);
+  TORCH_CHECK(variant >= sharq::kGemmAuto && variant < sharq::kGemmStreamCfg + sharq::kStreamConfigs &&
+                  (variant < sharq::kGemmRing + sharq::kRingConfigs || variant >= sharq::kGemmStreamCfg),
+              "sharq: GEMM variant ", variant, " out of range");
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_cuda(sharq::launch_gemm_mma(x.data_ptr(), x.stride(0), qweight.data_ptr(), scales.data_ptr(),
+                                    tensor_scale.data_ptr<float>(), bptr, out.data_ptr(), out.stride(0),
+                                    x.size(0), (int)n_pad, out.size(1), x.size(1), (int)wblock, dtype_code(x),
+                                    c10::cuda::getCurrentCUDAStream().stream(), (int)variant),
+             "gemm_mma_cfg");
+}
+
 // w [N_pad, K] (x's dtype) = e2m1 * block scale, exact in 16 bits (the large-M path's workspace)
 void dequant(const at::Tensor& qweight, const at::Tensor& scales, at::Tensor& w, int64_t wblock) {
   TORCH_CHECK(w.is_cuda() && w.is_contiguous() && w.dim() == 2, "sharq: bad dequant output");
@@ -140,6 +156,9 @@ TORCH_LIBRARY(sharq_C, m) {
   m.def(
       "gemm_mma(Tensor x, Tensor qweight, Tensor scales, Tensor tensor_scale, Tensor? bias, "
       "Tensor(a!) out, int n_pad, int wblock) -> ()");
+  m.def(
+      "gemm_mma_cfg(Tensor x, Tensor qweight, Tensor scales, Tensor tensor_scale, Tensor? bias, "
+      "Tensor(a!) out, int n_pad, int wblock, int variant) -> ()");
   m.def("dequant(Tensor qweight, Tensor scales, Tensor(a!) w, int wblock) -> ()");
 }
 
@@ -148,6 +167,7 @@ TORCH_LIBRARY_IMPL(sharq_C, CUDA, m) {
   m.impl("prep_cfg", &prep_cfg);
   m.impl("prep_debug", &prep_debug);
   m.impl("gemm_mma", &gemm_mma);
+  m.impl("gemm_mma_cfg", &gemm_mma_cfg);
   m.impl("dequant", &dequant);
 }
 

@@ -10,10 +10,10 @@
 //   lane L = 4g + q (g = L/4 in 0..7, q = L%4) holds words {w0, w1, w2, w3}:
 //     w0 = row 16s+g   k 64t+16q+0..7      w1 = row 16s+g+8 k 64t+16q+0..7
 //     w2 = row 16s+g   k 64t+16q+8..15     w3 = row 16s+g+8 k 64t+16q+8..15
-//   a word's 8 codes c0..c7 (k order) sit at nibble positions 3,7,2,6,1,5,0,4, so that
-//   (word << 4j) has (c_2j, c_2j+1) in the top nibble of its two 16-bit halves, which one
-//   and/shift/or turns into a bf16x2 (fp16x2) pair: e2m1 * 2^-126 (bf16) or * 2^-14 (fp16),
-//   exact, subnormals included.
+//   a word's 8 codes c0..c7 (k order) form 4 pairs p = (c_2p, c_2p+1); their bits are placed
+//   (layout.py BIT_POS) so that one rotation and one mask (gemm_tile.cuh decode_bf16; 3
+//   instructions for pair 0) give the bf16x2 pair e2m1 * 2^-126, exact, subnormals included;
+//   fp16 moves the three magnitude bits up by 3 (e2m1 * 2^-14).
 //   scales: [N/16][K/64][16 rows x (64/wblock) blocks] bytes, byte (kb*16 + 2g + h) = E4M3 scale
 //   of row 16s+g+8h, local block kb; lane (g, q) reads the u16 (s_g, s_g+8) of kb = 16q/wblock.
 // MMA k-permutation: in k16 step j of tile t, lane (g, q) feeds logical k {2q, 2q+1} with
@@ -39,7 +39,7 @@
 //  same bits). Weight traffic: 4.5 bits a weight (0.5 B codes + 1/32 B scale).
 //  * dequant_kernel (M > 64, then cuBLAS): one warp a tile, staged through shared memory so
 //    every store is a full 128-byte row segment.
-#include "sharq_common.cuh"
+#include "gemm_tile.cuh"
 #include "sharq_kernels.h"
 
 #include <algorithm>
@@ -47,68 +47,9 @@
 namespace sharq {
 namespace {
 
-constexpr int kWarps = 8;
-
-template <typename T> struct MmaT;
-template <> struct MmaT<__nv_bfloat16> {
-  static __device__ __forceinline__ uint32_t extract(uint32_t t) {
-    return (t & 0x80008000u) | ((t >> 6) & 0x01C001C0u);
-  }
-  // (s_g, s_g8) e4m3 pair -> bf16x2 {s_g, s_g} and {s_g8, s_g8}, each * 2^119
-  static __device__ __forceinline__ void scales(uint32_t s16, uint32_t& sg, uint32_t& sg8) {
-    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(s16 & 0xFFFFu), __NV_E4M3);
-    const float f0 = __fmul_rn(__half2float(__half(__half_raw{h.x})), 6.646139978924579e35f);  // 2^119
-    const float f1 = __fmul_rn(__half2float(__half(__half_raw{h.y})), 6.646139978924579e35f);
-    __nv_bfloat162 a = __floats2bfloat162_rn(f0, f0);
-    __nv_bfloat162 b = __floats2bfloat162_rn(f1, f1);
-    sg = *reinterpret_cast<uint32_t*>(&a);
-    sg8 = *reinterpret_cast<uint32_t*>(&b);
-  }
-  static __device__ __forceinline__ uint32_t two7() { return 0x43004300u; }  // bf16x2 {128, 128}
-  static __device__ __forceinline__ uint32_t mul(uint32_t a, uint32_t b) {
-    __nv_bfloat162 r = __hmul2(*reinterpret_cast<__nv_bfloat162*>(&a), *reinterpret_cast<__nv_bfloat162*>(&b));
-    return *reinterpret_cast<uint32_t*>(&r);
-  }
-  static __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-};
-template <> struct MmaT<__half> {
-  static __device__ __forceinline__ uint32_t extract(uint32_t t) {
-    return (t & 0x80008000u) | ((t >> 3) & 0x0E000E00u);
-  }
-  static __device__ __forceinline__ void scales(uint32_t s16, uint32_t& sg, uint32_t& sg8) {
-    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(s16 & 0xFFFFu), __NV_E4M3);
-    __half2 v = __hmul2(__half2(h), __float2half2_rn(128.0f));  // <= 448 * 128, exact
-    __half2 a = __low2half2(v), b = __high2half2(v);
-    sg = *reinterpret_cast<uint32_t*>(&a);
-    sg8 = *reinterpret_cast<uint32_t*>(&b);
-  }
-  static __device__ __forceinline__ uint32_t two7() { return 0x58005800u; }  // f16x2 {128, 128}
-  static __device__ __forceinline__ uint32_t mul(uint32_t a, uint32_t b) {
-    __half2 r = __hmul2(*reinterpret_cast<__half2*>(&a), *reinterpret_cast<__half2*>(&b));
-    return *reinterpret_cast<uint32_t*>(&r);
-  }
-  static __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-};
-
-__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
-  uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-               : "l"(p));
-  return r;
-}
+using tile::kWarps;
+using tile::ld_stream;
+using tile::MmaT;
 
 template <typename T, int MT, int U>
 __global__ void __launch_bounds__(kWarps * 32)
@@ -127,12 +68,7 @@ gemm_mma_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict__ q
   const uint8_t* ss = sc + (int64_t)strip * KT * SBT + ((wblock == 32 ? (q >> 1) : q) * 16 + 2 * g);
   const T* xrow[MT];
   bool mrow[MT];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-    const int m = m_base + 8 * mt + g;
-    mrow[mt] = m < M;
-    xrow[mt] = x + (int64_t)(mrow[mt] ? m : 0) * xs + 16 * q;
-  }
+  tile::x_rows<T, MT>(xrow, mrow, x, xs, m_base, M, g, q);
 
   float acc[MT][4];
 #pragma unroll
@@ -150,43 +86,13 @@ gemm_mma_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict__ q
       if (t < KT) {
         qv[u] = ld_stream(qs + (int64_t)t * 32);
         sv[u] = *reinterpret_cast<const uint16_t*>(ss + (int64_t)t * SBT);
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          if (mrow[mt]) {
-            const uint4* xp = reinterpret_cast<const uint4*>(xrow[mt] + 64 * t);
-            xv[u][mt][0] = __ldg(xp);
-            xv[u][mt][1] = __ldg(xp + 1);
-          } else {
-            xv[u][mt][0] = make_uint4(0, 0, 0, 0);
-            xv[u][mt][1] = make_uint4(0, 0, 0, 0);
-          }
-        }
+        tile::load_x<T, MT>(xv[u], xrow, mrow, t);
       }
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int t = t0 + kWarps * u;
-      if (t < KT) {
-        uint32_t sg, sg8;
-        MmaT<T>::scales(sv[u], sg, sg8);
-        const uint32_t w[4] = {qv[u].x, qv[u].y, qv[u].z, qv[u].w};
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          // step j: words (w0,w1) for j < 2, (w2,w3) for j >= 2; pair shift 8*(j&1) (+4 for a4a5)
-          const uint32_t lo = w[(j >> 1) * 2 + 0], hi = w[(j >> 1) * 2 + 1];
-          const int sh = 8 * (j & 1);
-          uint32_t a[4];
-          a[0] = MmaT<T>::mul(MmaT<T>::extract(lo << sh), sg);
-          a[1] = MmaT<T>::mul(MmaT<T>::extract(hi << sh), sg8);
-          a[2] = MmaT<T>::mul(MmaT<T>::extract(lo << (sh + 4)), sg);
-          a[3] = MmaT<T>::mul(MmaT<T>::extract(hi << (sh + 4)), sg8);
-#pragma unroll
-          for (int mt = 0; mt < MT; ++mt) {
-            const uint32_t* xw = reinterpret_cast<const uint32_t*>(&xv[u][mt][0]);  // 8 words
-            MmaT<T>::mma(acc[mt], a, xw[2 * j], xw[2 * j + 1]);
-          }
-        }
-      }
+      if (t < KT) tile::mma_tile<T, MT>(acc, qv[u], sv[u], xv[u]);
     }
   }
 
@@ -195,20 +101,8 @@ gemm_mma_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict__ q
 #pragma unroll
     for (int c = 0; c < 4; ++c) red[warp][mt][c][lane] = acc[mt][c];
   __syncthreads();
-  const float ts = __fmul_rn(tscale[0], 128.0f);
-  for (int idx = threadIdx.x; idx < MT * 4 * 32; idx += kWarps * 32) {
-    const int mt = idx >> 7, c = (idx >> 5) & 3, ln = idx & 31;
-    float sum = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) sum += red[w][mt][c][ln];
-    const int n = strip * 16 + (ln >> 2) + (c >= 2 ? 8 : 0);
-    const int m = m_base + 8 * mt + 2 * (ln & 3) + (c & 1);
-    if (m < M && n < n_valid) {
-      float v = __fmul_rn(sum, ts);
-      if (bias != nullptr) v = __fadd_rn(v, Elem<T>::to_float(bias[n]));
-      y[(int64_t)m * ys + n] = Elem<T>::from_float(v);
-    }
-  }
+  tile::store_strip<T, MT>(red, strip, m_base, M, n_valid, __fmul_rn(tscale[0], 128.0f), bias, y, ys,
+                           threadIdx.x, kWarps * 32);
 }
 
 // ---- persistent, software-pipelined stream kernel (decode: M <= 16) -------------------------
@@ -229,8 +123,8 @@ struct StreamStage {
   uint32_t s[U];
 };
 
-template <typename T, int MT, int U>
-__global__ void __launch_bounds__(kWarps * 32)
+template <typename T, int MT, int U, int MINB, bool FULL>
+__global__ void __launch_bounds__(kWarps * 32, MINB)
 gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict__ qw,
                    const uint8_t* __restrict__ sc, const float* __restrict__ tscale,
                    const T* __restrict__ bias, T* __restrict__ y, int64_t ys, int M, int n_valid,
@@ -249,76 +143,64 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
 
   const T* xrow[MT];
   bool mrow[MT];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-    const int m = m_base + 8 * mt + g;
-    mrow[mt] = m < M;
-    xrow[mt] = x + (int64_t)(mrow[mt] ? m : 0) * xs + 16 * q;
-  }
+  tile::x_rows<T, MT>(xrow, mrow, x, xs, m_base, M, g, q);
   float acc[MT][4];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
     for (int c = 0; c < 4; ++c) acc[mt][c] = 0.0f;
 
-  // step i -> strip blockIdx.x + (i / nsteps) * gridDim.x, tiles warp + 8 (U (i % nsteps) + u)
-  auto load = [&](StreamStage<T, MT, U>& st, int i) {
-    const int strip = (int)blockIdx.x + (i / nsteps) * (int)gridDim.x;
-    const int tb = warp + kWarps * U * (i % nsteps);
-    const uint4* qs = qw + (int64_t)strip * KT * 32 + lane;
-    const uint8_t* ss = sc + (int64_t)strip * KT * SBT + soff;
+  // Step i of the CTA: strip blockIdx.x + (i / nsteps) * gridDim.x, tiles warp + 8 (U (i % nsteps)
+  // + u). A position carries the lane's code and scale pointers at its first tile and is
+  // advanced incrementally (no integer division or 64-bit index arithmetic in the loop). FULL:
+  // K/64 is a multiple of 8U (4096, 14336, ...), so no tile needs a bounds check.
+  struct Pos {
+    int strip, s, tb;  // strip, step in the strip, the warp's first tile of the step
+    const uint4* q;    // lane's 16 code bytes of tile tb
+    const uint8_t* sp; // lane's scale pair of tile tb
+  };
+  auto at_strip = [&](Pos& p, int strip) {
+    p.strip = strip;
+    p.s = 0;
+    p.tb = warp;
+    p.q = qw + ((int64_t)strip * KT + warp) * 32 + lane;
+    p.sp = sc + ((int64_t)strip * KT + warp) * SBT + soff;
+  };
+  auto advance = [&](Pos& p) {
+    if (++p.s == nsteps) {
+      at_strip(p, p.strip + (int)gridDim.x);
+    } else {
+      p.tb += kWarps * U;
+      p.q += kWarps * U * 32;
+      p.sp += kWarps * U * SBT;
+    }
+  };
+  auto load = [&](StreamStage<T, MT, U>& st, const Pos& p) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int t = tb + kWarps * u;
-      if (t < KT) {
-        st.q[u] = ld_stream(qs + (int64_t)t * 32);
-        st.s[u] = *reinterpret_cast<const uint16_t*>(ss + (int64_t)t * SBT);
+      if (FULL || p.tb + kWarps * u < KT) {
+        st.q[u] = ld_stream(p.q + kWarps * u * 32);
+        st.s[u] = *reinterpret_cast<const uint16_t*>(p.sp + kWarps * u * SBT);
       }
     }
   };
-  auto compute = [&](const StreamStage<T, MT, U>& st, int i) {
-    const int tb = warp + kWarps * U * (i % nsteps);
+  auto compute = [&](const StreamStage<T, MT, U>& st, const Pos& p) {
+    const T* xb[MT];  // the lane's x_hat values of tile tb (tile tb + 8u at + 512u elements)
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) xb[mt] = xrow[mt] + 64 * p.tb;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int t = tb + kWarps * u;
-      if (t < KT) {
+      if (FULL || p.tb + kWarps * u < KT) {
         uint4 xv[MT][2];
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          if (mrow[mt]) {
-            const uint4* xp = reinterpret_cast<const uint4*>(xrow[mt] + 64 * t);
-            xv[mt][0] = __ldg(xp);
-            xv[mt][1] = __ldg(xp + 1);
-          } else {
-            xv[mt][0] = make_uint4(0, 0, 0, 0);
-            xv[mt][1] = make_uint4(0, 0, 0, 0);
-          }
-        }
-        uint32_t sg, sg8;
-        MmaT<T>::scales(st.s[u], sg, sg8);
-        const uint32_t w[4] = {st.q[u].x, st.q[u].y, st.q[u].z, st.q[u].w};
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const uint32_t lo = w[(j >> 1) * 2 + 0], hi = w[(j >> 1) * 2 + 1];
-          const int sh = 8 * (j & 1);
-          uint32_t a[4];
-          a[0] = MmaT<T>::mul(MmaT<T>::extract(lo << sh), sg);
-          a[1] = MmaT<T>::mul(MmaT<T>::extract(hi << sh), sg8);
-          a[2] = MmaT<T>::mul(MmaT<T>::extract(lo << (sh + 4)), sg);
-          a[3] = MmaT<T>::mul(MmaT<T>::extract(hi << (sh + 4)), sg8);
-#pragma unroll
-          for (int mt = 0; mt < MT; ++mt) {
-            const uint32_t* xw = reinterpret_cast<const uint32_t*>(&xv[mt][0]);
-            MmaT<T>::mma(acc[mt], a, xw[2 * j], xw[2 * j + 1]);
-          }
-        }
+        tile::load_x<T, MT>(xv, xb, mrow, kWarps * u);
+        tile::mma_tile<T, MT>(acc, st.q[u], st.s[u], xv);
       }
     }
   };
   // after the last step of a strip: fixed-order reduction over the 8 warps, epilogue, store
-  auto finish = [&](int i) {
-    if (i % nsteps != nsteps - 1) return;
-    const int strip = (int)blockIdx.x + (i / nsteps) * (int)gridDim.x;
+  auto finish = [&](const Pos& p) {
+    if (p.s != nsteps - 1) return;
+    const int strip = p.strip;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -327,47 +209,49 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
         acc[mt][c] = 0.0f;
       }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < MT * 4 * 32; idx += kWarps * 32) {
-      const int mt = idx >> 7, c = (idx >> 5) & 3, ln = idx & 31;
-      float sum = 0.0f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) sum += red[w][mt][c][ln];
-      const int n = strip * 16 + (ln >> 2) + (c >= 2 ? 8 : 0);
-      const int m = m_base + 8 * mt + 2 * (ln & 3) + (c & 1);
-      if (m < M && n < n_valid) {
-        float v = __fmul_rn(sum, ts);
-        if (bias != nullptr) v = __fadd_rn(v, Elem<T>::to_float(bias[n]));
-        y[(int64_t)m * ys + n] = Elem<T>::from_float(v);
-      }
-    }
+    tile::store_strip<T, MT>(red, strip, m_base, M, n_valid, ts, bias, y, ys, threadIdx.x, kWarps * 32);
     __syncthreads();
   };
 
   StreamStage<T, MT, U> A, B;
-  if (total > 0) load(A, 0);
+  Pos lp, cp;  // the next step to load, to compute
+  at_strip(lp, (int)blockIdx.x);
+  at_strip(cp, (int)blockIdx.x);
+  if (total > 0) {
+    load(A, lp);
+    advance(lp);
+  }
   // Programmatic dependent launch: the weights do not depend on the previous kernel (the
   // preparation writing x_hat), so their first loads are issued before waiting for it. A no-op
   // when launched without the PDL attribute or when the previous kernel has completed.
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
   for (int i = 0; i < total; i += 2) {
-    if (i + 1 < total) load(B, i + 1);
-    compute(A, i);
-    finish(i);
+    if (i + 1 < total) {
+      load(B, lp);
+      advance(lp);
+    }
+    compute(A, cp);
+    finish(cp);
+    advance(cp);
     if (i + 1 >= total) break;
-    if (i + 2 < total) load(A, i + 2);
-    compute(B, i + 1);
-    finish(i + 1);
+    if (i + 2 < total) {
+      load(A, lp);
+      advance(lp);
+    }
+    compute(B, cp);
+    finish(cp);
+    advance(cp);
   }
 }
 
-template <typename T, int MT, int U>
+template <typename T, int MT, int U, int MINB>
 cudaError_t launch_stream_t(const void* x, int64_t xs, const void* qw, const void* sc,
                             const float* ts, const void* bias, void* y, int64_t ys, int M, int N,
                             int n_valid, int K, int wblock, cudaStream_t stream) {
   static int per_sm = 0;  // resident CTAs an SM (host query, once per instantiation)
   if (per_sm == 0) {
     int v = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, gemm_stream_kernel<T, MT, U>, kWarps * 32, 0) != cudaSuccess || v < 1) v = 1;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, gemm_stream_kernel<T, MT, U, MINB, false>, kWarps * 32, 0) != cudaSuccess || v < 1) v = 1;
     per_sm = v;
   }
   int dev = 0, sms = 132;
@@ -393,7 +277,10 @@ cudaError_t launch_stream_t(const void* x, int64_t xs, const void* qw, const voi
   attr[0].val.programmaticStreamSerializationAllowed = kStreamPdl ? 1 : 0;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, gemm_stream_kernel<T, MT, U>, static_cast<const T*>(x), xs,
+  // every step of every warp is whole when K/64 is a multiple of 8U: no per-tile bounds checks
+  auto kern = (K / 64) % (kWarps * U) == 0 ? gemm_stream_kernel<T, MT, U, MINB, true>
+                                           : gemm_stream_kernel<T, MT, U, MINB, false>;
+  return cudaLaunchKernelEx(&cfg, kern, static_cast<const T*>(x), xs,
                             static_cast<const uint4*>(qw), static_cast<const uint8_t*>(sc), ts,
                             static_cast<const T*>(bias), static_cast<T*>(y), ys, M, n_valid, K,
                             wblock, nstrips);
@@ -410,19 +297,39 @@ cudaError_t launch_mma_t(const void* x, int64_t xs, const void* qw, const void* 
   return cudaGetLastError();
 }
 
+template <typename T, int U, int MINB>
+cudaError_t launch_stream_mt(const void* x, int64_t xs, const void* qw, const void* sc, const float* ts,
+                             const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K, int wblock,
+                             cudaStream_t stream) {
+  if (M <= 8) return launch_stream_t<T, 1, U, MINB>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+  return launch_stream_t<T, 2, U, MINB>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+}
+
 template <typename T>
 cudaError_t launch_mma_dt(const void* x, int64_t xs, const void* qw, const void* sc,
                           const float* ts, const void* bias, void* y, int64_t ys, int M, int N,
-                          int n_valid, int K, int wblock, cudaStream_t stream) {
-  if (M <= 8) return launch_stream_t<T, 1, 4>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
-  if (M <= 16) return launch_stream_t<T, 2, 4>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+                          int n_valid, int K, int wblock, cudaStream_t stream, int variant) {
+  if (variant >= kGemmStreamCfg) {  // a forced stream configuration (U tiles a step, B CTAs an SM)
+    if (M > 16) return cudaErrorInvalidValue;
+    switch (variant - kGemmStreamCfg) {
+      case 0: return launch_stream_mt<T, 4, 2>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+      case 1: return launch_stream_mt<T, 2, 3>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+      case 2: return launch_stream_mt<T, 2, 4>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+      case 3: return launch_stream_mt<T, 4, 3>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+      default: return cudaErrorInvalidValue;
+    }
+  }
+  if (variant == kGemmStream || (variant == kGemmAuto && M <= 16)) {
+    if (M > 16) return cudaErrorInvalidValue;
+    return launch_stream_mt<T, 4, 2>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+  }
   if (M <= 32) return launch_mma_t<T, 4, 2>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
   return launch_mma_t<T, 8, 1>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
 }
 
 // ---- dequantization to a 16-bit workspace (large-M path: then cuBLAS) -----------------------
 // One warp per 16x64 tile (grid-stride over tiles, kDqU tiles' 16-byte loads issued before any
-// is used: 64 B in flight a lane). Dequant with the GEMM's bit trick: nibble -> e2m1 * 2^-126
+// is used: 64 B in flight a lane). Dequant with the GEMM's bit trick: code pair -> e2m1 * 2^-126
 // (bf16) / 2^-14 (fp16) by and/shift/or, times (s * 2^119) / (s * 2^7) = e2m1 * s * 2^-7, times
 // 2^7: every step exact (<= 6 significant bits, no overflow/underflow), so w = e2m1 * s exactly,
 // as before. The warp stages the 16 x 128 B tile in shared memory (rows padded to 144 B: no
@@ -468,10 +375,10 @@ dequant_kernel(const uint4* __restrict__ qw, const uint8_t* __restrict__ sc, T* 
       for (int i = 0; i < 4; ++i) {
         const uint32_t sc2 = (i & 1) ? sg8 : sg;
         uint4 o;
-        o.x = MmaT<T>::mul(MmaT<T>::mul(MmaT<T>::extract(wd[i]), sc2), two7);
-        o.y = MmaT<T>::mul(MmaT<T>::mul(MmaT<T>::extract(wd[i] << 4), sc2), two7);
-        o.z = MmaT<T>::mul(MmaT<T>::mul(MmaT<T>::extract(wd[i] << 8), sc2), two7);
-        o.w = MmaT<T>::mul(MmaT<T>::mul(MmaT<T>::extract(wd[i] << 12), sc2), two7);
+        o.x = MmaT<T>::mul(MmaT<T>::mul(MmaT<T>::pair(wd[i], 0), sc2), two7);
+        o.y = MmaT<T>::mul(MmaT<T>::mul(MmaT<T>::pair(wd[i], 1), sc2), two7);
+        o.z = MmaT<T>::mul(MmaT<T>::mul(MmaT<T>::pair(wd[i], 2), sc2), two7);
+        o.w = MmaT<T>::mul(MmaT<T>::mul(MmaT<T>::pair(wd[i], 3), sc2), two7);
         *reinterpret_cast<uint4*>(st + (g + 8 * (i & 1)) * kDqRowPad + 16 * q + 8 * (i >> 1)) = o;
       }
       __syncwarp();
@@ -494,12 +401,16 @@ dequant_kernel(const uint4* __restrict__ qw, const uint8_t* __restrict__ sc, T* 
 cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight, const void* scales,
                             const float* tensor_scale, const void* bias, void* y, int64_t y_stride,
                             int M, int N, int n_valid, int K, int wblock, int dtype,
-                            cudaStream_t stream) {
+                            cudaStream_t stream, int variant) {
   if (M == 0 || N == 0) return cudaSuccess;
   if (N % 16 || K % 64 || (wblock != 16 && wblock != 32)) return cudaErrorInvalidValue;
+  if (variant >= kGemmRing && variant < kGemmRing + kRingConfigs)
+    return launch_gemm_ring(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K,
+                            wblock, dtype, variant - kGemmRing, stream);
+  if (variant < kGemmAuto || variant >= kGemmStreamCfg + kStreamConfigs) return cudaErrorInvalidValue;
   switch (dtype) {
-    case kBF16: return launch_mma_dt<__nv_bfloat16>(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock, stream);
-    case kFP16: return launch_mma_dt<__half>(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock, stream);
+    case kBF16: return launch_mma_dt<__nv_bfloat16>(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock, stream, variant);
+    case kFP16: return launch_mma_dt<__half>(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock, stream, variant);
     default: return cudaErrorInvalidValue;
   }
 }

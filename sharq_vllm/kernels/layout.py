@@ -8,9 +8,13 @@ the header of sharq_vllm/csrc/gemm.cu, which also explains the k-permutation the
 * tile (s, t) = rows 16s..16s+15, k 64t..64t+63; N is padded to a multiple of 16 with zero rows.
 * qweight: int32 [N/16, K/64 * 128] = [N/16][K/64][32 lanes][4 words]: lane L = 4g + q holds
   w0 = row 16s+g, k 64t+16q+0..7;  w1 = row 16s+g+8, same k;  w2 = row 16s+g, k 64t+16q+8..15;
-  w3 = row 16s+g+8, same k. A word's codes c0..c7 (k order) sit at nibble positions
-  :data:`NIBBLE_POS`, so that (word << 4j) carries (c_2j, c_2j+1) in the top nibbles of its two
-  16-bit halves (one and/shift/or makes a bf16x2 / fp16x2 pair).
+  w3 = row 16s+g+8, same k. A word's 8 codes c0..c7 (k order) form 4 pairs p = (c_2p, c_2p+1),
+  and a pair decodes to a bf16x2 (low half c_2p, high half c_2p+1; value e2m1 * 2^-126) in 2-3
+  integer instructions (:data:`PAIR_DECODE`): code bit b (m0, e0, e1, sign) of half h sits at bit
+  (:data:`BF16_TARGET`[b] + 16 h - :data:`PAIR_ROT`[p][b]) mod 32 of the word (:data:`BIT_POS`),
+  so rotating the word left by PAIR_ROT[p][b] puts it on its bf16 bit. Three pairs need one
+  rotation and one mask; the fourth keeps three bits in place and rotates one (no placement of 8
+  codes lets all four pairs use one rotation: the translates of {6, 7, 8, 15} do not tile Z16).
 * scales: uint8 [N/16, K/64 * 16 * (64/block)]: byte (b * 16 + 2g + h) of a tile is the E4M3
   scale of row 16s+g+8h, block b of the tile (a lane reads the u16 (s_g, s_g+8) of its block).
 
@@ -28,7 +32,23 @@ from ..fp4 import unpack_nibbles
 
 TILE_K = 64
 TILE_ROWS = 16
-NIBBLE_POS = (3, 7, 2, 6, 1, 5, 0, 4)  # nibble position of code c0..c7 inside a tiled word
+#: bf16 bit of each E2M1 code bit (m0, e0, e1, sign): e1 e0 m0 as the low exponent bits and the
+#: top mantissa bit give e2m1 * 2^-126 exactly (subnormals included)
+BF16_TARGET = (6, 7, 8, 15)
+#: left rotation of the word that brings code bit b of pair p onto its bf16 bit
+PAIR_ROT = ((0, 0, 8, 0), (14, 14, 14, 14), (4, 4, 4, 4), (10, 10, 10, 10))
+#: the decode of pair p, as sharq_vllm/csrc/gemm_tile.cuh (decode_bf16) writes it
+PAIR_DECODE = (
+    "(w & 0x80C080C0) | (rotl(w, 8) & 0x01000100)",
+    "rotl(w, 14) & 0x81C081C0",
+    "rotl(w, 4) & 0x81C081C0",
+    "rotl(w, 10) & 0x81C081C0",
+)
+#: BIT_POS[i][b]: the word bit holding bit b of code c_i (i = 2p + h)
+BIT_POS = tuple(
+    tuple((BF16_TARGET[b] + 16 * (i % 2) - PAIR_ROT[i // 2][b]) % 32 for b in range(4)) for i in range(8)
+)
+assert sorted(p for code in BIT_POS for p in code) == list(range(32)), "a word holds 8 codes exactly"
 
 
 def _check(k: int, block: int) -> None:
@@ -56,8 +76,9 @@ def tile_weight(
         sc = torch.cat([sc, sc.new_zeros(n_pad - n, sc.shape[1])])
     # [S, h, g, KT, q, half, i]: row 16S + 8h + g, k = 64 KT + 16 q + 8 half + i
     c = c.reshape(s_count, 2, 8, kt, 4, 2, 8)
-    shifts = torch.tensor([4 * p for p in NIBBLE_POS], dtype=torch.int64, device=c.device)
-    words = (c << shifts).sum(-1)  # [S, h, g, KT, q, half], < 2^32
+    pos = torch.tensor(BIT_POS, dtype=torch.int64, device=c.device)  # [8 codes, 4 bits]
+    bits = (c.unsqueeze(-1) >> torch.arange(4, device=c.device)) & 1  # [S, h, g, KT, q, half, i, b]
+    words = (bits << pos).sum((-1, -2))  # [S, h, g, KT, q, half], < 2^32
     words = words.permute(0, 3, 2, 4, 5, 1).contiguous()  # [S, KT, g, q, half, h]
     words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
     qweight = words.reshape(s_count, kt * 128)
@@ -76,8 +97,9 @@ def untile_weight(
     s_count = n_pad // 16
     words = qweight.reshape(s_count, kt, 8, 4, 2, 2).to(torch.int64) & 0xFFFFFFFF  # [S,KT,g,q,half,h]
     words = words.permute(0, 5, 2, 1, 3, 4)  # [S, h, g, KT, q, half]
-    shifts = torch.tensor([4 * p for p in NIBBLE_POS], dtype=torch.int64, device=words.device)
-    c = (words.unsqueeze(-1) >> shifts) & 0xF  # [S, h, g, KT, q, half, i]
+    pos = torch.tensor(BIT_POS, dtype=torch.int64, device=words.device)  # [8 codes, 4 bits]
+    bits = (words.unsqueeze(-1).unsqueeze(-1) >> pos) & 1  # [S, h, g, KT, q, half, i, b]
+    c = (bits << torch.arange(4, device=words.device)).sum(-1)  # [S, h, g, KT, q, half, i]
     c = c.reshape(n_pad, k).to(torch.uint8)[:n]
     packed = (c[:, 0::2] | (c[:, 1::2] << 4)).contiguous()
     nb = 64 // block

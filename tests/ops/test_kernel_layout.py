@@ -1,19 +1,30 @@
 """CPU checks of the kernels' data layout and fragment math (no GPU needed).
 
 ``emulate_gemm_mma`` replays sharq_vllm/csrc/gemm.cu's mma.sync kernel step by step in PyTorch: it reads the
-tiled weight words exactly as a lane does, applies the same bit tricks (nibble -> bf16/fp16
-pair), the same scale bias (2^119 / 2^7), assembles the m16n8k16 A and B fragments with the
-kernel's k-permutation, and multiplies. If the tiling, nibble order, scale addressing or the
+tiled weight words exactly as a lane does, applies the same bit tricks (code pair -> bf16/fp16
+pair by the rotations of layout.PAIR_ROT), the same scale bias (2^119 / 2^7), assembles the
+m16n8k16 A and B fragments with the kernel's k-permutation, and multiplies. If the tiling, the
+code bit placement, scale addressing or the
 k-permutation were inconsistent, this would not match the reference.
 """
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
 from sharq_vllm import ops
-from sharq_vllm.kernels.layout import tile_weight, untile_weight
+from sharq_vllm.kernels.layout import (
+    BF16_TARGET,
+    BIT_POS,
+    PAIR_DECODE,
+    PAIR_ROT,
+    tile_weight,
+    untile_weight,
+)
 from sharq_vllm.reference import dequantize_weight, quantize_weight
 
 MASK32 = 0xFFFFFFFF
@@ -37,21 +48,45 @@ def _heavy(*shape, seed=0):
     return t
 
 
-def _extract(t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """The kernel's MmaT<T>::extract on int64-held uint32 words -> (low, high) raw floats."""
-    t = t & MASK32
-    if dtype == torch.bfloat16:
-        bits = (t & 0x80008000) | ((t >> 6) & 0x01C001C0)
-    else:
-        bits = (t & 0x80008000) | ((t >> 3) & 0x0E000E00)
-    lo = (bits & 0xFFFF).to(torch.int16 if False else torch.int32)
+def _rotl(w: torch.Tensor, r: int) -> torch.Tensor:
+    return ((w << r) | (w >> (32 - r))) & MASK32 if r else w
+
+
+def _decode(w: torch.Tensor, p: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's MmaT<T>::pair (gemm_tile.cuh) on int64-held uint32 words -> (low, high) raw
+    floats, written from layout.PAIR_ROT: the bits of pair p rotated onto BF16_TARGET."""
+    w = w & MASK32
+    bits = torch.zeros_like(w)
+    for b, target in enumerate(BF16_TARGET):
+        mask = (1 << target) | (1 << (target + 16))
+        bits |= _rotl(w, PAIR_ROT[p][b]) & mask
+    if dtype == torch.float16:  # e1 e0 m0 from bf16 bits 8..6 to fp16 bits 11..9
+        bits = (bits & 0x80008000) | ((bits << 3) & 0x0E000E00)
+    lo = bits & 0xFFFF
     hi = (bits >> 16) & 0xFFFF
 
     def to_float(h):
         h = torch.where(h >= 0x8000, h - 0x10000, h).to(torch.int16)
         return h.view(dtype).float()
 
-    return to_float(lo.to(torch.int64)), to_float(hi)
+    return to_float(lo), to_float(hi)
+
+
+def test_pair_decode_formulas_match_the_rotations():
+    """layout.PAIR_DECODE (the CUDA expressions) equals the rotation table on every code pair."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randint(0, 2**32, (4096,), generator=g, dtype=torch.int64)
+    for p, formula in enumerate(PAIR_DECODE):
+        got = eval(formula, {"w": w, "rotl": _rotl}) & MASK32
+        want = torch.zeros_like(w)
+        for b, target in enumerate(BF16_TARGET):
+            want |= _rotl(w, PAIR_ROT[p][b]) & ((1 << target) | (1 << (target + 16)))
+        assert torch.equal(got, want), formula
+    # and the CUDA source decodes with exactly these expressions (gemm_tile.cuh, decode_bf16)
+    src = (Path(__file__).resolve().parents[2] / "sharq_vllm" / "csrc" / "gemm_tile.cuh").read_text()
+    body = src[src.index("uint32_t decode_bf16(") :]
+    cases = re.findall(r"(?:case \d|default): return (.*?);", body[: body.index("\n}\n")])
+    assert [re.sub(r"(0x[0-9A-F]+)u\b", r"\1", c) for c in cases] == list(PAIR_DECODE)
 
 
 def emulate_gemm_mma(x: torch.Tensor, packed: ops.PackedWeight, dtype: torch.dtype) -> torch.Tensor:
@@ -77,13 +112,8 @@ def emulate_gemm_mma(x: torch.Tensor, packed: ops.PackedWeight, dtype: torch.dty
     for j in range(4):
         lo = words[..., (j >> 1) * 2]
         hi = words[..., (j >> 1) * 2 + 1]
-        sh = 8 * (j & 1)
-        a = [
-            _extract(lo << sh, dtype),
-            _extract(hi << sh, dtype),
-            _extract(lo << (sh + 4), dtype),
-            _extract(hi << (sh + 4), dtype),
-        ]
+        p = 2 * (j & 1)
+        a = [_decode(lo, p, dtype), _decode(hi, p, dtype), _decode(lo, p + 1, dtype), _decode(hi, p + 1, dtype)]
         # A fragment [S, KT, 16 rows, 16 logical k]
         A = torch.zeros(s_count, kt, 16, 16)
         for q in range(4):
@@ -155,7 +185,6 @@ def emulate_dequant(packed: ops.PackedWeight) -> torch.Tensor:
     words = packed.qweight.reshape(s_count, kt, 8, 4, 4).to(torch.int64) & MASK32
     sc = packed.scales.reshape(s_count, kt, sbt)
     out = torch.zeros(packed.n_pad, packed.k)
-    pos = (3, 7, 2, 6, 1, 5, 0, 4)
     from sharq_vllm.fp4 import e2m1_decode
 
     for g in range(8):
@@ -165,7 +194,7 @@ def emulate_dequant(packed: ops.PackedWeight) -> torch.Tensor:
                 h, half = wi & 1, wi >> 1
                 scale = sc[:, :, kb * 16 + 2 * g + h].view(torch.float8_e4m3fn).float()  # [S, KT]
                 for c in range(8):
-                    code = (words[:, :, g, q, wi] >> (4 * pos[c])) & 0xF
+                    code = sum(((words[:, :, g, q, wi] >> BIT_POS[c][b]) & 1) << b for b in range(4))
                     val = e2m1_decode(code.to(torch.uint8)) * scale
                     rows = torch.arange(s_count) * 16 + g + 8 * h
                     cols = torch.arange(kt) * 64 + 16 * q + 8 * half + c
@@ -189,7 +218,7 @@ def test_emulated_dequant_kernel(block):
 
 
 def emulate_dequant_v2(packed: ops.PackedWeight, dtype: torch.dtype) -> torch.Tensor:
-    """sharq_vllm/csrc/gemm.cu dequant_kernel (v2): the GEMM's bit trick per word (extract(word << 4j) ->
+    """sharq_vllm/csrc/gemm.cu dequant_kernel (v2): the GEMM's bit trick per word (pair(word, j) ->
     elements 2j, 2j+1), times (s * 2^119 | s * 2^7) times 2^7, staged per warp in a padded
     [16][72] buffer and read back as 4 x (4 rows x 8 lanes x 16 B). Every intermediate is
     checked to be exactly representable in ``dtype``."""
@@ -208,7 +237,7 @@ def emulate_dequant_v2(packed: ops.PackedWeight, dtype: torch.dtype) -> torch.Te
                 assert torch.equal(s.to(dtype).float(), s)
                 stage = torch.empty(s_count, kt, 8)
                 for j in range(4):
-                    lo, hi = _extract(words[:, :, g, q, i] << (4 * j), dtype)
+                    lo, hi = _decode(words[:, :, g, q, i], j, dtype)
                     for e, raw in ((2 * j, lo), (2 * j + 1, hi)):
                         p1 = raw * s
                         assert torch.equal(p1.to(dtype).float(), p1)

@@ -4,7 +4,8 @@
         --section SpeedOfLight --section WarpStateStats --section Occupancy \
         python3 tools/gpu/profile_decode_gemm.py [--shape gate_up] [--m 1]
 
-(regex:gemm_mma for 16 < M <= 64). docs/KERNELS.md quotes such a profile.
+(regex:gemm_mma for 16 < M <= 64). --variant forces one kernel (sharq_kernels.h GemmVariant: 1
+stream, 2 tile, 3 + c ring configuration c; regex:gemm_ring). docs/KERNELS.md quotes such profiles.
 """
 
 from __future__ import annotations
@@ -24,12 +25,17 @@ def main() -> None:
     ap.add_argument("--shape", default="gate_up", choices=sorted(SHAPES))
     ap.add_argument("--m", type=int, default=1)
     ap.add_argument("--runs", type=int, default=6)
+    ap.add_argument("--variant", type=int, default=0, help="0: the op's own choice")
     a = ap.parse_args()
     n, k = SHAPES[a.shape]
     p = ops.pack_weight(quantize_weight(torch.randn(n, k, device="cuda") * 0.02, 32), "cuda")
     x = torch.ops.sharq.prepare(torch.randn(a.m, k, device="cuda", dtype=torch.bfloat16), "nvfp4", "4:8-pairs")
+    y = torch.empty((a.m, n), dtype=x.dtype, device="cuda")
     for _ in range(a.runs):
-        ops.run_gemm_kernel("mma", x, p)
+        if a.variant:
+            torch.ops.sharq_C.gemm_mma_cfg(x, p.qweight, p.scales, p.tensor_scale, None, y, p.n_pad, p.block, a.variant)
+        else:
+            ops.run_gemm_kernel("mma", x, p)
     torch.cuda.synchronize()
     print(f"ran {a.runs}x {a.shape} M={a.m}")
 
