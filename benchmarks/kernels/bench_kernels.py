@@ -498,15 +498,8 @@ def prep_sweep(args, t_start) -> dict:
 
 
 # the forced GEMM kernels of sharq_kernels.h (GemmVariant) and the M they serve
-GEMM_VARIANTS = {
-    "auto": 0,
-    "tile": 2,
-    **{f"ring{c}": 3 + c for c in range(5)},
-    **{f"stream{c}": 8 + c for c in range(4)},  # stream0 = the default stream configuration
-}
-GEMM_VARIANT_MAX_M = {
-    name: 16 if name.startswith("stream") else 32 if name.startswith("ring") else 64 for name in GEMM_VARIANTS
-}
+GEMM_VARIANTS = {"auto": 0, "stream": 1, "tile": 2}
+GEMM_VARIANT_MAX_M = {"auto": 64, "stream": 16, "tile": 64}
 GEMM_SWEEP_MS = (1, 4, 8, 16, 32, 64)
 
 
@@ -671,7 +664,7 @@ def main():
     )
     ap.add_argument(
         "--gemm-sweep", action="store_true",
-        help="every forced GEMM kernel (stream, tile, ring configurations) at M <= 64, alone and after the prep",
+        help="every forced GEMM kernel (stream, tile) at M <= 64, alone and after the preparation",
     )
     ap.add_argument(
         "--cpu-smoke",

@@ -31,7 +31,11 @@
 //    and issues step i+1's weight loads before computing step i (register double buffer, up to
 //    128 B a lane in flight, also across strip boundaries); x_hat read at compute time (L1/L2).
 //    Launched with programmatic dependent launch: weight loads start while the preparation
-//    kernel still runs. 99 regs (MT=1) / 93 (MT=2), 2 CTAs an SM.
+//    kernel still runs. The loop is instruction- and dependency-bound, not short of bytes in
+//    flight (ncu, benchmarks/results/ncu-H200-decode-stalls.json; a shared-memory ring fed by
+//    cp.async.bulk was slower, kernels-H200-decode-variants.json), so it is kept lean: step
+//    positions advance by pointer increments, and when K/64 is a multiple of 8U (FULL) no tile
+//    is bounds-checked. ~110 regs, 2 CTAs an SM.
 //  * gemm_mma_kernel (16 < M <= 64; MT = 4, 8): one CTA (8 warps) per 16-row strip, U tiles'
 //    loads before use.
 //  Both: warp w takes k-tiles w, w+8, ...; the 8 warps' partial sums are reduced in shared
@@ -297,31 +301,29 @@ cudaError_t launch_mma_t(const void* x, int64_t xs, const void* qw, const void* 
   return cudaGetLastError();
 }
 
-template <typename T, int U, int MINB>
+// The stream kernel's configuration: U = 4 tiles a step, 2 CTAs an SM (<= 128 registers). The
+// sweep that chose it (benchmarks/results/kernels-H200-decode-variants.json, bench --gemm-sweep at
+// the commit that had the alternatives): U = 2 with 3 or 4 CTAs an SM and U = 4 with 3 were
+// slower at M = 4..16 (more CTAs, fewer bytes in flight a warp), U = 2 / 3 CTAs 5% faster at M = 1.
+constexpr int kStreamU = 4;
+constexpr int kStreamCtasPerSm = 2;
+
+template <typename T>
 cudaError_t launch_stream_mt(const void* x, int64_t xs, const void* qw, const void* sc, const float* ts,
                              const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K, int wblock,
                              cudaStream_t stream) {
-  if (M <= 8) return launch_stream_t<T, 1, U, MINB>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
-  return launch_stream_t<T, 2, U, MINB>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+  if (M <= 8)
+    return launch_stream_t<T, 1, kStreamU, kStreamCtasPerSm>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+  return launch_stream_t<T, 2, kStreamU, kStreamCtasPerSm>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
 }
 
 template <typename T>
 cudaError_t launch_mma_dt(const void* x, int64_t xs, const void* qw, const void* sc,
                           const float* ts, const void* bias, void* y, int64_t ys, int M, int N,
                           int n_valid, int K, int wblock, cudaStream_t stream, int variant) {
-  if (variant >= kGemmStreamCfg) {  // a forced stream configuration (U tiles a step, B CTAs an SM)
-    if (M > 16) return cudaErrorInvalidValue;
-    switch (variant - kGemmStreamCfg) {
-      case 0: return launch_stream_mt<T, 4, 2>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
-      case 1: return launch_stream_mt<T, 2, 3>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
-      case 2: return launch_stream_mt<T, 2, 4>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
-      case 3: return launch_stream_mt<T, 4, 3>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
-      default: return cudaErrorInvalidValue;
-    }
-  }
   if (variant == kGemmStream || (variant == kGemmAuto && M <= 16)) {
     if (M > 16) return cudaErrorInvalidValue;
-    return launch_stream_mt<T, 4, 2>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+    return launch_stream_mt<T>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
   }
   if (M <= 32) return launch_mma_t<T, 4, 2>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
   return launch_mma_t<T, 8, 1>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
@@ -404,10 +406,7 @@ cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight
                             cudaStream_t stream, int variant) {
   if (M == 0 || N == 0) return cudaSuccess;
   if (N % 16 || K % 64 || (wblock != 16 && wblock != 32)) return cudaErrorInvalidValue;
-  if (variant >= kGemmRing && variant < kGemmRing + kRingConfigs)
-    return launch_gemm_ring(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K,
-                            wblock, dtype, variant - kGemmRing, stream);
-  if (variant < kGemmAuto || variant >= kGemmStreamCfg + kStreamConfigs) return cudaErrorInvalidValue;
+  if (variant != kGemmAuto && variant != kGemmStream && variant != kGemmTile) return cudaErrorInvalidValue;
   switch (dtype) {
     case kBF16: return launch_mma_dt<__nv_bfloat16>(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock, stream, variant);
     case kFP16: return launch_mma_dt<__half>(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock, stream, variant);

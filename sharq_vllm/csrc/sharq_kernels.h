@@ -40,21 +40,13 @@ cudaError_t launch_prep(const void* x, int64_t x_stride, void* xhat, int M, int 
 // y[M, N] = (x[M, K] @ w^T) * tensor_scale (+ bias), FP32 accumulation, N % 16 == 0 after
 // padding (n_valid <= N rows are stored), K % 64 == 0.
 // variant: kGemmAuto (the kernel for M: gemm.cu, launch_mma_dt) or one forced kernel (benchmarks
-// and tests): the register stream kernel (M <= 16; kGemmStreamCfg + c: its configuration c), the
-// tile kernel, or the ring kernel (gemm_ring.cu, M <= kRingMaxM) in configuration
-// variant - kGemmRing. All give the same bits (one tile order, one fixed-order reduction).
-enum GemmVariant : int { kGemmAuto = 0, kGemmStream = 1, kGemmTile = 2, kGemmRing = 3, kGemmStreamCfg = 8 };
-constexpr int kRingConfigs = 5;    // gemm_ring.cu, launch_ring_mt
-constexpr int kStreamConfigs = 4;  // gemm.cu, launch_mma_dt
-constexpr int kRingMaxM = 32;
+// and tests): the register stream kernel (M <= 16) or the tile kernel. Both give the same bits
+// (one tile order, one fixed-order reduction).
+enum GemmVariant : int { kGemmAuto = 0, kGemmStream = 1, kGemmTile = 2 };
 cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight, const void* scales,
                             const float* tensor_scale, const void* bias, void* y, int64_t y_stride,
                             int M, int N, int n_valid, int K, int wblock, int dtype,
                             cudaStream_t stream, int variant = kGemmAuto);
-// The ring kernel in configuration cfg (0 .. kRingConfigs - 1), M <= kRingMaxM.
-cudaError_t launch_gemm_ring(const void* x, int64_t x_stride, const void* qweight, const void* scales,
-                             const float* tensor_scale, const void* bias, void* y, int64_t y_stride, int M,
-                             int N, int n_valid, int K, int wblock, int dtype, int cfg, cudaStream_t stream);
 
 // w_hat [N, K] (dtype) = e2m1 * block scale (exact in bf16/fp16; no tensor scale).
 cudaError_t launch_dequant(const void* qweight, const void* scales, void* w, int N, int K,

@@ -5,7 +5,7 @@
         python3 tools/gpu/profile_decode_gemm.py [--shape gate_up] [--m 1]
 
 (regex:gemm_mma for 16 < M <= 64). --variant forces one kernel (sharq_kernels.h GemmVariant: 1
-stream, 2 tile, 3 + c ring configuration c; regex:gemm_ring). docs/KERNELS.md quotes such profiles.
+stream, 2 tile). docs/KERNELS.md quotes such profiles (tools/gpu/profile_stalls.sh: stall reasons).
 """
 
 from __future__ import annotations
