@@ -210,6 +210,8 @@ def markdown(data: dict[str, Any]) -> str:
     out.append(f"# SharQ serving benchmark — {data.get('card')} ({data.get('card_slug')})\n")
     out.append(f"vLLM {data.get('vllm')}, torch {data.get('torch')}; weights `--load-format dummy`; "
                f"defaults (torch.compile + CUDA graphs) unless marked eager; updated {data.get('updated')}.\n")
+    for note in data.get("notes", []):  # what a reader must know about how a run was taken
+        out.append(f"> {note}\n")
     runs = data.get("models", {})
     order = sorted(runs, key=lambda k: (k != "Llama-3.1-8B", "@tp" in k, k))
     for key in order:
