@@ -30,8 +30,8 @@
 //    b + grid, ...), each warp walks one flat sequence of U-tile steps across its CTA's strips
 //    and issues step i+1's weight loads before computing step i (register double buffer, up to
 //    128 B a lane in flight, also across strip boundaries); x_hat read at compute time (L1/L2).
-//    Launched with programmatic dependent launch: the first two steps' weight loads start while
-//    the preparation kernel still runs. The loop is instruction- and dependency-bound, not short of bytes in
+//    Launched with programmatic dependent launch: the first weight loads (two steps at MT = 1,
+//    one at MT = 2) start while the preparation kernel still runs. The loop is instruction- and dependency-bound, not short of bytes in
 //    flight (ncu, benchmarks/results/ncu-H200-decode-stalls.json; a shared-memory ring fed by
 //    cp.async.bulk was slower, kernels-H200-decode-variants.json), so it is kept lean: step
 //    positions advance by pointer increments, and when K/64 is a multiple of 8U (FULL) no tile
@@ -222,33 +222,61 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
   at_strip(lp, (int)blockIdx.x);
   at_strip(cp, (int)blockIdx.x);
   // Programmatic dependent launch: the weights do not depend on the previous kernel (the
-  // preparation writing x_hat), so the first two steps' loads (both register stages) are issued
-  // before waiting for it. A no-op when launched without the PDL attribute or when the previous
-  // kernel has completed. Then, as before, step s+1's loads are issued before step s is computed.
-  if (total > 0) {
-    load(A, lp);
-    advance(lp);
-  }
-  if (total > 1) {
-    load(B, lp);
-    advance(lp);
-  }
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-  for (int i = 0; i < total; i += 2) {
-    compute(A, cp);
-    finish(cp);
-    advance(cp);
-    if (i + 2 < total) {
+  // preparation writing x_hat), so weight loads are issued before waiting for it (a no-op when
+  // launched without the PDL attribute or when the previous kernel has completed); then step
+  // s+1's loads are issued before step s is computed. MT = 1 issues both register stages before
+  // the wait (twice the bytes requested while the preparation runs: -3.2 us over the four
+  // Llama-8B layers at M = 1 with the preparation); MT = 2 issues one (two made M = 16 5-9%
+  // slower in the same run: benchmarks/results/kernels-H200-pdl-prologue.json).
+  if constexpr (MT == 1) {
+    if (total > 0) {
       load(A, lp);
       advance(lp);
     }
-    if (i + 1 >= total) break;
-    compute(B, cp);
-    finish(cp);
-    advance(cp);
-    if (i + 3 < total) {
+    if (total > 1) {
       load(B, lp);
       advance(lp);
+    }
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    for (int i = 0; i < total; i += 2) {
+      compute(A, cp);
+      finish(cp);
+      advance(cp);
+      if (i + 2 < total) {
+        load(A, lp);
+        advance(lp);
+      }
+      if (i + 1 >= total) break;
+      compute(B, cp);
+      finish(cp);
+      advance(cp);
+      if (i + 3 < total) {
+        load(B, lp);
+        advance(lp);
+      }
+    }
+  } else {
+    if (total > 0) {
+      load(A, lp);
+      advance(lp);
+    }
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    for (int i = 0; i < total; i += 2) {
+      if (i + 1 < total) {
+        load(B, lp);
+        advance(lp);
+      }
+      compute(A, cp);
+      finish(cp);
+      advance(cp);
+      if (i + 1 >= total) break;
+      if (i + 2 < total) {
+        load(A, lp);
+        advance(lp);
+      }
+      compute(B, cp);
+      finish(cp);
+      advance(cp);
     }
   }
 }
