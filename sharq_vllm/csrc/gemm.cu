@@ -31,11 +31,12 @@
 //    and issues step i+1's weight loads before computing step i (register double buffer, up to
 //    128 B a lane in flight, also across strip boundaries); x_hat read at compute time (L1/L2).
 //    Launched with programmatic dependent launch: the first weight loads (two steps at MT = 1,
-//    one at MT = 2) start while the preparation kernel still runs. The loop is instruction- and dependency-bound, not short of bytes in
-//    flight (ncu, benchmarks/results/ncu-H200-decode-stalls.json; a shared-memory ring fed by
-//    cp.async.bulk was slower, kernels-H200-decode-variants.json), so it is kept lean: step
-//    positions advance by pointer increments, and when K/64 is a multiple of 8U (FULL) no tile
-//    is bounds-checked. ~110 regs, 2 CTAs an SM.
+//    one at MT = 2) start while the preparation kernel still runs. The loop is instruction- and
+//    dependency-bound, not short of bytes in flight (ncu, benchmarks/results/
+//    ncu-H200-decode-stalls.json; a shared-memory ring fed by cp.async.bulk was slower,
+//    kernels-H200-decode-variants.json), so it is kept lean: step positions advance by pointer
+//    increments, and when K/64 is a multiple of 8U (FULL) no tile is bounds-checked. ~110 regs,
+//    2 CTAs an SM.
 //  * gemm_mma_kernel (16 < M <= 64; MT = 4, 8): one CTA (8 warps) per 16-row strip, U tiles'
 //    loads before use.
 //  Both: warp w takes k-tiles w, w+8, ...; the 8 warps' partial sums are reduced in shared
