@@ -69,16 +69,19 @@ def tile_weight(
     n_pad = (n + 15) // 16 * 16
     kt = k // TILE_K
     s_count = n_pad // 16
-    c = unpack_nibbles(codes).to(torch.int64)
+    c = unpack_nibbles(codes)  # uint8: one byte a weight while packing (load time, on the GPU)
     sc = scales.view(torch.uint8) if scales.dtype != torch.uint8 else scales
     if n_pad != n:
         c = torch.cat([c, c.new_zeros(n_pad - n, k)])
         sc = torch.cat([sc, sc.new_zeros(n_pad - n, sc.shape[1])])
     # [S, h, g, KT, q, half, i]: row 16S + 8h + g, k = 64 KT + 16 q + 8 half + i
     c = c.reshape(s_count, 2, 8, kt, 4, 2, 8)
-    pos = torch.tensor(BIT_POS, dtype=torch.int64, device=c.device)  # [8 codes, 4 bits]
-    bits = (c.unsqueeze(-1) >> torch.arange(4, device=c.device)) & 1  # [S, h, g, KT, q, half, i, b]
-    words = (bits << pos).sum((-1, -2))  # [S, h, g, KT, q, half], < 2^32
+    # one code bit at a time: the int64 temporaries are 1/8 of the weights each
+    words = torch.zeros(c.shape[:-1], dtype=torch.int64, device=c.device)  # [S, h, g, KT, q, half]
+    for i in range(8):
+        ci = c[..., i].to(torch.int64)
+        for b in range(4):
+            words |= ((ci >> b) & 1) << BIT_POS[i][b]
     words = words.permute(0, 3, 2, 4, 5, 1).contiguous()  # [S, KT, g, q, half, h]
     words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
     qweight = words.reshape(s_count, kt * 128)
@@ -97,10 +100,13 @@ def untile_weight(
     s_count = n_pad // 16
     words = qweight.reshape(s_count, kt, 8, 4, 2, 2).to(torch.int64) & 0xFFFFFFFF  # [S,KT,g,q,half,h]
     words = words.permute(0, 5, 2, 1, 3, 4)  # [S, h, g, KT, q, half]
-    pos = torch.tensor(BIT_POS, dtype=torch.int64, device=words.device)  # [8 codes, 4 bits]
-    bits = (words.unsqueeze(-1).unsqueeze(-1) >> pos) & 1  # [S, h, g, KT, q, half, i, b]
-    c = (bits << torch.arange(4, device=words.device)).sum(-1)  # [S, h, g, KT, q, half, i]
-    c = c.reshape(n_pad, k).to(torch.uint8)[:n]
+    c = torch.empty((*words.shape, 8), dtype=torch.uint8, device=words.device)  # [S, h, g, KT, q, half, i]
+    for i in range(8):
+        ci = torch.zeros(words.shape, dtype=torch.int64, device=words.device)
+        for b in range(4):
+            ci |= ((words >> BIT_POS[i][b]) & 1) << b
+        c[..., i] = ci.to(torch.uint8)
+    c = c.reshape(n_pad, k)[:n]
     packed = (c[:, 0::2] | (c[:, 1::2] << 4)).contiguous()
     nb = 64 // block
     scl = scales.reshape(s_count, kt, nb, 8, 2).permute(0, 4, 3, 1, 2).reshape(n_pad, kt * nb)[:n]
