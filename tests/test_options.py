@@ -113,6 +113,15 @@ def test_kernel_codes_match_the_cuda_header() -> None:
         assert {e.name.replace("_", ""): int(e) for e in py} == want, cpp
 
 
+def test_gemm_variants_match_the_cuda_header() -> None:
+    """kernels.dispatch.GEMM_VARIANTS mirrors sharq::GemmVariant (kGemmStream <-> "stream")."""
+    from sharq_vllm.kernels.dispatch import GEMM_VARIANTS
+
+    header = (Path(__file__).resolve().parents[1] / "sharq_vllm" / "csrc" / "sharq_kernels.h").read_text()
+    want = {k.removeprefix("kGemm").lower(): v for k, v in _header_enum(header, "GemmVariant").items()}
+    assert GEMM_VARIANTS == want
+
+
 def test_deprecated_plugin_location_reexports() -> None:
     import sharq_vllm.options as new
     import sharq_vllm.vllm_plugin.options as old

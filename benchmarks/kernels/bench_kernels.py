@@ -497,9 +497,6 @@ def prep_sweep(args, t_start) -> dict:
     return res
 
 
-# the forced GEMM kernels of sharq_kernels.h (GemmVariant) and the M they serve
-GEMM_VARIANTS = {"auto": 0, "stream": 1, "tile": 2}
-GEMM_VARIANT_MAX_M = {"auto": 64, "stream": 16, "tile": 64}
 GEMM_SWEEP_MS = (1, 4, 8, 16, 32, 64)
 
 
@@ -523,8 +520,8 @@ def gemm_variant_sweep(args, t_start) -> dict:
             xh = [torch.ops.sharq.prepare(x, "nvfp4", "4:8-pairs") for x in xs]
             outs = [torch.empty((m, n), dtype=xs[0].dtype, device=DEVICE) for _ in range(copies)]
             line = res.setdefault(sname, {}).setdefault(f"M={m}", {})
-            for name, variant in GEMM_VARIANTS.items():
-                if m > GEMM_VARIANT_MAX_M[name]:
+            for name, variant in dispatch.GEMM_VARIANTS.items():
+                if m > dispatch.GEMM_VARIANT_MAX_M.get(name, m):
                     continue
 
                 def run_variant(x_hat, i, variant=variant, sts=states, outs=outs):
@@ -554,7 +551,7 @@ def gemm_variant_sweep(args, t_start) -> dict:
         torch.cuda.empty_cache()
     sums: dict[str, dict[str, dict[str, float]]] = {}
     for m in GEMM_SWEEP_MS:
-        for name in GEMM_VARIANTS:
+        for name in dispatch.GEMM_VARIANTS:
             vals = [res.get(s, {}).get(f"M={m}", {}).get(name) for s in SHAPES]
             if all(v is not None for v in vals):
                 sums.setdefault(f"M={m}", {})[name] = {

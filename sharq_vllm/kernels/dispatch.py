@@ -26,6 +26,8 @@ from .layout import TILE_K
 
 __all__ = [
     "GEMM_KERNELS",
+    "GEMM_VARIANTS",
+    "GEMM_VARIANT_MAX_M",
     "KERNEL_CAPABILITY",
     "GemmKernel",
     "describe",
@@ -62,6 +64,12 @@ GEMM_KERNELS: tuple[GemmKernel, ...] = (
     GemmKernel("dequant_mm", sys.maxsize, "dequantize to 16 bits + cuBLAS"),
 )
 assert GEMM_KERNELS[-1].max_m == sys.maxsize
+
+#: The mma.sync kernels a benchmark or a test can force (``torch.ops.sharq_C.gemm_mma_cfg``'s
+#: variant: the value of ``sharq::GemmVariant`` in sharq_kernels.h, which this mirrors; checked by
+#: tests/test_options.py) and the largest M a forced kernel takes (absent: any M).
+GEMM_VARIANTS = {"auto": 0, "stream": 1, "tile": 2}
+GEMM_VARIANT_MAX_M = {"stream": 16}
 
 _lock = threading.Lock()
 _status: dict[tuple[str, int], tuple[bool, str]] = {}

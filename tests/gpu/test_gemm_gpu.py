@@ -14,6 +14,7 @@ from gpu_util import (
 )
 
 from sharq_vllm import ops
+from sharq_vllm.kernels.dispatch import GEMM_VARIANT_MAX_M, GEMM_VARIANTS
 from sharq_vllm.reference import dequantize_weight, quantize_weight
 
 pytestmark = GPU_MARKS
@@ -147,11 +148,10 @@ def test_gemm_row_blocks_with_own_tensor_scales(m):
     assert rel(y, x.float() @ w.T + bias.float()) < 1e-2
 
 
-# Forced GEMM kernels (sharq_kernels.h, GemmVariant): 1 = register stream kernel (M <= 16), 2 =
-# tile kernel. One tile order and one fixed-order reduction: every kernel that takes M must give
-# the automatic path's bits.
-GEMM_VARIANTS = {"stream": 1, "tile": 2}
-VARIANT_MAX_M = {"stream": 16, "tile": 64}
+# Forced GEMM kernels (dispatch.GEMM_VARIANTS: the register stream kernel, M <= 16, and the tile
+# kernel). One tile order and one fixed-order reduction: every kernel that takes M must give the
+# automatic path's bits.
+FORCED = {name: v for name, v in GEMM_VARIANTS.items() if name != "auto"}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -167,8 +167,8 @@ def test_gemm_variants_same_bits(dtype, n, k, block, m):
     torch.ops.sharq_C.gemm_mma(x, *args, auto, packed.n_pad, packed.block)
     assert torch.isfinite(auto).all()
     assert rel(auto, ref) < 1e-2
-    for name, variant in GEMM_VARIANTS.items():
-        if m > VARIANT_MAX_M[name]:
+    for name, variant in FORCED.items():
+        if m > GEMM_VARIANT_MAX_M.get(name, m):
             continue
         for _ in range(3):  # repeated launches give the same bits
             y = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
@@ -185,4 +185,4 @@ def test_gemm_variant_out_of_range_is_refused():
         with pytest.raises(RuntimeError, match="out of range"):
             torch.ops.sharq_C.gemm_mma_cfg(x, *args, bad)
     with pytest.raises(RuntimeError):  # the stream kernel serves M <= 16
-        torch.ops.sharq_C.gemm_mma_cfg(x, *args, GEMM_VARIANTS["stream"])
+        torch.ops.sharq_C.gemm_mma_cfg(x, *args, FORCED["stream"])
