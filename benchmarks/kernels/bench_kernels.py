@@ -497,7 +497,7 @@ def prep_sweep(args, t_start) -> dict:
     return res
 
 
-GEMM_SWEEP_MS = (1, 4, 8, 16, 32, 64)
+GEMM_SWEEP_MS = (1, 8, 16, 17, 24, 32, 64, 128, 256, 512, 1024)
 
 
 def gemm_variant_sweep(args, t_start) -> dict:
@@ -661,7 +661,7 @@ def main():
     )
     ap.add_argument(
         "--gemm-sweep", action="store_true",
-        help="every forced GEMM kernel (stream, tile) at M <= 64, alone and after the preparation",
+        help="every forced GEMM kernel (stream, tile, wgmma) at M <= 1024, alone and after the preparation",
     )
     ap.add_argument(
         "--cpu-smoke",

@@ -121,7 +121,8 @@ void gemm_mma_cfg(const at::Tensor& x, const at::Tensor& qweight, const at::Tens
                   const at::Tensor& tensor_scale, const std::optional<at::Tensor>& bias, at::Tensor& out,
                   int64_t n_pad, int64_t wblock, int64_t variant) {
   const void* bptr = check_gemm(x, qweight, scales, tensor_scale, bias, out, n_pad);
-  TORCH_CHECK(variant == sharq::kGemmAuto || variant == sharq::kGemmStream || variant == sharq::kGemmTile,
+  TORCH_CHECK(variant == sharq::kGemmAuto || variant == sharq::kGemmStream || variant == sharq::kGemmTile ||
+                  variant == sharq::kGemmWgmma,
               "sharq: GEMM variant ", variant, " out of range");
   const c10::cuda::CUDAGuard guard(x.device());
   check_cuda(sharq::launch_gemm_mma(x.data_ptr(), x.stride(0), qweight.data_ptr(), scales.data_ptr(),

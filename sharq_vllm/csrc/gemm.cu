@@ -37,13 +37,14 @@
 //    kernels-H200-decode-variants.json), so it is kept lean: step positions advance by pointer
 //    increments, and when K/64 is a multiple of 8U (FULL) no tile is bounds-checked. ~110 regs,
 //    2 CTAs an SM.
-//  * gemm_mma_kernel (16 < M <= 64; MT = 4, 8): one CTA (8 warps) per 16-row strip, U tiles'
-//    loads before use.
+//  * gemm_mma_kernel (16 < M <= 24, and any M when forced; MT = 4, 8): one CTA (8 warps) per
+//    16-row strip, U tiles' loads before use.
 //  Both: warp w takes k-tiles w, w+8, ...; the 8 warps' partial sums are reduced in shared
 //  memory in a fixed order (deterministic, no atomics, no workspace; the two kernels give the
 //  same bits). Weight traffic: 4.5 bits a weight (0.5 B codes + 1/32 B scale).
-//  * dequant_kernel (M > 64, then cuBLAS): one warp a tile, staged through shared memory so
-//    every store is a full 128-byte row segment.
+//  * M > 24: the wgmma kernel (gemm_wgmma.cu, launch_gemm_wgmma).
+//  * dequant_kernel (large M, then cuBLAS; sharq_vllm/kernels/dispatch.py): one warp a tile,
+//    staged through shared memory so every store is a full 128-byte row segment.
 #include "gemm_tile.cuh"
 #include "sharq_kernels.h"
 
@@ -355,8 +356,8 @@ template <typename T>
 cudaError_t launch_mma_dt(const void* x, int64_t xs, const void* qw, const void* sc,
                           const float* ts, const void* bias, void* y, int64_t ys, int M, int N,
                           int n_valid, int K, int wblock, cudaStream_t stream, int variant) {
-  if (variant == kGemmStream || (variant == kGemmAuto && M <= 16)) {
-    if (M > 16) return cudaErrorInvalidValue;
+  if (variant == kGemmStream || (variant == kGemmAuto && M <= kGemmStreamMaxM)) {
+    if (M > kGemmStreamMaxM) return cudaErrorInvalidValue;
     return launch_stream_mt<T>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
   }
   if (M <= 32) return launch_mma_t<T, 4, 2>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
@@ -432,6 +433,12 @@ dequant_kernel(const uint4* __restrict__ qw, const uint8_t* __restrict__ sc, T* 
   }
 }
 
+// kGemmAuto (sharq_kernels.h, GemmAutoMaxM): stream kernel M <= 16 (the decode sweep:
+// kernels-H200-decode-variants.json), tile kernel M <= 24, wgmma kernel above. H200, sums over the
+// 4 Llama-3.1-8B linears (bench_kernels --gemm-sweep): tile 102.8 / 132.2 us vs wgmma 117.0 / 118.7
+// at M = 17 / 32; the tile kernel grows about linearly with M, the wgmma kernel's 32-token tile
+// costs the same for any M <= 32: they cross near M = 24.
+
 }  // namespace
 
 cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight, const void* scales,
@@ -440,7 +447,11 @@ cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight
                             cudaStream_t stream, int variant) {
   if (M == 0 || N == 0) return cudaSuccess;
   if (N % 16 || K % 64 || (wblock != 16 && wblock != 32)) return cudaErrorInvalidValue;
-  if (variant != kGemmAuto && variant != kGemmStream && variant != kGemmTile) return cudaErrorInvalidValue;
+  if (variant != kGemmAuto && variant != kGemmStream && variant != kGemmTile && variant != kGemmWgmma)
+    return cudaErrorInvalidValue;
+  if (variant == kGemmWgmma || (variant == kGemmAuto && M > kGemmTileMaxM))
+    return launch_gemm_wgmma(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock,
+                             dtype, stream);
   switch (dtype) {
     case kBF16: return launch_mma_dt<__nv_bfloat16>(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock, stream, variant);
     case kFP16: return launch_mma_dt<__half>(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock, stream, variant);

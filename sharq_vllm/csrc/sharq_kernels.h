@@ -40,13 +40,24 @@ cudaError_t launch_prep(const void* x, int64_t x_stride, void* xhat, int M, int 
 // y[M, N] = (x[M, K] @ w^T) * tensor_scale (+ bias), FP32 accumulation, N % 16 == 0 after
 // padding (n_valid <= N rows are stored), K % 64 == 0.
 // variant: kGemmAuto (the kernel for M: gemm.cu, launch_mma_dt) or one forced kernel (benchmarks
-// and tests): the register stream kernel (M <= 16) or the tile kernel. Both give the same bits
-// (one tile order, one fixed-order reduction).
-enum GemmVariant : int { kGemmAuto = 0, kGemmStream = 1, kGemmTile = 2 };
+// and tests): the register stream kernel (M <= 16), the tile kernel (both mma.sync: one tile
+// order, one fixed-order reduction, the same bits) or the wgmma kernel (gemm_wgmma.cu; any M; its
+// own fixed summation order).
+enum GemmVariant : int { kGemmAuto = 0, kGemmStream = 1, kGemmTile = 2, kGemmWgmma = 3 };
+// kGemmAuto's choice by M: the stream kernel up to kGemmStreamMaxM, the tile kernel up to
+// kGemmTileMaxM, the wgmma kernel above (the sweep behind them: gemm.cu). Mirrored by
+// sharq_vllm/kernels/dispatch.py (GEMM_AUTO_MAX_M), checked by tests/test_options.py.
+enum GemmAutoMaxM : int { kGemmStreamMaxM = 16, kGemmTileMaxM = 24 };
 cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight, const void* scales,
                             const float* tensor_scale, const void* bias, void* y, int64_t y_stride,
                             int M, int N, int n_valid, int K, int wblock, int dtype,
                             cudaStream_t stream, int variant = kGemmAuto);
+
+// The wgmma kernel alone (gemm_wgmma.cu; x 16-byte aligned with a row stride of a multiple of 16
+// bytes, as every GEMM here requires: TMA reads it).
+cudaError_t launch_gemm_wgmma(const void* x, int64_t x_stride, const void* qweight, const void* scales,
+                              const float* tensor_scale, const void* bias, void* y, int64_t y_stride, int M, int N,
+                              int n_valid, int K, int wblock, int dtype, cudaStream_t stream);
 
 // w_hat [N, K] (dtype) = e2m1 * block scale (exact in bf16/fp16; no tensor scale).
 cudaError_t launch_dequant(const void* qweight, const void* scales, void* w, int N, int K,

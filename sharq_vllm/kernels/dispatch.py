@@ -25,6 +25,7 @@ from . import build
 from .layout import TILE_K
 
 __all__ = [
+    "GEMM_AUTO_MAX_M",
     "GEMM_KERNELS",
     "GEMM_VARIANTS",
     "GEMM_VARIANT_MAX_M",
@@ -53,23 +54,27 @@ class GemmKernel:
     what: str
 
 
-# The first kernel whose max_m >= M runs. "mma" (sharq_vllm/csrc/gemm.cu, gemm_mma) streams the weights
-# through registers for M <= 16 (persistent grid) and runs a tile kernel above; "dequant_mm"
-# dequantizes the weight to 16 bits in a bounded workspace and runs cuBLAS. The threshold came
-# from benchmarks/kernels/bench_kernels.py's sharq_mma / sharq_dqmm rows (both paths forced at
-# every M, "mma_over_dqmm_time"): on H100 and H200 mma wins up to M = 64 (H200: 209 vs 291 us at
-# M = 64, 765 vs 332 at 256); change it only with that benchmark's numbers.
+# The first kernel whose max_m >= M runs. "mma" (sharq_vllm/csrc/gemm.cu, gemm_mma) picks by M
+# itself: the persistent register stream kernel (M <= 16), the mma.sync tile kernel (M <= 24) and
+# the wgmma kernel (gemm_wgmma.cu) above; "dequant_mm" dequantizes the weight to 16 bits in a
+# bounded workspace and runs cuBLAS. The threshold came from benchmarks/kernels/bench_kernels.py's
+# sharq_mma / sharq_dqmm rows (both paths forced at every M, "mma_over_dqmm_time"): on the H200
+# the wgmma kernel wins at M = 256 (GEMM sums 233 vs 329 us) and loses at 1024 (751 vs 723);
+# change it only with that benchmark's numbers.
 GEMM_KERNELS: tuple[GemmKernel, ...] = (
-    GemmKernel("mma", 64, "mma.sync (persistent stream kernel M<=16, tile kernel above)"),
+    GemmKernel("mma", 512, "stream kernel M<=16, mma.sync tile kernel M<=24, wgmma + TMA above"),
     GemmKernel("dequant_mm", sys.maxsize, "dequantize to 16 bits + cuBLAS"),
 )
 assert GEMM_KERNELS[-1].max_m == sys.maxsize
 
-#: The mma.sync kernels a benchmark or a test can force (``torch.ops.sharq_C.gemm_mma_cfg``'s
+#: The kernels behind "mma" a benchmark or a test can force (``torch.ops.sharq_C.gemm_mma_cfg``'s
 #: variant: the value of ``sharq::GemmVariant`` in sharq_kernels.h, which this mirrors; checked by
 #: tests/test_options.py) and the largest M a forced kernel takes (absent: any M).
-GEMM_VARIANTS = {"auto": 0, "stream": 1, "tile": 2}
-GEMM_VARIANT_MAX_M = {"stream": 16}
+GEMM_VARIANTS = {"auto": 0, "stream": 1, "tile": 2, "wgmma": 3}
+#: "auto"'s choice by M: the first kernel whose bound >= M (``sharq::GemmAutoMaxM``, mirrored and
+#: checked like GEMM_VARIANTS; the sweep behind the bounds: sharq_vllm/csrc/gemm.cu)
+GEMM_AUTO_MAX_M = {"stream": 16, "tile": 24}
+GEMM_VARIANT_MAX_M = {"stream": GEMM_AUTO_MAX_M["stream"]}
 
 _lock = threading.Lock()
 _status: dict[tuple[str, int], tuple[bool, str]] = {}

@@ -14,7 +14,7 @@ from gpu_util import (
 )
 
 from sharq_vllm import ops
-from sharq_vllm.kernels.dispatch import GEMM_VARIANT_MAX_M, GEMM_VARIANTS
+from sharq_vllm.kernels.dispatch import GEMM_AUTO_MAX_M, GEMM_VARIANT_MAX_M, GEMM_VARIANTS
 from sharq_vllm.reference import dequantize_weight, quantize_weight
 
 pytestmark = GPU_MARKS
@@ -148,32 +148,78 @@ def test_gemm_row_blocks_with_own_tensor_scales(m):
     assert rel(y, x.float() @ w.T + bias.float()) < 1e-2
 
 
-# Forced GEMM kernels (dispatch.GEMM_VARIANTS: the register stream kernel, M <= 16, and the tile
-# kernel). One tile order and one fixed-order reduction: every kernel that takes M must give the
-# automatic path's bits.
+# Forced GEMM kernels (dispatch.GEMM_VARIANTS). The mma.sync kernels (the register stream kernel,
+# M <= 16, and the tile kernel) share one tile order and one fixed-order reduction: they give the
+# same bits. The wgmma kernel sums in its own fixed order: equal to them up to FP32 summation
+# order, and to itself (every launch, and the automatic path above M = 16) bit for bit.
 FORCED = {name: v for name, v in GEMM_VARIANTS.items() if name != "auto"}
+MMA_SYNC = ("stream", "tile")
+
+
+def _x(m, k, dtype):
+    """Heavy-tailed rows; fp16 ones scaled down 16x so no output overflows fp16 (a legitimate inf
+    would fail the NaN-poison check)."""
+    x = heavy(m, k, torch.float32)
+    return (x / 16 if dtype == torch.float16 else x).to(dtype)
+
+
+def _forced(x, packed, bias, variant, dtype):
+    y = torch.full((x.shape[0], packed.n), float("nan"), dtype=dtype, device="cuda")
+    args = (packed.qweight, packed.scales, packed.tensor_scale, bias)
+    torch.ops.sharq_C.gemm_mma_cfg(x, *args, y, packed.n_pad, packed.block, variant)
+    return y
+
+
+def _auto(x, packed, bias, dtype):
+    y = torch.full((x.shape[0], packed.n), float("nan"), dtype=dtype, device="cuda")
+    torch.ops.sharq_C.gemm_mma(x, packed.qweight, packed.scales, packed.tensor_scale, bias, y, packed.n_pad, packed.block)
+    return y
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,k,block", [(6144, 4096, 32), (1552, 1472, 16), (48, 14336, 32), (4096, 64, 16)])
-@pytest.mark.parametrize("m", [1, 5, 8, 9, 16, 17, 32])
+@pytest.mark.parametrize("m", [1, 5, 8, 9, 16, 17, 24, 25, 32])
 def test_gemm_variants_same_bits(dtype, n, k, block, m):
     payload, packed = packed_weight(n, k, block=block)
-    x = heavy(m, k, dtype)
+    x = _x(m, k, dtype)
     bias = heavy(1, n, dtype).reshape(n) if m % 2 else None
     ref = x.float() @ dequantize_weight(payload).cuda().T + (bias.float() if bias is not None else 0)
-    auto = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
-    args = (packed.qweight, packed.scales, packed.tensor_scale, bias)
-    torch.ops.sharq_C.gemm_mma(x, *args, auto, packed.n_pad, packed.block)
-    assert torch.isfinite(auto).all()
-    assert rel(auto, ref) < 1e-2
-    for name, variant in FORCED.items():
+    tile = _forced(x, packed, bias, FORCED["tile"], dtype)
+    assert torch.isfinite(tile).all()
+    assert rel(tile, ref) < 1e-2
+    if m <= GEMM_AUTO_MAX_M["tile"]:  # the automatic kernel is an mma.sync one
+        assert torch.equal(_auto(x, packed, bias, dtype), tile), "the automatic kernel differs from the tile kernel"
+    for name in MMA_SYNC:
         if m > GEMM_VARIANT_MAX_M.get(name, m):
             continue
         for _ in range(3):  # repeated launches give the same bits
-            y = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
-            torch.ops.sharq_C.gemm_mma_cfg(x, *args, y, packed.n_pad, packed.block, variant)
-            assert torch.equal(y, auto), f"{name} differs from the automatic kernel"
+            assert torch.equal(_forced(x, packed, bias, FORCED[name], dtype), tile), f"{name} differs from the tile kernel"
+
+
+WGMMA_SHAPES = [(6144, 4096, 32), (1552, 1472, 16), (48, 14336, 32), (4096, 64, 16), (40, 576, 16)]
+WGMMA_MS = [1, 16, 17, 24, 25, 32, 33, 64, 65, 128, 129, 200, 256, 257, 600]  # every bucket and its edges
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k,block", WGMMA_SHAPES)
+@pytest.mark.parametrize("m", WGMMA_MS)
+def test_gemm_wgmma(dtype, n, k, block, m):
+    """The wgmma kernel (forced) against an FP32 matmul of the dequantized operands and against the
+    mma.sync tile kernel (FP32 summation order only), bit-stable over launches, and the automatic
+    path's bits above M = 16."""
+    payload, packed = packed_weight(n, k, block=block)
+    x = _x(m, k, dtype)
+    bias = heavy(1, n, dtype).reshape(n) if m % 2 else None
+    ref = x.float() @ dequantize_weight(payload).cuda().T + (bias.float() if bias is not None else 0)
+    y = _forced(x, packed, bias, FORCED["wgmma"], dtype)
+    assert torch.isfinite(y).all(), "unwritten (NaN-poisoned) or non-finite outputs"
+    assert rel(y, ref) < 1e-2, rel(y, ref)
+    tile = _forced(x, packed, bias, FORCED["tile"], dtype)
+    assert rel(y, tile) < 4e-3, rel(y, tile)  # one 16-bit rounding step at most, on few outputs
+    for _ in range(2):
+        assert torch.equal(_forced(x, packed, bias, FORCED["wgmma"], dtype), y), "wgmma: launches differ"
+    if m > GEMM_AUTO_MAX_M["tile"]:
+        assert torch.equal(_auto(x, packed, bias, dtype), y), "the automatic kernel is not the wgmma kernel"
 
 
 def test_gemm_variant_out_of_range_is_refused():
@@ -181,7 +227,7 @@ def test_gemm_variant_out_of_range_is_refused():
     x = heavy(40, 256, torch.bfloat16)
     y = torch.empty((40, 64), dtype=torch.bfloat16, device="cuda")
     args = (packed.qweight, packed.scales, packed.tensor_scale, None, y, packed.n_pad, packed.block)
-    for bad in (-1, 3, 99):
+    for bad in (-1, 4, 99):
         with pytest.raises(RuntimeError, match="out of range"):
             torch.ops.sharq_C.gemm_mma_cfg(x, *args, bad)
     with pytest.raises(RuntimeError):  # the stream kernel serves M <= 16

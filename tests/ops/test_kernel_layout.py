@@ -302,3 +302,96 @@ def test_stream_schedule_covers_each_tile_once(nstrips, kt, grid):
     visits, finishes = stream_schedule(nstrips, kt, grid)
     assert sorted(visits) == [(s, t) for s in range(nstrips) for t in range(kt)]
     assert sorted(finishes) == list(range(nstrips))
+
+
+# ------------------------------------------------------------------------------------------
+# gemm_wgmma.cu: natural-order A fragments rebuilt from the tiled words
+# ------------------------------------------------------------------------------------------
+def _wgmma_rotations() -> list[tuple[int, int]]:
+    """gemm_wgmma.cu's per-lane decode rotations (ra, rb) for q = 0..3, parsed from the source."""
+    src = (Path(__file__).resolve().parents[2] / "sharq_vllm" / "csrc" / "gemm_wgmma.cu").read_text()
+    ra = re.search(r"const int ra = q == 0 \? (\d+) : q == 1 \? (\d+) : q == 2 \? (\d+) : (\d+);", src)
+    rb = re.search(r"const int rb = q == 0 \? (\d+) : ra;", src)
+    assert ra and rb, "gemm_wgmma.cu: per-lane rotations not found"
+    ras = [int(v) for v in ra.groups()]
+    return [(ras[q], int(rb.group(1)) if q == 0 else ras[q]) for q in range(4)]
+
+
+def test_wgmma_lane_rotations_are_the_pair_rotations():
+    """decode_bf16_rt(w, ra, rb) = (rotl(w, ra) & m0/e0/sign bits) | (rotl(w, rb) & e1 bit): the
+    lane's (ra, rb) must be pair q's rotations of those bits in layout.PAIR_ROT."""
+    for q, (ra, rb) in enumerate(_wgmma_rotations()):
+        m0, e0, e1, sign = PAIR_ROT[q]
+        assert m0 == e0 == sign == ra and e1 == rb, (q, ra, rb, PAIR_ROT[q])
+
+
+def emulate_gemm_wgmma(x: torch.Tensor, packed: ops.PackedWeight, dtype: torch.dtype) -> torch.Tensor:
+    """sharq_vllm/csrc/gemm_wgmma.cu's math: in k16 step j of tile t, lane (g, q) reads lane
+    (4g + j)'s four words, decodes code pair q of each with its rotations (ra, rb), scales rows g /
+    g+8 by block j (16) or j / 2 (32), and the MMA multiplies with x in natural k order."""
+    m, k = x.shape
+    s_count, kt = packed.n_pad // 16, k // 64
+    sbt = 32 if packed.block == 32 else 64
+    words = packed.qweight.reshape(s_count, kt, 8, 4, 4).to(torch.int64) & MASK32  # [S,KT,g,lane q,word]
+    sc = packed.scales.reshape(s_count, kt, sbt)
+    bias_pow = 2.0**119 if dtype == torch.bfloat16 else 2.0**7
+    rot = _wgmma_rotations()
+
+    def decode_rt(w, q):
+        ra, rb = rot[q]
+        bits = (_rotl(w, ra) & 0x80C080C0) | (_rotl(w, rb) & 0x01000100)
+        if dtype == torch.float16:
+            bits = (bits & 0x80008000) | ((bits << 3) & 0x0E000E00)
+
+        def to_float(h):
+            h = torch.where(h >= 0x8000, h - 0x10000, h).to(torch.int16)
+            return h.view(dtype).float()
+
+        return to_float(bits & 0xFFFF), to_float((bits >> 16) & 0xFFFF)
+
+    y = torch.zeros(m, packed.n_pad, dtype=torch.float64)
+    for j in range(4):
+        kb = j >> 1 if packed.block == 32 else j
+        A = torch.zeros(s_count, kt, 16, 16)  # [S, KT, row, k of the step (natural order)]
+        for g in range(8):
+            s_g = sc[:, :, kb * 16 + 2 * g].view(torch.float8_e4m3fn).float() * bias_pow
+            s_g8 = sc[:, :, kb * 16 + 2 * g + 1].view(torch.float8_e4m3fn).float() * bias_pow
+            src = words[:, :, g, j, :]  # lane (4g + j)'s words w0..w3
+            for q in range(4):
+                for wi, (row, k0, s) in enumerate(((g, 0, s_g), (g + 8, 0, s_g8), (g, 8, s_g), (g + 8, 8, s_g8))):
+                    lo, hi = decode_rt(src[..., wi], q)
+                    A[:, :, row, k0 + 2 * q] = lo * s
+                    A[:, :, row, k0 + 2 * q + 1] = hi * s
+        assert torch.equal(A.to(dtype).float(), A)  # every A value exact in the MMA dtype
+        cols = (torch.arange(kt).view(-1, 1) * 64 + 16 * j + torch.arange(16).view(1, -1))  # [KT, 16]
+        B = x.double()[:, cols]  # [M, KT, 16]
+        y += torch.einsum("stik,mtk->msi", A.double(), B).reshape(m, packed.n_pad)
+    return (y * (packed.tensor_scale.double() * 128.0))[:, : packed.n].float()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("block", [32, 16])
+@pytest.mark.parametrize("n,k,m", [(48, 128, 3), (40, 192, 5)])
+def test_emulated_wgmma_kernel_matches_reference(dtype, block, n, k, m):
+    w = _heavy(n, k, seed=n + k + 1)
+    w[3, :32] = 0.0  # an all-zero block (scale 0)
+    w[5, 64:96] = torch.linspace(-1.0, 1.0, 32) * w.abs().max() * 2e-5  # a subnormal E4M3 scale
+    payload = quantize_weight(w, block=block)
+    packed = _tiled(payload)
+    x = _heavy(m, k, seed=2).to(dtype)
+    y = emulate_gemm_wgmma(x, packed, dtype)
+    ref = x.double() @ dequantize_weight(payload).double().T
+    err = (y.double() - ref).norm() / ref.norm()
+    assert err < 1e-6, err
+
+
+def test_wgmma_header_is_generated():
+    """sharq_vllm/csrc/wgmma_ops.cuh is tools/gen_wgmma.py's output (edit the generator, not the file)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "tools" / "gen_wgmma.py"
+    spec = importlib.util.spec_from_file_location("gen_wgmma", path)
+    assert spec and spec.loader
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert gen.HEADER.read_text() == gen.render(), "run: python3 tools/gen_wgmma.py"
