@@ -75,7 +75,7 @@ struct WgCfg {
   static constexpr int kSubs = PP ? 2 : 1;       // m64 sub-tiles a consumer warpgroup computes
   static constexpr int kHalves = PP ? 2 : 1;     // partial tiles a CTA (one a warpgroup in PP)
   static constexpr int kSlotUsers = PP ? 4 : 8;  // consumer warps that release a slot
-  // Decode the next k-tile while this one's MMAs run (BM = 256: -3% / -4% at M = 256 / 1024); in
+  // Decode the next k-tile while this one's MMAs run (BM = 256: -1% / -4% at M = 256 / 1024); in
   // PP the other warpgroup already overlaps the decode, and the pipelined loop was slower (M = 32
   // 127.5 vs 118.7 us, M = 64 136.8 vs 132.5: benchmarks/results/kernels-H200-wgmma-variants.json)
   static constexpr bool kPipe = !PP;
