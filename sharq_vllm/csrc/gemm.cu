@@ -433,12 +433,6 @@ dequant_kernel(const uint4* __restrict__ qw, const uint8_t* __restrict__ sc, T* 
   }
 }
 
-// kGemmAuto (sharq_kernels.h, GemmAutoMaxM): stream kernel M <= 16 (the decode sweep:
-// kernels-H200-decode-variants.json), tile kernel M <= 24, wgmma kernel above. H200, sums over the
-// 4 Llama-3.1-8B linears (bench_kernels --gemm-sweep): tile 102.8 / 132.2 us vs wgmma 117.0 / 118.7
-// at M = 17 / 32; the tile kernel grows about linearly with M, the wgmma kernel's 32-token tile
-// costs the same for any M <= 32: they cross near M = 24.
-
 }  // namespace
 
 cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight, const void* scales,
@@ -449,6 +443,10 @@ cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight
   if (N % 16 || K % 64 || (wblock != 16 && wblock != 32)) return cudaErrorInvalidValue;
   if (variant != kGemmAuto && variant != kGemmStream && variant != kGemmTile && variant != kGemmWgmma)
     return cudaErrorInvalidValue;
+  // kGemmAuto by M (sharq_kernels.h, GemmAutoMaxM): stream kernel M <= 16 (the decode sweep:
+  // kernels-H200-decode-variants.json), tile kernel M <= 24, wgmma kernel above. H200, GEMM sums
+  // over the 4 Llama-3.1-8B linears (bench_kernels --gemm-sweep, kernels-H200.json): tile / wgmma
+  // 103.5 / 114.9 us at M = 17, 116.3 / 115.3 at 24, 132.2 / 116.4 at 32.
   if (variant == kGemmWgmma || (variant == kGemmAuto && M > kGemmTileMaxM))
     return launch_gemm_wgmma(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock,
                              dtype, stream);

@@ -62,6 +62,7 @@ constexpr int kScaleSlot = 64;                         // scale bytes of a strip
 constexpr int kSmemBudget = 224 * 1024;                // the ring (of 227 KB a CTA)
 constexpr int kMaxSplit = 8;                           // portable cluster size
 constexpr int kMinGroupsPerSplit = 2;  // ring slots a split at least
+constexpr int kMaxDevices = 64;
 
 // BM tokens x BN = 128 weight rows a CTA. Ping-pong (PP, BM <= 128): the two consumer warpgroups
 // take alternate ring slots and each computes all 128 rows (two m64 sub-tiles), so one decodes
@@ -339,6 +340,25 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return fn;
 }
 
+// A launch of `threads`-thread CTAs with `smem` dynamic shared memory as clusters of 1 x S x 1
+// (split-K), optionally with programmatic dependent launch; attr must outlive cfg.
+void cluster_launch(cudaLaunchConfig_t& cfg, cudaLaunchAttribute (&attr)[2], dim3 grid, int threads, int smem,
+                    int S, bool pdl, cudaStream_t stream) {
+  cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(threads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 1;
+  attr[0].val.clusterDim.y = S;
+  attr[0].val.clusterDim.z = 1;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 2 : 1;
+}
+
 // Split-K: the largest cluster size S (<= 8, >= 2 ring slots a split) whose S x tiles CTAs fit
 // the GPU in one wave, counting only clusters the hardware can co-schedule (cluster CTAs must
 // share a GPC: cudaOccupancyMaxActiveClusters, asked once per kernel and S); else 1.
@@ -348,17 +368,9 @@ int choose_split(K kern, int smem, int tiles, int groups, int sms) {
   for (int S = std::min(kMaxSplit, groups / kMinGroupsPerSplit); S >= 2; --S) {
     if (tiles * S > sms) continue;
     if (active[S] == 0) {
-      cudaLaunchConfig_t cfg = {};
-      cfg.gridDim = dim3(1, S, 1);
-      cfg.blockDim = dim3(kWgThreads);
-      cfg.dynamicSmemBytes = smem;
-      cudaLaunchAttribute attr[1];
-      attr[0].id = cudaLaunchAttributeClusterDimension;
-      attr[0].val.clusterDim.x = 1;
-      attr[0].val.clusterDim.y = S;
-      attr[0].val.clusterDim.z = 1;
-      cfg.attrs = attr;
-      cfg.numAttrs = 1;
+      cudaLaunchConfig_t cfg;
+      cudaLaunchAttribute attr[2];
+      cluster_launch(cfg, attr, dim3(1, S, 1), kWgThreads, smem, S, false, nullptr);
       int n = 0;
       active[S] = cudaOccupancyMaxActiveClusters(&n, kern, &cfg) == cudaSuccess && n > 0 ? n : -1;
     }
@@ -373,11 +385,13 @@ cudaError_t launch_wgmma_t(const void* x, int64_t xs, const void* qw, const void
                            cudaStream_t stream) {
   using C = WgCfg<BM, PP>;
   auto kern = gemm_wgmma_kernel<T, BM, PP>;
-  static bool configured = false;
-  if (!configured) {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return cudaErrorInvalidDevice;
+  static bool configured[kMaxDevices] = {};  // the shared-memory opt-in is per device
+  if (!configured[dev]) {
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
     if (e != cudaSuccess) return e;
-    configured = true;
+    configured[dev] = true;
   }
   PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
   if (encode == nullptr) return cudaErrorNotSupported;
@@ -417,28 +431,15 @@ cudaError_t launch_wgmma_t(const void* x, int64_t xs, const void* qw, const void
       return cudaErrorInvalidValue;
   }
 
-  int dev = 0, sms = 132;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-    sms = 132;
+  int sms = 132;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) sms = 132;
   const int ntiles = (nstrips + C::kStrips - 1) / C::kStrips;
   const int mtiles = (M + BM - 1) / BM;
   const int split = choose_split(kern, C::kSmem, ntiles * mtiles, KT / ks, sms);
 
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(ntiles, split, mtiles);
-  cfg.blockDim = dim3(kWgThreads);
-  cfg.dynamicSmemBytes = C::kSmem;
-  cfg.stream = stream;
+  cudaLaunchConfig_t cfg;
   cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 1;
-  attr[0].val.clusterDim.y = split;
-  attr[0].val.clusterDim.z = 1;
-  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[1].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 2;
+  cluster_launch(cfg, attr, dim3(ntiles, split, mtiles), kWgThreads, C::kSmem, split, true, stream);
   return cudaLaunchKernelEx(&cfg, kern, maps, ts, static_cast<const T*>(bias), static_cast<T*>(y), ys, M, n_valid,
                             KT, sbt, wblock, ks);
 }

@@ -48,6 +48,15 @@ def _heavy(*shape, seed=0):
     return t
 
 
+def _hostile_weight(n: int, k: int, seed: int) -> torch.Tensor:
+    """Heavy-tailed [n, k] weights (k >= 96) with an all-zero block (scale 0) in row 3 and a tiny
+    block in row 5 whose E4M3 scale is subnormal (block amax / tensor amax < 2^-6 / 448)."""
+    w = _heavy(n, k, seed=seed)
+    w[3, :32] = 0.0
+    w[5, 64:96] = torch.linspace(-1.0, 1.0, 32) * w.abs().max() * 2e-5
+    return w
+
+
 def _rotl(w: torch.Tensor, r: int) -> torch.Tensor:
     return ((w << r) | (w >> (32 - r))) & MASK32 if r else w
 
@@ -145,11 +154,7 @@ def emulate_gemm_mma(x: torch.Tensor, packed: ops.PackedWeight, dtype: torch.dty
 @pytest.mark.parametrize("block", [32, 16])
 @pytest.mark.parametrize("n,k,m", [(48, 128, 3), (40, 192, 5)])
 def test_emulated_mma_kernel_matches_reference(dtype, block, n, k, m):
-    w = _heavy(n, k, seed=n + k)
-    w[3, :32] = 0.0  # an all-zero block (scale 0)
-    # a tiny block: its E4M3 scale is subnormal (block amax / tensor amax < 2^-6 / 448)
-    w[5, 64:96] = torch.linspace(-1.0, 1.0, 32) * w.abs().max() * 2e-5
-    payload = quantize_weight(w, block=block)
+    payload = quantize_weight(_hostile_weight(n, k, seed=n + k), block=block)
     packed = _tiled(payload)
     x = _heavy(m, k, seed=1).to(dtype)
     y = emulate_gemm_mma(x, packed, dtype)
@@ -373,10 +378,7 @@ def emulate_gemm_wgmma(x: torch.Tensor, packed: ops.PackedWeight, dtype: torch.d
 @pytest.mark.parametrize("block", [32, 16])
 @pytest.mark.parametrize("n,k,m", [(48, 128, 3), (40, 192, 5)])
 def test_emulated_wgmma_kernel_matches_reference(dtype, block, n, k, m):
-    w = _heavy(n, k, seed=n + k + 1)
-    w[3, :32] = 0.0  # an all-zero block (scale 0)
-    w[5, 64:96] = torch.linspace(-1.0, 1.0, 32) * w.abs().max() * 2e-5  # a subnormal E4M3 scale
-    payload = quantize_weight(w, block=block)
+    payload = quantize_weight(_hostile_weight(n, k, seed=n + k + 1), block=block)
     packed = _tiled(payload)
     x = _heavy(m, k, seed=2).to(dtype)
     y = emulate_gemm_wgmma(x, packed, dtype)
