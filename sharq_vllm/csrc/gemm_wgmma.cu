@@ -62,7 +62,7 @@ constexpr int kScaleSlot = 64;                         // scale bytes of a strip
 constexpr int kSmemBudget = 224 * 1024;                // the ring (of 227 KB a CTA)
 constexpr int kMaxSplit = 8;                           // portable cluster size
 constexpr int kMinGroupsPerSplit = 2;  // ring slots a split at least
-constexpr int kMaxDevices = 64;
+constexpr int kMaxDevices = 64;  // devices a process may launch on (per-device opt-ins)
 
 // BM tokens x BN = 128 weight rows a CTA. Ping-pong (PP, BM <= 128): the two consumer warpgroups
 // take alternate ring slots and each computes all 128 rows (two m64 sub-tiles), so one decodes
@@ -95,6 +95,9 @@ struct WgCfg {
   static constexpr int kSmem = (kRing > kPartial ? kRing : kPartial) + 1024;
   static_assert(BM % 32 == 0 && BM <= 256, "token tile");
   static_assert(PP || BM == 256, "row-split warpgroups only for the widest token tile");
+  // each consumer warpgroup holds at most 2 slots (its current one and, decoding ahead, the next)
+  // while the producer needs one free: no deadlock with >= 2 x 2 + 1 slots
+  static_assert(kStages >= 5, "ring too shallow");
 };
 
 // Code pair q of a tiled word as bf16x2 bits e2m1 * 2^-126 (decode_bf16(w, q) with the lane's
