@@ -54,15 +54,25 @@ class GemmKernel:
     what: str
 
 
+#: gemm_mma's own choice by M (GemmVariant "auto"): the first kernel whose bound >= M, then the
+#: wgmma kernel (``sharq::GemmAutoMaxM``, mirrored and checked like GEMM_VARIANTS; the sweep behind
+#: the bounds: sharq_vllm/csrc/gemm.cu)
+GEMM_AUTO_MAX_M = {"stream": 16, "tile": 24}
+
 # The first kernel whose max_m >= M runs. "mma" (sharq_vllm/csrc/gemm.cu, gemm_mma) picks by M
 # itself: the persistent register stream kernel (M <= 16), the mma.sync tile kernel (M <= 24) and
 # the wgmma kernel (gemm_wgmma.cu) above; "dequant_mm" dequantizes the weight to 16 bits in a
 # bounded workspace and runs cuBLAS. The threshold came from benchmarks/kernels/bench_kernels.py's
 # sharq_mma / sharq_dqmm rows (both paths forced at every M, "mma_over_dqmm_time"): on the H200
-# the wgmma kernel wins at M = 256 (GEMM sums 233 vs 329 us) and loses at 1024 (751 vs 723);
-# change it only with that benchmark's numbers.
+# (benchmarks/results/kernels-H200.json) 237.5 vs 330.8 us at M = 256, 404.4 vs 447.9 at 512,
+# 742.4 vs 731.9 at 1024; change it only with that benchmark's numbers.
 GEMM_KERNELS: tuple[GemmKernel, ...] = (
-    GemmKernel("mma", 512, "stream kernel M<=16, mma.sync tile kernel M<=24, wgmma + TMA above"),
+    GemmKernel(
+        "mma",
+        512,
+        f"stream kernel M<={GEMM_AUTO_MAX_M['stream']}, mma.sync tile kernel M<={GEMM_AUTO_MAX_M['tile']}, "
+        "wgmma + TMA above",
+    ),
     GemmKernel("dequant_mm", sys.maxsize, "dequantize to 16 bits + cuBLAS"),
 )
 assert GEMM_KERNELS[-1].max_m == sys.maxsize
@@ -71,9 +81,6 @@ assert GEMM_KERNELS[-1].max_m == sys.maxsize
 #: variant: the value of ``sharq::GemmVariant`` in sharq_kernels.h, which this mirrors; checked by
 #: tests/test_options.py) and the largest M a forced kernel takes (absent: any M).
 GEMM_VARIANTS = {"auto": 0, "stream": 1, "tile": 2, "wgmma": 3}
-#: "auto"'s choice by M: the first kernel whose bound >= M (``sharq::GemmAutoMaxM``, mirrored and
-#: checked like GEMM_VARIANTS; the sweep behind the bounds: sharq_vllm/csrc/gemm.cu)
-GEMM_AUTO_MAX_M = {"stream": 16, "tile": 24}
 GEMM_VARIANT_MAX_M = {"stream": GEMM_AUTO_MAX_M["stream"]}
 
 _lock = threading.Lock()

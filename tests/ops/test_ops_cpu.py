@@ -138,8 +138,9 @@ def test_dispatch_is_pure_function_of_m(monkeypatch):
     def path(m):
         return dispatch.gemm_kernel(m).name
 
-    assert path(1) == "mma" and path(64) == "mma"
-    assert path(65) == "dequant_mm" and path(1 << 20) == "dequant_mm"
+    bound = dispatch.GEMM_KERNELS[0].max_m
+    assert path(1) == "mma" and path(64) == "mma" and path(bound) == "mma"
+    assert path(bound + 1) == "dequant_mm" and path(1 << 20) == "dequant_mm"
     # one kernel for every M (what a benchmark forcing the large-M path sets)
     monkeypatch.setattr(dispatch, "GEMM_KERNELS", dispatch.GEMM_KERNELS[1:])
     assert path(1) == "dequant_mm"
@@ -170,10 +171,12 @@ def test_dispatch_refuses_other_gpus_with_one_warning(monkeypatch):
 
 
 def test_dispatch_labels_from_the_same_table():
+    bound = dispatch.GEMM_KERNELS[0].max_m  # the label is written from the table, not by hand
+    assert [k.name for k in dispatch.GEMM_KERNELS] == ["mma", "dequant_mm"]
     label = dispatch.layer_label(True, torch.device("cuda:0"))
-    assert label == "kernel=cuda prep + GEMM (mma kernel M<=64, dequant_mm kernel M>64)"
+    assert label == f"kernel=cuda prep + GEMM (mma kernel M<={bound}, dequant_mm kernel M>{bound})"
     tensor = dispatch.layer_label(True, torch.device("cuda:0"), act_scale="tensor")
-    assert tensor.startswith("kernel=cuda PyTorch prep (act_scale=tensor") and "mma kernel M<=64" in tensor
+    assert tensor.startswith("kernel=cuda PyTorch prep (act_scale=tensor") and f"mma kernel M<={bound}" in tensor
     assert dispatch.prep_values("nvfp4", "4:8-pairs") == (0, 2, 32, 16)
     assert dispatch.prep_values("mxfp4", "dense") == (1, 0, 32, 32)
 
