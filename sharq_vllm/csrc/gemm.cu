@@ -352,11 +352,12 @@ cudaError_t launch_stream_mt(const void* x, int64_t xs, const void* qw, const vo
   return launch_stream_t<T, 2, kStreamU, kStreamCtasPerSm>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
 }
 
+// The mma.sync kernels: kGemmStream or kGemmTile (launch_gemm_mma resolves kGemmAuto).
 template <typename T>
 cudaError_t launch_mma_dt(const void* x, int64_t xs, const void* qw, const void* sc,
                           const float* ts, const void* bias, void* y, int64_t ys, int M, int N,
                           int n_valid, int K, int wblock, cudaStream_t stream, int variant) {
-  if (variant == kGemmStream || (variant == kGemmAuto && M <= kGemmStreamMaxM)) {
+  if (variant == kGemmStream) {
     if (M > kGemmStreamMaxM) return cudaErrorInvalidValue;
     return launch_stream_mt<T>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
   }
@@ -447,7 +448,8 @@ cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight
   // kernels-H200-decode-variants.json), tile kernel M <= 24, wgmma kernel above. H200, GEMM sums
   // over the 4 Llama-3.1-8B linears (bench_kernels --gemm-sweep, kernels-H200.json): tile / wgmma
   // 103.5 / 114.9 us at M = 17, 116.3 / 115.3 at 24, 132.2 / 116.4 at 32.
-  if (variant == kGemmWgmma || (variant == kGemmAuto && M > kGemmTileMaxM))
+  if (variant == kGemmAuto) variant = M <= kGemmStreamMaxM ? kGemmStream : M <= kGemmTileMaxM ? kGemmTile : kGemmWgmma;
+  if (variant == kGemmWgmma)
     return launch_gemm_wgmma(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock,
                              dtype, stream);
   switch (dtype) {

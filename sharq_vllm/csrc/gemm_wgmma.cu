@@ -25,7 +25,7 @@
 // rows g, g+8 at k 16j .. 16j+15; the A fragment of lane (g, q) at k16 step j needs k 16j + {2q,
 // 2q+1} (words w0, w1: code pair q) and 16j + 8 + {2q, 2q+1} (w2, w3: code pair q). So every lane
 // reads lane (4g + j)'s 16 bytes in step j (a quad reads one address: a broadcast) and decodes
-// pair q with its own rotations (decode_bf16_rt); the scale pair (s_g, s_g+8) of step j is block
+// pair q with its own rotations (gemm_tile.cuh pair_rt); the scale pair (s_g, s_g+8) of step j is block
 // j (16-blocks) or j / 2 (32-blocks). x_hat is used in its natural order, as every GEMM here.
 // Split-K over a thread-block cluster (1 x S x 1): S is the largest cluster size <= 8 whose S x
 // tiles CTAs all fit at once (cudaOccupancyMaxActiveClusters), else 1. CTA rank r takes k-tiles
@@ -100,18 +100,6 @@ struct WgCfg {
   static_assert(kStages >= 5, "ring too shallow");
 };
 
-// Code pair q of a tiled word as bf16x2 bits e2m1 * 2^-126 (decode_bf16(w, q) with the lane's
-// rotations: ra = q's rotation except 0 for q = 0, rb = 8 for q = 0; gemm_tile.cuh).
-__device__ __forceinline__ uint32_t decode_bf16_rt(uint32_t w, int ra, int rb) {
-  return (tile::rotl(w, ra) & 0x80C080C0u) | (tile::rotl(w, rb) & 0x01000100u);
-}
-template <typename T>
-__device__ __forceinline__ uint32_t decode_rt(uint32_t w, int ra, int rb) {
-  const uint32_t b = decode_bf16_rt(w, ra, rb);
-  if constexpr (std::is_same<T, __half>::value) return (b & 0x80008000u) | ((b << 3) & 0x0E000E00u);
-  return b;
-}
-
 // The three tensor maps of a launch (host-encoded): x_hat [M][K] boxes {64, BM} (128-byte
 // swizzle), weights [strips][KT][128 u32] boxes {128, ks, 8}, scales [strips][KT][sbt] boxes
 // {sbt, ks, 8}; strips past N and rows past M arrive as zeros.
@@ -181,8 +169,8 @@ gemm_wgmma_kernel(const __grid_constant__ WgMaps maps, const float* __restrict__
     // ---- consumers ----
     async::setmaxnreg_inc<kConsumerRegs>();
     const int wg = warp >> 2, wi = warp & 3, g = lane >> 2, q = lane & 3;
-    const int ra = q == 0 ? 0 : q == 1 ? 14 : q == 2 ? 4 : 10;
-    const int rb = q == 0 ? 8 : ra;
+    int ra, rb;  // the lane decodes code pair q (gemm_tile.cuh)
+    tile::pair_rotations(q, ra, rb);
     const int bshift = wblock == 32 ? 1 : 0;
     constexpr int S = C::kSubs;
     float acc[S][BM / 2];
@@ -208,10 +196,10 @@ gemm_wgmma_kernel(const __grid_constant__ WgMaps maps, const float* __restrict__
                                                                   (j >> bshift) * 16 + 2 * g);
           uint32_t sg, sg8;
           MmaT<T>::scales(s16, sg, sg8);
-          ab[j][r][0] = MmaT<T>::mul(decode_rt<T>(w.x, ra, rb), sg);
-          ab[j][r][1] = MmaT<T>::mul(decode_rt<T>(w.y, ra, rb), sg8);
-          ab[j][r][2] = MmaT<T>::mul(decode_rt<T>(w.z, ra, rb), sg);
-          ab[j][r][3] = MmaT<T>::mul(decode_rt<T>(w.w, ra, rb), sg8);
+          ab[j][r][0] = MmaT<T>::mul(MmaT<T>::pair_rt(w.x, ra, rb), sg);
+          ab[j][r][1] = MmaT<T>::mul(MmaT<T>::pair_rt(w.y, ra, rb), sg8);
+          ab[j][r][2] = MmaT<T>::mul(MmaT<T>::pair_rt(w.z, ra, rb), sg);
+          ab[j][r][3] = MmaT<T>::mul(MmaT<T>::pair_rt(w.w, ra, rb), sg8);
         }
       }
     };

@@ -313,18 +313,22 @@ def test_stream_schedule_covers_each_tile_once(nstrips, kt, grid):
 # gemm_wgmma.cu: natural-order A fragments rebuilt from the tiled words
 # ------------------------------------------------------------------------------------------
 def _wgmma_rotations() -> list[tuple[int, int]]:
-    """gemm_wgmma.cu's per-lane decode rotations (ra, rb) for q = 0..3, parsed from the source."""
-    src = (Path(__file__).resolve().parents[2] / "sharq_vllm" / "csrc" / "gemm_wgmma.cu").read_text()
-    ra = re.search(r"const int ra = q == 0 \? (\d+) : q == 1 \? (\d+) : q == 2 \? (\d+) : (\d+);", src)
-    rb = re.search(r"const int rb = q == 0 \? (\d+) : ra;", src)
-    assert ra and rb, "gemm_wgmma.cu: per-lane rotations not found"
+    """The per-lane decode rotations (ra, rb) for q = 0..3 that gemm_wgmma.cu uses, parsed from
+    gemm_tile.cuh's pair_rotations."""
+    src = (Path(__file__).resolve().parents[2] / "sharq_vllm" / "csrc" / "gemm_tile.cuh").read_text()
+    ra = re.search(r"ra = p == 0 \? (\d+) : p == 1 \? (\d+) : p == 2 \? (\d+) : (\d+);", src)
+    rb = re.search(r"rb = p == 0 \? (\d+) : ra;", src)
+    assert ra and rb, "gemm_tile.cuh: pair_rotations not found"
+    wg = (Path(__file__).resolve().parents[2] / "sharq_vllm" / "csrc" / "gemm_wgmma.cu").read_text()
+    assert "tile::pair_rotations(q, ra, rb)" in wg and "MmaT<T>::pair_rt(" in wg, "gemm_wgmma.cu decodes otherwise"
     ras = [int(v) for v in ra.groups()]
     return [(ras[q], int(rb.group(1)) if q == 0 else ras[q]) for q in range(4)]
 
 
 def test_wgmma_lane_rotations_are_the_pair_rotations():
     """decode_bf16_rt(w, ra, rb) = (rotl(w, ra) & m0/e0/sign bits) | (rotl(w, rb) & e1 bit): the
-    lane's (ra, rb) must be pair q's rotations of those bits in layout.PAIR_ROT."""
+    lane's (ra, rb) (gemm_tile.cuh pair_rotations) must be pair q's rotations of those bits in
+    layout.PAIR_ROT."""
     for q, (ra, rb) in enumerate(_wgmma_rotations()):
         m0, e0, e1, sign = PAIR_ROT[q]
         assert m0 == e0 == sign == ra and e1 == rb, (q, ra, rb, PAIR_ROT[q])
