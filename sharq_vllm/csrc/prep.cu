@@ -18,15 +18,21 @@
 // passes (x read once, x_hat written once: 4 bytes of traffic per bf16 element). Two row
 // reductions: (amax of x | non-finite flag) folded into one max (a non-finite row reduces to
 // +Inf), and the amax of the residual.
+// The passes work on values, not codes: e2m1_round (sharq_common.cuh) gives each element's
+// E2M1 grid value with one FP32 add and subtract (6 instructions against ~45 for the threshold
+// encode + decode), the backbone's grid values wait for pass 2 as bf16x2 words, the row max of
+// pass 1 is a 16-bit integer max on the raw bits, and the 4:8 / 2:4 selection takes six
+// comparisons a group. Codes are formed only by the debug kernel (kDebug), from the grid
+// values. H200, NVFP4 4:8-pairs, bf16 (benchmarks/results/kernels-H200*.json, prep_configs_us):
+// ~62 instructions an element (ncu), 16384 x 14336 in 743 us (1.26 TB/s, was 1561 us).
 // Configurations (launch_prep_t; all give identical bits, tests/gpu/test_prep_gpu.py):
-//   M <= 64 (decode, M < #SMs): a row is split over a thread-block CLUSTER of up to 8 CTAs (8 SMs); the
-//     two row maxima are exchanged through distributed shared memory (mapa + ld.shared::cluster,
-//     barrier.cluster). One CTA a row is issue-bound on one SM at decode (~65 instructions an
-//     element: K=14336 took 18.7 us in run 1).
+//   M <= 64 (decode, M < #SMs): rows longer than 8192 are split over a thread-block CLUSTER of
+//     up to 8 CTAs (8 SMs; prep_cluster_size); the two row maxima are exchanged through
+//     distributed shared memory (mapa + ld.shared::cluster, barrier.cluster).
 //   64 < M <= 256: one CTA a row, V = 1 (K <= 8192), 2 (K <= 16384), 8.
-//   M > 256: V = 4 (4 independent chunks a thread: ILP, 4x fewer barrier participants).
+//   M > 256: V = 2 (2 independent chunks a thread; V = 4 above K = 16384).
 // Block encoding (NUMERICS.md): one correctly rounded FP32 reciprocal per block (__frcp_rn),
-// one __fmul_rn per value, then the E2M1 threshold encode; no per-element division.
+// one __fmul_rn per value, then rounding to the E2M1 grid; no per-element division.
 // The kernel triggers programmatic dependent launch at its start, so the stream GEMM that
 // follows can issue its weight loads while this kernel runs (it waits before reading x_hat).
 #include "sharq_common.cuh"
@@ -65,35 +71,59 @@ __device__ __forceinline__ float group_max(float v, int lanes) {
   return v;
 }
 
-// Rank-based top-2 of 4 scores with the lower-index tie rule: returns a 4-bit keep mask.
+// Top-2 of 4 scores (finite, >= 0) with the lower-index tie rule: returns a 4-bit keep mask.
+// Score i is kept unless two or more of the other three beat it, where j beats i when
+// s_j > s_i (j > i) or s_j >= s_i (j < i: the lower index wins a tie), i.e. the reference's
+// rank < 2. Six comparisons (b_ij = s_j > s_i for i < j; j < i beats i when !b_ji) and one
+// majority function per score instead of twelve comparisons and rank sums.
+__device__ __forceinline__ bool maj3(bool a, bool b, bool c) { return (a && b) || (c && (a || b)); }
 __device__ __forceinline__ uint32_t top2of4(float s0, float s1, float s2, float s3) {
-  const float s[4] = {s0, s1, s2, s3};
-  uint32_t keep = 0;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    int rank = 0;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      if (j == i) continue;
-      rank += (s[j] > s[i]) || (j < i && s[j] == s[i]);
-    }
-    keep |= (rank < 2 ? 1u : 0u) << i;
-  }
-  return keep;
+  const bool b01 = s1 > s0, b02 = s2 > s0, b03 = s3 > s0, b12 = s2 > s1, b13 = s3 > s1, b23 = s3 > s2;
+  return (maj3(b01, b02, b03) ? 0u : 1u) | (maj3(!b01, b12, b13) ? 0u : 2u) |
+         (maj3(!b02, !b12, b23) ? 0u : 4u) | (maj3(!b03, !b13, !b23) ? 0u : 8u);
 }
 
-struct BlockQ {
-  // NUMERICS.md: one FP32 reciprocal per block, inv = 1/d (IEEE, correctly rounded; 0 when
-  // d == 0), then code = e2m1(v * inv) with one FP32 multiply per value. v * 0 keeps v's sign
-  // (-0 -> code 8), exactly as the reference's `blocks * inv`.
-  static __device__ __forceinline__ float inv_of(float d) { return d > 0.0f ? __frcp_rn(d) : 0.0f; }
-  static __device__ __forceinline__ uint32_t encode(float v, float inv) {
-    return e2m1_encode(__fmul_rn(v, inv));
+// NUMERICS.md: one FP32 reciprocal per block, inv = 1/d (IEEE, correctly rounded; 0 when
+// d == 0), then code = e2m1(v * inv) with one FP32 multiply per value and deQ = value(code) * d.
+__device__ __forceinline__ float block_inv(float d) { return d > 0.0f ? __frcp_rn(d) : 0.0f; }
+
+// q[i] = value(e2m1(v[i] * inv)), the grid values of one chunk (deQ = q * d). e2m1_round where
+// v * inv is finite; where 1/d overflowed (d < 2^-128: rows of amax < ~1e-32, bf16 only), 0 * inf
+// is NaN and the reference's encode gives it +0: encode + decode there (a uniform branch a
+// chunk, as the chunk is inside one scale block).
+__device__ __forceinline__ void quantize_chunk(const float (&v)[8], float inv, float (&q)[8]) {
+  if (__builtin_expect(!isinf(inv), 1)) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) q[i] = e2m1_round(__fmul_rn(v[i], inv));
+  } else {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) q[i] = e2m1_decode(e2m1_encode(__fmul_rn(v[i], inv)));
   }
-  static __device__ __forceinline__ float decode(uint32_t code, float d) {
-    return __fmul_rn(e2m1_decode(code), d);
+}
+
+// 8 grid values kept between the passes as 4 bf16x2 words (every E2M1 value is exact in bf16)
+__device__ __forceinline__ uint4 pack_grid(const float (&q)[8]) {
+  uint4 u;
+  uint32_t* w = reinterpret_cast<uint32_t*>(&u);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(q[2 * j], q[2 * j + 1]);
+    w[j] = *reinterpret_cast<const uint32_t*>(&h);
   }
-};
+  return u;
+}
+__device__ __forceinline__ float grid_at(const uint4& u, int i) {
+  const uint32_t w = reinterpret_cast<const uint32_t*>(&u)[i >> 1];
+  return __uint_as_float((i & 1) ? (w & 0xFFFF0000u) : (w << 16));
+}
+
+// 8 codes of one chunk, element i in bits 4i..4i+3 (debug outputs)
+__device__ __forceinline__ uint32_t codes_of(const float (&q)[8]) {
+  uint32_t packed = 0;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) packed |= e2m1_code_of(q[i]) << (4 * i);
+  return packed;
+}
 
 // E4M3 block scale: returns the scale bits, sets d = fp32(s) * t.
 __device__ __forceinline__ uint32_t e4m3_block_scale(float block_amax, float t, float& d) {
@@ -186,7 +216,8 @@ __device__ __forceinline__ float row_max(float v, float* red, float* slot, int c
 // One row per cluster of `cl` CTAs (cl = 1: plain launch, one row per CTA); CTA rank r of the
 // cluster owns chunks [r * K/(8 cl), (r+1) * K/(8 cl)) of its row (a multiple of 8 chunks, so
 // scale blocks never straddle CTAs).
-template <typename T, int V>
+// kDebug: the debug outputs are written (prep_debug); the serving kernel has no debug code.
+template <typename T, int V, bool kDebug>
 __global__ void __launch_bounds__(V <= 2 ? 1024 : 512)
 prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int K, int fmt,
             int pattern, int bb_lanes, int rb_lanes, PrepDebug dbg, int cl) {
@@ -195,7 +226,7 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
   // let a PDL-launched consumer (the stream GEMM) start its weight loads now; it still waits
   // for this grid's completion (griddepcontrol.wait) before it reads x_hat
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-  const int row = blockIdx.x / cl;
+  const int row = cl == 1 ? (int)blockIdx.x : (int)blockIdx.x / cl;
   const int rank = blockIdx.x - row * cl;
   const int tid = threadIdx.x;
   const int nchunks = (K >> 3) / cl;       // chunks of this CTA
@@ -203,22 +234,21 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
   const T* xr = x + (int64_t)row * x_stride + 8 * cbase;
 
   uint4 xraw[V];
-  int nonfinite = 0;
-  float amax = 0.0f;
+  uint32_t mag2 = 0;  // max |x| as 16-bit bits, two lanes (sign cleared: bits order like |x|)
 #pragma unroll
   for (int v = 0; v < V; ++v) {
     const int c = v * blockDim.x + tid;
     xraw[v] = c < nchunks ? *reinterpret_cast<const uint4*>(xr + 8 * c) : make_uint4(0, 0, 0, 0);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const float e = elem<T>(xraw[v], i);
-      nonfinite |= !isfinite(e);
-      amax = fmaxf(amax, fabsf(e));
-    }
+    mag2 = __vmaxu2(mag2, xraw[v].x & 0x7FFF7FFFu);
+    mag2 = __vmaxu2(mag2, xraw[v].y & 0x7FFF7FFFu);
+    mag2 = __vmaxu2(mag2, xraw[v].z & 0x7FFF7FFFu);
+    mag2 = __vmaxu2(mag2, xraw[v].w & 0x7FFF7FFFu);
   }
-  // One reduction for both: a non-finite row reduces to +Inf (a finite row's max is finite).
-  // The reference zeroes a non-finite row before quantizing it (its x_hat row is NaN).
-  amax = row_max(nonfinite ? __int_as_float(0x7f800000) : amax, red, &cslot[0], cl);
+  const uint32_t mag = max(mag2 & 0xFFFFu, mag2 >> 16);
+  // One reduction for both: a non-finite row (Inf or NaN bits) reduces to +Inf (a finite row's
+  // max is finite). The reference zeroes a non-finite row before quantizing it (x_hat row NaN).
+  float amax = mag >= Elem<T>::kInfBits ? __int_as_float(0x7f800000) : Elem<T>::bits_to_float(mag);
+  amax = row_max(amax, red, &cslot[0], cl);
   const bool bad_row = isinf(amax);
   if (bad_row) {
     amax = 0.0f;
@@ -230,8 +260,8 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
   // bb_lanes / rb_lanes: lanes per backbone / residual scale block (a lane holds 8 channels)
   const float t_s = mx ? 0.0f : __fdiv_rn(amax, 2688.0f);
 
-  uint32_t bb_packed[V];  // backbone codes of each chunk (dequantized again in pass 2)
-  float bb_d[V];          // and their block's FP32 dequantization scale
+  uint4 bb_q[V];  // backbone grid values of each chunk (bf16x2), dequantized again in pass 2
+  float bb_d[V];  // and their block's FP32 dequantization scale
   float ramax = 0.0f;
 #pragma unroll
   for (int v = 0; v < V; ++v) {
@@ -267,18 +297,19 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
       sbits = e8m0_block_scale(bam, d, inv);
     } else {
       sbits = e4m3_block_scale(bam, t_s, d);
-      inv = BlockQ::inv_of(d);
+      inv = block_inv(d);
     }
-    uint32_t packed = 0;
+    float q[8];
+    quantize_chunk(sv, inv, q);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const uint32_t code = BlockQ::encode(sv[i], inv);
-      packed |= code << (4 * i);
-      ramax = fmaxf(ramax, fabsf(__fsub_rn(xv[i], BlockQ::decode(code, d))));
-    }
-    bb_packed[v] = packed;
-    bb_d[v] = d;
-    if (c < nchunks) {
+    for (int i = 0; i < 8; ++i) ramax = fmaxf(ramax, fabsf(__fsub_rn(xv[i], __fmul_rn(q[i], d))));
+    bb_q[v] = pack_grid(q);
+    // A non-finite row's x_hat is NaN. The serving kernel gets it from a NaN backbone scale (a
+    // select a chunk, not one an element): pass 2's x_hat sums are then NaN (fmaxf drops the
+    // NaN from the residual block maxima). The debug kernel keeps the zeroed row's numbers, as
+    // the reference's debug outputs, and sets x_hat to NaN at the end.
+    bb_d[v] = (!kDebug && bad_row) ? __int_as_float(0x7fc00000) : d;
+    if (kDebug && c < nchunks) {
       const int gc = cbase + c;
       const int64_t rowK = (int64_t)row * K;
       if (dbg.mask) {
@@ -289,7 +320,7 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
               (((keep >> 7) & 1u) << 24);
         *reinterpret_cast<uint2*>(dbg.mask + rowK + 8 * gc) = m;
       }
-      if (dbg.bb_codes) *reinterpret_cast<uint32_t*>(dbg.bb_codes + rowK / 2 + 4 * gc) = packed;
+      if (dbg.bb_codes) *reinterpret_cast<uint32_t*>(dbg.bb_codes + rowK / 2 + 4 * gc) = codes_of(q);
       if (dbg.bb_scales && (gc % bb_lanes) == 0)
         dbg.bb_scales[(int64_t)row * (K / (8 * bb_lanes)) + gc / bb_lanes] = (uint8_t)sbits;
     }
@@ -297,7 +328,7 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
   ramax = row_max(ramax, red, &cslot[1], cl);
   if (cl > 1) cluster_arrive();  // done reading the cluster's slots (waited for at the end)
   const float t_r = mx ? 0.0f : __fdiv_rn(ramax, 2688.0f);
-  if (dbg.tscales && tid == 0 && rank == 0) {
+  if (kDebug && dbg.tscales && tid == 0 && rank == 0) {
     dbg.tscales[2 * row + 0] = t_s;
     dbg.tscales[2 * row + 1] = t_r;
   }
@@ -312,7 +343,7 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
     float bam = 0.0f;
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-      deq_s[i] = BlockQ::decode((bb_packed[v] >> (4 * i)) & 0xFu, bb_d[v]);
+      deq_s[i] = __fmul_rn(grid_at(bb_q[v], i), bb_d[v]);
       rv[i] = __fsub_rn(xv[i], deq_s[i]);
       bam = fmaxf(bam, fabsf(rv[i]));
     }
@@ -323,21 +354,21 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
       sbits = e8m0_block_scale(bam, d, inv);
     } else {
       sbits = e4m3_block_scale(bam, t_r, d);
-      inv = BlockQ::inv_of(d);
+      inv = block_inv(d);
     }
-    uint32_t packed = 0;
-    float out[8];
+    float q[8], out[8];
+    quantize_chunk(rv, inv, q);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const uint32_t code = BlockQ::encode(rv[i], inv);
-      packed |= code << (4 * i);
-      out[i] = bad_row ? __int_as_float(0x7fc00000) : __fadd_rn(deq_s[i], BlockQ::decode(code, d));
-    }
+    for (int i = 0; i < 8; ++i)
+      out[i] = (kDebug && bad_row) ? __int_as_float(0x7fc00000) : __fadd_rn(deq_s[i], __fmul_rn(q[i], d));
     if (c < nchunks) {
       const int gc = cbase + c;
       store_chunk<T>(xhat + (int64_t)row * K + 8 * gc, out);
+    }
+    if (kDebug && c < nchunks) {
+      const int gc = cbase + c;
       const int64_t rowK = (int64_t)row * K;
-      if (dbg.res_codes) *reinterpret_cast<uint32_t*>(dbg.res_codes + rowK / 2 + 4 * gc) = packed;
+      if (dbg.res_codes) *reinterpret_cast<uint32_t*>(dbg.res_codes + rowK / 2 + 4 * gc) = codes_of(q);
       if (dbg.res_scales && (gc % rb_lanes) == 0)
         dbg.res_scales[(int64_t)row * (K / (8 * rb_lanes)) + gc / rb_lanes] = (uint8_t)sbits;
     }
@@ -351,9 +382,9 @@ cudaError_t launch_v(const T* xp, int64_t x_stride, T* yp, int M, int K, int fmt
   const int nchunks = K / 8 / cl;
   const int threads = ((nchunks + V - 1) / V + 31) / 32 * 32;
   if (threads > (V <= 2 ? 1024 : 512)) return cudaErrorInvalidValue;
+  const auto kernel = dbg.any() ? prep_kernel<T, V, true> : prep_kernel<T, V, false>;
   if (cl == 1) {
-    prep_kernel<T, V><<<dim3(M), dim3(threads), 0, stream>>>(xp, x_stride, yp, K, fmt, pattern, bb_lanes,
-                                                             rb_lanes, dbg, 1);
+    kernel<<<dim3(M), dim3(threads), 0, stream>>>(xp, x_stride, yp, K, fmt, pattern, bb_lanes, rb_lanes, dbg, 1);
     return cudaGetLastError();
   }
   cudaLaunchConfig_t cfg = {};
@@ -368,18 +399,28 @@ cudaError_t launch_v(const T* xp, int64_t x_stride, T* yp, int M, int K, int fmt
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, prep_kernel<T, V>, xp, x_stride, yp, K, fmt, pattern, bb_lanes, rb_lanes,
-                            dbg, cl);
+  return cudaLaunchKernelEx(&cfg, kernel, xp, x_stride, yp, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl);
 }
 
-// Rows split over a cluster for small M: K/(8 cl) must be a whole number of 8-chunk (64
-// channel) groups, so scale blocks (<= 64 channels) stay inside one CTA.
+// Rows split over a thread-block cluster (M <= kPrepClusterMaxM). K/(8 cl) must be a whole
+// number of 8-chunk (64-channel) groups, so scale blocks (<= 64 channels) stay inside one CTA.
+// A row that one CTA holds at one chunk a thread (K <= 8192) is not split: at ~60 instructions
+// an element one 512-thread CTA is the fastest (H200 prep_configs_us, K = 4096: 3.4 / 3.4 /
+// 3.5 us at M = 1 / 16 / 64 against 4.0 / 4.1 / 4.7 us on clusters of 8). Longer rows: the
+// largest cluster up to M = kPrepWideClusterMaxM (K = 14336: 8 CTAs 4.3 / 5.1 us at M = 1 / 16,
+// one CTA at 2 chunks a thread 6.2 / 6.3 us), above it the smallest cluster that gives one chunk
+// a thread (M = 64: 2 CTAs 7.2 us, 8 CTAs 7.9 us).
+constexpr int kPrepWideClusterMaxM = 16;
 inline int prep_cluster_size(int M, int K) {
-  if (M > kPrepClusterMaxM) return 1;
+  if (M > kPrepClusterMaxM || K % 64 || K / 8 <= 1024) return 1;
   const int groups = K / 64;
-  if (K % 64) return 1;
-  for (int cl = 8; cl >= 2; --cl)
-    if (groups % cl == 0) return cl;
+  if (M <= kPrepWideClusterMaxM) {
+    for (int cl = 8; cl >= 2; --cl)
+      if (groups % cl == 0) return cl;
+    return 1;
+  }
+  for (int cl = 2; cl <= 8; ++cl)
+    if (groups % cl == 0 && K / 8 / cl <= 1024) return cl;
   return 1;
 }
 
@@ -389,10 +430,10 @@ cudaError_t launch_prep_t(const void* x, int64_t x_stride, void* xhat, int M, in
                           int force_cl, cudaStream_t stream) {
   const T* xp = static_cast<const T*>(x);
   T* yp = static_cast<T*>(xhat);
-  // Decode (M <= 64): latency-bound and, with one CTA a row, issue-bound on ONE SM (~65
-  // instructions an element: K=14336 is ~7k cycles); so a row is split over a cluster of up to
-  // 8 CTAs (8 SMs), exchanging the two row maxima through distributed shared memory.
-  // Medium M: one CTA a row, one 8-channel chunk a thread (up to K = 8192).
+  // Decode (M <= 64): latency-bound; a row longer than one CTA holds at a chunk a thread is
+  // split over a cluster of CTAs (SMs) exchanging the two row maxima through distributed shared
+  // memory (prep_cluster_size). Medium M: one CTA a row, one 8-channel chunk a thread (up to
+  // K = 8192).
   // Large M (> 256): throughput-bound, 2 chunks a thread (K=4096: 256 threads a row): fewer
   // barrier participants and shuffle rounds per element, 2 independent 16-byte loads a thread.
   // Every configuration does the same per-element arithmetic: identical bits (tested).

@@ -23,6 +23,7 @@ struct PrepDebug {
   uint8_t* res_codes = nullptr;   // [M, K/2]
   uint8_t* res_scales = nullptr;  // [M, K/residual_block]
   float* tscales = nullptr;       // [M, 2]: backbone / residual FP32 tensor scale (0 for MXFP4)
+  bool any() const { return mask || bb_codes || bb_scales || res_codes || res_scales || tscales; }
 };
 
 // fmt: a Format, pattern: a Pattern. backbone_block / residual_block: channels per backbone /
