@@ -30,7 +30,7 @@
 //     up to 8 CTAs (8 SMs; prep_cluster_size); the two row maxima are exchanged through
 //     distributed shared memory (mapa + ld.shared::cluster, barrier.cluster).
 //   64 < M <= 256: one CTA a row, V = 1 (K <= 8192), 2 (K <= 16384), 8.
-//   M > 256: V = 2 (2 independent chunks a thread; V = 4 above K = 16384).
+//   M > 256: V = 2 (2 independent chunks a thread; V = 8 above K = 16384).
 // Block encoding (NUMERICS.md): one correctly rounded FP32 reciprocal per block (__frcp_rn),
 // one __fmul_rn per value, then rounding to the E2M1 grid; no per-element division.
 // The kernel triggers programmatic dependent launch at its start, so the stream GEMM that
@@ -455,10 +455,9 @@ cudaError_t launch_prep_t(const void* x, int64_t x_stride, void* xhat, int M, in
   // Large M: 2 chunks a thread. The H100 sweep (benchmarks/results/kernels-H100.json,
   // prep_configs_us) measured V=2 20-25% faster than V=4 at M >= 1024 for K = 4096 and 14336
   // (V=4's 100 registers cap residency at 5 CTAs/SM for K=4096, 1 CTA/SM for K=14336).
+  // (V = 4 would fit K <= 16384 only, where V = 2 does; above, one CTA needs V = 8.)
   if (M > kPrepLargeM && nchunks <= 2 * 1024)
     return launch_v<T, 2>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
-  if (M > kPrepLargeM && nchunks <= 4 * 512)
-    return launch_v<T, 4>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
   if (nchunks <= 1024) return launch_v<T, 1>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
   if (nchunks <= 2048) return launch_v<T, 2>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
   return launch_v<T, 8>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);

@@ -44,7 +44,11 @@ def _run_prep_debug_poisoned(x, fmt, pattern):
     return out, mask, bbc, bbs, rc, rs, ts
 
 
-# M > 256 runs the throughput configuration of the kernel (4 chunks a thread): cover it too
+# The automatic configurations (prep.cu launch_prep_t / prep_cluster_size): one CTA a row for
+# K <= 8192; at M <= 64 longer rows over a cluster: 8 CTAs a row (M <= 16, (2, 28672)), 7
+# ((5, 8960): Qwen2.5-1.5B's down projection), the smallest giving a chunk a thread above
+# M = 16 ((17, 14336): 2, (40, 8960): 2); M > 256 the throughput configuration (2 chunks a thread,
+# 8 above K = 16384: (300, 28672))
 PREP_SHAPES = [
     (1, 4096),
     (3, 64),
@@ -54,8 +58,11 @@ PREP_SHAPES = [
     (64, 1536),
     (260, 14336),
     (513, 4096),
-    (7, 576),  # cluster of 3 CTAs a row
-    (32, 4096),  # split over clusters of 8 CTAs a row (M <= 64; (64, 1536) too)
+    (7, 576),
+    (32, 4096),
+    (5, 8960),
+    (40, 8960),
+    (300, 28672),
 ]
 
 
