@@ -24,7 +24,7 @@
 // pass 1 is a 16-bit integer max on the raw bits, and the 4:8 / 2:4 selection takes six
 // comparisons a group. Codes are formed only by the debug kernel (kDebug), from the grid
 // values. H200, NVFP4 4:8-pairs, bf16 (benchmarks/results/kernels-H200*.json, prep_configs_us):
-// ~62 instructions an element (ncu), 16384 x 14336 in 743 us (1.26 TB/s, was 1561 us).
+// ~62 instructions an element (ncu), 16384 x 14336 in 739 us (1.27 TB/s, was 1561 us).
 // Configurations (launch_prep_t; all give identical bits, tests/gpu/test_prep_gpu.py):
 //   M <= 64 (decode, M < #SMs): rows longer than 8192 are split over a thread-block CLUSTER of
 //     up to 8 CTAs (8 SMs; prep_cluster_size); the two row maxima are exchanged through
@@ -88,7 +88,7 @@ __device__ __forceinline__ uint32_t top2of4(float s0, float s1, float s2, float 
 __device__ __forceinline__ float block_inv(float d) { return d > 0.0f ? __frcp_rn(d) : 0.0f; }
 
 // q[i] = value(e2m1(v[i] * inv)), the grid values of one chunk (deQ = q * d). e2m1_round where
-// v * inv is finite; where 1/d overflowed (d < 2^-128: rows of amax < ~1e-32, bf16 only), 0 * inf
+// v * inv is finite; where 1/d overflowed (d < 2^-128: rows of amax < ~4e-33, bf16 only), 0 * inf
 // is NaN and the reference's encode gives it +0: encode + decode there (a uniform branch a
 // chunk, as the chunk is inside one scale block).
 __device__ __forceinline__ void quantize_chunk(const float (&v)[8], float inv, float (&q)[8]) {

@@ -71,7 +71,7 @@ __device__ __forceinline__ float e2m1_decode(uint32_t code) {
 // 0.75 -> 1, 1.25 -> 1, 1.75 -> 2, 2.5 -> 2, 3.5 -> 4, 5 -> 4). |v| >= 8 (also where c
 // overflows to a tiny negative number or NaN) gives 6 through fminf. NaN gives 6 where
 // e2m1_encode gives +0: callers use encode + decode where v may be NaN (0 * an infinite 1/d).
-// Checked against fp4.e2m1_encode / e2m1_decode by tests/ops/test_kernel_layout.py (a replay of
+// Checked against fp4.e2m1_encode / e2m1_decode by tests/ops/test_prep_math.py (a replay of
 // these bit operations) and on the GPU through the preparation's bit-exact tests.
 __device__ __forceinline__ float e2m1_round(float v) {
   const uint32_t u = __float_as_uint(v);

@@ -78,9 +78,12 @@ def test_prep_bit_exact(fmt, pattern, dtype, m, k):
     if m >= 17:
         x[16, 7] = float("inf")
         x[15, :] = x[15, :] * 1e-30  # tiny row (subnormal-ish scales)
-        # bf16 only (fp16 flushes it to zero): a row so small that 1/d overflows for some blocks
-        # (the kernel's encode + decode branch: 0 * inf is NaN and encodes as +0)
-        x[14, :] = x[14, :] * 1e-37
+        # bf16 only (fp16 flushes it to zero): values ~1e-39 (bf16 subnormals) under a row max
+        # of 1e-35, so the tensor scale is ~4e-39 and most blocks' d = scale * tensor scale is
+        # below 2^-128: 1/d overflows (~95% of the blocks; the kernel's encode + decode branch,
+        # where 0 * inf is NaN and encodes as +0)
+        x[14, :] = x[14, :] * 1e-39
+        x[14, 3] = 1e-35
     got = _run_prep_debug_poisoned(x, fmt, pattern)
     ref = ops._prepare_debug_reference(x.cpu(), fmt, pattern)
     names = ["x_hat", "mask", "bb_codes", "bb_scales", "res_codes", "res_scales", "tscales"]
