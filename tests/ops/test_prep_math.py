@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from sharq_vllm.fp4 import E2M1_VALUES, e2m1_decode, e2m1_encode
-
-_THRESHOLDS = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)
+from sharq_vllm.fp4 import _THRESHOLDS, E2M1_VALUES, e2m1_decode, e2m1_encode
 
 
 def _bits(v: torch.Tensor) -> torch.Tensor:
