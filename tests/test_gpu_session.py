@@ -38,8 +38,8 @@ def test_pack_stash_join_round_trip(tmp_path, size):
     carry = tmp_path / "carry"
     limit = 2 * MiB + 4096
     env = {**os.environ, "HOME": str(home), "CARRY_DIR": str(carry), "LIMIT": str(limit),
-           "SHARQ_VLLM_CACHE_LOCAL": str(cache), "PACK_MODELS": "smollm2"}
-    # pack runs in a scratch folder: no .device-vllm there, so every call carries model pieces
+           "SHARQ_VLLM_CACHE_LOCAL": str(cache), "PACK_MODELS": "smollm2", "PACK_VLLM": "0"}
+    # no vLLM bundle parts (PACK_VLLM=0), so every call carries model pieces
     work = tmp_path / "work"
     work.mkdir()
     r = _run(["pack"], env, work)
@@ -62,6 +62,42 @@ def test_pack_stash_join_round_trip(tmp_path, size):
     # the CPU machine's tokenizer files travel (the device's transformers may convert them wrongly)
     assert (home / "stash" / "smollm2-tokenizer" / "tokenizer.json").read_text() == '{"model": "fake"}'
     assert not (home / "stash" / "smollm2-tokenizer" / "model.safetensors").exists()
+
+
+def test_pack_moves_the_small_files_past_a_full_first_call(tmp_path):
+    # call 1 carries bundle part 1, the prebuilt library and the serving shapes; when they fill
+    # it, the tokenizers / corpora / wheel go with the first call that has room, and an empty
+    # call folder stashes as nothing
+    cache = tmp_path / "cache"
+    (cache / "gguf").mkdir(parents=True)
+    tok_dir = cache / "models" / "smollm2-bfloat16"
+    tok_dir.mkdir(parents=True)
+    (tok_dir / "tokenizer.json").write_text('{"model": "fake"}')
+    data = os.urandom(3 * MiB)
+    (cache / "gguf" / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(data)
+    parts = tmp_path / "vllm-parts"
+    (parts / "p1").mkdir(parents=True)
+    limit = 2 * MiB
+    (parts / "p1" / "part0").write_bytes(b"\0" * limit)  # no room left in call 1
+    home, carry = tmp_path / "home", tmp_path / "carry"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "CARRY_DIR": str(carry), "LIMIT": str(limit),
+           "SHARQ_VLLM_CACHE_LOCAL": str(cache), "PACK_MODELS": "smollm2",
+           "PACK_VLLM_DIR": str(parts)}
+    r = _run(["pack"], env, REPO)
+    assert r.returncode == 0, r.stderr
+    calls = sorted(carry.iterdir())
+    assert not any(calls[0].iterdir()), "call 1 had no room"
+    assert (calls[1] / "extra" / "smollm2-tokenizer").is_dir()
+    for c in calls[1:]:
+        assert sum(f.stat().st_size for f in c.rglob("*") if f.is_file()) <= limit, c
+    for c in calls:
+        r = _run(["stash", str(c)], env, REPO)
+        assert r.returncode == 0 and "cannot stat" not in r.stderr, r.stderr
+    out = tmp_path / "joined.gguf"
+    assert _run(["join", "smollm2", str(out)], env, REPO).returncode == 0
+    assert out.read_bytes() == data
+    assert (home / "stash" / "smollm2-tokenizer" / "tokenizer.json").exists()
 
 
 def test_join_detects_a_corrupt_piece(tmp_path):

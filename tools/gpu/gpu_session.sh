@@ -10,7 +10,8 @@
 #
 # Here (CPU machine), once:   bash tools/gpu/gpu_session.sh pack     -> .device-carry/cNN/ (git-ignored)
 #                             bash tools/gpu/gpu_session.sh plan     -> the calls: carry lists + commands
-#   (env: PACK_MODELS="qwen gemma smollm2", PACK_VLLM=0 for a session without vLLM, CARRY_DIR)
+#   (env: PACK_MODELS="qwen gemma smollm2", PACK_VLLM=0 for a session without vLLM, CARRY_DIR,
+#    LIMIT: bytes a call may carry beside the tracked tree, default 64 MiB - tree - 1 MiB)
 # On the device, every call:  bash tools/gpu/gpu_session.sh stash .device-carry/cNN [.device-vllm/pN]
 #                             bash tools/gpu/gpu_session.sh lane NAME GPUS JOB...   (starts a lane)
 #                             bash tools/gpu/gpu_session.sh status; bash tools/gpu/gpu_session.sh collect
@@ -61,8 +62,11 @@ log() { echo "[$(date -u +%H:%M:%S)] $*"; }
 # ---------------------------------------------------------------- pack (CPU machine) --------
 pack() {
   # .device-carry/cNN: what each call carries beside .device-vllm/pN; per call at most
-  # LIMIT bytes in all (the 64 MiB travel limit minus the tracked tree and a margin).
-  local limit=${LIMIT:-$((61 * 1024 * 1024))} cache=${SHARQ_VLLM_CACHE_LOCAL:-$HOME/.cache/sharq-vllm}
+  # LIMIT bytes in all (default: the 64 MiB travel limit minus the tracked tree, which travels
+  # with every call, and 1 MiB for untracked files and slack).
+  local tree limit cache=${SHARQ_VLLM_CACHE_LOCAL:-$HOME/.cache/sharq-vllm}
+  tree=$(git ls-files -z 2>/dev/null | xargs -0 -r du -cb 2>/dev/null | tail -1 | cut -f1)
+  limit=${LIMIT:-$(( (64 << 20) - ${tree:-0} - (1 << 20) ))}
   local py=python3 carry=${CARRY_DIR:-.device-carry}
   rm -rf "$carry" && mkdir -p "$carry"
   PYTHONPATH=$PWD $py - "$limit" "$cache" "${PACK_MODELS:-qwen gemma smollm2}" "$carry" "$(asset_pairs)" <<'PY'
@@ -73,7 +77,8 @@ limit, cache, models = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3].split()
 assets = dict(kv.split("=", 1) for kv in sys.argv[5].split())  # job prefix -> asset name
 names = {m: MODELS[a].gguf_name for m, a in assets.items()}
 root = Path(sys.argv[4])
-vllm = sorted(Path(".device-vllm").glob("p*")) if os.environ.get("PACK_VLLM", "1") != "0" else []
+vllm_dir = Path(os.environ.get("PACK_VLLM_DIR", ".device-vllm"))  # tests point it elsewhere
+vllm = sorted(vllm_dir.glob("p*")) if os.environ.get("PACK_VLLM", "1") != "0" else []
 def size(p):
     if not p.exists():
         return 0
@@ -89,9 +94,9 @@ def new_call(fixed):
 for i, p in enumerate(vllm or [Path("-")]):
     fixed = size(p) + (sum(size(e) for e in first_extra) if i == 0 else 0)
     new_call(fixed)
-# small things first, into call 1
-c1 = calls[0]
-extra = c1[1] / "extra"; extra.mkdir()
+# small things (tokenizers, corpora, the gguf wheel) into the first call with room for them (call
+# 1 may be full already: bundle part 1 + the prebuilt library + the serving shapes)
+extra = root / "_extra"; extra.mkdir()
 for w in sorted((Path(".device-model/m1")).glob("gguf-*.whl")):
     shutil.copy(w, extra / w.name)
 corp = extra / "corpora"; corp.mkdir()
@@ -109,7 +114,9 @@ for m in models:
         for f in files:
             with open(f, "rb") as fi, gzip.open(d / (f.name + ".gz"), "wb", compresslevel=6) as fo:
                 shutil.copyfileobj(fi, fo)
-c1[0] -= size(extra)
+room = next((c for c in calls if c[0] >= size(extra)), None) or new_call(0)
+shutil.move(str(extra), str(room[1] / "extra"))
+room[0] -= size(room[1] / "extra")
 # model pieces, in order, filling each call
 ci = 0
 for m in models:
@@ -145,7 +152,7 @@ stash() {
       mode=stash; [ -f "$HOME/vllm-bundle/.want-install" ] && mode=install
       case "$d" in *p3*) mode=install;; esac
       bash "$d/on-device.sh" "$mode" "$d" 2>&1 | tail -2
-    else
+    elif [ -n "$(ls -A "$d" 2>/dev/null)" ]; then  # a call may carry nothing but a bundle part
       cp -r "$d"/* "$STASH"/
     fi
   done
