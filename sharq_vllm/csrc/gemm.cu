@@ -447,7 +447,8 @@ cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight
   // kGemmAuto by M (sharq_kernels.h, GemmAutoMaxM): stream kernel M <= 16 (the decode sweep:
   // kernels-H200-decode-variants.json), tile kernel M <= 24, wgmma kernel above. H200, GEMM sums
   // over the 4 Llama-3.1-8B linears (bench_kernels --gemm-sweep, kernels-H200.json): tile / wgmma
-  // 103.5 / 114.9 us at M = 17, 116.3 / 115.3 at 24, 132.2 / 116.4 at 32.
+  // 103.7 / 115.0 us at M = 17, 116.9 / 116.1 at 24 (a tie: 116.3 / 115.3 in the bef3a39 run),
+  // 132.8 / 116.8 at 32.
   if (variant == kGemmAuto) variant = M <= kGemmStreamMaxM ? kGemmStream : M <= kGemmTileMaxM ? kGemmTile : kGemmWgmma;
   if (variant == kGemmWgmma)
     return launch_gemm_wgmma(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock,

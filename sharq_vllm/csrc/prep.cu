@@ -23,7 +23,8 @@
 // encode + decode), the backbone's grid values wait for pass 2 as bf16x2 words, the row max of
 // pass 1 is a 16-bit integer max on the raw bits, and the 4:8 / 2:4 selection takes six
 // comparisons a group. Codes are formed only by the debug kernel (kDebug), from the grid
-// values. H200, NVFP4 4:8-pairs, bf16 (benchmarks/results/kernels-H200*.json, prep_configs_us):
+// values. H200, NVFP4 4:8-pairs, bf16 (benchmarks/results/kernels-H200-prep-rewrite.json: ncu and
+// the A/B against the old kernel; kernels-H200.json: prep_configs_us):
 // ~62 instructions an element (ncu), 16384 x 14336 in 739 us (1.27 TB/s, was 1561 us).
 // Configurations (launch_prep_t; all give identical bits, tests/gpu/test_prep_gpu.py):
 //   M <= 64 (decode, M < #SMs): rows longer than 8192 are split over a thread-block CLUSTER of
@@ -405,11 +406,11 @@ cudaError_t launch_v(const T* xp, int64_t x_stride, T* yp, int M, int K, int fmt
 // Rows split over a thread-block cluster (M <= kPrepClusterMaxM). K/(8 cl) must be a whole
 // number of 8-chunk (64-channel) groups, so scale blocks (<= 64 channels) stay inside one CTA.
 // A row that one CTA holds at one chunk a thread (K <= 8192) is not split: at ~60 instructions
-// an element one 512-thread CTA is the fastest (H200 prep_configs_us, K = 4096: 3.4 / 3.4 /
-// 3.5 us at M = 1 / 16 / 64 against 4.0 / 4.1 / 4.7 us on clusters of 8). Longer rows: the
-// largest cluster up to M = kPrepWideClusterMaxM (K = 14336: 8 CTAs 4.3 / 5.1 us at M = 1 / 16,
-// one CTA at 2 chunks a thread 6.2 / 6.3 us), above it the smallest cluster that gives one chunk
-// a thread (M = 64: 2 CTAs 7.2 us, 8 CTAs 7.9 us).
+// an element one 512-thread CTA is the fastest (H200 prep_configs_us in kernels-H200.json,
+// K = 4096: 3.8 / 3.5 / 3.7 us at M = 1 / 16 / 64 against 4.0 / 4.1 / 4.7 us on clusters of 8).
+// Longer rows: the largest cluster up to M = kPrepWideClusterMaxM (K = 14336: 8 CTAs 4.3 / 5.0 us
+// at M = 1 / 16, one CTA at 2 chunks a thread 6.2 / 6.3 us; 4 CTAs 4.75 / 4.84), above it the
+// smallest cluster that gives one chunk a thread (M = 64: 2 CTAs 7.2 us, 8 CTAs 7.8 us).
 constexpr int kPrepWideClusterMaxM = 16;
 inline int prep_cluster_size(int M, int K) {
   if (M > kPrepClusterMaxM || K % 64 || K / 8 <= 1024) return 1;

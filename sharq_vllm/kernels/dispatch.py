@@ -64,8 +64,8 @@ GEMM_AUTO_MAX_M = {"stream": 16, "tile": 24}
 # the wgmma kernel (gemm_wgmma.cu) above; "dequant_mm" dequantizes the weight to 16 bits in a
 # bounded workspace and runs cuBLAS. The threshold came from benchmarks/kernels/bench_kernels.py's
 # sharq_mma / sharq_dqmm rows (both paths forced at every M, "mma_over_dqmm_time"): on the H200
-# (benchmarks/results/kernels-H200.json) 237.5 vs 330.8 us at M = 256, 404.4 vs 447.9 at 512,
-# 742.4 vs 731.9 at 1024; change it only with that benchmark's numbers.
+# (benchmarks/results/kernels-H200.json) 238.0 vs 330.7 us at M = 256, 405.3 vs 449.2 at 512,
+# 730.3 vs 722.1 at 1024; change it only with that benchmark's numbers.
 GEMM_KERNELS: tuple[GemmKernel, ...] = (
     GemmKernel(
         "mma",
