@@ -283,6 +283,14 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
   }
 }
 
+int sm_count() {
+  int dev = 0, sms = 132;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+    sms = 132;
+  return sms;
+}
+
 template <typename T, int MT, int U, int MINB>
 cudaError_t launch_stream_t(const void* x, int64_t xs, const void* qw, const void* sc,
                             const float* ts, const void* bias, void* y, int64_t ys, int M, int N,
@@ -293,10 +301,7 @@ cudaError_t launch_stream_t(const void* x, int64_t xs, const void* qw, const voi
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, gemm_stream_kernel<T, MT, U, MINB, false>, kWarps * 32, 0) != cudaSuccess || v < 1) v = 1;
     per_sm = v;
   }
-  int dev = 0, sms = 132;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-    sms = 132;
+  const int sms = sm_count();
   const int nstrips = N / 16;
   const int mtiles = (M + 8 * MT - 1) / (8 * MT);
   // balanced persistent grid: every CTA gets the same number of strips (qkv: 384 strips on
@@ -342,13 +347,33 @@ cudaError_t launch_mma_t(const void* x, int64_t xs, const void* qw, const void* 
 // slower at M = 4..16 (more CTAs, fewer bytes in flight a warp), U = 2 / 3 CTAs 5% faster at M = 1.
 constexpr int kStreamU = 4;
 constexpr int kStreamCtasPerSm = 2;
+// Wave rule: a layer whose 16-row strips need a second round at 2 CTAs an SM but fit one at 3
+// (264 < N/16 <= 396 on 132 SMs: Llama-3.1-8B's qkv, 384 strips) takes U = 2 tiles a step at 3
+// CTAs an SM, one strip a CTA, instead of 192 CTAs doing 2 strips each. The per-layer sweep of
+// kernels-H200-decode-variants.json measured qkv at M = 1 / 8 / 16: 6.82 / 7.00 / 8.53 us
+// against 8.73 / 9.05 / 10.35 (GEMM alone); the other three layers are faster at (4, 2). The
+// rule's A/B (kernels-H200-prep-pdl-waves.json): qkv 8.82 -> 7.24 us at M = 1, 10.35 -> 8.51 at
+// M = 16. EXTRA_NVFLAGS=-DSHARQ_STREAM_WAVES=0 builds the A/B's baseline.
+#ifndef SHARQ_STREAM_WAVES
+#define SHARQ_STREAM_WAVES 1
+#endif
+constexpr bool kStreamWaveRule = SHARQ_STREAM_WAVES;
+constexpr int kStreamWaveU = 2;
+constexpr int kStreamWaveCtasPerSm = 3;
 
 template <typename T>
 cudaError_t launch_stream_mt(const void* x, int64_t xs, const void* qw, const void* sc, const float* ts,
                              const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K, int wblock,
                              cudaStream_t stream) {
-  if (M <= 8)
+  const int nstrips = N / 16, sms = sm_count();
+  const bool wave = kStreamWaveRule && nstrips > kStreamCtasPerSm * sms && nstrips <= kStreamWaveCtasPerSm * sms;
+  if (M <= 8) {
+    if (wave)
+      return launch_stream_t<T, 1, kStreamWaveU, kStreamWaveCtasPerSm>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
     return launch_stream_t<T, 1, kStreamU, kStreamCtasPerSm>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+  }
+  if (wave)
+    return launch_stream_t<T, 2, kStreamWaveU, kStreamWaveCtasPerSm>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
   return launch_stream_t<T, 2, kStreamU, kStreamCtasPerSm>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
 }
 
@@ -467,10 +492,7 @@ cudaError_t launch_dequant(const void* qweight, const void* scales, void* w, int
   const int64_t ntiles = (int64_t)(N / 16) * (K / 64);
   const int threads = kWarps * 32;
   // 8 resident CTAs an SM (18 KB smem, <= 64 regs); at most one pass of kDqU tiles a warp short
-  int dev = 0, sms = 132;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-    sms = 132;
+  const int sms = sm_count();
   const int64_t want = (ntiles + (int64_t)kWarps * kDqU - 1) / ((int64_t)kWarps * kDqU);
   const int blocks = (int)std::max<int64_t>(1, std::min<int64_t>(want, (int64_t)sms * 8));
   switch (dtype) {

@@ -6,6 +6,7 @@
 #     bash tools/gpu/prebuild_ext.sh build/prebuilt/libsharq_C.so
 # (torch wheel: pip download torch==2.11.0 --no-deps --python-version 3.12 --only-binary=:all:
 #  --platform manylinux_2_28_x86_64, then unzip torch/include/* torch/lib/*).
+# EXTRA_NVFLAGS: more nvcc flags (e.g. -D... for a same-session A/B of a kernel variant).
 set -euo pipefail
 OUTSO="${1:-build/prebuilt/libsharq_C.so}"
 TORCH_ROOT="${TORCH_ROOT:?set TORCH_ROOT to an unpacked torch/ dir}"
@@ -16,7 +17,7 @@ mkdir -p "$(dirname "$OUTSO")"
 # sources, arch (TORCH_CUDA_ARCH_LIST, default 9.0a) and flags: sharq_vllm/kernels/build.py, the
 # definition setup.py and the JIT build use (importing it needs no torch)
 BUILD=(env PYTHONPATH="$PWD" python3 -m sharq_vllm.kernels.build)
-read -r -a NVFLAGS <<< "$("${BUILD[@]}" nvcc-flags) -Xcompiler -fPIC"
+read -r -a NVFLAGS <<< "$("${BUILD[@]}" nvcc-flags) -Xcompiler -fPIC ${EXTRA_NVFLAGS:-}"
 read -r -a CXXFLAGS <<< "$("${BUILD[@]}" cxx-flags) -fPIC"
 read -r -a SOURCES <<< "$("${BUILD[@]}" sources)"
 OBJS=()
