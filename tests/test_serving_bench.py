@@ -1,16 +1,18 @@
 # ruff: noqa: UP031  (the log lines are rendered with vLLM's own %-format strings on purpose)
 """CPU tests of the serving-benchmark plumbing (benchmarks/serving): vLLM log parsing against the
 exact vLLM 0.26 format strings, bench-serve JSON summarizing, result merging, report layout,
-shape folders. No vLLM, no GPU."""
+shape folders, profiler-trace summaries. No vLLM, no GPU."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from benchmarks.serving import common, report, shapes
+from benchmarks.serving import common, report, shapes, trace_summary
 
 SERVING = Path(common.__file__).resolve().parent
 
@@ -161,3 +163,157 @@ def test_materialize(tmp_path):
             assert (folder / f).stat().st_size > 0
     again = shapes.materialize(["Llama-3.1-8B"], tmp_path, quiet=True)  # stamp: no rebuild
     assert again["Llama-3.1-8B"] == out["Llama-3.1-8B"]
+
+
+# Kernel names as they appear in an H200 trace of vLLM 0.26 decode steps (SharQ, FP8 and BF16 runs)
+K_PREP = "void sharq::(anonymous namespace)::prep_kernel<__nv_bfloat16, 1, false>(__nv_bfloat16 const*, int)"
+K_GEMM = "void sharq::(anonymous namespace)::gemm_stream_kernel<__nv_bfloat16, 1, 4, 2, true>(sharq::GemmArgs)"
+K_FP8 = "void cutlass::device_kernel<vllm::cutlass_3x_gemm_sm90_fp8::GemmKernel>(vllm::Params)"
+K_QUANT = "triton_red_fused__to_copy_abs_clamp_cutlass_scaled_mm_div_fused_add_rms_norm_max_mul_reciprocal_unsqueeze_3"
+K_RMS = "triton_red_fused_fused_add_rms_norm_linear_2"
+K_FLASH = "void cutlass::device_kernel<flash::enable_sm90_or_later >(flash::Params)"
+K_NVJET = "nvjet_sm90_tst_256x8_64x6_2x1_v_bz_TNT"
+K_MEMCPY = "Memcpy DtoH (Device -> Pinned)"
+K_MEMSET = "Memset (Device)"
+EXPECTED_BUCKET = {
+    K_PREP: "sharq preparation", K_GEMM: "sharq gemm", K_FP8: "fp8 gemm (cutlass)",
+    K_QUANT: "triton: fp8 quant (+norm / act)", K_RMS: "triton: rms norm", K_FLASH: "attention",
+    K_NVJET: "bf16 gemm (cublas)", K_MEMCPY: "copies / fills", K_MEMSET: "copies / fills",
+}
+GEMM_US = (20.0, 26.0, 22.0)  # the SharQ GEMM's duration in steps 0, 1, 2
+
+
+def _x(name: str, cat: str, ts: float, dur: float) -> dict:
+    return {"ph": "X", "cat": cat, "name": name, "pid": 1, "tid": 7, "ts": ts, "dur": dur}
+
+
+def _fake_trace(annotate: bool = True) -> dict:
+    """Three decode steps 100 us apart, kernel times relative to the step's base (us):
+    prep [0,4) and gemm [3,3+g) overlap by 1 us (programmatic dependent launch), quant [30,33),
+    fp8 [34,44), rms [45,47), flash [48,56), nvjet [57,63); a memcpy [70,71) in step 0 only, a
+    memset [70,72) in step 1 only; the GPU is idle from the step's last kernel to the next step."""
+    ev: list[dict] = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "python"}}]
+    for k, g in enumerate(GEMM_US):
+        base = 1000.0 + 100 * k
+        step = "execute_context_0(0)_generation_%d(%d)" % (32, 32)
+        if annotate:
+            ev.append(_x(step, "user_annotation", 5000.0 + 300 * k, 250.0))
+        # same name on other timelines: neither is a step, and neither is a kernel
+        ev.append(_x(step, "cpu_op", 5001.0 + 300 * k, 240.0))
+        ev.append(_x(step, "gpu_user_annotation", base - 50, 200.0))
+        ev.append(_x("cudaLaunchKernel", "cuda_runtime", 5010.0 + 300 * k, 500.0))
+        ev.append({"ph": "s", "cat": "ac2g", "name": "ac2g", "id": k, "pid": 1, "tid": 7, "ts": 5010.0 + 300 * k})
+        for name, t0, dur in ((K_PREP, 0, 4), (K_GEMM, 3, g), (K_QUANT, 30, 3), (K_FP8, 34, 10),
+                              (K_RMS, 45, 2), (K_FLASH, 48, 8), (K_NVJET, 57, 6)):
+            ev.append(_x(name, "kernel", base + t0, float(dur)))
+        if k == 0:
+            ev.append(_x(K_MEMCPY, "gpu_memcpy", base + 70, 1.0))
+        if k == 1:
+            ev.append(_x(K_MEMSET, "gpu_memset", base + 70, 2.0))
+    # annotations that are not a vLLM 0.26 engine step
+    ev.append(_x("execute_context_0(0)_generation_32(32)_x", "user_annotation", 6000.0, 10.0))
+    ev.append(_x("ProfilerStep#3", "user_annotation", 6100.0, 10.0))
+    ev.append(_x("gpu_model_runner: sample", "user_annotation", 6200.0, 10.0))
+    return {"schemaVersion": 1, "traceEvents": ev}
+
+
+def test_trace_buckets_of_real_kernel_names():
+    for name, bucket in EXPECTED_BUCKET.items():
+        assert trace_summary.bucket_of(name) == bucket, name
+    assert trace_summary.bucket_of("some_unknown_thing") == "other"
+
+
+def test_trace_summarize_steps():
+    s = trace_summary.summarize(_fake_trace())
+    assert s["steps"] == 3  # the three user_annotation steps only
+    # kernels: 7 per step + memcpy + memset = 23; kernel sum 4*3 + (20+26+22) + 3*3 + 10*3 + 2*3 + 8*3
+    # + 6*3 + 1 + 2 = 170; busy (union): 170 - 3 x 1 us of prep/gemm overlap = 167; span: first
+    # kernel start 1000 to last end 1263 (step 2's nvjet) = 263
+    assert s["span_us_per_step"] == round(263 / 3, 1) == 87.7
+    assert s["busy_us_per_step"] == round(167 / 3, 1) == 55.7
+    assert s["kernel_us_per_step"] == round(170 / 3, 1) == 56.7
+    assert s["idle_share"] == round(1 - 167 / 263, 4) == 0.365
+    assert s["launches_per_step"] == round(23 / 3, 1) == 7.7
+    assert s["buckets_us_per_step"] == {
+        "sharq gemm": 22.7, "fp8 gemm (cutlass)": 10.0, "attention": 8.0, "bf16 gemm (cublas)": 6.0,
+        "sharq preparation": 4.0, "triton: fp8 quant (+norm / act)": 3.0, "triton: rms norm": 2.0,
+        "copies / fills": 1.0,
+    }
+    assert list(s["buckets_us_per_step"]) == sorted(s["buckets_us_per_step"], key=lambda b: -s["buckets_us_per_step"][b])
+    top = s["top_kernels"]
+    assert [t["name"] for t in top] == [trace_summary.short_name(k) for k in (
+        K_GEMM, K_FP8, K_FLASH, K_NVJET, K_PREP, K_QUANT, K_RMS, K_MEMSET, K_MEMCPY)]
+    by = {t["name"]: t for t in top}
+    assert by[K_MEMCPY]["name"] == K_MEMCPY  # the "->" survives short_name
+    for name, bucket in EXPECTED_BUCKET.items():
+        assert by[trace_summary.short_name(name)]["bucket"] == bucket
+    g = by[trace_summary.short_name(K_GEMM)]
+    assert g["calls_per_step"] == 1.0 and g["us_per_step"] == round(68 / 3, 2) == 22.67
+    assert g["median_us"] == 22.0  # sorted (20, 22, 26): the middle, not the mean or the first
+    assert by[K_MEMCPY]["calls_per_step"] == 0.33 and by[K_MEMSET]["us_per_step"] == 0.67
+    assert by[trace_summary.short_name(K_FP8)]["median_us"] == 10.0
+    assert len(trace_summary.summarize(_fake_trace(), top=3)["top_kernels"]) == 3
+
+
+def test_trace_summarize_without_steps_or_kernels():
+    s = trace_summary.summarize(_fake_trace(annotate=False))
+    assert s["steps"] == 0  # cpu_op / gpu_user_annotation copies of the step name do not count
+    assert (s["span_us_per_step"], s["busy_us_per_step"], s["kernel_us_per_step"]) == (263.0, 167.0, 170.0)
+    assert s["launches_per_step"] == 23.0
+    assert s["top_kernels"][0]["calls_per_step"] == 3.0 and s["top_kernels"][0]["us_per_step"] == 68.0
+    no_kernels = {"traceEvents": [e for e in _fake_trace()["traceEvents"]
+                                  if e.get("cat") not in ("kernel", "gpu_memcpy", "gpu_memset")]}
+    s = trace_summary.summarize(no_kernels)
+    assert s["steps"] == 3 and s["kernels"] == 0 and "no kernel" in s["error"]
+    assert "span_us_per_step" not in s
+    assert trace_summary.summarize({}) == {"steps": 0, "kernels": 0, "error": "no kernel events in the trace"}
+
+
+def test_trace_short_name():
+    sn = trace_summary.short_name
+    assert sn("void f<a<b, c>, d<e<f>>>(int)") == "void f<a, d>(int)"
+    assert sn("void cutlass::device_kernel<flash::enable_sm90_or_later<flash::FlashAttnFwdSm90<cute::tuple<int>>>>"
+              "(flash::Params)") == "void cutlass::device_kernel<flash::enable_sm90_or_later>(flash::Params)"
+    assert sn(K_PREP) == K_PREP and sn(K_NVJET) == K_NVJET  # one level of template arguments is kept
+    assert sn("void  f<\n int>( )") == "void f< int>( )"
+    assert sn(K_MEMCPY) == K_MEMCPY and sn("a -> b<c<d>> -> e") == "a -> b<c> -> e"
+    assert sn("x" * 20, width=20) == "x" * 20
+    cut = sn("k<" + "a<b>, " * 50 + ">" + "y" * 200)
+    assert len(cut) == 140 and cut.endswith("...") and cut.startswith("k<a, a, ")
+    assert sn("z" * 30, width=10) == "z" * 7 + "..."
+
+
+def test_trace_load_and_newest(tmp_path):
+    trace = _fake_trace()
+    plain, packed = tmp_path / "w0.pt.trace.json", tmp_path / "w1.pt.trace.json.gz"
+    plain.write_text(json.dumps(trace))
+    packed.write_bytes(gzip.compress(json.dumps(trace).encode()))
+    assert trace_summary.load_trace(plain) == trace == trace_summary.load_trace(packed)
+
+    folder = tmp_path / "profile"
+    (folder / "sub").mkdir(parents=True)
+    since = 1_700_000_000.0
+    files = {  # name: (bytes, mtime)
+        "old-big.pt.trace.json": (5000, since - 10),      # bigger, but from an earlier profile
+        "front.pt.trace.json": (100, since + 1),          # the front end's CPU-only trace
+        "sub/worker.pt.trace.json.gz": (900, since + 2),  # the GPU worker's trace
+        "big.json.tmp": (8000, since + 3),                # not a trace file
+        "big.txt": (9000, since + 3),
+    }
+    for name, (size, mtime) in files.items():
+        p = folder / name
+        p.write_bytes(b"x" * size)
+        os.utime(p, (mtime, mtime))
+    assert trace_summary.newest_worker_trace(folder, since) == folder / "sub/worker.pt.trace.json.gz"
+    assert trace_summary.newest_worker_trace(folder, since - 20) == folder / "old-big.pt.trace.json"
+    assert trace_summary.newest_worker_trace(folder, since + 5) is None
+
+
+def test_offline_profile_args():
+    from benchmarks.serving import offline
+
+    a = offline.parse_args(["--profile-batches", "1,32", "--profile-steps", "8"])
+    assert a.profile_batches == "1,32" and a.profile_steps == 8
+    d = offline.parse_args([])
+    assert d.profile_batches == "" and d.profile_steps == 16
+    assert offline.PROFILE_SKIP_STEPS == 3

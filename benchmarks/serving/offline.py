@@ -13,6 +13,10 @@ with vLLM's defaults otherwise (torch.compile + CUDA graphs ON) and measures:
 * prefill: 64 prompts x 2048 tokens, ``max_tokens=1``: prompt tokens / wall time (after a
   warm-up of 8 such prompts);
 * optional "long" phase (70B capacity): B prompts x L input tokens, 256 output tokens;
+* optional profile (``--profile-batches``): after a batch's measurement, vLLM's own torch
+  profiler records ``--profile-steps`` decode steps of that batch (3 steps skipped first: the
+  prefill and graph warm-up) and ``trace_summary.summarize`` stores where the step's GPU time
+  goes (per kernel, per bucket, GPU idle share) under ``profile`` in the method's result;
 * from vLLM's own startup log (parsed by the parent): weight GiB ("Model loading took"), KV
   cache GiB and tokens, CUDA-graph and compile time.
 
@@ -70,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--min-method-s", type=float, default=100,
                     help="do not start a method with less time than this left in the budget")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile-batches", default="", help="decode batches to profile after measuring them")
+    ap.add_argument("--profile-steps", type=int, default=16, help="decode steps a profile records")
     # internal
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--spec", default=None, help=argparse.SUPPRESS)
@@ -85,6 +91,38 @@ def _prompts(rng, n: int, length: int, vocab_hi: int) -> list[dict[str, list[int
     # ids in [1000, vocab_hi): plain BPE pieces of both tokenizers, no special tokens
     return [{"prompt_token_ids": [int(x) for x in rng.integers(1000, vocab_hi, size=length)]}
             for _ in range(n)]
+
+
+PROFILE_SKIP_STEPS = 3  # engine steps before a profile starts recording: the prefill, graph warm-up
+
+
+def _profile_decode(llm: Any, generate: Any, folder: Path, steps: int) -> dict[str, Any]:
+    """Record ``steps`` decode steps with vLLM's torch profiler and summarize the worker's trace."""
+    from benchmarks.serving import trace_summary
+
+    t0 = time.time()
+    try:
+        llm.start_profile()
+        generate(PROFILE_SKIP_STEPS + steps + 4)
+        llm.stop_profile()
+    except Exception as e:  # a profile is extra evidence: never fail the run for it
+        return {"error": repr(e)[:300]}
+    trace, size = None, -1
+    for _ in range(120):  # the worker writes the trace when its profiler stops; wait until it is whole
+        trace = trace_summary.newest_worker_trace(folder, t0)
+        if trace is not None and trace.stat().st_size == size:
+            break
+        size = trace.stat().st_size if trace is not None else -1
+        time.sleep(0.5)
+    if trace is None:
+        return {"error": f"no trace written under {folder}"}
+    try:
+        out = trace_summary.summarize(trace_summary.load_trace(trace))
+    except Exception as e:
+        return {"error": f"{trace.name}: {e!r}"[:300]}
+    out["trace"] = trace.name
+    out["profiled_s"] = round(time.time() - t0, 1)
+    return out
 
 
 def worker(spec_path: str) -> None:
@@ -120,6 +158,15 @@ def worker(spec_path: str) -> None:
         kwargs["quantization"] = spec["quantization"]
     if spec["method"] == "sharq" and spec.get("sharq_options"):
         kwargs["hf_overrides"] = {"quantization_config": {"quant_method": "sharq", **spec["sharq_options"]}}
+    profile_batches = set(spec.get("profile_batches") or [])
+    profile_dir = Path(spec.get("profile_dir") or res_path.parent / "profile")
+    if profile_batches:
+        profile_dir.mkdir(parents=True, exist_ok=True)
+        kwargs["profiler_config"] = {
+            "profiler": "torch", "torch_profiler_dir": str(profile_dir), "torch_profiler_with_stack": False,
+            "torch_profiler_dump_cuda_time_total": False, "ignore_frontend": True,
+            "delay_iterations": PROFILE_SKIP_STEPS, "max_iterations": spec["profile_steps"],
+        }
     kwargs.update(spec.get("engine_args") or {})
     res["engine_kwargs"] = {k: v for k, v in kwargs.items() if k not in ("model", "tokenizer")}
     save()
@@ -182,6 +229,10 @@ def worker(spec_path: str) -> None:
         res["decode_detail"][str(b)] = {"wall_s": round(dt, 4), "out_tokens": n_out, "in_tokens": n_in,
                                         "ms_per_step": round(1000 * dt / out_len, 3)}
         save()
+        if b in profile_batches and left() - teardown > 60:
+            res.setdefault("profile", {})[str(b)] = _profile_decode(
+                llm, lambda n, b=b: gen(_prompts(rng, b, in_len, vocab_hi), n), profile_dir, spec["profile_steps"])
+            save()
 
     # ---- prefill ------------------------------------------------------------------------------
     n_pf, pf_len = spec["prefill_prompts"], spec["prefill_len"]
@@ -246,6 +297,8 @@ def run_method(args: argparse.Namespace, method: str, folder: Path, vocab: int, 
         "engine_args": json.loads(args.engine_args) if args.engine_args else None,
         "deadline": t_start + timeout, "teardown_s": 15.0,
         "result": str(work / f"{method}.result.json"),
+        "profile_batches": [int(b) for b in args.profile_batches.split(",") if b.strip()],
+        "profile_steps": args.profile_steps, "profile_dir": str(work / f"profile-{method}"),
     }
     spec_path = work / f"{method}.spec.json"
     spec_path.write_text(json.dumps(spec, indent=1))

@@ -13,6 +13,9 @@
 #   smoke        Llama-3.1-8B, sharq only, decode batch 1 and 8, no prefill        ~2.5 min
 #   offline-8b   Llama-3.1-8B, fp8 -> sharq -> bf16: decode 1/8/32/128/256 + prefill ~6.5-7.5 min
 #   online-8b    Llama-3.1-8B, fp8 -> sharq: vllm serve + bench serve c=1,8,32,128    ~6 min
+#   profile-8b   Llama-3.1-8B, fp8 -> sharq: decode 1 and 32, each then profiled (vLLM's torch
+#                profiler, 16 steps; per-kernel summary under "profile", run key
+#                Llama-3.1-8B#profile; benchmarks/serving/trace_summary.py)      ~3-5 min
 #   online-8b-bf16  same for bf16 only                                               ~3 min
 #   70b-sharq    Llama-3.1-70B, sharq, max_model_len 8192, util 0.95: decode 1, 32 + 32x(2048+256) ~4-5 min
 #   70b-fp8      same for fp8 (the baseline; eager fallback if graphs do not fit) ~4-5 min
@@ -85,7 +88,7 @@ install_plugin() {
 }
 
 declare -A EST=([smoke]=150 [offline-8b]=420 [online-8b]=360 [online-8b-bf16]=180 [70b-sharq]=270
-                [70b-fp8]=270 [70b]=540 [tp2]=330 [qwen]=300 [report]=5)
+                [70b-fp8]=270 [70b]=540 [tp2]=330 [qwen]=300 [profile-8b]=300 [report]=5)
 setup() {
   local tot=30 st
   for st in $STAGES; do tot=$((tot + ${EST[$st]:-0})); done
@@ -157,6 +160,8 @@ for st in $STAGES; do
       n=$(nvidia-smi -L 2>/dev/null | wc -l); [ "$n" -ge 2 ] || note "WARNING: tp2 needs 2 GPUs, nvidia-smi lists $n"
       offline 330 fp8,sharq --model Llama-3.1-8B --tp 2 --min-method-s 120 ;;
     qwen)       offline 300 fp8,sharq --model Qwen2.5-7B ;;
+    profile-8b) offline 300 fp8,sharq --model Llama-3.1-8B --batches 1,32 --prefill-prompts 0 \
+                  --profile-batches 1,32 --tag profile ;;
     report)     ;;
     *) note "unknown stage $st"; exit 2 ;;
   esac

@@ -24,7 +24,8 @@
 #   kernel-bench  kernel benchmark (tools/gpu/gpu_check.sh bench)
 #   kernel-install  the documented installs on the GPU: a wheel without _C (kernels compiled at first
 #                 use from the package's sources, checked against the reference) and one with _C
-#   serving-8b, serving-qwen, serving-online-8b   gpu_serving.sh offline-8b / qwen / online-8b
+#   serving-8b, serving-qwen, serving-online-8b, serving-profile-8b   gpu_serving.sh offline-8b / qwen /
+#                 online-8b / profile-8b
 #   tp2-serving   Llama-3.1-8B shape, TP=2, fp8 then sharq (tools/gpu/gpu_serving.sh tp2); 2 GPUs
 #   qwen-model    join the Qwen2.5-Coder-1.5B-Instruct GGUF pieces, sha256, convert to bf16
 #   qwen-greedy   greedy tokens through vLLM: SharQ kernels (compile + CUDA graphs) vs the
@@ -351,7 +352,7 @@ print('prepare from the JIT library == reference:', torch.equal(a, b)); assert o
       unzip -l "$d"/dist1/*.whl | grep -E "_C" | awk '{print $4}'
       python3 -m pip install -q --no-deps --no-index --target "$d/site1" "$d"/dist1/*.whl || return 9
       (cd "$d" && env -u SHARQ_EXT_LIB PYTHONPATH="$d/site1" SHARQ_JIT=0 python3 -m sharq_vllm.kernels.build check) ;;
-    serving-8b|serving-qwen|serving-online-8b)  # gpu_serving.sh stages, each in its own OUT
+    serving-8b|serving-qwen|serving-online-8b|serving-profile-8b)  # gpu_serving.sh stages, each in its own OUT
       wait_vllm
       local st=${j#serving-}; [ "$st" = 8b ] && st=offline-8b
       OUT=$o BUDGET_S=${SERVING_BUDGET_S:-560} SHARQ_EXT_LIB=$PWD/build/prebuilt/libsharq_C.so SHARQ_JIT=0 \
