@@ -317,3 +317,21 @@ def test_offline_profile_args():
     d = offline.parse_args([])
     assert d.profile_batches == "" and d.profile_steps == 16
     assert offline.PROFILE_SKIP_STEPS == 3
+
+
+def test_report_profile_table():
+    """The report renders each method's profiled decode steps by bucket, one column per method and
+    batch, with '-' where a method has no such bucket; a run without profiles gives no table."""
+    fp8 = trace_summary.summarize(_fake_trace())
+    fp8["buckets_us_per_step"] = {"fp8 gemm (cutlass)": 30.0, "attention": 9.25}
+    sharq = dict(fp8, buckets_us_per_step={"sharq gemm": 12.5, "attention": 8.0}, busy_us_per_step=20.0)
+    run = {"methods": {"sharq": {"profile": {"1": sharq}}, "fp8": {"profile": {"1": fp8, "32": {"error": "x"}}}}}
+    lines = report.profile_table(run)
+    assert lines[0] == "| us per decode step | FP8 b1 | SharQ b1 |"
+    rows = {ln.split(" | ")[0].lstrip("| "): ln for ln in lines[2:]}
+    assert rows["fp8 gemm (cutlass)"] == "| fp8 gemm (cutlass) | 30.0 | - |"
+    assert rows["attention"] == "| attention | 9.2 | 8.0 |" or rows["attention"] == "| attention | 9.3 | 8.0 |"
+    assert rows["sharq gemm"] == "| sharq gemm | - | 12.5 |"
+    assert rows["**GPU busy (overlaps once)**"] == f"| **GPU busy (overlaps once)** | {report._fmt(fp8['busy_us_per_step'], 1)} | 20.0 |"
+    assert rows["profiled steps"] == f"| profiled steps | {fp8['steps']} | {sharq['steps']} |"
+    assert report.profile_table({"methods": {"fp8": {"decode_tok_s": {"1": 1.0}}}}) == []

@@ -202,6 +202,28 @@ def online_table(run: dict[str, Any]) -> list[str]:
     return lines
 
 
+def profile_table(run: dict[str, Any]) -> list[str]:
+    """GPU time per decode step by bucket (offline.py --profile-batches; trace_summary.py), one
+    column per method and profiled batch."""
+    ms = run.get("methods", {})
+    cols = [(m, b, p) for m in METHOD_ORDER for b, p in (ms.get(m, {}).get("profile") or {}).items()
+            if "buckets_us_per_step" in p]
+    if not cols:
+        return []
+    buckets: list[str] = []
+    for _, _, p in cols:
+        buckets += [k for k in p["buckets_us_per_step"] if k not in buckets]
+    lines = ["| us per decode step | " + " | ".join(f"{LABEL[m]} b{b}" for m, b, _ in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for k in buckets:
+        lines.append(f"| {k} | " + " | ".join(_fmt(p["buckets_us_per_step"].get(k), 1) for _, _, p in cols) + " |")
+    for key, label in (("kernel_us_per_step", "kernels summed"), ("busy_us_per_step", "GPU busy (overlaps once)"),
+                       ("span_us_per_step", "step span"), ("launches_per_step", "kernels a step")):
+        lines.append(f"| **{label}** | " + " | ".join(_fmt(p.get(key), 1) for _, _, p in cols) + " |")
+    lines.append("| profiled steps | " + " | ".join(str(p.get("steps")) for _, _, p in cols) + " |")
+    return lines
+
+
 def markdown(data: dict[str, Any]) -> str:
     fake = data.get("FAKE")
     out = []
@@ -229,6 +251,11 @@ def markdown(data: dict[str, Any]) -> str:
         if main and data.get("card_slug") in ("h100", "fake"):
             ref = "; ".join(f"{LABEL[m]} " + " / ".join(f"{v:,}" for v in r.values()) for m, r in REFERENCE.items())
             out.append(f"Issue-8 reference (H100, vLLM 0.26, batch 1/8/32/128/256 then prefill): {ref}.\n")
+        pt = profile_table(run)
+        if pt:
+            out.append(f"### {run.get('model', key)}: GPU time per decode step (vLLM's torch profiler)\n")
+            out.extend(pt)
+            out.append("")
         ot = online_table(run)
         if ot:
             out.append(f"### {run.get('model', key)} TP={run.get('tp', 1)}: online (`vllm serve` + `vllm bench serve`)\n")
@@ -249,8 +276,10 @@ def plots(data: dict[str, Any], outdir: Path, prefix: str) -> list[Path]:
     outdir.mkdir(parents=True, exist_ok=True)
     made = []
     fake = " (FAKE)" if data.get("FAKE") else ""
+    # profiling runs (offline.py --profile-batches) repeat a few batches of a plotted run: left out
     runs = {k: v for k, v in data.get("models", {}).items()
-            if any(m.get("decode_tok_s") for m in v.get("methods", {}).values())}
+            if any(m.get("decode_tok_s") for m in v.get("methods", {}).values())
+            and not any(m.get("profile") for m in v.get("methods", {}).values())}
     if runs:
         keys = sorted(runs, key=lambda k: (k != "Llama-3.1-8B", "@tp" in k, k))
         fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.2), squeeze=False)
