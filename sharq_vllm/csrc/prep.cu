@@ -34,8 +34,10 @@
 //   M > 256: V = 2 (2 independent chunks a thread; V = 8 above K = 16384).
 // Block encoding (NUMERICS.md): one correctly rounded FP32 reciprocal per block (__frcp_rn),
 // one __fmul_rn per value, then rounding to the E2M1 grid; no per-element division.
-// The kernel triggers programmatic dependent launch at its start, so the stream GEMM that
-// follows can issue its weight loads while this kernel runs (it waits before reading x_hat).
+// Programmatic dependent launch on both sides: the kernel is launched with the attribute and
+// waits (griddepcontrol.wait) for the kernel before it before touching memory, then triggers its
+// own dependents, so the stream or wgmma GEMM that follows can issue its weight loads while this
+// kernel runs (it waits before reading x_hat).
 #include "sharq_common.cuh"
 #include "sharq_kernels.h"
 
