@@ -335,3 +335,24 @@ def test_report_profile_table():
     assert rows["**GPU busy (overlaps once)**"] == f"| **GPU busy (overlaps once)** | {report._fmt(fp8['busy_us_per_step'], 1)} | 20.0 |"
     assert rows["profiled steps"] == f"| profiled steps | {fp8['steps']} | {sharq['steps']} |"
     assert report.profile_table({"methods": {"fp8": {"decode_tok_s": {"1": 1.0}}}}) == []
+
+
+def test_report_host_load():
+    """offline.py records the host's load average after each phase; the report gives each method's
+    range and flags a method measured with the load above half the CPUs."""
+    from benchmarks.serving import offline
+
+    now = offline._host_load()
+    assert now is None or (isinstance(now, float) and now >= 0)
+    ms = {
+        "fp8": {"host_cpus": 32, "decode_detail": {"1": {"loadavg_1m": 2.5}, "8": {"loadavg_1m": 3.0}},
+                "prefill_detail": {"loadavg_1m": 2.0}},
+        "sharq": {"host_cpus": 32, "decode_detail": {"1": {"loadavg_1m": 17.5}, "8": {"loadavg_1m": 4.0}}},
+        "bf16": {"decode_detail": {"1": {"wall_s": 1.0}}},  # an older run: nothing recorded
+    }
+    lines = report.host_load_lines(ms)
+    assert lines[0] == "\nHost load (1-minute average after each phase): FP8 2.0-3.0, SharQ 4.0-17.5 on 32 CPUs."
+    assert len(lines) == 2 and lines[1].startswith("**CPU contention**: SharQ measured")
+    ms["sharq"]["decode_detail"]["1"]["loadavg_1m"] = 16.0  # exactly half: not flagged
+    assert len(report.host_load_lines(ms)) == 1
+    assert report.host_load_lines({"bf16": ms["bf16"]}) == []

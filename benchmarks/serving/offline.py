@@ -93,6 +93,16 @@ def _prompts(rng, n: int, length: int, vocab_hi: int) -> list[dict[str, list[int
             for _ in range(n)]
 
 
+def _host_load() -> float | None:
+    """The host's 1-minute load average: recorded after each phase, so a reader can tell a run
+    that shared its CPUs (another engine, a test process on the host's other GPU) from one that
+    did not (vLLM's step is CPU work too; at batch 1 it shows in the tokens/s)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 PROFILE_SKIP_STEPS = 3  # engine steps before a profile starts recording: the prefill, graph warm-up
 
 
@@ -147,6 +157,7 @@ def worker(spec_path: str) -> None:
     from vllm import LLM, SamplingParams
 
     res["vllm"] = vllm.__version__
+    res["host_cpus"] = os.cpu_count()
     res["torch"] = torch.__version__
     res["torch_cuda"] = torch.version.cuda
     kwargs: dict[str, Any] = dict(
@@ -227,7 +238,7 @@ def worker(spec_path: str) -> None:
         rate = n_out / dt
         res["decode_tok_s"][str(b)] = round(rate, 2)
         res["decode_detail"][str(b)] = {"wall_s": round(dt, 4), "out_tokens": n_out, "in_tokens": n_in,
-                                        "ms_per_step": round(1000 * dt / out_len, 3)}
+                                        "ms_per_step": round(1000 * dt / out_len, 3), "loadavg_1m": _host_load()}
         save()
         if b in profile_batches and left() - teardown > 60:
             res.setdefault("profile", {})[str(b)] = _profile_decode(
@@ -246,6 +257,7 @@ def worker(spec_path: str) -> None:
             dt, n_out, n_in = gen(_prompts(rng, n_pf, pf_len, vocab_hi), 1)
             res["prefill_tok_s"] = round(n_in / dt, 1)
             res["prefill_detail"] = {"wall_s": round(dt, 4), "prompts": n_pf, "prompt_len": pf_len,
+                                     "loadavg_1m": _host_load(),
                                      "in_tokens": n_in}
         save()
 

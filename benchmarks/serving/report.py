@@ -129,6 +129,7 @@ def offline_table(run: dict[str, Any], with_targets: bool, targets: Target | Non
         if with_targets and has_q and "fp8" in present:
             cells.append(_check(key, rf, targets))
         lines.append("| " + " | ".join(cells) + " |")
+    lines += host_load_lines({m: ms[m] for m in present})
     # status / problems / which quant method each layer got
     for m in present:
         st = ms[m].get("model_stats")
@@ -148,6 +149,25 @@ def offline_table(run: dict[str, Any], with_targets: bool, targets: Target | Non
         if extra:
             lines.append(f"\n{LABEL[m]}: " + "; ".join(extra))
     return lines
+
+
+def host_load_lines(ms: dict[str, dict[str, Any]]) -> list[str]:
+    """The host's 1-minute load average after each measured phase (offline.py records it), and a
+    warning where it exceeded half the host's CPUs: the engine's CPU side then shared the CPUs."""
+    loads = {m: [d["loadavg_1m"] for d in [*r.get("decode_detail", {}).values(), r.get("prefill_detail") or {}]
+                 if isinstance(d.get("loadavg_1m"), (int, float))] for m, r in ms.items()}
+    loads = {m: v for m, v in loads.items() if v}
+    if not loads:
+        return []
+    cpus = max((r.get("host_cpus") or 0 for r in ms.values()), default=0)
+    parts = [f"{LABEL[m]} {min(v):.1f}-{max(v):.1f}" for m, v in loads.items()]
+    out = [f"\nHost load (1-minute average after each phase): {', '.join(parts)}"
+           + (f" on {cpus} CPUs" if cpus else "") + "."]
+    busy = [LABEL[m] for m, v in loads.items() if cpus and max(v) > cpus / 2]
+    if busy:
+        out.append(f"**CPU contention**: {', '.join(busy)} measured with the load above half the CPUs "
+                   "(another process on the host): read their rates with care.")
+    return out
 
 
 def capacity_lines(run: dict[str, Any]) -> list[str]:
