@@ -108,10 +108,10 @@ def summarize(trace: dict[str, Any], top: int = 30) -> dict[str, Any]:
     span = max(b for _, b in intervals) - min(a for a, _ in intervals)
     busy = _union_us(intervals)
     total = sum(sum(v) for v in by_name.values())
+    bucket = {name: bucket_of(name) for name in by_name}
     buckets: dict[str, float] = {}
     for name, durs in by_name.items():
-        b = bucket_of(name)
-        buckets[b] = buckets.get(b, 0.0) + sum(durs)
+        buckets[bucket[name]] = buckets.get(bucket[name], 0.0) + sum(durs)
     rows = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))
     return {
         "steps": steps,
@@ -122,7 +122,7 @@ def summarize(trace: dict[str, Any], top: int = 30) -> dict[str, Any]:
         "launches_per_step": round(len(kernels) / n, 1),
         "buckets_us_per_step": {k: round(v / n, 1) for k, v in sorted(buckets.items(), key=lambda kv: -kv[1])},
         "top_kernels": [
-            {"name": short_name(name), "bucket": bucket_of(name), "calls_per_step": round(len(durs) / n, 2),
+            {"name": short_name(name), "bucket": bucket[name], "calls_per_step": round(len(durs) / n, 2),
              "us_per_step": round(sum(durs) / n, 2), "median_us": round(sorted(durs)[len(durs) // 2], 2)}
             for name, durs in rows[:top]
         ],

@@ -294,14 +294,13 @@ int sm_count() {
 template <typename T, int MT, int U, int MINB>
 cudaError_t launch_stream_t(const void* x, int64_t xs, const void* qw, const void* sc,
                             const float* ts, const void* bias, void* y, int64_t ys, int M, int N,
-                            int n_valid, int K, int wblock, cudaStream_t stream) {
+                            int n_valid, int K, int wblock, int sms, cudaStream_t stream) {
   static int per_sm = 0;  // resident CTAs an SM (host query, once per instantiation)
   if (per_sm == 0) {
     int v = 0;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, gemm_stream_kernel<T, MT, U, MINB, false>, kWarps * 32, 0) != cudaSuccess || v < 1) v = 1;
     per_sm = v;
   }
-  const int sms = sm_count();
   const int nstrips = N / 16;
   const int mtiles = (M + 8 * MT - 1) / (8 * MT);
   // balanced persistent grid: every CTA gets the same number of strips (qkv: 384 strips on
@@ -361,20 +360,25 @@ constexpr bool kStreamWaveRule = SHARQ_STREAM_WAVES;
 constexpr int kStreamWaveU = 2;
 constexpr int kStreamWaveCtasPerSm = 3;
 
+// one MT: the (U, CTAs an SM) configuration the wave rule picks
+template <typename T, int MT>
+cudaError_t launch_stream_cfg(const void* x, int64_t xs, const void* qw, const void* sc, const float* ts,
+                              const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K,
+                              int wblock, cudaStream_t stream) {
+  const int nstrips = N / 16, sms = sm_count();
+  if (kStreamWaveRule && nstrips > kStreamCtasPerSm * sms && nstrips <= kStreamWaveCtasPerSm * sms)
+    return launch_stream_t<T, MT, kStreamWaveU, kStreamWaveCtasPerSm>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K,
+                                                                      wblock, sms, stream);
+  return launch_stream_t<T, MT, kStreamU, kStreamCtasPerSm>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock,
+                                                            sms, stream);
+}
+
 template <typename T>
 cudaError_t launch_stream_mt(const void* x, int64_t xs, const void* qw, const void* sc, const float* ts,
                              const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K, int wblock,
                              cudaStream_t stream) {
-  const int nstrips = N / 16, sms = sm_count();
-  const bool wave = kStreamWaveRule && nstrips > kStreamCtasPerSm * sms && nstrips <= kStreamWaveCtasPerSm * sms;
-  if (M <= 8) {
-    if (wave)
-      return launch_stream_t<T, 1, kStreamWaveU, kStreamWaveCtasPerSm>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
-    return launch_stream_t<T, 1, kStreamU, kStreamCtasPerSm>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
-  }
-  if (wave)
-    return launch_stream_t<T, 2, kStreamWaveU, kStreamWaveCtasPerSm>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
-  return launch_stream_t<T, 2, kStreamU, kStreamCtasPerSm>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+  if (M <= 8) return launch_stream_cfg<T, 1>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+  return launch_stream_cfg<T, 2>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
 }
 
 // The mma.sync kernels: kGemmStream or kGemmTile (launch_gemm_mma resolves kGemmAuto).
