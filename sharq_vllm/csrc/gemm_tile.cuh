@@ -1,6 +1,6 @@
-// gemm_tile.cuh: the 16x64 weight tile as the SharQ mma.sync GEMMs consume it (gemm.cu's
-// stream and tile kernels and its dequantization kernel): FP4 -> 16-bit decode, the four
-// m16n8k16 MMAs of a tile, the x_hat fragment loads and the fixed-order strip epilogue. The
+// gemm_tile.cuh: the 16x64 weight tile as the SharQ GEMMs consume it (gemm.cu's stream and tile
+// kernels and its dequantization kernel; gemm_wgmma.cu's A-tile decode): FP4 -> 16-bit decode,
+// the four m16n8k16 MMAs of a tile, the x_hat fragment loads and the fixed-order strip epilogue. The
 // tiled layout and the k-permutation are explained in gemm.cu's header
 // (sharq_vllm/kernels/layout.py builds the layout). One definition, so every kernel sums a tile
 // in the same order and all of them give the same bits.
@@ -27,21 +27,10 @@ __device__ __forceinline__ uint32_t decode_bf16(uint32_t w, int p) {
     default: return rotl(w, 10) & 0x81C081C0u;
   }
 }
-// The same decode with the pair known only at run time (gemm_wgmma.cu: lane q decodes code pair
-// q of another lane's words): rotate by ra for m0, e0 and sign, by rb for e1 (layout.PAIR_ROT).
-__device__ __forceinline__ void pair_rotations(int p, int& ra, int& rb) {
-  ra = p == 0 ? 0 : p == 1 ? 14 : p == 2 ? 4 : 10;
-  rb = p == 0 ? 8 : ra;
-}
-__device__ __forceinline__ uint32_t decode_bf16_rt(uint32_t w, int ra, int rb) {
-  return (rotl(w, ra) & 0x80C080C0u) | (rotl(w, rb) & 0x01000100u);
-}
-
-// MmaT<T>::pair / pair_rt: a code pair in T (from_bf16 maps the bf16 decode to T).
+// MmaT<T>::pair: a code pair in T (from_bf16 maps the bf16 decode to T).
 template <> struct MmaT<__nv_bfloat16> {
   static __device__ __forceinline__ uint32_t from_bf16(uint32_t b) { return b; }
   static __device__ __forceinline__ uint32_t pair(uint32_t w, int p) { return decode_bf16(w, p); }
-  static __device__ __forceinline__ uint32_t pair_rt(uint32_t w, int ra, int rb) { return decode_bf16_rt(w, ra, rb); }
   // (s_g, s_g8) e4m3 pair -> bf16x2 {s_g, s_g} and {s_g8, s_g8}, each * 2^119
   static __device__ __forceinline__ void scales(uint32_t s16, uint32_t& sg, uint32_t& sg8) {
     __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(s16 & 0xFFFFu), __NV_E4M3);
@@ -71,9 +60,6 @@ template <> struct MmaT<__half> {
     return (b & 0x80008000u) | ((b << 3) & 0x0E000E00u);
   }
   static __device__ __forceinline__ uint32_t pair(uint32_t w, int p) { return from_bf16(decode_bf16(w, p)); }
-  static __device__ __forceinline__ uint32_t pair_rt(uint32_t w, int ra, int rb) {
-    return from_bf16(decode_bf16_rt(w, ra, rb));
-  }
   static __device__ __forceinline__ void scales(uint32_t s16, uint32_t& sg, uint32_t& sg8) {
     __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(s16 & 0xFFFFu), __NV_E4M3);
     __half2 v = __hmul2(__half2(h), __float2half2_rn(128.0f));  // <= 448 * 128, exact

@@ -1,37 +1,38 @@
-// gemm_wgmma.cu: SharQ W4A16 GEMM for M > 24 on Hopper: warpgroup MMAs (wgmma) with the weights
-// decoded to 16 bits in registers, TMA into a shared-memory ring. y = x_hat @ deQ(W)^T *
-// tensor_scale + bias: the contract of gemm.cu (same tiled weights, same exact dequantization,
-// FP32 accumulation); only the FP32 summation order differs from the mma.sync kernels.
+// gemm_wgmma.cu: SharQ W4A16 GEMM for M > 24 on Hopper: warpgroup MMAs (wgmma) with both
+// operands in shared memory: the weights decoded to 16 bits by the consumer warps themselves, x_hat
+// by TMA. y = x_hat @ deQ(W)^T * tensor_scale + bias: the contract of gemm.cu (same tiled weights,
+// same exact dequantization, FP32 accumulation); only the FP32 summation order differs from the
+// mma.sync kernels.
 //
-// CTA: 128 weight rows (8 strips of 16) x BM tokens; 2 consumer warpgroups + 1 producer
-// warpgroup (one thread of it works), 384 threads, 1 CTA an SM; setmaxnreg gives the consumers
-// the registers.
-//  * producer: per ring slot (ks consecutive 64-k tiles), three TMA requests: the 8 strips'
-//    weight tiles (3-D map [strips][KT][512 B] -> [8][ks][512 B]), their scale bytes (same shape),
-//    and ks x_hat boxes [BM rows][64 k] with the 128-byte swizzle; strips past N and rows past M
-//    arrive as zeros; all complete on the slot's `full` mbarrier. The weight requests of the first
-//    kStages slots are issued before griddepcontrol.wait (they do not depend on the preparation
-//    kernel that writes x_hat). Few, large requests: 20 small ones a slot left the consumers
-//    waiting (benchmarks/results/kernels-H200-wgmma-variants.json).
-//  * consumers: per 64-k tile, each warp rebuilds the m16n8k16 A fragments of its 16-row strip(s)
-//    in natural k order from the tiled words (below) and scales them; then wgmma.m64nBMk16 with A
-//    from registers and B = the x_hat box through a shared-memory descriptor (+32 bytes a k16
-//    step), committed as one group, waited before the registers are rewritten. BM <= 128:
-//    ping-pong, the two warpgroups take alternate slots and each computes all 128 rows (two m64
-//    sub-tiles), so one decodes while the other's MMAs run. BM = 256: each warpgroup computes 64
-//    rows over every slot and decodes the next tile while its MMAs run (two register buffers).
-//    A slot is released (`empty` mbarrier, one arrival a warp that read it) once its MMAs are done.
-// Natural-order A from the tiled layout (gemm.cu's header): lane (g, j)'s four tiled words hold
-// rows g, g+8 at k 16j .. 16j+15; the A fragment of lane (g, q) at k16 step j needs k 16j + {2q,
-// 2q+1} (words w0, w1: code pair q) and 16j + 8 + {2q, 2q+1} (w2, w3: code pair q). So every lane
-// reads lane (4g + j)'s 16 bytes in step j (a quad reads one address: a broadcast) and decodes
-// pair q with its own rotations (gemm_tile.cuh pair_rt); the scale pair (s_g, s_g+8) of step j is block
-// j (16-blocks) or j / 2 (32-blocks). x_hat is used in its natural order, as every GEMM here.
+// CTA: BN weight rows x BM tokens; 2 consumer warpgroups + 1 producer warpgroup (one thread of
+// it works), 384 threads, 1 CTA an SM; setmaxnreg gives the consumers the registers. A consumer
+// warpgroup computes kSubs 64-row sub-tiles: BM <= 64: 2 (BN = 256), BM = 128 / 256: 1 (BN = 128).
+//  * producer: per ring slot (ks consecutive 64-k tiles), three TMA requests: the CTA's strips'
+//    weight tiles (3-D map [strips][KT][512 B] -> [BN/16][ks][512 B]), their scale bytes (same
+//    shape), and ks x_hat boxes [BM rows][64 k] with the 128-byte swizzle; strips past N and rows
+//    past M arrive as zeros; all complete on the slot's `full` mbarrier. The weight requests of
+//    the first kStages slots are issued before griddepcontrol.wait (they do not depend on the
+//    preparation kernel that writes x_hat). Few, large requests: 20 small ones a slot left the
+//    consumers waiting (benchmarks/results/kernels-H200-wgmma-variants.json).
+//  * consumers: sub-tile r of warpgroup wg is weight rows 64 (wg kSubs + r) .. +63, strip
+//    (wg kSubs + r) 4 + wi of warp wi. Software-pipelined over every k-tile: while the MMAs of
+//    k-tile t run, each warp decodes tile t + 1 of its strips (the lane's own 16 bytes: rows g,
+//    g+8 at k 16q .. +15, gemm.cu's layout) into 16-bit values times the block scale and stores
+//    them into the sub-tiles' 64 x 64 A tiles of t + 1 (K-major, 128-byte swizzle: row r's
+//    16-byte chunk c at r * 128 + (c ^ r % 8) * 16, the layout the x_hat boxes have), in the other
+//    of the warpgroup's two A buffers; fence.proxy.async + a warpgroup barrier publish them, and
+//    4 x kSubs wgmma.m64nBMk16 (both operands by descriptor, +32 bytes a k16 step) are committed
+//    as one group. wgmma.wait_group 1 after issuing t + 1 frees t's A buffer and, at a slot's last
+//    k-tile, the slot (`empty` mbarrier, one arrival a warp). Nothing writes an MMA operand
+//    register (A from registers made each warpgroup wait for its MMAs before decoding the next
+//    tile). Measured against that design, same process (benchmarks/results/
+//    kernels-H200-wgmma-ss.json): GEMM sums over the 4 Llama-3.1-8B linears -2% / -3% at M = 32 /
+//    64, +2% at 128, -6% at 256 / 512. Still far from its bytes and FLOPs at M <= 128 (KERNELS.md).
 // Split-K over a thread-block cluster (1 x S x 1): S is the largest cluster size <= 8 whose S x
 // tiles CTAs all fit at once (cudaOccupancyMaxActiveClusters), else 1. CTA rank r takes k-tiles
 // [r KT / S, (r+1) KT / S) (in slots, from a start rotated by the tile index). After the main loop
-// each CTA stores its FP32 partial tile(s) in its own shared memory, and rank r reduces token rows
-// [r rows / S, (r+1) rows / S) over (rank, warpgroup) in a fixed order through distributed shared
+// each CTA stores its FP32 partial tile in its own shared memory, and rank r reduces token rows
+// [r rows / S, (r+1) rows / S) over the ranks in a fixed order through distributed shared
 // memory: deterministic, no workspace, no atomics. Then * tensor_scale * 2^7, + bias, one rounding.
 // Token tiles (launch_wgmma_dt): BM = 32 / 64 / 128 for M <= 32 / 64 / 128 (one tile), 256 above
 // (tiles along grid z).
@@ -51,12 +52,7 @@ namespace {
 
 using tile::MmaT;
 
-constexpr int kConsumerWarpgroups = 2;
-constexpr int kConsumerWarps = kConsumerWarpgroups * 4;
-constexpr int kWgThreads = kConsumerWarps * 32 + 128;  // + the producer warpgroup (one warp works)
-// registers a thread after setmaxnreg: consumers hold the accumulators, the producer only
-// addresses (2 x 128 x 232 + 128 x 40 <= 64K)
-constexpr int kConsumerRegs = 232, kProducerRegs = 40;
+constexpr int kProducerRegs = 40;  // registers a producer thread keeps after setmaxnreg (addresses only)
 constexpr int kTileBytes = 512;                        // one 16 x 64 weight tile (layout.py)
 constexpr int kScaleSlot = 64;                         // scale bytes of a strip's tile (at most)
 constexpr int kSmemBudget = 224 * 1024;                // the ring (of 227 KB a CTA)
@@ -64,55 +60,61 @@ constexpr int kMaxSplit = 8;                           // portable cluster size
 constexpr int kMinGroupsPerSplit = 2;  // ring slots a split at least
 constexpr int kMaxDevices = 64;  // devices a process may launch on (per-device opt-ins)
 
-// BM tokens x BN = 128 weight rows a CTA. Ping-pong (PP, BM <= 128): the two consumer warpgroups
-// take alternate ring slots and each computes all 128 rows (two m64 sub-tiles), so one decodes
-// while the other's MMAs run; their two partial tiles are summed in the epilogue. BM = 256: each
-// warpgroup computes 64 of the rows over every slot (128 accumulators a thread: no room for two
-// sub-tiles) and decodes its next k-tile while its MMAs run.
-template <int BM, bool PP>
+// BM tokens x BN weight rows a CTA: 2 consumer warpgroups, each computing kSubs 64-row sub-tiles
+// (BM <= 64: 2, BN = 256: each warp decodes two strips a k-tile, twice the independent work
+// between two warpgroup barriers; BM = 128 / 256: 1, BN = 128, the accumulators need the
+// registers).
+template <int BM>
 struct WgCfg {
-  static constexpr int kStrips = 8;  // 16-row strips a CTA
+  static constexpr int kSubs = BM <= 64 ? 2 : 1;  // 64-row sub-tiles a warpgroup
+  static constexpr int kWGs = 2;                   // consumer warpgroups
+  static constexpr int kWarps = 4 * kWGs;          // consumer warps
+  static constexpr int kThreads = 128 * kWGs + 128;  // + the producer warpgroup (one thread works)
+  // Registers: the CTA launches with kLaunchRegs a thread (ptxas allocates the __launch_bounds__
+  // maximum when the kernel uses setmaxnreg: 168); setmaxnreg only moves registers inside that
+  // allocation, so the producer's release must cover the consumers' increase, or
+  // setmaxnreg.inc waits forever. kRegs: a consumer thread's registers after it (232).
+  static constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;
+  static constexpr int kRegs = (kLaunchRegs * kThreads - 128 * kProducerRegs) / (128 * kWGs) / 8 * 8;
+  static_assert(kWGs * 128 * kRegs + 128 * kProducerRegs <= kLaunchRegs * kThreads, "setmaxnreg pool");
+  static constexpr int kStrips = 4 * kWGs * kSubs;  // 16-row strips a CTA, kSubs a consumer warp
   static constexpr int kBN = 16 * kStrips;
-  static constexpr int kSubs = PP ? 2 : 1;       // m64 sub-tiles a consumer warpgroup computes
-  static constexpr int kHalves = PP ? 2 : 1;     // partial tiles a CTA (one a warpgroup in PP)
-  static constexpr int kSlotUsers = PP ? 4 : 8;  // consumer warps that release a slot
-  // Decode the next k-tile while this one's MMAs run (BM = 256: -1% / -4% at M = 256 / 1024); in
-  // PP the other warpgroup already overlaps the decode, and the pipelined loop was slower (M = 32
-  // 127.5 vs 118.7 us, M = 64 136.8 vs 132.5: benchmarks/results/kernels-H200-wgmma-variants.json)
-  static constexpr bool kPipe = !PP;
+  static constexpr int kSlotUsers = kWarps;  // every consumer warp reads every slot
   // k-tiles a ring slot (at most; ks at run time when K/64 is not a multiple): few, large TMA
-  // requests per slot (the producer's issue rate limited small slots)
-  static constexpr int kKs = BM <= 32 ? 4 : BM <= 64 ? 2 : 1;
+  // requests per slot (the producer's issue rate limited small slots), >= 5 slots in the budget
+  static constexpr int kKs = BM <= 32 ? 2 : 1;
   static constexpr int kBox = BM * 128;  // one x_hat box: BM rows of 64 16-bit values
   static constexpr int kXBytes = kKs * kBox;
   static constexpr int kWBytes = kKs * kStrips * kTileBytes;  // [strip][ks][512 B]
   static constexpr int kSBytes = kKs * kStrips * kScaleSlot;  // [strip][ks][sbt]
   static constexpr int kStage = (kXBytes + kWBytes + kSBytes + 1023) / 1024 * 1024;
-  static constexpr int kStages = kSmemBudget / kStage < 8 ? kSmemBudget / kStage : 8;
+  static constexpr int kATile = 64 * 128;  // a warpgroup's decoded A tile: 64 rows x 64 k, 16-bit
+  static constexpr int kABuf = kSubs * kATile;         // one A buffer of a warpgroup
+  static constexpr int kABytes = kWGs * 2 * kABuf;     // two buffers a warpgroup
+  static constexpr int kStages = (kSmemBudget - kABytes) / kStage < 8 ? (kSmemBudget - kABytes) / kStage : 8;
   static constexpr int kRing = kStages * kStage;
   static constexpr int kPRow = kBN + 4;  // partial-tile row (floats), padded: no bank conflicts
-  static constexpr int kPartial = kHalves * BM * kPRow * 4;
-  static constexpr int kSmem = (kRing > kPartial ? kRing : kPartial) + 1024;
+  static constexpr int kPartial = BM * kPRow * 4;
+  static constexpr int kSmem = (kRing + kABytes > kPartial ? kRing + kABytes : kPartial) + 1024;
   static_assert(BM % 32 == 0 && BM <= 256, "token tile");
-  static_assert(PP || BM == 256, "row-split warpgroups only for the widest token tile");
-  // each consumer warpgroup holds at most 2 slots (its current one and, decoding ahead, the next)
-  // while the producer needs one free: no deadlock with >= 2 x 2 + 1 slots
+  // each consumer warpgroup holds at most 2 slots (the one its MMAs read, the one it decodes) while
+  // the producer needs one free: no deadlock with >= 2 x 2 + 1 slots
   static_assert(kStages >= 5, "ring too shallow");
 };
 
 // The three tensor maps of a launch (host-encoded): x_hat [M][K] boxes {64, BM} (128-byte
-// swizzle), weights [strips][KT][128 u32] boxes {128, ks, 8}, scales [strips][KT][sbt] boxes
-// {sbt, ks, 8}; strips past N and rows past M arrive as zeros.
+// swizzle), weights [strips][KT][128 u32] boxes {128, ks, kStrips}, scales [strips][KT][sbt]
+// boxes {sbt, ks, kStrips}; strips past N and rows past M arrive as zeros.
 struct WgMaps {
   CUtensorMap x, w, s;
 };
 
-template <typename T, int BM, bool PP>
-__global__ void __launch_bounds__(kWgThreads, 1)
+template <typename T, int BM>
+__global__ void __launch_bounds__(WgCfg<BM>::kThreads, 1)
 gemm_wgmma_kernel(const __grid_constant__ WgMaps maps, const float* __restrict__ tscale,
                   const T* __restrict__ bias, T* __restrict__ y, int64_t ys, int M, int n_valid, int KT,
                   int sbt, int wblock, int ks) {
-  using C = WgCfg<BM, PP>;
+  using C = WgCfg<BM>;
   extern __shared__ uint8_t smem_raw[];
   __shared__ __align__(8) uint64_t full[C::kStages], empty[C::kStages];
   uint8_t* smem = smem_raw + ((1024 - (async::smem_u32(smem_raw) & 1023)) & 1023);
@@ -138,10 +140,10 @@ gemm_wgmma_kernel(const __grid_constant__ WgMaps maps, const float* __restrict__
   }
   __syncthreads();
 
-  if (warp >= kConsumerWarps) {
+  if (warp >= C::kWarps) {
     // ---- producer: one thread, three TMA requests (+ ks - 1 for x) a slot ----
     async::setmaxnreg_dec<kProducerRegs>();
-    if (warp == kConsumerWarps && lane == 0) {
+    if (warp == C::kWarps && lane == 0) {
       const uint32_t tx = (uint32_t)(ks * (C::kStrips * (kTileBytes + sbt) + C::kBox));
       auto issue_w = [&](int i) {
         const int slot = i % C::kStages, t = group_of(i) * ks;
@@ -167,116 +169,118 @@ gemm_wgmma_kernel(const __grid_constant__ WgMaps maps, const float* __restrict__
     }
   } else {
     // ---- consumers ----
-    async::setmaxnreg_inc<kConsumerRegs>();
+    async::setmaxnreg_inc<C::kRegs>();
+    constexpr int R = C::kSubs;
     const int wg = warp >> 2, wi = warp & 3, g = lane >> 2, q = lane & 3;
-    int ra, rb;  // the lane decodes code pair q (gemm_tile.cuh)
-    tile::pair_rotations(q, ra, rb);
-    const int bshift = wblock == 32 ? 1 : 0;
-    constexpr int S = C::kSubs;
-    float acc[S][BM / 2];
+    // byte offsets inside a ring slot of the lane's words and scale pair (s_g, s_g+8) of k-tile 0 of
+    // its strip in sub-tile r (strip (wg R + r) 4 + wi of the CTA's); k-tile kk: + kk 512 / + kk sbt
+    uint32_t wofs[R], sofs[R];
 #pragma unroll
-    for (int r = 0; r < S; ++r)
+    for (int r = 0; r < R; ++r) {
+      const int strip = (wg * R + r) * 4 + wi;
+      wofs[r] = C::kXBytes + strip * ks * kTileBytes + lane * 16;
+      sofs[r] = C::kXBytes + C::kWBytes + strip * ks * sbt + (wblock == 32 ? (q >> 1) : q) * 16 + 2 * g;
+    }
+    // the lane's word i (row g + 8 (i & 1), k 16q + 8 (i >> 1) .. +7) -> its 16-byte chunk of a
+    // swizzled 64-row A tile (row 16 wi + g (+8): r % 8 = g)
+    uint32_t aoff[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) aoff[i] = (16 * wi + g + 8 * (i & 1)) * 128 + (((2 * q + (i >> 1)) ^ g) * 16);
+    // the warpgroup's two A buffers, R 64-row tiles each
+    uint8_t* const abase = smem + C::kRing + 2 * wg * C::kABuf;
+    const uint64_t da0 = async::desc_sw128(abase), dx0 = async::desc_sw128(smem);
+    float acc[R][BM / 2];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
 #pragma unroll
       for (int c = 0; c < BM / 2; ++c) acc[r][c] = 0.0f;
-    // The warpgroup's k-tiles in order: slots i = i0, i0 + di, ... (all slots, or every other one in
-    // PP), ks k-tiles each. Software pipeline: the next k-tile's A fragments are decoded into the
-    // other register buffer while this k-tile's MMAs run (ptxas then issues each MMA group only
-    // after the previous one completed, but the decode is hidden); a slot is released once the
-    // MMAs of its last k-tile have completed.
-    const int i0 = PP ? wg : 0, di = PP ? 2 : 1;
-    uint32_t a[2][4][S][4];  // [buffer][k16 step j][sub-tile r]
-    auto decode = [&](uint32_t (&ab)[4][S][4], const uint8_t* st, int kk) {
+    // k-tile kk of the slot at st -> A buffer buf (e2m1 * s * 2^-7, exact), published to the
+    // warpgroup's MMAs
+    auto decode = [&](const uint8_t* st, int kk, int buf) {
+      uint8_t* dst = abase + buf * C::kABuf;
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
+      for (int r = 0; r < R; ++r) {
+        const uint4 w = *reinterpret_cast<const uint4*>(st + wofs[r] + kk * kTileBytes);
+        const uint32_t s16 = *reinterpret_cast<const uint16_t*>(st + sofs[r] + kk * sbt);
+        uint32_t sg, sg8;
+        MmaT<T>::scales(s16, sg, sg8);
+        const uint32_t wd[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
-        for (int r = 0; r < S; ++r) {
-          const int sl = (4 * (PP ? r : wg) + wi) * ks + kk;  // the warp's strip, k-tile kk
-          const uint4 w = *reinterpret_cast<const uint4*>(st + C::kXBytes + sl * kTileBytes + (4 * g + j) * 16);
-          const uint32_t s16 = *reinterpret_cast<const uint16_t*>(st + C::kXBytes + C::kWBytes + sl * sbt +
-                                                                  (j >> bshift) * 16 + 2 * g);
-          uint32_t sg, sg8;
-          MmaT<T>::scales(s16, sg, sg8);
-          ab[j][r][0] = MmaT<T>::mul(MmaT<T>::pair_rt(w.x, ra, rb), sg);
-          ab[j][r][1] = MmaT<T>::mul(MmaT<T>::pair_rt(w.y, ra, rb), sg8);
-          ab[j][r][2] = MmaT<T>::mul(MmaT<T>::pair_rt(w.z, ra, rb), sg);
-          ab[j][r][3] = MmaT<T>::mul(MmaT<T>::pair_rt(w.w, ra, rb), sg8);
+        for (int u = 0; u < 4; ++u) {
+          const uint32_t s2 = (u & 1) ? sg8 : sg;
+          uint4 o;
+          o.x = MmaT<T>::mul(MmaT<T>::pair(wd[u], 0), s2);
+          o.y = MmaT<T>::mul(MmaT<T>::pair(wd[u], 1), s2);
+          o.z = MmaT<T>::mul(MmaT<T>::pair(wd[u], 2), s2);
+          o.w = MmaT<T>::mul(MmaT<T>::pair(wd[u], 3), s2);
+          *reinterpret_cast<uint4*>(dst + r * C::kATile + aoff[u]) = o;
         }
       }
+      async::fence_proxy_async_smem();
+      async::named_sync(2 + wg, 128);
     };
-    auto issue = [&](const uint32_t (&ab)[4][S][4], const uint8_t* st, int kk) {
+    // the MMAs of k-tile kk of ring slot `slot` on A buffer buf, one commit group
+    auto issue = [&](int slot, int kk, int buf) {
 #pragma unroll
-      for (int r = 0; r < S; ++r)
+      for (int r = 0; r < R; ++r)
 #pragma unroll
         for (int c = 0; c < BM / 2; ++c) async::fence_operand(acc[r][c]);
       async::wgmma_fence();
-      const uint64_t dx = async::desc_sw128(st + kk * C::kBox);
+      const uint64_t da = da0 + ((buf * C::kABuf) >> 4);
+      const uint64_t dx = dx0 + ((slot * C::kStage + kk * C::kBox) >> 4);
 #pragma unroll
       for (int j = 0; j < 4; ++j)
 #pragma unroll
-        for (int r = 0; r < S; ++r) wg::Wgmma<T, BM>::mma(acc[r], ab[j][r], dx + 2 * j);
+        for (int r = 0; r < R; ++r) wg::Wgmma<T, BM>::mma(acc[r], da + ((r * C::kATile) >> 4) + 2 * j, dx + 2 * j);
       async::wgmma_commit();
     };
-    auto slot_data = [&](int i) { return smem + (i % C::kStages) * C::kStage; };
-    if (!C::kPipe) {
-      for (int i = i0; i < nk; i += di) {
-        async::mbar_wait(&full[i % C::kStages], (i / C::kStages) & 1);
-        for (int kk = 0; kk < ks; ++kk) {
-          decode(a[0], slot_data(i), kk);
-          issue(a[0], slot_data(i), kk);
-          async::wgmma_wait<0>();
-        }
-        if (lane == 0) async::mbar_arrive(&empty[i % C::kStages]);
-      }
-    } else if (i0 < nk) {
-      int i = i0, kk = 0;
-      int prev_slot = -1;  // a slot whose last k-tile's MMAs may still run
-      async::mbar_wait(&full[i % C::kStages], (i / C::kStages) & 1);
-      decode(a[0], slot_data(i), 0);
-      // one k-tile: issue its MMAs from `cur`, decode the next one into `nxt`; false at the end
-      auto step = [&](const uint32_t (&cur)[4][S][4], uint32_t (&nxt)[4][S][4]) {
-        issue(cur, slot_data(i), kk);
-        int ni = i, nkk = kk + 1;
-        if (nkk == ks) {
-          ni = i + di;
-          nkk = 0;
-        }
-        const bool more = ni < nk;
-        if (more) {
-          if (nkk == 0) async::mbar_wait(&full[ni % C::kStages], (ni / C::kStages) & 1);
-          decode(nxt, slot_data(ni), nkk);
-        }
-        async::wgmma_wait<1>();  // the previous k-tile's MMAs have completed
+    if (nk > 0) {
+      // position: slot i of this CTA's sequence = ring slot `slot`, `phase` = its fill parity
+      int i = 0, slot = 0, phase = 0, kk = 0, buf = 0;
+      int prev_slot = -1;  // a ring slot whose last k-tile's MMAs may still run
+      async::mbar_wait(&full[0], 0);
+      decode(smem, 0, 0);
+      for (;;) {
+        issue(slot, kk, buf);
+        async::wgmma_wait<1>();  // the previous k-tile's MMAs have completed: its A buffer is free
         if (prev_slot >= 0 && lane == 0) async::mbar_arrive(&empty[prev_slot]);
-        prev_slot = nkk == 0 ? i % C::kStages : -1;  // k-tile (i, kk) was its slot's last
-        i = ni;
-        kk = nkk;
-        return more;
-      };
-      while (step(a[0], a[1]) && step(a[1], a[0])) {
+        prev_slot = -1;
+        if (++kk == ks) {  // k-tile (i, kk) was its slot's last
+          prev_slot = slot;
+          kk = 0;
+          if (++i == nk) break;
+          if (++slot == C::kStages) {
+            slot = 0;
+            phase ^= 1;
+          }
+          async::mbar_wait(&full[slot], phase);
+        }
+        buf ^= 1;
+        decode(smem + slot * C::kStage, kk, buf);
       }
       async::wgmma_wait<0>();
       if (prev_slot >= 0 && lane == 0) async::mbar_arrive(&empty[prev_slot]);
     }
 #pragma unroll
-    for (int r = 0; r < S; ++r)
+    for (int r = 0; r < R; ++r)
 #pragma unroll
       for (int c = 0; c < BM / 2; ++c) async::fence_operand(acc[r][c]);
-    // partial tiles [half][BM tokens][BN rows] (FP32) over the ring: every slot has been consumed
-    async::named_sync(1, kConsumerWarps * 32);
-    float* part = reinterpret_cast<float*>(smem) + (PP ? wg : 0) * BM * C::kPRow;
+    // the partial tile [BM tokens][BN rows] (FP32) over the ring: every slot has been consumed
+    async::named_sync(1, C::kWarps * 32);
+    float* part = reinterpret_cast<float*>(smem);
 #pragma unroll
-    for (int r = 0; r < S; ++r)
+    for (int r = 0; r < R; ++r)
 #pragma unroll
       for (int nb = 0; nb < BM / 8; ++nb)
 #pragma unroll
         for (int c = 0; c < 4; ++c) {
-          const int n = 64 * (PP ? r : wg) + 16 * wi + g + 8 * (c >> 1);
+          const int n = 64 * (wg * R + r) + 16 * wi + g + 8 * (c >> 1);
           const int m = 8 * nb + 2 * q + (c & 1);
           part[m * C::kPRow + n] = acc[r][4 * nb + c];
         }
   }
 
-  // ---- fixed-order reduction over the warpgroups' halves and the cluster's K splits ----
+  // ---- fixed-order reduction over the cluster's K splits ----
   if (nsplit > 1) async::cluster_sync();
   else __syncthreads();
   {
@@ -286,22 +290,18 @@ gemm_wgmma_kernel(const __grid_constant__ WgMaps maps, const float* __restrict__
     const float ts = __fmul_rn(tscale[0], 128.0f);
     const int n_base = strip0 * 16;
     constexpr int kQuads = C::kBN / 4;
-    for (int e = threadIdx.x; e < (r1 - r0) * kQuads; e += kWgThreads) {
+    for (int e = threadIdx.x; e < (r1 - r0) * kQuads; e += C::kThreads) {
       const int m = r0 + e / kQuads, n = 4 * (e % kQuads);
       const float* p = part + m * C::kPRow + n;
-      // fixed order: rank 0 half 0, rank 0 half 1, rank 1 half 0, ...
+      // fixed order: rank 0, rank 1, ...
       float4 s = nsplit > 1 ? async::ld_peer_f4(p, 0) : *reinterpret_cast<const float4*>(p);
-      for (int k = 0; k < nsplit; ++k)
-#pragma unroll
-        for (int h = 0; h < C::kHalves; ++h) {
-          if (k == 0 && h == 0) continue;
-          const float* ph = p + h * BM * C::kPRow;
-          const float4 v = nsplit > 1 ? async::ld_peer_f4(ph, k) : *reinterpret_cast<const float4*>(ph);
-          s.x = __fadd_rn(s.x, v.x);
-          s.y = __fadd_rn(s.y, v.y);
-          s.z = __fadd_rn(s.z, v.z);
-          s.w = __fadd_rn(s.w, v.w);
-        }
+      for (int k = 1; k < nsplit; ++k) {
+        const float4 v = async::ld_peer_f4(p, k);
+        s.x = __fadd_rn(s.x, v.x);
+        s.y = __fadd_rn(s.y, v.y);
+        s.z = __fadd_rn(s.z, v.z);
+        s.w = __fadd_rn(s.w, v.w);
+      }
       const float sv[4] = {s.x, s.y, s.z, s.w};
       T* yr = y + (int64_t)(m0 + m) * ys;
 #pragma unroll
@@ -352,16 +352,17 @@ void cluster_launch(cudaLaunchConfig_t& cfg, cudaLaunchAttribute (&attr)[2], dim
 
 // Split-K: the largest cluster size S (<= 8, >= 2 ring slots a split) whose S x tiles CTAs fit
 // the GPU in one wave, counting only clusters the hardware can co-schedule (cluster CTAs must
-// share a GPC: cudaOccupancyMaxActiveClusters, asked once per kernel and S); else 1.
-template <typename K>
-int choose_split(K kern, int smem, int tiles, int groups, int sms) {
+// share a GPC: cudaOccupancyMaxActiveClusters, asked once per kernel instantiation and S); else 1.
+template <typename T, int BM, typename K>
+int choose_split(K kern, int tiles, int groups, int sms) {
+  using C = WgCfg<BM>;
   static int active[kMaxSplit + 1] = {};
   for (int S = std::min(kMaxSplit, groups / kMinGroupsPerSplit); S >= 2; --S) {
     if (tiles * S > sms) continue;
     if (active[S] == 0) {
       cudaLaunchConfig_t cfg;
       cudaLaunchAttribute attr[2];
-      cluster_launch(cfg, attr, dim3(1, S, 1), kWgThreads, smem, S, false, nullptr);
+      cluster_launch(cfg, attr, dim3(1, S, 1), C::kThreads, C::kSmem, S, false, nullptr);
       int n = 0;
       active[S] = cudaOccupancyMaxActiveClusters(&n, kern, &cfg) == cudaSuccess && n > 0 ? n : -1;
     }
@@ -370,12 +371,12 @@ int choose_split(K kern, int smem, int tiles, int groups, int sms) {
   return 1;
 }
 
-template <typename T, int BM, bool PP>
+template <typename T, int BM>
 cudaError_t launch_wgmma_t(const void* x, int64_t xs, const void* qw, const void* sc, const float* ts,
                            const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K, int wblock,
                            cudaStream_t stream) {
-  using C = WgCfg<BM, PP>;
-  auto kern = gemm_wgmma_kernel<T, BM, PP>;
+  using C = WgCfg<BM>;
+  auto kern = gemm_wgmma_kernel<T, BM>;
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return cudaErrorInvalidDevice;
   static bool configured[kMaxDevices] = {};  // the shared-memory opt-in is per device
@@ -426,11 +427,11 @@ cudaError_t launch_wgmma_t(const void* x, int64_t xs, const void* qw, const void
   if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) sms = 132;
   const int ntiles = (nstrips + C::kStrips - 1) / C::kStrips;
   const int mtiles = (M + BM - 1) / BM;
-  const int split = choose_split(kern, C::kSmem, ntiles * mtiles, KT / ks, sms);
+  const int split = choose_split<T, BM>(kern, ntiles * mtiles, KT / ks, sms);
 
   cudaLaunchConfig_t cfg;
   cudaLaunchAttribute attr[2];
-  cluster_launch(cfg, attr, dim3(ntiles, split, mtiles), kWgThreads, C::kSmem, split, true, stream);
+  cluster_launch(cfg, attr, dim3(ntiles, split, mtiles), C::kThreads, C::kSmem, split, true, stream);
   return cudaLaunchKernelEx(&cfg, kern, maps, ts, static_cast<const T*>(bias), static_cast<T*>(y), ys, M, n_valid,
                             KT, sbt, wblock, ks);
 }
@@ -439,10 +440,10 @@ template <typename T>
 cudaError_t launch_wgmma_dt(const void* x, int64_t xs, const void* qw, const void* sc, const float* ts,
                             const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K, int wblock,
                             cudaStream_t stream) {
-  if (M <= 32) return launch_wgmma_t<T, 32, true>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
-  if (M <= 64) return launch_wgmma_t<T, 64, true>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
-  if (M <= 128) return launch_wgmma_t<T, 128, true>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
-  return launch_wgmma_t<T, 256, false>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+  if (M <= 32) return launch_wgmma_t<T, 32>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+  if (M <= 64) return launch_wgmma_t<T, 64>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+  if (M <= 128) return launch_wgmma_t<T, 128>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+  return launch_wgmma_t<T, 256>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
 }
 
 // TMA reads x: 16-byte aligned base and row stride (the bindings check both for every GEMM)

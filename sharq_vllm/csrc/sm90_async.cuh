@@ -6,7 +6,8 @@
 //     the copy engine, completing its bytes on an mbarrier (no registers, no per-thread addressing).
 //   * named barriers: a barrier over a subset of the CTA's warps (the consumers).
 //   * setmaxnreg: move registers between warpgroups.
-//   * wgmma: fence / commit / wait of warpgroup MMAs, and the shared-memory matrix descriptor.
+//   * wgmma: fence / commit / wait of warpgroup MMAs, the shared-memory matrix descriptor, and the
+//     proxy fence that publishes ordinary shared-memory stores to them.
 //   * clusters: barrier over the cluster's CTAs, loads from a peer CTA's shared memory.
 //   * programmatic dependent launch: wait for the preceding kernel's memory before reading it.
 // Semantics: PTX ISA 8.x, "mbarrier", "cp.async.bulk.tensor", "wgmma", "setmaxnreg", "barrier.cluster",
@@ -76,6 +77,11 @@ __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_grou
 template <int N>
 __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Make this thread's ordinary shared-memory stores visible to the async proxy (wgmma operand reads,
+// TMA): after writing an MMA operand with st.shared, before the barrier that precedes the wgmma.
+__device__ __forceinline__ void fence_proxy_async_smem() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 // Keep the compiler from moving accesses of an accumulator across the asynchronous MMAs.
 __device__ __forceinline__ void fence_operand(float& r) { asm volatile("" : "+f"(r)::"memory"); }

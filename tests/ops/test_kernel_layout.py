@@ -310,72 +310,68 @@ def test_stream_schedule_covers_each_tile_once(nstrips, kt, grid):
 
 
 # ------------------------------------------------------------------------------------------
-# gemm_wgmma.cu: natural-order A fragments rebuilt from the tiled words
+# gemm_wgmma.cu: each warp decodes its strip's tile into the warpgroup's swizzled A tile
 # ------------------------------------------------------------------------------------------
-def _wgmma_rotations() -> list[tuple[int, int]]:
-    """The per-lane decode rotations (ra, rb) for q = 0..3 that gemm_wgmma.cu uses, parsed from
-    gemm_tile.cuh's pair_rotations."""
-    src = (Path(__file__).resolve().parents[2] / "sharq_vllm" / "csrc" / "gemm_tile.cuh").read_text()
-    ra = re.search(r"ra = p == 0 \? (\d+) : p == 1 \? (\d+) : p == 2 \? (\d+) : (\d+);", src)
-    rb = re.search(r"rb = p == 0 \? (\d+) : ra;", src)
-    assert ra and rb, "gemm_tile.cuh: pair_rotations not found"
-    wg = (Path(__file__).resolve().parents[2] / "sharq_vllm" / "csrc" / "gemm_wgmma.cu").read_text()
-    assert "tile::pair_rotations(q, ra, rb)" in wg and "MmaT<T>::pair_rt(" in wg, "gemm_wgmma.cu decodes otherwise"
-    ras = [int(v) for v in ra.groups()]
-    return [(ras[q], int(rb.group(1)) if q == 0 else ras[q]) for q in range(4)]
+# the lane's chunk offsets in gemm_wgmma.cu, mirrored by _wgmma_a_offset (the test fails if the source changes)
+_WGMMA_AOFF = "aoff[i] = (16 * wi + g + 8 * (i & 1)) * 128 + (((2 * q + (i >> 1)) ^ g) * 16);"
 
 
-def test_wgmma_lane_rotations_are_the_pair_rotations():
-    """decode_bf16_rt(w, ra, rb) = (rotl(w, ra) & m0/e0/sign bits) | (rotl(w, rb) & e1 bit): the
-    lane's (ra, rb) (gemm_tile.cuh pair_rotations) must be pair q's rotations of those bits in
-    layout.PAIR_ROT."""
-    for q, (ra, rb) in enumerate(_wgmma_rotations()):
-        m0, e0, e1, sign = PAIR_ROT[q]
-        assert m0 == e0 == sign == ra and e1 == rb, (q, ra, rb, PAIR_ROT[q])
+def _wgmma_a_offset(wi: int, g: int, q: int, i: int) -> int:
+    return (16 * wi + g + 8 * (i & 1)) * 128 + (((2 * q + (i >> 1)) ^ g) * 16)
+
+
+def _sw128_offset(r: int, k: int) -> int:
+    """Byte offset of element (row r, k) of a 64-value-wide 16-bit K-major tile stored with the
+    128-byte swizzle, as wgmma reads it through async::desc_sw128 (and TMA writes x_hat boxes)."""
+    return r * 128 + (((k // 8) ^ (r % 8)) * 16) + (k % 8) * 2
 
 
 def emulate_gemm_wgmma(x: torch.Tensor, packed: ops.PackedWeight, dtype: torch.dtype) -> torch.Tensor:
-    """sharq_vllm/csrc/gemm_wgmma.cu's math: in k16 step j of tile t, lane (g, q) reads lane
-    (4g + j)'s four words, decodes code pair q of each with its rotations (ra, rb), scales rows g /
-    g+8 by block j (16) or j / 2 (32), and the MMA multiplies with x in natural k order."""
-    m, k = x.shape
+    """sharq_vllm/csrc/gemm_wgmma.cu's math: for k-tile t, lane (g, q) of the warp owning strip s
+    (warp wi = s % 4 of its warpgroup) decodes its own four words (word i: row g + 8 (i & 1), k
+    16q + 8 (i >> 1) .. +7; code pair p -> k + 2p, 2p + 1), scales them by its row's block scale
+    and stores 16 bytes a word at aoff[i] of the warpgroup's 64 x 64 A tile; the MMA reads that
+    tile as the 128-byte-swizzled K-major layout and multiplies it with x in natural k order."""
+    src = (Path(__file__).resolve().parents[2] / "sharq_vllm" / "csrc" / "gemm_wgmma.cu").read_text()
+    assert _WGMMA_AOFF in src, "gemm_wgmma.cu places the decoded words otherwise"
+    k = x.shape[1]
     s_count, kt = packed.n_pad // 16, k // 64
     sbt = 32 if packed.block == 32 else 64
-    words = packed.qweight.reshape(s_count, kt, 8, 4, 4).to(torch.int64) & MASK32  # [S,KT,g,lane q,word]
+    words = packed.qweight.reshape(s_count, kt, 8, 4, 4).to(torch.int64) & MASK32  # [S,KT,g,q,word]
     sc = packed.scales.reshape(s_count, kt, sbt)
     bias_pow = 2.0**119 if dtype == torch.bfloat16 else 2.0**7
-    rot = _wgmma_rotations()
-
-    def decode_rt(w, q):
-        ra, rb = rot[q]
-        bits = (_rotl(w, ra) & 0x80C080C0) | (_rotl(w, rb) & 0x01000100)
-        if dtype == torch.float16:
-            bits = (bits & 0x80008000) | ((bits << 3) & 0x0E000E00)
-
-        def to_float(h):
-            h = torch.where(h >= 0x8000, h - 0x10000, h).to(torch.int16)
-            return h.view(dtype).float()
-
-        return to_float(bits & 0xFFFF), to_float((bits >> 16) & 0xFFFF)
-
-    y = torch.zeros(m, packed.n_pad, dtype=torch.float64)
-    for j in range(4):
-        kb = j >> 1 if packed.block == 32 else j
-        A = torch.zeros(s_count, kt, 16, 16)  # [S, KT, row, k of the step (natural order)]
+    n_wg = (s_count + 3) // 4
+    # the warpgroups' A tiles as 16-bit element images: [warpgroup, KT, 64 * 64] (offset / 2)
+    image = torch.full((n_wg, kt, 64 * 64), float("nan"))
+    for s in range(s_count):
+        wg, wi = divmod(s, 4)
         for g in range(8):
-            s_g = sc[:, :, kb * 16 + 2 * g].view(torch.float8_e4m3fn).float() * bias_pow
-            s_g8 = sc[:, :, kb * 16 + 2 * g + 1].view(torch.float8_e4m3fn).float() * bias_pow
-            src = words[:, :, g, j, :]  # lane (4g + j)'s words w0..w3
             for q in range(4):
-                for wi, (row, k0, s) in enumerate(((g, 0, s_g), (g + 8, 0, s_g8), (g, 8, s_g), (g + 8, 8, s_g8))):
-                    lo, hi = decode_rt(src[..., wi], q)
-                    A[:, :, row, k0 + 2 * q] = lo * s
-                    A[:, :, row, k0 + 2 * q + 1] = hi * s
-        assert torch.equal(A.to(dtype).float(), A)  # every A value exact in the MMA dtype
-        cols = (torch.arange(kt).view(-1, 1) * 64 + 16 * j + torch.arange(16).view(1, -1))  # [KT, 16]
-        B = x.double()[:, cols]  # [M, KT, 16]
-        y += torch.einsum("stik,mtk->msi", A.double(), B).reshape(m, packed.n_pad)
+                kb = q >> 1 if packed.block == 32 else q
+                s_g = sc[s, :, kb * 16 + 2 * g].view(torch.float8_e4m3fn).float() * bias_pow
+                s_g8 = sc[s, :, kb * 16 + 2 * g + 1].view(torch.float8_e4m3fn).float() * bias_pow
+                for i in range(4):
+                    base = _wgmma_a_offset(wi, g, q, i) // 2
+                    for pr in range(4):
+                        lo, hi = _decode(words[s, :, g, q, i], pr, dtype)
+                        scale = s_g8 if i & 1 else s_g
+                        image[wg, :, base + 2 * pr] = lo * scale
+                        image[wg, :, base + 2 * pr + 1] = hi * scale
+    # what the MMA reads: A[row, k] of each k-tile through the swizzled layout
+    idx = torch.tensor([_sw128_offset(r, c) // 2 for r in range(64) for c in range(64)])
+    A = image[:, :, idx].reshape(n_wg, kt, 64, 64)  # [warpgroup, KT, row, k]
+    A = A.permute(0, 2, 1, 3).reshape(n_wg * 64, kt * 64)[: packed.n_pad]
+    assert not A.isnan().any(), "a weight the MMA reads was never written"
+    assert torch.equal(A.to(dtype).float(), A)  # every A value exact in the MMA dtype
+    y = x.double() @ A.double().T
     return (y * (packed.tensor_scale.double() * 128.0))[:, : packed.n].float()
+
+
+def test_sw128_offsets_are_a_permutation_of_16_byte_chunks():
+    """Within each 128-byte row the swizzle permutes the 8 chunks; elements stay in order inside a chunk."""
+    for r in range(64):
+        offs = sorted(_sw128_offset(r, c) for c in range(64))
+        assert offs == list(range(r * 128, r * 128 + 128, 2))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
