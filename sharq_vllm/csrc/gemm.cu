@@ -283,14 +283,6 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
   }
 }
 
-int sm_count() {
-  int dev = 0, sms = 132;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-    sms = 132;
-  return sms;
-}
-
 template <typename T, int MT, int U, int MINB>
 cudaError_t launch_stream_t(const void* x, int64_t xs, const void* qw, const void* sc,
                             const float* ts, const void* bias, void* y, int64_t ys, int M, int N,

@@ -423,8 +423,7 @@ cudaError_t launch_wgmma_t(const void* x, int64_t xs, const void* qw, const void
       return cudaErrorInvalidValue;
   }
 
-  int sms = 132;
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) sms = 132;
+  const int sms = sm_count();
   const int ntiles = (nstrips + C::kStrips - 1) / C::kStrips;
   const int mtiles = (M + BM - 1) / BM;
   const int split = choose_split<T, BM>(kern, ntiles * mtiles, KT / ks, sms);

@@ -9,6 +9,15 @@ namespace sharq {
 
 enum DType : int { kBF16 = 0, kFP16 = 1, kFP32 = 2 };
 
+// Streaming multiprocessors of the current device (132, an H100's / H200's, if the query fails):
+// the launchers size persistent grids and split-K clusters by it.
+inline int sm_count() {
+  int dev = 0, sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 132;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms < 1) return 132;
+  return sms;
+}
+
 // Activation FP4 format and N:M backbone pattern as the preparation kernel takes them. The one
 // definition: sharq_vllm/options.py mirrors them (FormatCode, PatternCode) and
 // tests/test_options.py parses this header to check that it does.
