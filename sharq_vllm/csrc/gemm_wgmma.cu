@@ -1,41 +1,48 @@
 // gemm_wgmma.cu: SharQ W4A16 GEMM for M > 24 on Hopper: warpgroup MMAs (wgmma) with both
-// operands in shared memory: the weights decoded to 16 bits by the consumer warps themselves, x_hat
-// by TMA. y = x_hat @ deQ(W)^T * tensor_scale + bias: the contract of gemm.cu (same tiled weights,
-// same exact dequantization, FP32 accumulation); only the FP32 summation order differs from the
-// mma.sync kernels.
+// operands in shared memory, x_hat by TMA, the FP4 weights decoded to 16 bits in shared memory.
+// y = x_hat @ deQ(W)^T * tensor_scale + bias: the contract of gemm.cu (same tiled weights, same
+// exact dequantization, FP32 accumulation); only the FP32 summation order differs from the
+// mma.sync kernels. Two kernels, 384 threads and 1 CTA an SM each; launch_wgmma_dt picks by M:
 //
-// CTA: BN weight rows x BM tokens; 2 consumer warpgroups + 1 producer warpgroup (one thread of
-// it works), 384 threads, 1 CTA an SM; setmaxnreg gives the consumers the registers. A consumer
-// warpgroup computes kSubs 64-row sub-tiles: BM <= 64: 2 (BN = 256), BM = 128 / 256: 1 (BN = 128).
-//  * producer: per ring slot (ks consecutive 64-k tiles), three TMA requests: the CTA's strips'
-//    weight tiles (3-D map [strips][KT][512 B] -> [BN/16][ks][512 B]), their scale bytes (same
-//    shape), and ks x_hat boxes [BM rows][64 k] with the 128-byte swizzle; strips past N and rows
-//    past M arrive as zeros; all complete on the slot's `full` mbarrier. The weight requests of
-//    the first kStages slots are issued before griddepcontrol.wait (they do not depend on the
-//    preparation kernel that writes x_hat). Few, large requests: 20 small ones a slot left the
-//    consumers waiting (benchmarks/results/kernels-H200-wgmma-variants.json).
-//  * consumers: sub-tile r of warpgroup wg is weight rows 64 (wg kSubs + r) .. +63, strip
-//    (wg kSubs + r) 4 + wi of warp wi. Software-pipelined over every k-tile: while the MMAs of
-//    k-tile t run, each warp decodes tile t + 1 of its strips (the lane's own 16 bytes: rows g,
-//    g+8 at k 16q .. +15, gemm.cu's layout) into 16-bit values times the block scale and stores
-//    them into the sub-tiles' 64 x 64 A tiles of t + 1 (K-major, 128-byte swizzle: row r's
-//    16-byte chunk c at r * 128 + (c ^ r % 8) * 16, the layout the x_hat boxes have), in the other
-//    of the warpgroup's two A buffers; fence.proxy.async + a warpgroup barrier publish them, and
-//    4 x kSubs wgmma.m64nBMk16 (both operands by descriptor, +32 bytes a k16 step) are committed
-//    as one group. wgmma.wait_group 1 after issuing t + 1 frees t's A buffer and, at a slot's last
-//    k-tile, the slot (`empty` mbarrier, one arrival a warp). Nothing writes an MMA operand
-//    register (A from registers made each warpgroup wait for its MMAs before decoding the next
-//    tile). Measured against that design, same process (benchmarks/results/
-//    kernels-H200-wgmma-ss.json): GEMM sums over the 4 Llama-3.1-8B linears -2% / -3% at M = 32 /
-//    64, +2% at 128, -6% at 256 / 512. Still far from its bytes and FLOPs at M <= 128 (KERNELS.md).
-// Split-K over a thread-block cluster (1 x S x 1): S is the largest cluster size <= 8 whose S x
-// tiles CTAs all fit at once (cudaOccupancyMaxActiveClusters), else 1. CTA rank r takes k-tiles
-// [r KT / S, (r+1) KT / S) (in slots, from a start rotated by the tile index). After the main loop
+// Decoder-warp kernel, M <= 128: BM = 64 / 128 tokens x 256 weight rows (16 strips of gemm.cu's
+// layout) a CTA; tokens are wgmma's M side, weights its N side (256).
+//  * 3 - BM / 64 decoder warpgroups: decoder warp d owns strips d, d + D, ... (D decoder warps).
+//    For each k-tile it waits for the slot's weights (`wfull`) and a free B buffer (`bempty`),
+//    decodes the lane's own 16 bytes of each strip (rows g, g+8 at k 16q .. +15, gemm_tile.cuh's
+//    exact code-pair decode times the block scale), stores them into the 256 x 64 B tile (K-major,
+//    128-byte swizzle: row r's 16-byte chunk c at r * 128 + (c ^ r % 8) * 16, the layout the
+//    x_hat boxes have), fences them to the async proxy and arrives on `bfull` (every thread). The
+//    decoders never wait for an MMA: they work up to kBStages - 1 k-tiles ahead.
+//  * BM / 64 MMA warpgroups: warpgroup w computes tokens 64w .. +63 against all 256 rows: per
+//    k-tile 4 x wgmma.m64n256k16 (A = its own 64-row x_hat box, B = the decoded tile; +32 bytes a
+//    k16 step), one commit group; wgmma.wait_group 1 after issuing k-tile t retires t - 1 and
+//    frees its B buffer (`bempty`). 128 FP32 accumulators a thread.
+//  * TMA requests come from the MMA warpgroups' leader threads (a producer warp would cost the
+//    registers: see DecCfg): a ring slot holds one 64-k tile, the CTA's strips' weight tiles (3-D
+//    map [strips][KT][512 B] -> [16][512 B]) and scale bytes on `wfull` (first warpgroup's
+//    leader), and each warpgroup's x_hat box [64 rows][64 k] (128-byte swizzle) on its `xfull`.
+//    The first kStages slots' weights go out before griddepcontrol.wait (they do not depend on the
+//    preparation kernel that writes x_hat). A warpgroup refills its part of t - 1's slot once it
+//    retired t - 1: the decoders were done with the slot when they filled t - 1's B tile, so no
+//    barrier is needed for it.
+//  Why (benchmarks/results/kernels-H200-wgmma-dec.json): the token-wide design below, used at
+//  every M before, decodes inside the MMA warpgroups and publishes each tile with a warpgroup
+//  barrier; at M <= 64 its warps issued an instruction every 9 cycles and the GEMM moved 1.2 TB/s.
+//
+// Token-wide kernel, M > 128: 256 tokens x 128 weight rows a CTA; weights are wgmma's M side (64
+// rows a consumer warpgroup), tokens its N side (256), so one decode serves 256 tokens. 2 consumer
+// warpgroups decode k-tile t + 1 of their 4 strips into the other of their two 64 x 64 A tiles
+// (same placement and swizzle) while the MMAs of t run, publish it with fence.proxy.async + a
+// warpgroup barrier and issue 4 x wgmma.m64n256k16; a producer warpgroup (one thread) keeps the
+// ring full (x_hat box [256 rows][64 k], weights, scales on one `full` mbarrier; `empty`: one
+// arrival a consumer warp).
+//
+// Split-K over a thread-block cluster (1 x S x 1), both kernels: S is the largest cluster size <= 8
+// whose S x tiles CTAs all fit at once (cudaOccupancyMaxActiveClusters), else 1. CTA rank r takes
+// k-tiles [r KT / S, (r+1) KT / S) (from a start rotated by the tile index). After the main loop
 // each CTA stores its FP32 partial tile in its own shared memory, and rank r reduces token rows
 // [r rows / S, (r+1) rows / S) over the ranks in a fixed order through distributed shared
 // memory: deterministic, no workspace, no atomics. Then * tensor_scale * 2^7, + bias, one rounding.
-// Token tiles (launch_wgmma_dt): BM = 32 / 64 / 128 for M <= 32 / 64 / 128 (one tile), 256 above
-// (tiles along grid z).
 #include "gemm_tile.cuh"
 #include "sharq_kernels.h"
 #include "sm90_async.cuh"
@@ -52,38 +59,314 @@ namespace {
 
 using tile::MmaT;
 
-constexpr int kProducerRegs = 40;  // registers a producer thread keeps after setmaxnreg (addresses only)
-constexpr int kTileBytes = 512;                        // one 16 x 64 weight tile (layout.py)
-constexpr int kScaleSlot = 64;                         // scale bytes of a strip's tile (at most)
-constexpr int kSmemBudget = 224 * 1024;                // the ring (of 227 KB a CTA)
-constexpr int kMaxSplit = 8;                           // portable cluster size
-constexpr int kMinGroupsPerSplit = 2;  // ring slots a split at least
-constexpr int kMaxDevices = 64;  // devices a process may launch on (per-device opt-ins)
+constexpr int kTileBytes = 512;          // one 16 x 64 weight tile (layout.py)
+constexpr int kProducerRegs = 40;        // the token-wide kernel's producer registers after setmaxnreg
+constexpr int kScaleSlot = 64;           // scale bytes of a strip's tile (at most)
+constexpr int kSmemBudget = 224 * 1024;  // ring + decoded tiles (of 227 KB a CTA)
+constexpr int kThreads = 384;            // 3 warpgroups: 168 registers a thread (see DecCfg)
+constexpr int kMaxSplit = 8;             // portable cluster size
+constexpr int kMinTilesPerSplit = 2;     // k-tiles a split at least
+constexpr int kMaxDevices = 64;          // devices a process may launch on (per-device opt-ins)
 
-// BM tokens x BN weight rows a CTA: 2 consumer warpgroups, each computing kSubs 64-row sub-tiles
-// (BM <= 64: 2, BN = 256: each warp decodes two strips a k-tile, twice the independent work
-// between two warpgroup barriers; BM = 128 / 256: 1, BN = 128, the accumulators need the
-// registers).
+// The three tensor maps of a launch (host-encoded): x_hat [M][K] boxes {64, kXRows} (128-byte
+// swizzle), weights [strips][KT][128 u32] boxes {128, 1, kStrips}, scales [strips][KT][sbt] boxes
+// {sbt, 1, kStrips}; strips past N and rows past M arrive as zeros.
+struct WgMaps {
+  CUtensorMap x, w, s;
+};
+
+// A CTA's k-tiles under split-K: [t0, t0 + nk) of KT, visited from a start rotated by the tile
+// index (CTAs that run at the same time then read different k).
+struct KRange {
+  int t0, nk, rot;
+  __device__ KRange(int KT) {
+    const int rank = blockIdx.y, nsplit = gridDim.y;  // cluster (1, S, 1): rank = blockIdx.y
+    t0 = (int)((int64_t)KT * rank / nsplit);
+    nk = (int)((int64_t)KT * (rank + 1) / nsplit) - t0;
+    rot = nk > 0 ? (int)((blockIdx.x * 7u + blockIdx.z * 3u) % (unsigned)nk) : 0;
+  }
+  __device__ int operator()(int i) const { return t0 + (i + rot >= nk ? i + rot - nk : i + rot); }
+};
+
+// Epilogue of both kernels, after each CTA stored its FP32 partial tile [BM tokens][PROW floats]
+// at smem: rank r of the cluster reduces token rows [r rows / S, (r+1) rows / S) over the ranks in
+// a fixed order (rank 0, 1, ...) through distributed shared memory (deterministic, no workspace,
+// no atomics), then * tensor_scale * 2^7, + bias, one rounding.
+template <typename T, int BM, int BN, int PROW>
+__device__ __forceinline__ void reduce_store(const uint8_t* smem, int M, int m0, int n_base, int n_valid,
+                                             const float* tscale, const T* bias, T* y, int64_t ys) {
+  const int rank = blockIdx.y, nsplit = gridDim.y;
+  if (nsplit > 1) async::cluster_sync();
+  else __syncthreads();
+  const float* part = reinterpret_cast<const float*>(smem);
+  const int rows = min(BM, M - m0);
+  const int r0 = rows * rank / nsplit, r1 = rows * (rank + 1) / nsplit;
+  const float ts = __fmul_rn(tscale[0], 128.0f);
+  constexpr int kQuads = BN / 4;
+  for (int e = threadIdx.x; e < (r1 - r0) * kQuads; e += kThreads) {
+    const int m = r0 + e / kQuads, n = 4 * (e % kQuads);
+    const float* p = part + m * PROW + n;
+    float4 s = nsplit > 1 ? async::ld_peer_f4(p, 0) : *reinterpret_cast<const float4*>(p);
+    for (int k = 1; k < nsplit; ++k) {
+      const float4 v = async::ld_peer_f4(p, k);
+      s.x = __fadd_rn(s.x, v.x);
+      s.y = __fadd_rn(s.y, v.y);
+      s.z = __fadd_rn(s.z, v.z);
+      s.w = __fadd_rn(s.w, v.w);
+    }
+    const float sv[4] = {s.x, s.y, s.z, s.w};
+    T* yr = y + (int64_t)(m0 + m) * ys;
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int col = n_base + n + u;
+      if (col < n_valid) {
+        float v = __fmul_rn(sv[u], ts);
+        if (bias != nullptr) v = __fadd_rn(v, Elem<T>::to_float(bias[col]));
+        yr[col] = Elem<T>::from_float(v);
+      }
+    }
+  }
+  if (nsplit > 1) async::cluster_sync();  // peers may still read this CTA's partial tile
+}
+
+// The lane's 16 code bytes of a strip's tile (st + wofs) with its scale pair (st + sofs) ->
+// e2m1 * s * 2^-7 (exact) in 16 bits, word i stored at dst + off[i]; w and s16 loaded by the caller.
+template <typename T>
+__device__ __forceinline__ void decode_strip(const uint4& w, uint32_t s16, uint8_t* dst, const uint32_t (&off)[4]) {
+  uint32_t sg, sg8;
+  MmaT<T>::scales(s16, sg, sg8);
+  const uint32_t wd[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    const uint32_t s2 = (u & 1) ? sg8 : sg;
+    uint4 o;
+    o.x = MmaT<T>::mul(MmaT<T>::pair(wd[u], 0), s2);
+    o.y = MmaT<T>::mul(MmaT<T>::pair(wd[u], 1), s2);
+    o.z = MmaT<T>::mul(MmaT<T>::pair(wd[u], 2), s2);
+    o.w = MmaT<T>::mul(MmaT<T>::pair(wd[u], 3), s2);
+    *reinterpret_cast<uint4*>(dst + off[u]) = o;
+  }
+}
+
+// ============================== the decoder-warp kernel (M <= 128) ==============================
+// BM (64 / 128) tokens x 256 weight rows a CTA: BM / 64 MMA warpgroups (64 tokens each, 128 FP32
+// accumulators a thread) and the rest of the 3 warpgroups decoding.
 template <int BM>
-struct WgCfg {
-  static constexpr int kSubs = BM <= 64 ? 2 : 1;  // 64-row sub-tiles a warpgroup
+struct DecCfg {
+  static constexpr int kBN = 256;           // weight rows a CTA: wgmma's N
+  static constexpr int kStrips = kBN / 16;  // 16-row strips a CTA
+  static constexpr int kXRows = 64;         // x_hat box rows: one MMA warpgroup's tokens
+  static constexpr int kMmaWGs = BM / 64;
+  // Registers: an MMA thread needs 128 accumulators + ~25, and ptxas compiles the whole kernel to
+  // what 1 CTA can have (setmaxnreg cannot raise it): 168 a thread with 3 warpgroups (each SM
+  // sub-partition's 16K registers hold 3 warps of 168; a 13th warp would leave 128).
+  static constexpr int kDecWarps = 4 * (3 - kMmaWGs);  // warpgroups 0 (and 1 at BM = 64)
+  static constexpr int kDecThreads = 32 * kDecWarps;
+  static constexpr int kStripsPerWarp = kStrips / kDecWarps;
+  static constexpr int kMma0 = kDecWarps;  // the first MMA warp
+  static constexpr int kBox = kXRows * 128;              // one x_hat box: 64 rows of 64 16-bit values
+  static constexpr int kXBytes = kMmaWGs * kBox;         // [warpgroup][64 rows][128 B]
+  static constexpr int kWBytes = kStrips * kTileBytes;   // [strip][512 B]
+  static constexpr int kSBytes = kStrips * kScaleSlot;   // [strip][sbt]
+  static constexpr int kStage = (kXBytes + kWBytes + kSBytes + 1023) / 1024 * 1024;
+  static constexpr int kBTile = kBN * 128;  // a decoded B tile: 256 rows x 64 k, 16-bit
+  static constexpr int kBStages = 3;        // decoded tiles in flight: the decoders' lead
+  static constexpr int kStages0 = (kSmemBudget - kBStages * kBTile) / kStage;
+  static constexpr int kStages = kStages0 < 8 ? kStages0 : 8;
+  static constexpr int kRing = kStages * kStage;
+  static constexpr int kPRow = kBN + 8;  // partial-tile row (floats), padded: float2 stores conflict-free
+  static constexpr int kPartial = BM * kPRow * 4;
+  static constexpr int kSmem = (kRing + kBStages * kBTile > kPartial ? kRing + kBStages * kBTile : kPartial) + 1024;
+  static_assert(BM == 64 || BM == 128, "token tile");
+  static_assert(kStrips % kDecWarps == 0, "strips a decoder warp");
+  // the decoders work up to kBStages - 1 k-tiles ahead of the MMAs, in slots filled ahead
+  static_assert(kStages >= kBStages + 2, "ring too shallow");
+};
+
+template <typename T, int BM>
+__global__ void __launch_bounds__(kThreads, 1)
+gemm_wgmma_dec_kernel(const __grid_constant__ WgMaps maps, const float* __restrict__ tscale,
+                      const T* __restrict__ bias, T* __restrict__ y, int64_t ys, int M, int n_valid, int KT,
+                      int sbt, int wblock) {
+  using C = DecCfg<BM>;
+  extern __shared__ uint8_t smem_raw[];
+  __shared__ __align__(8) uint64_t wfull[C::kStages], xfull[C::kMmaWGs][C::kStages];
+  __shared__ __align__(8) uint64_t bfull[C::kBStages], bempty[C::kBStages];
+  uint8_t* smem = smem_raw + ((1024 - (async::smem_u32(smem_raw) & 1023)) & 1023);
+  uint8_t* const btiles = smem + C::kRing;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const KRange ktile(KT);
+  const int nk = ktile.nk;
+  const int strip0 = blockIdx.x * C::kStrips;
+  const int m0 = blockIdx.z * BM;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < C::kStages; ++s) {
+      async::mbar_init(&wfull[s], 1);
+      for (int w = 0; w < C::kMmaWGs; ++w) async::mbar_init(&xfull[w][s], 1);
+    }
+    for (int b = 0; b < C::kBStages; ++b) {
+      async::mbar_init(&bfull[b], C::kDecThreads);
+      async::mbar_init(&bempty[b], C::kMmaWGs);
+    }
+    async::mbar_fence_init();
+  }
+  __syncthreads();
+
+  if (warp < C::kMma0) {
+    // ---- decoders ----
+    constexpr int R = C::kStripsPerWarp;
+    const int g = lane >> 2, q = lane & 3;
+    // per strip j of the warp (strip s = warp + kDecWarps j of the CTA's): byte offsets inside a
+    // ring slot of the lane's 16 code bytes and of its scale pair (s_g, s_g+8), and inside a B
+    // tile of its word i (row g + 8 (i & 1), k 16q + 8 (i >> 1) .. +7) -> its 16-byte chunk of
+    // the swizzled tile (row 16 s + g (+8): r % 8 = g)
+    uint32_t wofs[R], sofs[R], boff[R][4];
+#pragma unroll
+    for (int j = 0; j < R; ++j) {
+      const int s = warp + C::kDecWarps * j;
+      wofs[j] = C::kXBytes + s * kTileBytes + lane * 16;
+      sofs[j] = C::kXBytes + C::kWBytes + s * sbt + (wblock == 32 ? (q >> 1) : q) * 16 + 2 * g;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) boff[j][i] = (16 * s + g + 8 * (i & 1)) * 128 + (((2 * q + (i >> 1)) ^ g) * 16);
+    }
+    int slot = 0, phase = 0, b = 0, bphase = 0;
+    for (int i = 0; i < nk; ++i) {
+      async::mbar_wait(&wfull[slot], phase);
+      async::mbar_wait(&bempty[b], bphase ^ 1);
+      const uint8_t* st = smem + slot * C::kStage;
+      uint8_t* bt = btiles + b * C::kBTile;
+      // all of the lane's code words and scales first (the stores below could alias them for the
+      // compiler, which would otherwise load strip j + 1 only after strip j's stores)
+      uint4 w[R];
+      uint32_t s16[R];
+#pragma unroll
+      for (int j = 0; j < R; ++j) {
+        w[j] = *reinterpret_cast<const uint4*>(st + wofs[j]);
+        s16[j] = *reinterpret_cast<const uint16_t*>(st + sofs[j]);
+      }
+#pragma unroll
+      for (int j = 0; j < R; ++j) decode_strip<T>(w[j], s16[j], bt, boff[j]);
+      async::fence_proxy_async_smem();  // this thread's stores -> the MMAs' async-proxy reads
+      async::mbar_arrive(&bfull[b]);
+      if (++slot == C::kStages) {
+        slot = 0;
+        phase ^= 1;
+      }
+      if (++b == C::kBStages) {
+        b = 0;
+        bphase ^= 1;
+      }
+    }
+  } else {
+    // ---- MMA warpgroups; each one's leader thread issues its own x_hat boxes, the first one's
+    // also the weights and scales ----
+    const int mw = (warp - C::kMma0) >> 2, wi = warp & 3, g = lane >> 2, q = lane & 3;
+    const bool leader = (threadIdx.x & 127) == 0;
+    const uint32_t wtx = (uint32_t)(C::kStrips * (kTileBytes + sbt));
+    // k-tile i of this CTA's sequence into ring slot i % kStages
+    auto issue_w = [&](int i) {
+      const int slot = i % C::kStages, t = ktile(i);
+      uint8_t* st = smem + slot * C::kStage;
+      async::mbar_arrive_expect_tx(&wfull[slot], wtx);
+      async::tma_load_3d(st + C::kXBytes, &maps.w, 0, t, strip0, &wfull[slot]);
+      async::tma_load_3d(st + C::kXBytes + C::kWBytes, &maps.s, 0, t, strip0, &wfull[slot]);
+    };
+    uint8_t* const xbox = smem + mw * C::kBox;  // the warpgroup's x_hat box in slot 0
+    uint64_t* const xbar = xfull[mw];
+    const int xrow = m0 + 64 * mw;
+    auto issue_x = [&](int i) {
+      const int slot = i % C::kStages;
+      async::mbar_arrive_expect_tx(&xbar[slot], (uint32_t)C::kBox);
+      async::tma_load_2d(xbox + slot * C::kStage, &maps.x, 64 * ktile(i), xrow, &xbar[slot]);
+    };
+    if (leader) {
+      const int pro = min(nk, C::kStages);
+      if (mw == 0)
+        for (int i = 0; i < pro; ++i) issue_w(i);
+      async::pdl_wait();  // x_hat is written by the preceding kernel
+      for (int i = 0; i < pro; ++i) issue_x(i);
+    }
+    float acc[C::kBN / 2];
+#pragma unroll
+    for (int c = 0; c < C::kBN / 2; ++c) acc[c] = 0.0f;
+    // A: the warpgroup's x_hat box of the slot; B: the decoded tile
+    const uint64_t dx0 = async::desc_sw128(xbox), db0 = async::desc_sw128(btiles);
+    int slot = 0, phase = 0, b = 0, bphase = 0, prev_b = -1;
+    for (int i = 0; i < nk; ++i) {
+      async::mbar_wait(&xbar[slot], phase);
+      async::mbar_wait(&bfull[b], bphase);
+#pragma unroll
+      for (int c = 0; c < C::kBN / 2; ++c) async::fence_operand(acc[c]);
+      async::wgmma_fence();
+      const uint64_t dx = dx0 + ((slot * C::kStage) >> 4), db = db0 + ((b * C::kBTile) >> 4);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) wg::Wgmma<T, C::kBN>::mma(acc, dx + 2 * j, db + 2 * j);
+      async::wgmma_commit();
+      async::wgmma_wait<1>();  // k-tile i - 1's MMAs have completed: its B tile and slot are free
+      if (prev_b >= 0 && leader) {
+        async::mbar_arrive(&bempty[prev_b]);
+        // refill k-tile i - 1's slot: the decoders were done with its weights when they filled
+        // its B tile, and this warpgroup is done with its x_hat box
+        const int next = i - 1 + C::kStages;
+        if (next < nk) {
+          if (mw == 0) issue_w(next);
+          issue_x(next);
+        }
+      }
+      prev_b = b;
+      if (++slot == C::kStages) {
+        slot = 0;
+        phase ^= 1;
+      }
+      if (++b == C::kBStages) {
+        b = 0;
+        bphase ^= 1;
+      }
+    }
+    async::wgmma_wait<0>();
+#pragma unroll
+    for (int c = 0; c < C::kBN / 2; ++c) async::fence_operand(acc[c]);
+    // the partial tile [BM tokens][256 rows] (FP32) over the ring: every slot and B tile has been
+    // consumed (the decoders finished before the last MMAs could start); the other MMA
+    // warpgroup's MMAs may still read them until this barrier
+    if (C::kMmaWGs > 1) async::named_sync(1, 128 * C::kMmaWGs);
+    float* part = reinterpret_cast<float*>(smem);
+#pragma unroll
+    for (int nb = 0; nb < C::kBN / 8; ++nb)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int m = 64 * mw + 16 * wi + g + 8 * h, n = 8 * nb + 2 * q;
+        *reinterpret_cast<float2*>(part + m * C::kPRow + n) = make_float2(acc[4 * nb + 2 * h], acc[4 * nb + 2 * h + 1]);
+      }
+  }
+  reduce_store<T, BM, C::kBN, C::kPRow>(smem, M, m0, strip0 * 16, n_valid, tscale, bias, y, ys);
+}
+
+// ============================== the token-wide kernel (M > 128) ==============================
+// 256 tokens x 128 weight rows a CTA: 2 consumer warpgroups, each decoding its own 64 weight rows
+// into shared memory between its MMAs (wgmma M = 64 rows, N = the 256 tokens: one decode serves
+// 256 tokens), and a producer warpgroup (one thread works). Written for any BM (the kernel every M
+// used before the decoder-warp kernel); instantiated at BM = 256 only.
+template <int BM>
+struct WideCfg {
+  static constexpr int kSubs = 1;                  // 64-row sub-tiles a warpgroup
   static constexpr int kWGs = 2;                   // consumer warpgroups
   static constexpr int kWarps = 4 * kWGs;          // consumer warps
   static constexpr int kThreads = 128 * kWGs + 128;  // + the producer warpgroup (one thread works)
-  // Registers: the CTA launches with kLaunchRegs a thread (ptxas allocates the __launch_bounds__
-  // maximum when the kernel uses setmaxnreg: 168); setmaxnreg only moves registers inside that
-  // allocation, so the producer's release must cover the consumers' increase, or
-  // setmaxnreg.inc waits forever. kRegs: a consumer thread's registers after it (232).
+  static_assert(kThreads == sharq::kThreads, "launch shape");
+  // setmaxnreg moves registers from the producer to the consumers within the CTA's launch
+  // allocation (the release must cover the increase, or setmaxnreg.inc waits forever); ptxas
+  // compiles the kernel to the launch allocation (168) all the same.
   static constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;
   static constexpr int kRegs = (kLaunchRegs * kThreads - 128 * kProducerRegs) / (128 * kWGs) / 8 * 8;
   static_assert(kWGs * 128 * kRegs + 128 * kProducerRegs <= kLaunchRegs * kThreads, "setmaxnreg pool");
   static constexpr int kStrips = 4 * kWGs * kSubs;  // 16-row strips a CTA, kSubs a consumer warp
   static constexpr int kBN = 16 * kStrips;
+  static constexpr int kXRows = BM;                 // the x_hat box: all BM tokens
   static constexpr int kSlotUsers = kWarps;  // every consumer warp reads every slot
-  // k-tiles a ring slot (at most; ks at run time when K/64 is not a multiple): few, large TMA
-  // requests per slot (the producer's issue rate limited small slots), >= 5 slots in the budget
-  static constexpr int kKs = BM <= 32 ? 2 : 1;
-  static constexpr int kBox = BM * 128;  // one x_hat box: BM rows of 64 16-bit values
+  static constexpr int kKs = 1;              // k-tiles a ring slot
+  static constexpr int kBox = BM * 128;      // one x_hat box: BM rows of 64 16-bit values
   static constexpr int kXBytes = kKs * kBox;
   static constexpr int kWBytes = kKs * kStrips * kTileBytes;  // [strip][ks][512 B]
   static constexpr int kSBytes = kKs * kStrips * kScaleSlot;  // [strip][ks][sbt]
@@ -96,38 +379,25 @@ struct WgCfg {
   static constexpr int kPRow = kBN + 4;  // partial-tile row (floats), padded: no bank conflicts
   static constexpr int kPartial = BM * kPRow * 4;
   static constexpr int kSmem = (kRing + kABytes > kPartial ? kRing + kABytes : kPartial) + 1024;
-  static_assert(BM % 32 == 0 && BM <= 256, "token tile");
   // each consumer warpgroup holds at most 2 slots (the one its MMAs read, the one it decodes) while
   // the producer needs one free: no deadlock with >= 2 x 2 + 1 slots
   static_assert(kStages >= 5, "ring too shallow");
 };
 
-// The three tensor maps of a launch (host-encoded): x_hat [M][K] boxes {64, BM} (128-byte
-// swizzle), weights [strips][KT][128 u32] boxes {128, ks, kStrips}, scales [strips][KT][sbt]
-// boxes {sbt, ks, kStrips}; strips past N and rows past M arrive as zeros.
-struct WgMaps {
-  CUtensorMap x, w, s;
-};
-
 template <typename T, int BM>
-__global__ void __launch_bounds__(WgCfg<BM>::kThreads, 1)
-gemm_wgmma_kernel(const __grid_constant__ WgMaps maps, const float* __restrict__ tscale,
-                  const T* __restrict__ bias, T* __restrict__ y, int64_t ys, int M, int n_valid, int KT,
-                  int sbt, int wblock, int ks) {
-  using C = WgCfg<BM>;
+__global__ void __launch_bounds__(WideCfg<BM>::kThreads, 1)
+gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restrict__ tscale,
+                       const T* __restrict__ bias, T* __restrict__ y, int64_t ys, int M, int n_valid, int KT,
+                       int sbt, int wblock, int ks /* k-tiles a ring slot: WideCfg::kKs, passed at run time */) {
+  using C = WideCfg<BM>;
   extern __shared__ uint8_t smem_raw[];
   __shared__ __align__(8) uint64_t full[C::kStages], empty[C::kStages];
   uint8_t* smem = smem_raw + ((1024 - (async::smem_u32(smem_raw) & 1023)) & 1023);
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int rank = blockIdx.y, nsplit = gridDim.y;  // cluster (1, S, 1): rank = blockIdx.y
-  // this CTA's k-groups (ks tiles each; KT % ks == 0): [g0, g0 + nk), visited from a rotated start
-  // (CTAs that run at the same time then read different k)
-  const int KG = KT / ks;
-  const int g0 = (int)((int64_t)KG * rank / nsplit);
-  const int nk = (int)((int64_t)KG * (rank + 1) / nsplit) - g0;
-  const int rot = nk > 0 ? (int)((blockIdx.x * 7u + blockIdx.z * 3u) % (unsigned)nk) : 0;
-  auto group_of = [&](int i) { return g0 + (i + rot >= nk ? i + rot - nk : i + rot); };
+  // this CTA's k-groups (ks tiles each; KT % ks == 0)
+  const KRange group_of(KT / ks);
+  const int nk = group_of.nk;
   const int strip0 = blockIdx.x * C::kStrips;
   const int m0 = blockIdx.z * BM;
 
@@ -199,23 +469,9 @@ gemm_wgmma_kernel(const __grid_constant__ WgMaps maps, const float* __restrict__
     auto decode = [&](const uint8_t* st, int kk, int buf) {
       uint8_t* dst = abase + buf * C::kABuf;
 #pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const uint4 w = *reinterpret_cast<const uint4*>(st + wofs[r] + kk * kTileBytes);
-        const uint32_t s16 = *reinterpret_cast<const uint16_t*>(st + sofs[r] + kk * sbt);
-        uint32_t sg, sg8;
-        MmaT<T>::scales(s16, sg, sg8);
-        const uint32_t wd[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const uint32_t s2 = (u & 1) ? sg8 : sg;
-          uint4 o;
-          o.x = MmaT<T>::mul(MmaT<T>::pair(wd[u], 0), s2);
-          o.y = MmaT<T>::mul(MmaT<T>::pair(wd[u], 1), s2);
-          o.z = MmaT<T>::mul(MmaT<T>::pair(wd[u], 2), s2);
-          o.w = MmaT<T>::mul(MmaT<T>::pair(wd[u], 3), s2);
-          *reinterpret_cast<uint4*>(dst + r * C::kATile + aoff[u]) = o;
-        }
-      }
+      for (int r = 0; r < R; ++r)
+        decode_strip<T>(*reinterpret_cast<const uint4*>(st + wofs[r] + kk * kTileBytes),
+                        *reinterpret_cast<const uint16_t*>(st + sofs[r] + kk * sbt), dst + r * C::kATile, aoff);
       async::fence_proxy_async_smem();
       async::named_sync(2 + wg, 128);
     };
@@ -280,43 +536,9 @@ gemm_wgmma_kernel(const __grid_constant__ WgMaps maps, const float* __restrict__
         }
   }
 
-  // ---- fixed-order reduction over the cluster's K splits ----
-  if (nsplit > 1) async::cluster_sync();
-  else __syncthreads();
-  {
-    const float* part = reinterpret_cast<const float*>(smem);
-    const int rows = min(BM, M - m0);
-    const int r0 = rows * rank / nsplit, r1 = rows * (rank + 1) / nsplit;
-    const float ts = __fmul_rn(tscale[0], 128.0f);
-    const int n_base = strip0 * 16;
-    constexpr int kQuads = C::kBN / 4;
-    for (int e = threadIdx.x; e < (r1 - r0) * kQuads; e += C::kThreads) {
-      const int m = r0 + e / kQuads, n = 4 * (e % kQuads);
-      const float* p = part + m * C::kPRow + n;
-      // fixed order: rank 0, rank 1, ...
-      float4 s = nsplit > 1 ? async::ld_peer_f4(p, 0) : *reinterpret_cast<const float4*>(p);
-      for (int k = 1; k < nsplit; ++k) {
-        const float4 v = async::ld_peer_f4(p, k);
-        s.x = __fadd_rn(s.x, v.x);
-        s.y = __fadd_rn(s.y, v.y);
-        s.z = __fadd_rn(s.z, v.z);
-        s.w = __fadd_rn(s.w, v.w);
-      }
-      const float sv[4] = {s.x, s.y, s.z, s.w};
-      T* yr = y + (int64_t)(m0 + m) * ys;
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int col = n_base + n + u;
-        if (col < n_valid) {
-          float v = __fmul_rn(sv[u], ts);
-          if (bias != nullptr) v = __fadd_rn(v, Elem<T>::to_float(bias[col]));
-          yr[col] = Elem<T>::from_float(v);
-        }
-      }
-    }
-  }
-  if (nsplit > 1) async::cluster_sync();  // peers may still read this CTA's partial tile
+  reduce_store<T, BM, C::kBN, C::kPRow>(smem, M, m0, strip0 * 16, n_valid, tscale, bias, y, ys);
 }
+
 
 // cuTensorMapEncodeTiled through the runtime's driver entry point (no libcuda link needed).
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
@@ -331,13 +553,13 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return fn;
 }
 
-// A launch of `threads`-thread CTAs with `smem` dynamic shared memory as clusters of 1 x S x 1
+// A launch of kThreads-thread CTAs with `smem` dynamic shared memory as clusters of 1 x S x 1
 // (split-K), optionally with programmatic dependent launch; attr must outlive cfg.
-void cluster_launch(cudaLaunchConfig_t& cfg, cudaLaunchAttribute (&attr)[2], dim3 grid, int threads, int smem,
-                    int S, bool pdl, cudaStream_t stream) {
+void cluster_launch(cudaLaunchConfig_t& cfg, cudaLaunchAttribute (&attr)[2], dim3 grid, int smem, int S, bool pdl,
+                    cudaStream_t stream) {
   cfg = {};
   cfg.gridDim = grid;
-  cfg.blockDim = dim3(threads);
+  cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   attr[0].id = cudaLaunchAttributeClusterDimension;
@@ -350,19 +572,18 @@ void cluster_launch(cudaLaunchConfig_t& cfg, cudaLaunchAttribute (&attr)[2], dim
   cfg.numAttrs = pdl ? 2 : 1;
 }
 
-// Split-K: the largest cluster size S (<= 8, >= 2 ring slots a split) whose S x tiles CTAs fit
+// Split-K: the largest cluster size S (<= 8, >= 2 k-tiles a split) whose S x tiles CTAs fit
 // the GPU in one wave, counting only clusters the hardware can co-schedule (cluster CTAs must
 // share a GPC: cudaOccupancyMaxActiveClusters, asked once per kernel instantiation and S); else 1.
-template <typename T, int BM, typename K>
-int choose_split(K kern, int tiles, int groups, int sms) {
-  using C = WgCfg<BM>;
+template <typename C, typename K>
+int choose_split(K kern, int tiles, int KT, int sms) {
   static int active[kMaxSplit + 1] = {};
-  for (int S = std::min(kMaxSplit, groups / kMinGroupsPerSplit); S >= 2; --S) {
+  for (int S = std::min(kMaxSplit, KT / kMinTilesPerSplit); S >= 2; --S) {
     if (tiles * S > sms) continue;
     if (active[S] == 0) {
       cudaLaunchConfig_t cfg;
       cudaLaunchAttribute attr[2];
-      cluster_launch(cfg, attr, dim3(1, S, 1), C::kThreads, C::kSmem, S, false, nullptr);
+      cluster_launch(cfg, attr, dim3(1, S, 1), C::kSmem, S, false, nullptr);
       int n = 0;
       active[S] = cudaOccupancyMaxActiveClusters(&n, kern, &cfg) == cudaSuccess && n > 0 ? n : -1;
     }
@@ -371,12 +592,11 @@ int choose_split(K kern, int tiles, int groups, int sms) {
   return 1;
 }
 
-template <typename T, int BM>
-cudaError_t launch_wgmma_t(const void* x, int64_t xs, const void* qw, const void* sc, const float* ts,
-                           const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K, int wblock,
-                           cudaStream_t stream) {
-  using C = WgCfg<BM>;
-  auto kern = gemm_wgmma_kernel<T, BM>;
+// One launch of kernel `kern` with configuration C (BM tokens x C::kBN rows a CTA).
+template <typename T, int BM, typename C, typename Kern, typename... Extra>
+cudaError_t launch_wgmma_cfg(Kern kern, const void* x, int64_t xs, const void* qw, const void* sc, const float* ts,
+                             const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K, int wblock,
+                             cudaStream_t stream, Extra... extra) {
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return cudaErrorInvalidDevice;
   static bool configured[kMaxDevices] = {};  // the shared-memory opt-in is per device
@@ -388,12 +608,11 @@ cudaError_t launch_wgmma_t(const void* x, int64_t xs, const void* qw, const void
   PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
   if (encode == nullptr) return cudaErrorNotSupported;
   const int nstrips = N / 16, KT = K / 64, sbt = wblock == 32 ? 32 : 64;
-  const int ks = KT % C::kKs == 0 ? C::kKs : 1;  // k-tiles a slot
   WgMaps maps;
   {
     const cuuint64_t gdim[2] = {(cuuint64_t)K, (cuuint64_t)M};
     const cuuint64_t gstride[1] = {(cuuint64_t)xs * sizeof(T)};
-    const cuuint32_t box[2] = {64, (cuuint32_t)BM};
+    const cuuint32_t box[2] = {64, (cuuint32_t)C::kXRows};
     const cuuint32_t estride[2] = {1, 1};
     const CUtensorMapDataType dt =
         std::is_same<T, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
@@ -405,7 +624,7 @@ cudaError_t launch_wgmma_t(const void* x, int64_t xs, const void* qw, const void
   {
     const cuuint64_t gdim[3] = {kTileBytes / 4, (cuuint64_t)KT, (cuuint64_t)nstrips};
     const cuuint64_t gstride[2] = {kTileBytes, (cuuint64_t)KT * kTileBytes};
-    const cuuint32_t box[3] = {kTileBytes / 4, (cuuint32_t)ks, C::kStrips};
+    const cuuint32_t box[3] = {kTileBytes / 4, 1, C::kStrips};
     const cuuint32_t estride[3] = {1, 1, 1};
     if (encode(&maps.w, CU_TENSOR_MAP_DATA_TYPE_UINT32, 3, const_cast<void*>(qw), gdim, gstride, box, estride,
                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
@@ -415,7 +634,7 @@ cudaError_t launch_wgmma_t(const void* x, int64_t xs, const void* qw, const void
   {
     const cuuint64_t gdim[3] = {(cuuint64_t)sbt, (cuuint64_t)KT, (cuuint64_t)nstrips};
     const cuuint64_t gstride[2] = {(cuuint64_t)sbt, (cuuint64_t)KT * sbt};
-    const cuuint32_t box[3] = {(cuuint32_t)sbt, (cuuint32_t)ks, C::kStrips};
+    const cuuint32_t box[3] = {(cuuint32_t)sbt, 1, C::kStrips};
     const cuuint32_t estride[3] = {1, 1, 1};
     if (encode(&maps.s, CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, const_cast<void*>(sc), gdim, gstride, box, estride,
                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_NONE,
@@ -426,23 +645,33 @@ cudaError_t launch_wgmma_t(const void* x, int64_t xs, const void* qw, const void
   const int sms = sm_count();
   const int ntiles = (nstrips + C::kStrips - 1) / C::kStrips;
   const int mtiles = (M + BM - 1) / BM;
-  const int split = choose_split<T, BM>(kern, ntiles * mtiles, KT / ks, sms);
+  const int split = choose_split<C>(kern, ntiles * mtiles, KT, sms);
 
   cudaLaunchConfig_t cfg;
   cudaLaunchAttribute attr[2];
-  cluster_launch(cfg, attr, dim3(ntiles, split, mtiles), C::kThreads, C::kSmem, split, true, stream);
+  cluster_launch(cfg, attr, dim3(ntiles, split, mtiles), C::kSmem, split, true, stream);
   return cudaLaunchKernelEx(&cfg, kern, maps, ts, static_cast<const T*>(bias), static_cast<T*>(y), ys, M, n_valid,
-                            KT, sbt, wblock, ks);
+                            KT, sbt, wblock, extra...);
 }
+
+// Token tiles: the decoder-warp kernel with BM = 64 for M <= 64 and 128 up to kWgmmaDecMaxM (one
+// tile), the token-wide kernel (BM = 256, tiles along grid z) above. Same-process sweep on an H200
+// (benchmarks/results/kernels-H200-wgmma-dec.json): at M = 256 / 512 the token-wide kernel's
+// GEMM sums are 0.89x / 0.89x of the decoder-warp kernel's with BM = 128 tiles.
+constexpr int kWgmmaDecMaxM = 128;
 
 template <typename T>
 cudaError_t launch_wgmma_dt(const void* x, int64_t xs, const void* qw, const void* sc, const float* ts,
                             const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K, int wblock,
                             cudaStream_t stream) {
-  if (M <= 32) return launch_wgmma_t<T, 32>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
-  if (M <= 64) return launch_wgmma_t<T, 64>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
-  if (M <= 128) return launch_wgmma_t<T, 128>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
-  return launch_wgmma_t<T, 256>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+  if (M <= 64)
+    return launch_wgmma_cfg<T, 64, DecCfg<64>>(gemm_wgmma_dec_kernel<T, 64>, x, xs, qw, sc, ts, bias, y, ys, M, N,
+                                               n_valid, K, wblock, stream);
+  if (M <= kWgmmaDecMaxM)
+    return launch_wgmma_cfg<T, 128, DecCfg<128>>(gemm_wgmma_dec_kernel<T, 128>, x, xs, qw, sc, ts, bias, y, ys, M, N,
+                                                 n_valid, K, wblock, stream);
+  return launch_wgmma_cfg<T, 256, WideCfg<256>>(gemm_wgmma_wide_kernel<T, 256>, x, xs, qw, sc, ts, bias, y, ys, M, N,
+                                                 n_valid, K, wblock, stream, WideCfg<256>::kKs);
 }
 
 // TMA reads x: 16-byte aligned base and row stride (the bindings check both for every GEMM)

@@ -4,7 +4,7 @@
 //     arrive (optionally announcing bytes an async copy will deliver), consumers wait on a parity.
 //   * cp.async.bulk.tensor: one box of a 2-D / 3-D tensor (TMA descriptor) -> shared memory by
 //     the copy engine, completing its bytes on an mbarrier (no registers, no per-thread addressing).
-//   * named barriers: a barrier over a subset of the CTA's warps (the consumers).
+//   * named barriers: a barrier over a subset of the CTA's warps.
 //   * setmaxnreg: move registers between warpgroups.
 //   * wgmma: fence / commit / wait of warpgroup MMAs, the shared-memory matrix descriptor, and the
 //     proxy fence that publishes ordinary shared-memory stores to them.

@@ -310,14 +310,19 @@ def test_stream_schedule_covers_each_tile_once(nstrips, kt, grid):
 
 
 # ------------------------------------------------------------------------------------------
-# gemm_wgmma.cu: each warp decodes its strip's tile into the warpgroup's swizzled A tile
+# gemm_wgmma.cu: the decoder-warp kernel's warps decode the CTA's 16 strips into one swizzled
+# 256-row B tile; the token-wide kernel's warps decode their warpgroup's 4 strips into a 64-row A
+# tile. The same placement (rows 16 s + g (+8) of a tile of bn rows), mirrored by _wgmma_b_offset
 # ------------------------------------------------------------------------------------------
-# the lane's chunk offsets in gemm_wgmma.cu, mirrored by _wgmma_a_offset (the test fails if the source changes)
-_WGMMA_AOFF = "aoff[i] = (16 * wi + g + 8 * (i & 1)) * 128 + (((2 * q + (i >> 1)) ^ g) * 16);"
+# (the test fails if the source changes)
+_WGMMA_OFFSETS = {
+    256: "boff[j][i] = (16 * s + g + 8 * (i & 1)) * 128 + (((2 * q + (i >> 1)) ^ g) * 16);",
+    64: "aoff[i] = (16 * wi + g + 8 * (i & 1)) * 128 + (((2 * q + (i >> 1)) ^ g) * 16);",
+}
 
 
-def _wgmma_a_offset(wi: int, g: int, q: int, i: int) -> int:
-    return (16 * wi + g + 8 * (i & 1)) * 128 + (((2 * q + (i >> 1)) ^ g) * 16)
+def _wgmma_b_offset(s: int, g: int, q: int, i: int) -> int:
+    return (16 * s + g + 8 * (i & 1)) * 128 + (((2 * q + (i >> 1)) ^ g) * 16)
 
 
 def _sw128_offset(r: int, k: int) -> int:
@@ -326,62 +331,67 @@ def _sw128_offset(r: int, k: int) -> int:
     return r * 128 + (((k // 8) ^ (r % 8)) * 16) + (k % 8) * 2
 
 
-def emulate_gemm_wgmma(x: torch.Tensor, packed: ops.PackedWeight, dtype: torch.dtype) -> torch.Tensor:
-    """sharq_vllm/csrc/gemm_wgmma.cu's math: for k-tile t, lane (g, q) of the warp owning strip s
-    (warp wi = s % 4 of its warpgroup) decodes its own four words (word i: row g + 8 (i & 1), k
+def emulate_gemm_wgmma(x: torch.Tensor, packed: ops.PackedWeight, dtype: torch.dtype, bn: int) -> torch.Tensor:
+    """sharq_vllm/csrc/gemm_wgmma.cu's math: for k-tile t, lane (g, q) of the decoder warp owning
+    strip s (s-th of its CTA's bn / 16) decodes its own four words (word i: row g + 8 (i & 1), k
     16q + 8 (i >> 1) .. +7; code pair p -> k + 2p, 2p + 1), scales them by its row's block scale
-    and stores 16 bytes a word at aoff[i] of the warpgroup's 64 x 64 A tile; the MMA reads that
-    tile as the 128-byte-swizzled K-major layout and multiplies it with x in natural k order."""
+    and stores 16 bytes a word at boff of the CTA's bn x 64 B tile; the MMA reads that tile as
+    the 128-byte-swizzled K-major layout and multiplies x (in natural k order) with it."""
     src = (Path(__file__).resolve().parents[2] / "sharq_vllm" / "csrc" / "gemm_wgmma.cu").read_text()
-    assert _WGMMA_AOFF in src, "gemm_wgmma.cu places the decoded words otherwise"
+    assert _WGMMA_OFFSETS[bn] in src, "gemm_wgmma.cu places the decoded words otherwise"
     k = x.shape[1]
     s_count, kt = packed.n_pad // 16, k // 64
     sbt = 32 if packed.block == 32 else 64
     words = packed.qweight.reshape(s_count, kt, 8, 4, 4).to(torch.int64) & MASK32  # [S,KT,g,q,word]
     sc = packed.scales.reshape(s_count, kt, sbt)
     bias_pow = 2.0**119 if dtype == torch.bfloat16 else 2.0**7
-    n_wg = (s_count + 3) // 4
-    # the warpgroups' A tiles as 16-bit element images: [warpgroup, KT, 64 * 64] (offset / 2)
-    image = torch.full((n_wg, kt, 64 * 64), float("nan"))
-    for s in range(s_count):
-        wg, wi = divmod(s, 4)
+    per_cta = bn // 16
+    n_cta = (s_count + per_cta - 1) // per_cta
+    # the CTAs' B tiles as 16-bit element images: [CTA, KT, 256 * 64] (offset / 2); strips past
+    # N arrive as zeros
+    image = torch.full((n_cta, kt, bn * 64), float("nan"))
+    for cta in range(n_cta):
+        image[cta, :, (s_count - cta * per_cta) * 16 * 64 :] = 0.0
+    for strip in range(s_count):
+        cta, s = divmod(strip, per_cta)
         for g in range(8):
             for q in range(4):
                 kb = q >> 1 if packed.block == 32 else q
-                s_g = sc[s, :, kb * 16 + 2 * g].view(torch.float8_e4m3fn).float() * bias_pow
-                s_g8 = sc[s, :, kb * 16 + 2 * g + 1].view(torch.float8_e4m3fn).float() * bias_pow
+                s_g = sc[strip, :, kb * 16 + 2 * g].view(torch.float8_e4m3fn).float() * bias_pow
+                s_g8 = sc[strip, :, kb * 16 + 2 * g + 1].view(torch.float8_e4m3fn).float() * bias_pow
                 for i in range(4):
-                    base = _wgmma_a_offset(wi, g, q, i) // 2
+                    base = _wgmma_b_offset(s, g, q, i) // 2
                     for pr in range(4):
-                        lo, hi = _decode(words[s, :, g, q, i], pr, dtype)
+                        lo, hi = _decode(words[strip, :, g, q, i], pr, dtype)
                         scale = s_g8 if i & 1 else s_g
-                        image[wg, :, base + 2 * pr] = lo * scale
-                        image[wg, :, base + 2 * pr + 1] = hi * scale
-    # what the MMA reads: A[row, k] of each k-tile through the swizzled layout
-    idx = torch.tensor([_sw128_offset(r, c) // 2 for r in range(64) for c in range(64)])
-    A = image[:, :, idx].reshape(n_wg, kt, 64, 64)  # [warpgroup, KT, row, k]
-    A = A.permute(0, 2, 1, 3).reshape(n_wg * 64, kt * 64)[: packed.n_pad]
-    assert not A.isnan().any(), "a weight the MMA reads was never written"
-    assert torch.equal(A.to(dtype).float(), A)  # every A value exact in the MMA dtype
-    y = x.double() @ A.double().T
+                        image[cta, :, base + 2 * pr] = lo * scale
+                        image[cta, :, base + 2 * pr + 1] = hi * scale
+    # what the MMA reads: B[row, k] of each k-tile through the swizzled layout
+    idx = torch.tensor([_sw128_offset(r, c) // 2 for r in range(bn) for c in range(64)])
+    B = image[:, :, idx].reshape(n_cta, kt, bn, 64)  # [CTA, KT, row, k]
+    B = B.permute(0, 2, 1, 3).reshape(n_cta * bn, kt * 64)
+    assert not B.isnan().any(), "a weight the MMA reads was never written"
+    B = B[: packed.n_pad]
+    assert torch.equal(B.to(dtype).float(), B)  # every B value exact in the MMA dtype
+    y = x.double() @ B.double().T
     return (y * (packed.tensor_scale.double() * 128.0))[:, : packed.n].float()
 
 
 def test_sw128_offsets_are_a_permutation_of_16_byte_chunks():
     """Within each 128-byte row the swizzle permutes the 8 chunks; elements stay in order inside a chunk."""
-    for r in range(64):
+    for r in range(256):
         offs = sorted(_sw128_offset(r, c) for c in range(64))
         assert offs == list(range(r * 128, r * 128 + 128, 2))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("block", [32, 16])
-@pytest.mark.parametrize("n,k,m", [(48, 128, 3), (40, 192, 5)])
-def test_emulated_wgmma_kernel_matches_reference(dtype, block, n, k, m):
+@pytest.mark.parametrize("n,k,m,bn", [(48, 128, 3, 256), (40, 192, 5, 64), (272, 128, 4, 256), (144, 128, 7, 64)])
+def test_emulated_wgmma_kernel_matches_reference(dtype, block, n, k, m, bn):
     payload = quantize_weight(_hostile_weight(n, k, seed=n + k + 1), block=block)
     packed = _tiled(payload)
     x = _heavy(m, k, seed=2).to(dtype)
-    y = emulate_gemm_wgmma(x, packed, dtype)
+    y = emulate_gemm_wgmma(x, packed, dtype, bn)
     ref = x.double() @ dequantize_weight(payload).double().T
     err = (y.double() - ref).norm() / ref.norm()
     assert err < 1e-6, err
