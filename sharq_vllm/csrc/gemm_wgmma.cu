@@ -654,11 +654,11 @@ cudaError_t launch_wgmma_cfg(Kern kern, const void* x, int64_t xs, const void* q
                             KT, sbt, wblock, extra...);
 }
 
-// Token tiles: the decoder-warp kernel with BM = 64 for M <= 64 and 128 up to kWgmmaDecMaxM (one
-// tile), the token-wide kernel (BM = 256, tiles along grid z) above. Same-process sweep on an H200
-// (benchmarks/results/kernels-H200-wgmma-dec.json): at M = 256 / 512 the token-wide kernel's
-// GEMM sums are 0.89x / 0.89x of the decoder-warp kernel's with BM = 128 tiles.
-constexpr int kWgmmaDecMaxM = 128;
+// The decoder-warp kernel with BM = 64 for M <= 64 and 128 up to kGemmWgmmaDecMaxM (one token
+// tile; sharq_kernels.h), the token-wide kernel (BM = 256, tiles along grid z) above. Same-process
+// A/B on an H200 (benchmarks/results/kernels-H200-wgmma-dec.json, session dec3): GEMM sums over
+// the 4 Llama-3.1-8B linears, decoder-warp kernel with BM = 128 tiles (t3) / token-wide kernel: 136.8 /
+// 169.5 us at M = 96, 141.8 / 172.4 at 128, 245.4 / 233.6 at 192, 248.8 / 221.3 at 256.
 
 template <typename T>
 cudaError_t launch_wgmma_dt(const void* x, int64_t xs, const void* qw, const void* sc, const float* ts,
@@ -667,7 +667,7 @@ cudaError_t launch_wgmma_dt(const void* x, int64_t xs, const void* qw, const voi
   if (M <= 64)
     return launch_wgmma_cfg<T, 64, DecCfg<64>>(gemm_wgmma_dec_kernel<T, 64>, x, xs, qw, sc, ts, bias, y, ys, M, N,
                                                n_valid, K, wblock, stream);
-  if (M <= kWgmmaDecMaxM)
+  if (M <= kGemmWgmmaDecMaxM)
     return launch_wgmma_cfg<T, 128, DecCfg<128>>(gemm_wgmma_dec_kernel<T, 128>, x, xs, qw, sc, ts, bias, y, ys, M, N,
                                                  n_valid, K, wblock, stream);
   return launch_wgmma_cfg<T, 256, WideCfg<256>>(gemm_wgmma_wide_kernel<T, 256>, x, xs, qw, sc, ts, bias, y, ys, M, N,

@@ -55,9 +55,11 @@ cudaError_t launch_prep(const void* x, int64_t x_stride, void* xhat, int M, int 
 // own fixed summation order).
 enum GemmVariant : int { kGemmAuto = 0, kGemmStream = 1, kGemmTile = 2, kGemmWgmma = 3 };
 // kGemmAuto's choice by M: the stream kernel up to kGemmStreamMaxM, the tile kernel up to
-// kGemmTileMaxM, the wgmma kernel above (the sweep behind them: gemm.cu). Mirrored by
+// kGemmTileMaxM, the wgmma kernels above (the sweep behind them: gemm.cu); among those, the
+// decoder-warp kernel up to kGemmWgmmaDecMaxM and the token-wide kernel above (gemm_wgmma.cu;
+// the A/B behind it: benchmarks/results/kernels-H200-wgmma-dec.json). Mirrored by
 // sharq_vllm/kernels/dispatch.py (GEMM_AUTO_MAX_M), checked by tests/test_options.py.
-enum GemmAutoMaxM : int { kGemmStreamMaxM = 16, kGemmTileMaxM = 24 };
+enum GemmAutoMaxM : int { kGemmStreamMaxM = 16, kGemmTileMaxM = 24, kGemmWgmmaDecMaxM = 128 };
 cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight, const void* scales,
                             const float* tensor_scale, const void* bias, void* y, int64_t y_stride,
                             int M, int N, int n_valid, int K, int wblock, int dtype,

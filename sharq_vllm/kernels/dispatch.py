@@ -55,23 +55,24 @@ class GemmKernel:
 
 
 #: gemm_mma's own choice by M (GemmVariant "auto"): the first kernel whose bound >= M, then the
-#: wgmma kernel (``sharq::GemmAutoMaxM``, mirrored and checked like GEMM_VARIANTS; the sweep behind
-#: the bounds: sharq_vllm/csrc/gemm.cu)
-GEMM_AUTO_MAX_M = {"stream": 16, "tile": 24}
+#: token-wide wgmma kernel (``sharq::GemmAutoMaxM``, mirrored and checked like GEMM_VARIANTS; the
+#: sweeps behind the bounds: sharq_vllm/csrc/gemm.cu and gemm_wgmma.cu)
+GEMM_AUTO_MAX_M = {"stream": 16, "tile": 24, "wgmmadec": 128}
 
 # The first kernel whose max_m >= M runs. "mma" (sharq_vllm/csrc/gemm.cu, gemm_mma) picks by M
 # itself: the persistent register stream kernel (M <= 16), the mma.sync tile kernel (M <= 24) and
-# the wgmma kernel (gemm_wgmma.cu) above; "dequant_mm" dequantizes the weight to 16 bits in a
-# bounded workspace and runs cuBLAS. The threshold came from benchmarks/kernels/bench_kernels.py's
-# sharq_mma / sharq_dqmm rows (both paths forced at every M, "mma_over_dqmm_time"): on the H200
-# (benchmarks/results/kernels-H200.json) 238.0 vs 330.7 us at M = 256, 405.3 vs 449.2 at 512,
-# 730.3 vs 722.1 at 1024; change it only with that benchmark's numbers.
+# the wgmma kernels (gemm_wgmma.cu: decoder warps up to M = 128, token-wide above); "dequant_mm"
+# dequantizes the weight to 16 bits in a bounded workspace and runs cuBLAS. The threshold came from
+# benchmarks/kernels/bench_kernels.py's sharq_mma / sharq_dqmm rows (both paths forced at every M,
+# "mma_over_dqmm_time"): on the H200 (benchmarks/results/kernels-H200.json) 233.7 vs 330.0 us at
+# M = 256, 722.4 vs 722.8 at 1024; 405.3 vs 449.2 at 512 in the run before
+# (git show 8c3cb0a:benchmarks/results/kernels-H200.json); change it only with that benchmark's numbers.
 GEMM_KERNELS: tuple[GemmKernel, ...] = (
     GemmKernel(
         "mma",
         512,
         f"stream kernel M<={GEMM_AUTO_MAX_M['stream']}, mma.sync tile kernel M<={GEMM_AUTO_MAX_M['tile']}, "
-        "wgmma + TMA above",
+        f"wgmma + TMA above (decoder warps M<={GEMM_AUTO_MAX_M['wgmmadec']}, token-wide above)",
     ),
     GemmKernel("dequant_mm", sys.maxsize, "dequantize to 16 bits + cuBLAS"),
 )
