@@ -1,5 +1,5 @@
 // gemm_tile.cuh: the 16x64 weight tile as the SharQ GEMMs consume it (gemm.cu's stream and tile
-// kernels and its dequantization kernel; gemm_wgmma.cu's A-tile decode): FP4 -> 16-bit decode,
+// kernels and its dequantization kernel; gemm_wgmma.cu's tile decode): FP4 -> 16-bit decode,
 // the four m16n8k16 MMAs of a tile, the x_hat fragment loads and the fixed-order strip epilogue. The
 // tiled layout and the k-permutation are explained in gemm.cu's header
 // (sharq_vllm/kernels/layout.py builds the layout). One definition, so every kernel sums a tile

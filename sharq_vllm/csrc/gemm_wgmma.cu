@@ -346,8 +346,10 @@ gemm_wgmma_dec_kernel(const __grid_constant__ WgMaps maps, const float* __restri
 // ============================== the token-wide kernel (M > 128) ==============================
 // 256 tokens x 128 weight rows a CTA: 2 consumer warpgroups, each decoding its own 64 weight rows
 // into shared memory between its MMAs (wgmma M = 64 rows, N = the 256 tokens: one decode serves
-// 256 tokens), and a producer warpgroup (one thread works). Written for any BM (the kernel every M
-// used before the decoder-warp kernel); instantiated at BM = 256 only.
+// 256 tokens), and a producer warpgroup (one thread works). The kernel every M used before the
+// decoder-warp kernel, kept as it was measured (same SASS as 8c3cb0a's BM = 256 instantiation):
+// hence BM as a template parameter, 1 sub-tile and 1 k-tile a slot as constants of its former
+// per-BM choices, and ks passed at run time. Instantiated at BM = 256 only.
 template <int BM>
 struct WideCfg {
   static constexpr int kSubs = 1;                  // 64-row sub-tiles a warpgroup
