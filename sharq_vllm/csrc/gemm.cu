@@ -34,9 +34,11 @@
 //    one at MT = 2) start while the preparation kernel still runs. The loop is instruction- and
 //    dependency-bound, not short of bytes in flight (ncu, benchmarks/results/
 //    ncu-H200-decode-stalls.json; a shared-memory ring fed by cp.async.bulk was slower,
-//    kernels-H200-decode-variants.json), so it is kept lean: step positions advance by pointer
-//    increments, and when K/64 is a multiple of 8U (FULL) no tile is bounds-checked. ~110 regs,
-//    2 CTAs an SM.
+//    kernels-H200-decode-variants.json, and so were per-warp cp.async rings and L2 prefetches,
+//    kernels-H200-stream-lean.json), so it is kept lean: step positions advance by pointer
+//    increments, x_hat loads are unpredicated at immediate offsets, the scale bytes a tile are a
+//    template constant, and when K/64 is a multiple of 8U (FULL) no tile is bounds-checked.
+//    ~63 instructions a tile (MT = 1); 112 / 128 regs (MT = 1 / 2), 2 CTAs an SM.
 //  * gemm_mma_kernel (16 < M <= 24, and any M when forced; MT = 4, 8): one CTA (8 warps) per
 //    16-row strip, U tiles' loads before use.
 //  Both: warp w takes k-tiles w, w+8, ...; the 8 warps' partial sums are reduced in shared
@@ -129,7 +131,7 @@ struct StreamStage {
   uint32_t s[U];
 };
 
-template <typename T, int MT, int U, int MINB, bool FULL>
+template <typename T, int MT, int U, int MINB, bool FULL, int SBT>
 __global__ void __launch_bounds__(kWarps * 32, MINB)
 gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict__ qw,
                    const uint8_t* __restrict__ sc, const float* __restrict__ tscale,
@@ -140,8 +142,7 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, q = lane & 3;
   const int KT = K >> 6;
-  const int SBT = wblock == 32 ? 32 : 64;
-  const int soff = (wblock == 32 ? (q >> 1) : q) * 16 + 2 * g;
+  const int soff = (SBT == 32 ? (q >> 1) : q) * 16 + 2 * g;  // SBT: scale bytes a tile (64 / 32: block 16 / 32)
   const int nsteps = (KT + kWarps * U - 1) / (kWarps * U);  // steps a strip (same for all warps)
   const int my_strips = nstrips > (int)blockIdx.x ? (nstrips - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
   const int total = my_strips * nsteps;
@@ -164,6 +165,7 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
     int strip, s, tb;  // strip, step in the strip, the warp's first tile of the step
     const uint4* q;    // lane's 16 code bytes of tile tb
     const uint8_t* sp; // lane's scale pair of tile tb
+    const T* x;        // lane's x_hat values of tile tb, row group 0 (compute only)
   };
   auto at_strip = [&](Pos& p, int strip) {
     p.strip = strip;
@@ -171,6 +173,7 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
     p.tb = warp;
     p.q = qw + ((int64_t)strip * KT + warp) * 32 + lane;
     p.sp = sc + ((int64_t)strip * KT + warp) * SBT + soff;
+    p.x = xrow[0] + 64 * warp;
   };
   auto advance = [&](Pos& p) {
     if (++p.s == nsteps) {
@@ -179,6 +182,7 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
       p.tb += kWarps * U;
       p.q += kWarps * U * 32;
       p.sp += kWarps * U * SBT;
+      p.x += kWarps * U * 64;
     }
   };
   auto load = [&](StreamStage<T, MT, U>& st, const Pos& p) {
@@ -190,15 +194,22 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
       }
     }
   };
+  // x_hat: every lane loads its row group's values unpredicated; a lane whose row is >= M reads
+  // row 0 (x_rows clamps it) and feeds MMA columns that are never stored, so the loop has no
+  // per-tile predicates, zero fills or 64-bit address arithmetic (tile tb + 8u at + 512u elements
+  // of p.x, immediate offsets; row group 1 at a loop-invariant distance).
+  const int x_group1 = MT > 1 ? (int)(xrow[MT - 1] - xrow[0]) : 0;  // 8 rows: < 2^31 elements (bindings.cpp)
   auto compute = [&](const StreamStage<T, MT, U>& st, const Pos& p) {
-    const T* xb[MT];  // the lane's x_hat values of tile tb (tile tb + 8u at + 512u elements)
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) xb[mt] = xrow[mt] + 64 * p.tb;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (FULL || p.tb + kWarps * u < KT) {
         uint4 xv[MT][2];
-        tile::load_x<T, MT>(xv, xb, mrow, kWarps * u);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          const uint4* xp = reinterpret_cast<const uint4*>(p.x + (mt ? x_group1 : 0) + 64 * kWarps * u);
+          xv[mt][0] = __ldg(xp);
+          xv[mt][1] = __ldg(xp + 1);
+        }
         tile::mma_tile<T, MT>(acc, st.q[u], st.s[u], xv);
       }
     }
@@ -290,7 +301,7 @@ cudaError_t launch_stream_t(const void* x, int64_t xs, const void* qw, const voi
   static int per_sm = 0;  // resident CTAs an SM (host query, once per instantiation)
   if (per_sm == 0) {
     int v = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, gemm_stream_kernel<T, MT, U, MINB, false>, kWarps * 32, 0) != cudaSuccess || v < 1) v = 1;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, gemm_stream_kernel<T, MT, U, MINB, false, 64>, kWarps * 32, 0) != cudaSuccess || v < 1) v = 1;
     per_sm = v;
   }
   const int nstrips = N / 16;
@@ -312,9 +323,11 @@ cudaError_t launch_stream_t(const void* x, int64_t xs, const void* qw, const voi
   attr[0].val.programmaticStreamSerializationAllowed = kStreamPdl ? 1 : 0;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  // every step of every warp is whole when K/64 is a multiple of 8U: no per-tile bounds checks
-  auto kern = (K / 64) % (kWarps * U) == 0 ? gemm_stream_kernel<T, MT, U, MINB, true>
-                                           : gemm_stream_kernel<T, MT, U, MINB, false>;
+  // every step of every warp is whole when K/64 is a multiple of 8U: no per-tile bounds checks;
+  // the scale bytes a tile (64 / 32 for weight blocks 16 / 32) are a constant of the kernel
+  const bool full = (K / 64) % (kWarps * U) == 0;
+  auto kern = wblock == 32 ? (full ? gemm_stream_kernel<T, MT, U, MINB, true, 32> : gemm_stream_kernel<T, MT, U, MINB, false, 32>)
+                           : (full ? gemm_stream_kernel<T, MT, U, MINB, true, 64> : gemm_stream_kernel<T, MT, U, MINB, false, 64>);
   return cudaLaunchKernelEx(&cfg, kern, static_cast<const T*>(x), xs,
                             static_cast<const uint4*>(qw), static_cast<const uint8_t*>(sc), ts,
                             static_cast<const T*>(bias), static_cast<T*>(y), ys, M, n_valid, K,
