@@ -356,3 +356,20 @@ def test_report_host_load():
     ms["sharq"]["decode_detail"]["1"]["loadavg_1m"] = 16.0  # exactly half: not flagged
     assert len(report.host_load_lines(ms)) == 1
     assert report.host_load_lines({"bf16": ms["bf16"]}) == []
+
+
+def test_report_does_not_judge_contended_phases():
+    """A target row measured (for SharQ or FP8) with the host's load above half its CPUs says so
+    instead of PASS / FAIL; the other rows keep their verdicts."""
+    def method(tok_s: dict[str, float], loads: dict[str, float]) -> dict:
+        return {"host_cpus": 32, "decode_tok_s": tok_s, "prefill_tok_s": 100.0,
+                "decode_detail": {b: {"loadavg_1m": v} for b, v in loads.items()},
+                "prefill_detail": {"loadavg_1m": 20.0}}
+
+    run = {"methods": {"fp8": method({"1": 200.0, "8": 2000.0}, {"1": 23.0, "8": 2.0}),
+                       "sharq": method({"1": 350.0, "8": 2100.0}, {"1": 3.0, "8": 3.0})}}
+    table = "\n".join(report.offline_table(run, with_targets=True, targets=report.TARGETS["h200"]))
+    row = {ln.split("|")[1].strip(): ln for ln in table.splitlines() if ln.startswith("| ")}
+    assert "not judged: CPU contention" in row["decode tok/s, batch 1"]  # FP8 at load 23 on 32 CPUs
+    assert "FAIL" in row["decode tok/s, batch 8"]  # 1.05x against >= 1.3x, both clean
+    assert "not judged: CPU contention" in row["prefill tok/s (64x2048)"]

@@ -86,6 +86,20 @@ def _check(key: str, r: float | None, targets: Target) -> str:
     return s
 
 
+def _contended(r: dict[str, Any], key: str) -> bool:
+    """The phase behind row `key` (decode_<b> or prefill) of one method's run was measured with the
+    host's load above half its CPUs (offline.py records both): a target is not judged on it."""
+    cpus = r.get("host_cpus") or 0
+    if key.startswith("decode_"):
+        d = r.get("decode_detail", {}).get(key[len("decode_"):]) or {}
+    elif key == "prefill":
+        d = r.get("prefill_detail") or {}
+    else:
+        return False
+    load = d.get("loadavg_1m")
+    return bool(cpus) and isinstance(load, (int, float)) and load > cpus / 2
+
+
 def offline_table(run: dict[str, Any], with_targets: bool, targets: Target | None = None) -> list[str]:
     targets = targets if targets is not None else TARGETS["h100"]
     ms = run.get("methods", {})
@@ -127,7 +141,10 @@ def offline_table(run: dict[str, Any], with_targets: bool, targets: Target | Non
             rb = _ratio(vals.get("sharq"), vals.get("bf16"))
             cells.append(_fmt(rb, 2) + ("x" if rb is not None else ""))
         if with_targets and has_q and "fp8" in present:
-            cells.append(_check(key, rf, targets))
+            judged = _check(key, rf, targets)
+            if judged and any(_contended(ms[m], key) for m in ("sharq", "fp8")):
+                judged = "not judged: CPU contention"
+            cells.append(judged)
         lines.append("| " + " | ".join(cells) + " |")
     lines += host_load_lines({m: ms[m] for m in present})
     # status / problems / which quant method each layer got
