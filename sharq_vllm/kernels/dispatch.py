@@ -64,9 +64,11 @@ GEMM_AUTO_MAX_M = {"stream": 16, "tile": 24, "wgmmadec": 128}
 # the wgmma kernels (gemm_wgmma.cu: decoder warps up to M = 128, token-wide above); "dequant_mm"
 # dequantizes the weight to 16 bits in a bounded workspace and runs cuBLAS. The threshold came from
 # benchmarks/kernels/bench_kernels.py's sharq_mma / sharq_dqmm rows (both paths forced at every M,
-# "mma_over_dqmm_time"): on the H200 (benchmarks/results/kernels-H200.json) 233.7 vs 330.0 us at
-# M = 256, 722.4 vs 722.8 at 1024; 405.3 vs 449.2 at 512 in the run before
-# (git show 8c3cb0a:benchmarks/results/kernels-H200.json); change it only with that benchmark's numbers.
+# "mma_over_dqmm_time"): on the H200 (benchmarks/results/kernels-H200.json) 224.3 vs 334.9 us at
+# M = 256, 693.1 vs 726.1 at 1024 (722.4 vs 722.8 in the run of git show
+# b49768a:benchmarks/results/kernels-H200.json; 405.3 vs 449.2 at 512 in git show
+# 8c3cb0a:benchmarks/results/kernels-H200.json). The bound stays at 512 until both paths are
+# measured forced between 1024 and 4096; change it only with that benchmark's numbers.
 GEMM_KERNELS: tuple[GemmKernel, ...] = (
     GemmKernel(
         "mma",
