@@ -300,6 +300,8 @@ cudaError_t launch_stream_t(const void* x, int64_t xs, const void* qw, const voi
                             int n_valid, int K, int wblock, int sms, cudaStream_t stream) {
   static int per_sm = 0;  // resident CTAs an SM (host query, once per instantiation)
   if (per_sm == 0) {
+    // one of the four kernels below stands for all: same launch bounds, no shared memory beyond
+    // the same static reduction buffer, registers within the bound (ptxas)
     int v = 0;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, gemm_stream_kernel<T, MT, U, MINB, false, 64>, kWarps * 32, 0) != cudaSuccess || v < 1) v = 1;
     per_sm = v;
