@@ -176,8 +176,11 @@ def _auto(x, packed, bias, dtype):
     return y
 
 
+# The stream kernel's walks (gemm.cu): one strip a CTA at 3 CTAs an SM (6144 x 4096, the wave
+# rule), part of the grid idle on one long strip each (48 x 14336), 7 strips a CTA of one step each
+# (29568 x 2048), steps with tiles past K (1552 x 1472, 4096 x 64: K/64 not a multiple of 8U).
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n,k,block", [(6144, 4096, 32), (1552, 1472, 16), (48, 14336, 32), (4096, 64, 16)])
+@pytest.mark.parametrize("n,k,block", [(6144, 4096, 32), (1552, 1472, 16), (48, 14336, 32), (4096, 64, 16), (29568, 2048, 16)])
 @pytest.mark.parametrize("m", [1, 5, 8, 9, 16, 17, 24, 25, 32])
 def test_gemm_variants_same_bits(dtype, n, k, block, m):
     payload, packed = packed_weight(n, k, block=block)
