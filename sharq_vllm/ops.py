@@ -335,7 +335,7 @@ def _(
     if bias is not None and bias.dtype != x2.dtype:
         bias = bias.to(x2.dtype)
     packed = PackedWeight(qweight, scales, tensor_scale, n, n_pad, k, block, layout, alpha)
-    y = run_gemm_kernel(dispatch.gemm_kernel(x2.shape[0]).name, x2, packed, bias)
+    y = run_gemm_kernel(dispatch.gemm_kernel(x2.shape[0], n_pad, dispatch.sm_count(x2.device)).name, x2, packed, bias)
     return y.reshape(*x_hat.shape[:-1], n)
 
 

@@ -253,7 +253,7 @@ METHODS = {
     "sharq": (build_sharq, call_sharq, False, None),
     "sharq_gemm": (build_sharq, call_sharq_gemm, False, None),
     "sharq_prep": (build_sharq, call_sharq_prep, False, None),
-    "sharq_mma": (build_sharq, call_sharq_mma, False, 1024),
+    "sharq_mma": (build_sharq, call_sharq_mma, False, 4096),
     "sharq_dqmm": (build_sharq, call_sharq_dqmm, False, None),
     "sharq_dequant": (build_sharq, call_sharq_dequant, False, 1),
 }
@@ -450,6 +450,7 @@ PREP_CONFIGS = {  # name: (chunks a thread, CTAs a row); "auto" = the op's own d
     "v1": (1, 1),
     "v2": (2, 1),
     "v4": (4, 1),
+    "v8": (8, 1),
     "v1_cl2": (1, 2),
     "v1_cl4": (1, 4),
     "v1_cl8": (1, 8),
@@ -462,7 +463,7 @@ def prep_sweep(args, t_start) -> dict:
     res: dict[str, dict[str, dict[str, float]]] = {}
     errs: dict[str, str] = {}
     for k in (4096, 14336):
-        for m in (1, 16, 64, 256, 1024, 4096, 16384):
+        for m in (1, 16, 64, 128, 256, 1024, 4096, 16384):
             if time.time() - t_start > args.budget_s + 30 and m >= 1024:
                 continue
             copies = max(1, min(MAX_COPIES, math.ceil(L2_ROTATE_BYTES / (4 * m * k))))

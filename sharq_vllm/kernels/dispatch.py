@@ -7,7 +7,8 @@ the PyTorch reference, and a CUDA device without the kernels gets one warning na
 Per call: the preparation kernel takes bf16/fp16 rows whose K is a multiple of every activation
 block and at most :data:`PREP_MAX_K`, with per-token activation scales; the GEMM takes a weight
 packed in the tiled layout (K % 64 == 0, weight block 16 or 32) and picks its kernel by the
-number of rows M from :data:`GEMM_KERNELS`.
+number of rows M from :data:`GEMM_KERNELS` (and, for M just above the first bound, by how well the
+wgmma kernel's tiles fill the GPU: :func:`gemm_kernel`).
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ from .layout import TILE_K
 __all__ = [
     "GEMM_AUTO_MAX_M",
     "GEMM_KERNELS",
+    "GEMM_MMA_FILL_MAX_M",
+    "GEMM_MMA_MIN_FILL",
     "GEMM_VARIANTS",
     "GEMM_VARIANT_MAX_M",
+    "GEMM_WIDE_TILE",
     "KERNEL_CAPABILITY",
     "GemmKernel",
     "describe",
@@ -37,6 +41,8 @@ __all__ = [
     "layer_label",
     "prep_on_kernel",
     "prep_values",
+    "sm_count",
+    "wave_fill",
     "weight_on_kernel",
 ]
 
@@ -59,16 +65,14 @@ class GemmKernel:
 #: sweeps behind the bounds: sharq_vllm/csrc/gemm.cu and gemm_wgmma.cu)
 GEMM_AUTO_MAX_M = {"stream": 16, "tile": 24, "wgmmadec": 128}
 
-# The first kernel whose max_m >= M runs. "mma" (sharq_vllm/csrc/gemm.cu, gemm_mma) picks by M
-# itself: the persistent register stream kernel (M <= 16), the mma.sync tile kernel (M <= 24) and
-# the wgmma kernels (gemm_wgmma.cu: decoder warps up to M = 128, token-wide above); "dequant_mm"
-# dequantizes the weight to 16 bits in a bounded workspace and runs cuBLAS. The threshold came from
-# benchmarks/kernels/bench_kernels.py's sharq_mma / sharq_dqmm rows (both paths forced at every M,
-# "mma_over_dqmm_time"): on the H200 (benchmarks/results/kernels-H200.json) 224.3 vs 334.9 us at
-# M = 256, 693.1 vs 726.1 at 1024 (722.4 vs 722.8 in the run of git show
-# b49768a:benchmarks/results/kernels-H200.json; 405.3 vs 449.2 at 512 in git show
-# 8c3cb0a:benchmarks/results/kernels-H200.json). The bound stays at 512 until both paths are
-# measured forced between 1024 and 4096; change it only with that benchmark's numbers.
+# The first kernel whose max_m >= M runs, except just above the first bound (below). "mma"
+# (sharq_vllm/csrc/gemm.cu, gemm_mma) picks by M itself: the persistent register stream kernel
+# (M <= 16), the mma.sync tile kernel (M <= 24) and the wgmma kernels (gemm_wgmma.cu: decoder warps
+# up to M = 128, token-wide above); "dequant_mm" dequantizes the weight to 16 bits in a bounded
+# workspace and runs cuBLAS. The bound came from benchmarks/kernels/bench_kernels.py's sharq_mma /
+# sharq_dqmm rows (both paths forced at every M, "mma_over_dqmm_time"): on the H200
+# (benchmarks/results/kernels-H200.json) 224.3 vs 334.9 us at M = 256, 405.3 vs 449.2 at 512 (git
+# show 8c3cb0a:benchmarks/results/kernels-H200.json); per layer, kernels-H200-gemm-bound.json.
 GEMM_KERNELS: tuple[GemmKernel, ...] = (
     GemmKernel(
         "mma",
@@ -80,6 +84,18 @@ GEMM_KERNELS: tuple[GemmKernel, ...] = (
 )
 assert GEMM_KERNELS[-1].max_m == sys.maxsize
 
+#: Above the "mma" bound and up to GEMM_MMA_FILL_MAX_M rows, "mma" still runs a layer whose
+#: token-wide wgmma tiles (GEMM_WIDE_TILE: tokens x weight rows a CTA, one CTA an SM) fill their
+#: waves of SMs to at least GEMM_MMA_MIN_FILL: it beats dequantize + cuBLAS while every SM has a
+#: tile, and loses when a wave runs part-empty. H200, both paths forced per Llama-3.1-8B layer
+#: (kernels-H200-gemm-bound.json), us, mma / dequant_mm (fill): M = 768: qkv 102.6 / 68.4 (0.55),
+#: o 50.8 / 47.4 (0.73), gate_up 304.9 / 316.6 (0.85), down 167.8 / 158.7 (0.73); M = 1024: qkv
+#: 103.1 / 85.4 (0.73), o 54.3 / 57.1 (0.97), gate_up 363.1 / 397.0 (0.97), down 175.6 / 194.7
+#: (0.97); M = 1536: gate_up 562.4 / 555.8 (0.93), the others lose at 0.73, hence the cap.
+GEMM_WIDE_TILE = (256, 128)  # gemm_wgmma.cu, gemm_wgmma_wide_kernel: BM tokens x 8 strips of 16
+GEMM_MMA_FILL_MAX_M = 1024
+GEMM_MMA_MIN_FILL = 0.8
+
 #: The kernels behind "mma" a benchmark or a test can force (``torch.ops.sharq_C.gemm_mma_cfg``'s
 #: variant: the value of ``sharq::GemmVariant`` in sharq_kernels.h, which this mirrors; checked by
 #: tests/test_options.py) and the largest M a forced kernel takes (absent: any M).
@@ -90,12 +106,28 @@ _lock = threading.Lock()
 _status: dict[tuple[str, int], tuple[bool, str]] = {}
 
 
-def gemm_kernel(m: int) -> GemmKernel:
-    """The GEMM kernel for M rows (a pure function of M)."""
+def wave_fill(m: int, n: int, sms: int) -> float:
+    """The share of SM slots the token-wide wgmma kernel's tiles use over its waves at M rows and
+    N (padded) weight rows on ``sms`` SMs (1.0: every wave full)."""
+    tiles = -(-m // GEMM_WIDE_TILE[0]) * -(-n // GEMM_WIDE_TILE[1])
+    return tiles / (-(-tiles // sms) * sms)
+
+
+def gemm_kernel(m: int, n: int | None = None, sms: int | None = None) -> GemmKernel:
+    """The GEMM kernel for M rows (a pure function of M, and above the first bound of N and the
+    SM count when given: GEMM_MMA_MIN_FILL)."""
     for kernel in GEMM_KERNELS:
         if m <= kernel.max_m:
             return kernel
+        if (kernel is GEMM_KERNELS[0] and n is not None and sms and m <= GEMM_MMA_FILL_MAX_M
+                and wave_fill(m, n, sms) >= GEMM_MMA_MIN_FILL):
+            return kernel
     return GEMM_KERNELS[-1]
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (cached by torch)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _device(device: torch.device | str | None) -> torch.device:
@@ -180,6 +212,8 @@ def _gemm_table(short: bool = False) -> str:
             rows = f"M>{low - 1}" if low > 1 else "any M"
         else:
             rows = f"M<={kernel.max_m}" if low == 1 else f"{low}<=M<={kernel.max_m}"
+        if kernel is GEMM_KERNELS[0] and len(GEMM_KERNELS) > 1:
+            rows += f" (M<={GEMM_MMA_FILL_MAX_M} where its tiles fill {GEMM_MMA_MIN_FILL:.0%} of the SM waves)"
         parts.append(f"{kernel.name} kernel {rows}" if short else f"{rows}: {kernel.what}")
         low = kernel.max_m + 1
     return ", ".join(parts) if short else "; ".join(parts)

@@ -14,6 +14,7 @@ from gpu_util import (
 )
 
 from sharq_vllm import ops
+from sharq_vllm.kernels import dispatch
 from sharq_vllm.kernels.dispatch import GEMM_AUTO_MAX_M, GEMM_VARIANT_MAX_M, GEMM_VARIANTS
 from sharq_vllm.reference import dequantize_weight, quantize_weight
 
@@ -146,6 +147,22 @@ def test_gemm_row_blocks_with_own_tensor_scales(m):
     assert torch.equal(y, torch.cat(parts, dim=-1))
     w = torch.cat([dequantize_weight(pl).cuda() for pl, _ in blocks])
     assert rel(y, x.float() @ w.T + bias.float()) < 1e-2
+
+
+# Above the "mma" bound the op takes "mma" where the token-wide wgmma tiles fill the SM waves
+# (dispatch.gemm_kernel; on 132 SMs: 768 x 5632 = 3 x 44 tiles, 1024 x 4096 = 4 x 32; 768 x 4096 =
+# 3 x 32 leaves 36 SMs idle): the op's output is that path's, bit for bit.
+@pytest.mark.parametrize("m,n,path", [(768, 5632, "mma"), (1024, 4096, "mma"), (768, 4096, "dequant_mm")])
+def test_gemm_path_above_the_bound_by_wave_fill(m, n, path):
+    if dispatch.sm_count(torch.device("cuda")) != 132:
+        pytest.skip("the expected paths are worked out for 132 SMs (H100 / H200 SXM)")
+    assert dispatch.gemm_kernel(m, n, 132).name == path
+    payload, packed = packed_weight(n, 1024)
+    x = heavy(m, 1024, torch.bfloat16)
+    y = ops.sharq_gemm(x, packed, None)
+    assert torch.isfinite(y).all()
+    assert torch.equal(y, ops.run_gemm_kernel(path, x, packed, None))
+    assert rel(y, x.float() @ dequantize_weight(payload).cuda().T) < 1e-2
 
 
 # Forced GEMM kernels (dispatch.GEMM_VARIANTS). The mma.sync kernels (the register stream kernel,

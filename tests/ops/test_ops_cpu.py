@@ -146,6 +146,29 @@ def test_dispatch_is_pure_function_of_m(monkeypatch):
     assert path(1) == "dequant_mm"
 
 
+# H200 (132 SMs), Llama-3.1-8B's layers: which path the measured per-layer sweep
+# (benchmarks/results/kernels-H200-gemm-bound.json) found faster above the "mma" bound.
+@pytest.mark.parametrize(
+    "m,n,want",
+    [
+        (768, 6144, "dequant_mm"), (768, 4096, "dequant_mm"), (768, 28672, "mma"),
+        (1024, 6144, "dequant_mm"), (1024, 4096, "mma"), (1024, 28672, "mma"),
+        (1536, 28672, "dequant_mm"), (1536, 4096, "dequant_mm"), (4096, 28672, "dequant_mm"),
+        (512, 6144, "mma"), (256, 6144, "mma"), (1, 6144, "mma"),
+    ],
+)
+def test_dispatch_above_the_bound_by_wave_fill(m, n, want):
+    assert dispatch.gemm_kernel(m, n, 132).name == want
+    assert dispatch.gemm_kernel(m).name == ("mma" if m <= dispatch.GEMM_KERNELS[0].max_m else "dequant_mm")
+
+
+def test_wave_fill():
+    assert dispatch.wave_fill(1024, 4096, 132) == 128 / 132  # 4 x 32 tiles, one wave
+    assert dispatch.wave_fill(1024, 6144, 132) == 192 / 264  # 4 x 48 tiles, a second wave part-empty
+    assert dispatch.wave_fill(600, 6144, 132) == dispatch.wave_fill(768, 6144, 132)  # partial tiles count whole
+    assert dispatch.wave_fill(256, 4096 * 33 // 8 * 8, 132) <= 1.0
+
+
 def test_kernel_path_reports_cpu():
     ok, why = ops.kernel_path_available("cpu")
     assert not ok and "reference" in why
@@ -174,7 +197,8 @@ def test_dispatch_labels_from_the_same_table():
     bound = dispatch.GEMM_KERNELS[0].max_m  # the label is written from the table, not by hand
     assert [k.name for k in dispatch.GEMM_KERNELS] == ["mma", "dequant_mm"]
     label = dispatch.layer_label(True, torch.device("cuda:0"))
-    assert label == f"kernel=cuda prep + GEMM (mma kernel M<={bound}, dequant_mm kernel M>{bound})"
+    fill = f" (M<={dispatch.GEMM_MMA_FILL_MAX_M} where its tiles fill {dispatch.GEMM_MMA_MIN_FILL:.0%} of the SM waves)"
+    assert label == f"kernel=cuda prep + GEMM (mma kernel M<={bound}{fill}, dequant_mm kernel M>{bound})"
     tensor = dispatch.layer_label(True, torch.device("cuda:0"), act_scale="tensor")
     assert tensor.startswith("kernel=cuda PyTorch prep (act_scale=tensor") and f"mma kernel M<={bound}" in tensor
     assert dispatch.prep_values("nvfp4", "4:8-pairs") == (0, 2, 32, 16)
