@@ -125,6 +125,13 @@ def test_save_results_merges(tmp_path):
     assert d["methods"]["sharq"]["online"]["levels"]["c1"]["request_throughput"] == 1
     assert d["models"]["Llama-3.1-70B"]["methods"]["sharq"]["kv_tokens"] == 100000
     assert common.run_key("Llama-3.1-8B", 2) == "Llama-3.1-8B@tp2"
+    # an online run replaces the method's online result whole: levels it skipped are not an older run's
+    common.save_results(out, "Llama-3.1-8B", {"methods": {"sharq": {"online": {
+        "levels": {"c1": {"request_throughput": 2}, "c8": {"request_throughput": 7}}}}}}, hdr)
+    common.save_results(out, "Llama-3.1-8B", {"methods": {"sharq": {"online": {
+        "levels": {"c1": {"request_throughput": 3}}, "skipped": {"c8": "time"}}}}}, hdr)
+    online = json.loads(out.read_text())["methods"]["sharq"]["online"]
+    assert online == {"levels": {"c1": {"request_throughput": 3}}, "skipped": {"c8": "time"}}
 
 
 def test_report_fake(tmp_path):

@@ -187,9 +187,14 @@ def error_summary(text: str, n: int = 12) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+#: Keys whose value is one measurement (one server's load levels): a new run replaces it whole,
+#: so levels the new run skipped do not keep an older run's numbers beside the new ones.
+WHOLE_KEYS = frozenset({"online"})
+
+
 def deep_merge(dst: dict, src: dict) -> dict:
     for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+        if isinstance(v, dict) and isinstance(dst.get(k), dict) and k not in WHOLE_KEYS:
             deep_merge(dst[k], v)
         else:
             dst[k] = v
