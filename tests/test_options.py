@@ -131,6 +131,15 @@ def test_gemm_auto_bounds_match_the_cuda_header() -> None:
     assert GEMM_AUTO_MAX_M == {k.removeprefix("kGemm").removesuffix("MaxM").lower(): v for k, v in got.items()}
 
 
+def test_gemm_variant_limits_match_the_cuda_header() -> None:
+    """kernels.dispatch.GEMM_VARIANT_MAX_M mirrors sharq::GemmVariantMaxM (kGemmStreamLimitM <-> "stream")."""
+    from sharq_vllm.kernels.dispatch import GEMM_VARIANT_MAX_M
+
+    header = (Path(__file__).resolve().parents[1] / "sharq_vllm" / "csrc" / "sharq_kernels.h").read_text()
+    got = _header_enum(header, "GemmVariantMaxM")
+    assert GEMM_VARIANT_MAX_M == {k.removeprefix("kGemm").removesuffix("LimitM").lower(): v for k, v in got.items()}
+
+
 def test_deprecated_plugin_location_reexports() -> None:
     import sharq_vllm.options as new
     import sharq_vllm.vllm_plugin.options as old

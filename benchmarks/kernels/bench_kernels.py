@@ -513,7 +513,7 @@ def gemm_variant_sweep(args, t_start) -> dict:
         base = ops.pack_weight(quantize_weight(w, 32), DEVICE)
         copies = max(1, min(MAX_COPIES, math.ceil(L2_ROTATE_BYTES / max(1, state_bytes({"p": base})))))
         states = [base] + [clone_state({"p": base})["p"] for _ in range(copies - 1)]
-        for m in GEMM_SWEEP_MS:
+        for m in args.gemm_sweep_ms:
             if time.time() - t_start > args.budget_s + 120:
                 errs.setdefault("budget", "skipped after the budget")
                 continue
@@ -551,7 +551,7 @@ def gemm_variant_sweep(args, t_start) -> dict:
         del base, states
         torch.cuda.empty_cache()
     sums: dict[str, dict[str, dict[str, float]]] = {}
-    for m in GEMM_SWEEP_MS:
+    for m in args.gemm_sweep_ms:
         for name in dispatch.GEMM_VARIANTS:
             vals = [res.get(s, {}).get(f"M={m}", {}).get(name) for s in SHAPES]
             if all(v is not None for v in vals):
@@ -665,11 +665,15 @@ def main():
         help="every forced GEMM kernel (stream, tile, wgmma) at M <= 1024, alone and after the preparation",
     )
     ap.add_argument(
+        "--gemm-sweep-ms", default=",".join(map(str, GEMM_SWEEP_MS)), help="the M values of --gemm-sweep"
+    )
+    ap.add_argument(
         "--cpu-smoke",
         action="store_true",
         help="tiny run on CPU (reference ops) to test this script",
     )
     args = ap.parse_args()
+    args.gemm_sweep_ms = [int(m) for m in str(args.gemm_sweep_ms).split(",") if m]
     global DEVICE
     if args.cpu_smoke:
         DEVICE = "cpu"

@@ -95,8 +95,8 @@ const void* check_gemm(const at::Tensor& x, const at::Tensor& qweight, const at:
   const int64_t M = x.size(0), K = x.size(1), n_valid = out.size(1);
   TORCH_CHECK(qweight.numel() * qweight.element_size() == n_pad * K / 2, "sharq: qweight size mismatch");
   TORCH_CHECK(n_valid <= n_pad && out.size(0) == M, "sharq: out shape mismatch");
-  // the stream kernel addresses 8 rows of x with a 32-bit element offset
-  TORCH_CHECK(x.stride(0) <= INT32_MAX / 8, "sharq: x row stride ", x.stride(0), " too large (at most ", INT32_MAX / 8,
+  // the stream kernel addresses up to 24 rows of x (its row groups) with a 32-bit element offset
+  TORCH_CHECK(x.stride(0) <= INT32_MAX / 32, "sharq: x row stride ", x.stride(0), " too large (at most ", INT32_MAX / 32,
               " elements)");
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->scalar_type() == x.scalar_type() && bias->is_contiguous() && bias->numel() >= n_valid,

@@ -198,7 +198,10 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
   // row 0 (x_rows clamps it) and feeds MMA columns that are never stored, so the loop has no
   // per-tile predicates, zero fills or 64-bit address arithmetic (tile tb + 8u at + 512u elements
   // of p.x, immediate offsets; row group 1 at a loop-invariant distance).
-  const int x_group1 = MT > 1 ? (int)(xrow[MT - 1] - xrow[0]) : 0;  // 8 rows: < 2^31 elements (bindings.cpp)
+  // row group mt at a loop-invariant distance from group 0 (< 32 rows: < 2^31 elements, bindings.cpp)
+  int x_off[MT];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) x_off[mt] = (int)(xrow[mt] - xrow[0]);
   auto compute = [&](const StreamStage<T, MT, U>& st, const Pos& p) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -206,7 +209,7 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
         uint4 xv[MT][2];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
-          const uint4* xp = reinterpret_cast<const uint4*>(p.x + (mt ? x_group1 : 0) + 64 * kWarps * u);
+          const uint4* xp = reinterpret_cast<const uint4*>(p.x + x_off[mt] + 64 * kWarps * u);
           xv[mt][0] = __ldg(xp);
           xv[mt][1] = __ldg(xp + 1);
         }
@@ -353,6 +356,12 @@ cudaError_t launch_mma_t(const void* x, int64_t xs, const void* qw, const void* 
 // slower at M = 4..16 (more CTAs, fewer bytes in flight a warp), U = 2 / 3 CTAs 5% faster at M = 1.
 constexpr int kStreamU = 4;
 constexpr int kStreamCtasPerSm = 2;
+// MT = 4 (17 <= M <= 32: four row groups, 16 accumulators and 8 x_hat loads a tile): U tiles a
+// step at 2 CTAs an SM, no wave rule (3 CTAs an SM leave it too few registers).
+#ifndef SHARQ_STREAM_U4
+#define SHARQ_STREAM_U4 2
+#endif
+constexpr int kStreamU4 = SHARQ_STREAM_U4;
 // Wave rule: a layer whose 16-row strips need a second round at 2 CTAs an SM but fit one at 3
 // (264 < N/16 <= 396 on 132 SMs: Llama-3.1-8B's qkv, 384 strips) takes U = 2 tiles a step at 3
 // CTAs an SM, one strip a CTA, instead of 192 CTAs doing 2 strips each. The per-layer sweep of
@@ -385,7 +394,9 @@ cudaError_t launch_stream_mt(const void* x, int64_t xs, const void* qw, const vo
                              const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K, int wblock,
                              cudaStream_t stream) {
   if (M <= 8) return launch_stream_cfg<T, 1>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
-  return launch_stream_cfg<T, 2>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+  if (M <= 16) return launch_stream_cfg<T, 2>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+  return launch_stream_t<T, 4, kStreamU4, kStreamCtasPerSm>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock,
+                                                            sm_count(), stream);
 }
 
 // The mma.sync kernels: kGemmStream or kGemmTile (launch_gemm_mma resolves kGemmAuto).
@@ -394,7 +405,7 @@ cudaError_t launch_mma_dt(const void* x, int64_t xs, const void* qw, const void*
                           const float* ts, const void* bias, void* y, int64_t ys, int M, int N,
                           int n_valid, int K, int wblock, cudaStream_t stream, int variant) {
   if (variant == kGemmStream) {
-    if (M > kGemmStreamMaxM) return cudaErrorInvalidValue;
+    if (M > kGemmStreamLimitM) return cudaErrorInvalidValue;
     return launch_stream_mt<T>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
   }
   if (M <= 32) return launch_mma_t<T, 4, 2>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);

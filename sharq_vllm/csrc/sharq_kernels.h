@@ -59,7 +59,10 @@ enum GemmVariant : int { kGemmAuto = 0, kGemmStream = 1, kGemmTile = 2, kGemmWgm
 // decoder-warp kernel up to kGemmWgmmaDecMaxM and the token-wide kernel above (gemm_wgmma.cu;
 // the A/B behind it: benchmarks/results/kernels-H200-wgmma-dec.json). Mirrored by
 // sharq_vllm/kernels/dispatch.py (GEMM_AUTO_MAX_M), checked by tests/test_options.py.
-enum GemmAutoMaxM : int { kGemmStreamMaxM = 16, kGemmTileMaxM = 24, kGemmWgmmaDecMaxM = 128 };
+enum GemmAutoMaxM : int { kGemmStreamMaxM = 32, kGemmTileMaxM = 32, kGemmWgmmaDecMaxM = 128 };
+// The most rows a forced kernel takes (absent: any M): the stream kernel's row groups go up to 4
+// (MT = 4, 32 rows). Mirrored by dispatch.GEMM_VARIANT_MAX_M, checked by tests/test_options.py.
+enum GemmVariantMaxM : int { kGemmStreamLimitM = 32 };
 cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight, const void* scales,
                             const float* tensor_scale, const void* bias, void* y, int64_t y_stride,
                             int M, int N, int n_valid, int K, int wblock, int dtype,

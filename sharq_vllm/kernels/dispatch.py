@@ -63,7 +63,7 @@ class GemmKernel:
 #: gemm_mma's own choice by M (GemmVariant "auto"): the first kernel whose bound >= M, then the
 #: token-wide wgmma kernel (``sharq::GemmAutoMaxM``, mirrored and checked like GEMM_VARIANTS; the
 #: sweeps behind the bounds: sharq_vllm/csrc/gemm.cu and gemm_wgmma.cu)
-GEMM_AUTO_MAX_M = {"stream": 16, "tile": 24, "wgmmadec": 128}
+GEMM_AUTO_MAX_M = {"stream": 32, "tile": 32, "wgmmadec": 128}
 
 # The first kernel whose max_m >= M runs, except just above the first bound (below). "mma"
 # (sharq_vllm/csrc/gemm.cu, gemm_mma) picks by M itself: the persistent register stream kernel
@@ -77,8 +77,9 @@ GEMM_KERNELS: tuple[GemmKernel, ...] = (
     GemmKernel(
         "mma",
         512,
-        f"stream kernel M<={GEMM_AUTO_MAX_M['stream']}, mma.sync tile kernel M<={GEMM_AUTO_MAX_M['tile']}, "
-        f"wgmma + TMA above (decoder warps M<={GEMM_AUTO_MAX_M['wgmmadec']}, token-wide above)",
+        f"stream kernel M<={GEMM_AUTO_MAX_M['stream']}, "
+        + (f"mma.sync tile kernel M<={GEMM_AUTO_MAX_M['tile']}, " if GEMM_AUTO_MAX_M["tile"] > GEMM_AUTO_MAX_M["stream"] else "")
+        + f"wgmma + TMA above (decoder warps M<={GEMM_AUTO_MAX_M['wgmmadec']}, token-wide above)",
     ),
     GemmKernel("dequant_mm", sys.maxsize, "dequantize to 16 bits + cuBLAS"),
 )
@@ -100,7 +101,7 @@ GEMM_MMA_MIN_FILL = 0.8
 #: variant: the value of ``sharq::GemmVariant`` in sharq_kernels.h, which this mirrors; checked by
 #: tests/test_options.py) and the largest M a forced kernel takes (absent: any M).
 GEMM_VARIANTS = {"auto": 0, "stream": 1, "tile": 2, "wgmma": 3}
-GEMM_VARIANT_MAX_M = {"stream": GEMM_AUTO_MAX_M["stream"]}
+GEMM_VARIANT_MAX_M = {"stream": 32}  # sharq::GemmVariantMaxM: the stream kernel's row groups (MT <= 4)
 
 _lock = threading.Lock()
 _status: dict[tuple[str, int], tuple[bool, str]] = {}

@@ -250,5 +250,6 @@ def test_gemm_variant_out_of_range_is_refused():
     for bad in (-1, 4, 99):
         with pytest.raises(RuntimeError, match="out of range"):
             torch.ops.sharq_C.gemm_mma_cfg(x, *args, bad)
-    with pytest.raises(RuntimeError):  # the stream kernel serves M <= 16
+    assert x.shape[0] > GEMM_VARIANT_MAX_M["stream"]
+    with pytest.raises(RuntimeError):  # the stream kernel serves M <= GEMM_VARIANT_MAX_M["stream"]
         torch.ops.sharq_C.gemm_mma_cfg(x, *args, FORCED["stream"])
