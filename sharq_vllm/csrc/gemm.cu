@@ -491,12 +491,19 @@ cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight
   if (N % 16 || K % 64 || (wblock != 16 && wblock != 32)) return cudaErrorInvalidValue;
   if (variant != kGemmAuto && variant != kGemmStream && variant != kGemmTile && variant != kGemmWgmma)
     return cudaErrorInvalidValue;
-  // kGemmAuto by M (sharq_kernels.h, GemmAutoMaxM): stream kernel M <= 16 (the decode sweep:
-  // kernels-H200-decode-variants.json), tile kernel M <= 24, wgmma kernel above. H200, GEMM sums
-  // over the 4 Llama-3.1-8B linears (bench_kernels --gemm-sweep, kernels-H200.json): tile / wgmma
-  // 103.7 / 115.0 us at M = 17, 116.9 / 116.1 at 24 (a tie: 116.3 / 115.3 in the bef3a39 run),
-  // 132.8 / 116.8 at 32.
-  if (variant == kGemmAuto) variant = M <= kGemmStreamMaxM ? kGemmStream : M <= kGemmTileMaxM ? kGemmTile : kGemmWgmma;
+  // kGemmAuto (sharq_kernels.h, GemmAutoMaxM): the stream kernel up to M = 16 (the decode sweep:
+  // kernels-H200-decode-variants.json) and up to M = 32 (MT = 4) for layers of at most
+  // kGemmStreamMaxRounds rounds of strips over its resident CTAs, the wgmma kernels above. H200,
+  // after the preparation (benchmarks/results/kernels-H200-stream-mt4.json): the four Llama-3.1-8B
+  // layers at M = 17 / 24 / 32 stream 100.1 / 106.0 / 114.2 us, tile 120.4 / 134.5 / 151.0, wgmma
+  // 112.7 / 114.9 / 116.6; per layer the stream kernel loses only gate_up (1792 strips, 6.8 rounds)
+  // at M = 24 / 32 (50.1 / 54.8 against wgmma's 48.2 / 49.1; 47.2 / 47.6 at 17), wins o / down (256
+  // strips) by 25-35%, ties qkv (384).
+  if (variant == kGemmAuto) {
+    const bool stream = M <= kGemmStreamWideMaxM ||
+                        (M <= kGemmStreamMaxM && N / 16 <= kGemmStreamMaxRounds * kStreamCtasPerSm * sm_count());
+    variant = stream ? kGemmStream : kGemmWgmma;
+  }
   if (variant == kGemmWgmma)
     return launch_gemm_wgmma(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock,
                              dtype, stream);

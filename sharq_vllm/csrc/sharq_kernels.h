@@ -54,12 +54,15 @@ cudaError_t launch_prep(const void* x, int64_t x_stride, void* xhat, int M, int 
 // order, one fixed-order reduction, the same bits) or the wgmma kernel (gemm_wgmma.cu; any M; its
 // own fixed summation order).
 enum GemmVariant : int { kGemmAuto = 0, kGemmStream = 1, kGemmTile = 2, kGemmWgmma = 3 };
-// kGemmAuto's choice by M: the stream kernel up to kGemmStreamMaxM, the tile kernel up to
-// kGemmTileMaxM, the wgmma kernels above (the sweep behind them: gemm.cu); among those, the
-// decoder-warp kernel up to kGemmWgmmaDecMaxM and the token-wide kernel above (gemm_wgmma.cu;
-// the A/B behind it: benchmarks/results/kernels-H200-wgmma-dec.json). Mirrored by
-// sharq_vllm/kernels/dispatch.py (GEMM_AUTO_MAX_M), checked by tests/test_options.py.
-enum GemmAutoMaxM : int { kGemmStreamMaxM = 32, kGemmTileMaxM = 32, kGemmWgmmaDecMaxM = 128 };
+// kGemmAuto's choice by M: the stream kernel up to kGemmStreamWideMaxM, and up to kGemmStreamMaxM
+// for layers of at most kGemmStreamMaxRounds rounds of 16-row strips over its resident CTAs (2 an
+// SM), the wgmma kernels above (the sweeps behind them: gemm.cu; the tile kernel runs when forced
+// only, as the bit-exact twin of the stream kernel); among those, the decoder-warp kernel up to
+// kGemmWgmmaDecMaxM and the token-wide kernel above (gemm_wgmma.cu; the A/B behind it:
+// benchmarks/results/kernels-H200-wgmma-dec.json). Mirrored by sharq_vllm/kernels/dispatch.py
+// (GEMM_AUTO_MAX_M, GEMM_STREAM_MAX_ROUNDS), checked by tests/test_options.py.
+enum GemmAutoMaxM : int { kGemmStreamWideMaxM = 16, kGemmStreamMaxM = 32, kGemmWgmmaDecMaxM = 128 };
+constexpr int kGemmStreamMaxRounds = 4;
 // The most rows a forced kernel takes (absent: any M): the stream kernel's row groups go up to 4
 // (MT = 4, 32 rows). Mirrored by dispatch.GEMM_VARIANT_MAX_M, checked by tests/test_options.py.
 enum GemmVariantMaxM : int { kGemmStreamLimitM = 32 };

@@ -35,6 +35,7 @@ __all__ = [
     "GEMM_WIDE_TILE",
     "KERNEL_CAPABILITY",
     "GemmKernel",
+    "auto_variant",
     "describe",
     "gemm_kernel",
     "kernels_for",
@@ -60,10 +61,14 @@ class GemmKernel:
     what: str
 
 
-#: gemm_mma's own choice by M (GemmVariant "auto"): the first kernel whose bound >= M, then the
-#: token-wide wgmma kernel (``sharq::GemmAutoMaxM``, mirrored and checked like GEMM_VARIANTS; the
-#: sweeps behind the bounds: sharq_vllm/csrc/gemm.cu and gemm_wgmma.cu)
-GEMM_AUTO_MAX_M = {"stream": 32, "tile": 32, "wgmmadec": 128}
+#: gemm_mma's own choice (GemmVariant "auto"; ``sharq::GemmAutoMaxM`` and
+#: ``sharq::kGemmStreamMaxRounds``, mirrored and checked like GEMM_VARIANTS; the sweeps behind the
+#: bounds: sharq_vllm/csrc/gemm.cu and gemm_wgmma.cu): the stream kernel up to "streamwide" rows,
+#: and up to "stream" rows for layers of at most GEMM_STREAM_MAX_ROUNDS rounds of 16-row strips over
+#: its 2 CTAs an SM; the wgmma kernels above (decoder warps up to "wgmmadec", token-wide above).
+#: :func:`auto_variant` is the same rule in Python (tests, describe).
+GEMM_AUTO_MAX_M = {"streamwide": 16, "stream": 32, "wgmmadec": 128}
+GEMM_STREAM_MAX_ROUNDS = 4
 
 # The first kernel whose max_m >= M runs, except just above the first bound (below). "mma"
 # (sharq_vllm/csrc/gemm.cu, gemm_mma) picks by M itself: the persistent register stream kernel
@@ -77,9 +82,9 @@ GEMM_KERNELS: tuple[GemmKernel, ...] = (
     GemmKernel(
         "mma",
         512,
-        f"stream kernel M<={GEMM_AUTO_MAX_M['stream']}, "
-        + (f"mma.sync tile kernel M<={GEMM_AUTO_MAX_M['tile']}, " if GEMM_AUTO_MAX_M["tile"] > GEMM_AUTO_MAX_M["stream"] else "")
-        + f"wgmma + TMA above (decoder warps M<={GEMM_AUTO_MAX_M['wgmmadec']}, token-wide above)",
+        f"stream kernel M<={GEMM_AUTO_MAX_M['stream']} (M<={GEMM_AUTO_MAX_M['streamwide']} for layers of more "
+        f"than {GEMM_STREAM_MAX_ROUNDS} rounds of strips), wgmma + TMA above (decoder warps "
+        f"M<={GEMM_AUTO_MAX_M['wgmmadec']}, token-wide above)",
     ),
     GemmKernel("dequant_mm", sys.maxsize, "dequantize to 16 bits + cuBLAS"),
 )
@@ -105,6 +110,15 @@ GEMM_VARIANT_MAX_M = {"stream": 32}  # sharq::GemmVariantMaxM: the stream kernel
 
 _lock = threading.Lock()
 _status: dict[tuple[str, int], tuple[bool, str]] = {}
+
+
+def auto_variant(m: int, n: int, sms: int) -> str:
+    """The kernel ``gemm_mma`` runs by itself for M rows and N (padded) weight rows on ``sms`` SMs:
+    "stream" or "wgmma" (GEMM_AUTO_MAX_M, GEMM_STREAM_MAX_ROUNDS: sharq_vllm/csrc/gemm.cu)."""
+    narrow = n // 16 <= GEMM_STREAM_MAX_ROUNDS * 2 * sms
+    if m <= GEMM_AUTO_MAX_M["streamwide"] or (m <= GEMM_AUTO_MAX_M["stream"] and narrow):
+        return "stream"
+    return "wgmma"
 
 
 def wave_fill(m: int, n: int, sms: int) -> float:

@@ -15,7 +15,7 @@ from gpu_util import (
 
 from sharq_vllm import ops
 from sharq_vllm.kernels import dispatch
-from sharq_vllm.kernels.dispatch import GEMM_AUTO_MAX_M, GEMM_VARIANT_MAX_M, GEMM_VARIANTS
+from sharq_vllm.kernels.dispatch import GEMM_VARIANT_MAX_M, GEMM_VARIANTS
 from sharq_vllm.reference import dequantize_weight, quantize_weight
 
 pytestmark = GPU_MARKS
@@ -207,8 +207,11 @@ def test_gemm_variants_same_bits(dtype, n, k, block, m):
     tile = _forced(x, packed, bias, FORCED["tile"], dtype)
     assert torch.isfinite(tile).all()
     assert rel(tile, ref) < 1e-2
-    if m <= GEMM_AUTO_MAX_M["tile"]:  # the automatic kernel is an mma.sync one
+    auto = dispatch.auto_variant(m, packed.n_pad, dispatch.sm_count(torch.device("cuda")))
+    if auto == "stream":  # the automatic kernel is an mma.sync one
         assert torch.equal(_auto(x, packed, bias, dtype), tile), "the automatic kernel differs from the tile kernel"
+    else:  # 29568 x 2048 above M = 16: 1848 strips, more than GEMM_STREAM_MAX_ROUNDS rounds
+        assert torch.equal(_auto(x, packed, bias, dtype), _forced(x, packed, bias, FORCED["wgmma"], dtype))
     for name in MMA_SYNC:
         if m > GEMM_VARIANT_MAX_M.get(name, m):
             continue
@@ -238,7 +241,7 @@ def test_gemm_wgmma(dtype, n, k, block, m):
     assert rel(y, tile) < 4e-3, rel(y, tile)  # one 16-bit rounding step at most, on few outputs
     for _ in range(2):
         assert torch.equal(_forced(x, packed, bias, FORCED["wgmma"], dtype), y), "wgmma: launches differ"
-    if m > GEMM_AUTO_MAX_M["tile"]:
+    if dispatch.auto_variant(m, packed.n_pad, dispatch.sm_count(torch.device("cuda"))) == "wgmma":
         assert torch.equal(_auto(x, packed, bias, dtype), y), "the automatic kernel is not the wgmma kernel"
 
 

@@ -162,6 +162,17 @@ def test_dispatch_above_the_bound_by_wave_fill(m, n, want):
     assert dispatch.gemm_kernel(m).name == ("mma" if m <= dispatch.GEMM_KERNELS[0].max_m else "dequant_mm")
 
 
+# H200 (132 SMs), Llama-3.1-8B's layers (kernels-H200-stream-mt4.json): the stream kernel up to 32
+# rows but for gate_up (1792 strips, 6.8 rounds over 264 CTAs) above 16.
+@pytest.mark.parametrize(
+    "m,n,want",
+    [(1, 28672, "stream"), (16, 28672, "stream"), (17, 28672, "wgmma"), (32, 28672, "wgmma"),
+     (17, 6144, "stream"), (32, 6144, "stream"), (32, 4096, "stream"), (33, 4096, "wgmma"), (512, 4096, "wgmma")],
+)
+def test_auto_variant(m, n, want):
+    assert dispatch.auto_variant(m, n, 132) == want
+
+
 def test_wave_fill():
     assert dispatch.wave_fill(1024, 4096, 132) == 128 / 132  # 4 x 32 tiles, one wave
     assert dispatch.wave_fill(1024, 6144, 132) == 192 / 264  # 4 x 48 tiles, a second wave part-empty
