@@ -26,7 +26,7 @@
 // multiplies the FP32 accumulator by tensor_scale * 2^7 and adds the bias, rounding once.
 //
 // Kernels:
-//  * gemm_stream_kernel (M <= 16; MT = 1, 2): persistent grid (resident CTAs, strips b,
+//  * gemm_stream_kernel (M <= 32; MT = 1, 2, 4 row groups of 8): persistent grid (resident CTAs, strips b,
 //    b + grid, ...), each warp walks one flat sequence of U-tile steps across its CTA's strips
 //    and issues step i+1's weight loads before computing step i (register double buffer, up to
 //    128 B a lane in flight, also across strip boundaries); x_hat read at compute time (L1/L2).
@@ -38,9 +38,10 @@
 //    kernels-H200-stream-lean.json), so it is kept lean: step positions advance by pointer
 //    increments, x_hat loads are unpredicated at immediate offsets, the scale bytes a tile are a
 //    template constant, and when K/64 is a multiple of 8U (FULL) no tile is bounds-checked.
-//    ~63 instructions a tile (MT = 1); 112 / 128 regs (MT = 1 / 2), 2 CTAs an SM.
-//  * gemm_mma_kernel (16 < M <= 24, and any M when forced; MT = 4, 8): one CTA (8 warps) per
-//    16-row strip, U tiles' loads before use.
+//    ~63 instructions a tile (MT = 1); 112 / 128 / 128 regs (MT = 1 / 2 / 4; MT = 4 takes 2 tiles a
+//    step and keeps <= 20 bytes on the stack in its FULL instantiations), 2 CTAs an SM.
+//  * gemm_mma_kernel (forced only: the bit-exact twin the tests hold the stream kernel to; MT = 4,
+//    8): one CTA (8 warps) per 16-row strip, U tiles' loads before use.
 //  Both: warp w takes k-tiles w, w+8, ...; the 8 warps' partial sums are reduced in shared
 //  memory in a fixed order (deterministic, no atomics, no workspace; the two kernels give the
 //  same bits). Weight traffic: 4.5 bits a weight (0.5 B codes + 1/32 B scale).
@@ -113,7 +114,7 @@ gemm_mma_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict__ q
                            threadIdx.x, kWarps * 32);
 }
 
-// ---- persistent, software-pipelined stream kernel (decode: M <= 16) -------------------------
+// ---- persistent, software-pipelined stream kernel (decode: M <= 32) -------------------------
 // Same tile layout, fragment mapping, dequant and fixed-order reduction as gemm_mma_kernel, but:
 //  * persistent grid: CTA b takes strips b, b + gridDim.x, ... (grid = resident CTAs), so there
 //    is no CTA launch/teardown per 34 KB strip and no partial last wave of short CTAs;

@@ -71,9 +71,9 @@ GEMM_AUTO_MAX_M = {"streamwide": 16, "stream": 32, "wgmmadec": 128}
 GEMM_STREAM_MAX_ROUNDS = 4
 
 # The first kernel whose max_m >= M runs, except just above the first bound (below). "mma"
-# (sharq_vllm/csrc/gemm.cu, gemm_mma) picks by M itself: the persistent register stream kernel
-# (M <= 16), the mma.sync tile kernel (M <= 24) and the wgmma kernels (gemm_wgmma.cu: decoder warps
-# up to M = 128, token-wide above); "dequant_mm" dequantizes the weight to 16 bits in a bounded
+# (sharq_vllm/csrc/gemm.cu, gemm_mma) picks by M itself (auto_variant): the persistent register
+# stream kernel (M <= 32; M <= 16 for layers of many strips) and the wgmma kernels (gemm_wgmma.cu:
+# decoder warps up to M = 128, token-wide above); "dequant_mm" dequantizes the weight to 16 bits in a bounded
 # workspace and runs cuBLAS. The bound came from benchmarks/kernels/bench_kernels.py's sharq_mma /
 # sharq_dqmm rows (both paths forced at every M, "mma_over_dqmm_time"): on the H200
 # (benchmarks/results/kernels-H200.json) 224.3 vs 334.9 us at M = 256, 405.3 vs 449.2 at 512 (git
