@@ -134,6 +134,11 @@ def test_gemm_auto_bounds_match_the_cuda_header() -> None:
 
     rounds = re.search(r"constexpr int kGemmStreamMaxRounds = (\d+);", header)
     assert rounds is not None and int(rounds.group(1)) == GEMM_STREAM_MAX_ROUNDS
+    from sharq_vllm.kernels.dispatch import GEMM_STREAM_CTAS_PER_SM
+
+    gemm = (Path(__file__).resolve().parents[1] / "sharq_vllm" / "csrc" / "gemm.cu").read_text()
+    ctas = re.search(r"constexpr int kStreamCtasPerSm = (\d+);", gemm)
+    assert ctas is not None and int(ctas.group(1)) == GEMM_STREAM_CTAS_PER_SM
 
 
 def test_gemm_variant_limits_match_the_cuda_header() -> None:

@@ -30,6 +30,8 @@ __all__ = [
     "GEMM_KERNELS",
     "GEMM_MMA_FILL_MAX_M",
     "GEMM_MMA_MIN_FILL",
+    "GEMM_STREAM_CTAS_PER_SM",
+    "GEMM_STREAM_MAX_ROUNDS",
     "GEMM_VARIANTS",
     "GEMM_VARIANT_MAX_M",
     "GEMM_WIDE_TILE",
@@ -65,10 +67,11 @@ class GemmKernel:
 #: ``sharq::kGemmStreamMaxRounds``, mirrored and checked like GEMM_VARIANTS; the sweeps behind the
 #: bounds: sharq_vllm/csrc/gemm.cu and gemm_wgmma.cu): the stream kernel up to "streamwide" rows,
 #: and up to "stream" rows for layers of at most GEMM_STREAM_MAX_ROUNDS rounds of 16-row strips over
-#: its 2 CTAs an SM; the wgmma kernels above (decoder warps up to "wgmmadec", token-wide above).
+#: its GEMM_STREAM_CTAS_PER_SM CTAs an SM; the wgmma kernels above (decoder warps up to "wgmmadec", token-wide above).
 #: :func:`auto_variant` is the same rule in Python (tests, describe).
 GEMM_AUTO_MAX_M = {"streamwide": 16, "stream": 32, "wgmmadec": 128}
 GEMM_STREAM_MAX_ROUNDS = 4
+GEMM_STREAM_CTAS_PER_SM = 2  # gemm.cu, kStreamCtasPerSm: the stream kernel's resident CTAs an SM
 
 # The first kernel whose max_m >= M runs, except just above the first bound (below). "mma"
 # (sharq_vllm/csrc/gemm.cu, gemm_mma) picks by M itself (auto_variant): the persistent register
@@ -115,7 +118,7 @@ _status: dict[tuple[str, int], tuple[bool, str]] = {}
 def auto_variant(m: int, n: int, sms: int) -> str:
     """The kernel ``gemm_mma`` runs by itself for M rows and N (padded) weight rows on ``sms`` SMs:
     "stream" or "wgmma" (GEMM_AUTO_MAX_M, GEMM_STREAM_MAX_ROUNDS: sharq_vllm/csrc/gemm.cu)."""
-    narrow = n // 16 <= GEMM_STREAM_MAX_ROUNDS * 2 * sms
+    narrow = n // 16 <= GEMM_STREAM_MAX_ROUNDS * GEMM_STREAM_CTAS_PER_SM * sms
     if m <= GEMM_AUTO_MAX_M["streamwide"] or (m <= GEMM_AUTO_MAX_M["stream"] and narrow):
         return "stream"
     return "wgmma"

@@ -4,7 +4,7 @@
         --section SpeedOfLight --section WarpStateStats --section Occupancy \
         python3 tools/gpu/profile_decode_gemm.py [--shape gate_up] [--m 1]
 
-(regex:gemm_mma for 16 < M <= 24, regex:gemm_wgmma above). --variant forces one kernel
+(regex:gemm_wgmma where the op picks the wgmma kernels: dispatch.auto_variant). --variant forces one kernel
 (sharq_kernels.h GemmVariant: 1 stream, 2 tile, 3 wgmma). docs/KERNELS.md quotes such profiles
 (tools/gpu/profile_stalls.sh: stall reasons).
 """
