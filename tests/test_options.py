@@ -125,17 +125,17 @@ def test_gemm_variants_match_the_cuda_header() -> None:
 def test_gemm_auto_bounds_match_the_cuda_header() -> None:
     """kernels.dispatch.GEMM_AUTO_MAX_M mirrors sharq::GemmAutoMaxM (kGemmStreamWideMaxM <-> "streamwide"),
     GEMM_STREAM_MAX_ROUNDS sharq::kGemmStreamMaxRounds."""
-    from sharq_vllm.kernels.dispatch import GEMM_AUTO_MAX_M
+    from sharq_vllm.kernels.dispatch import (
+        GEMM_AUTO_MAX_M,
+        GEMM_STREAM_CTAS_PER_SM,
+        GEMM_STREAM_MAX_ROUNDS,
+    )
 
     header = (Path(__file__).resolve().parents[1] / "sharq_vllm" / "csrc" / "sharq_kernels.h").read_text()
     got = _header_enum(header, "GemmAutoMaxM")
     assert GEMM_AUTO_MAX_M == {k.removeprefix("kGemm").removesuffix("MaxM").lower(): v for k, v in got.items()}
-    from sharq_vllm.kernels.dispatch import GEMM_STREAM_MAX_ROUNDS
-
     rounds = re.search(r"constexpr int kGemmStreamMaxRounds = (\d+);", header)
     assert rounds is not None and int(rounds.group(1)) == GEMM_STREAM_MAX_ROUNDS
-    from sharq_vllm.kernels.dispatch import GEMM_STREAM_CTAS_PER_SM
-
     gemm = (Path(__file__).resolve().parents[1] / "sharq_vllm" / "csrc" / "gemm.cu").read_text()
     ctas = re.search(r"constexpr int kStreamCtasPerSm = (\d+);", gemm)
     assert ctas is not None and int(ctas.group(1)) == GEMM_STREAM_CTAS_PER_SM

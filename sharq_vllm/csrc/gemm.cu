@@ -198,8 +198,8 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
   // x_hat: every lane loads its row group's values unpredicated; a lane whose row is >= M reads
   // row 0 (x_rows clamps it) and feeds MMA columns that are never stored, so the loop has no
   // per-tile predicates, zero fills or 64-bit address arithmetic (tile tb + 8u at + 512u elements
-  // of p.x, immediate offsets; row group 1 at a loop-invariant distance).
-  // row group mt at a loop-invariant distance from group 0 (< 32 rows: < 2^31 elements, bindings.cpp)
+  // of p.x, immediate offsets; row group mt at a loop-invariant distance x_off[mt] from group 0:
+  // < 32 rows, < 2^31 elements, bindings.cpp).
   int x_off[MT];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) x_off[mt] = (int)(xrow[mt] - xrow[0]);

@@ -13,6 +13,7 @@ wgmma kernel's tiles fill the GPU: :func:`gemm_kernel`).
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 from dataclasses import dataclass
@@ -144,8 +145,13 @@ def gemm_kernel(m: int, n: int | None = None, sms: int | None = None) -> GemmKer
 
 
 def sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device (cached by torch)."""
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    """Streaming multiprocessors of a CUDA device (asked once per device: every GEMM call passes it)."""
+    return _sm_count(torch.cuda.current_device() if device.index is None else device.index)
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _device(device: torch.device | str | None) -> torch.device:

@@ -177,7 +177,8 @@ def test_wave_fill():
     assert dispatch.wave_fill(1024, 4096, 132) == 128 / 132  # 4 x 32 tiles, one wave
     assert dispatch.wave_fill(1024, 6144, 132) == 192 / 264  # 4 x 48 tiles, a second wave part-empty
     assert dispatch.wave_fill(600, 6144, 132) == dispatch.wave_fill(768, 6144, 132)  # partial tiles count whole
-    assert dispatch.wave_fill(256, 4096 * 33 // 8 * 8, 132) <= 1.0
+    assert dispatch.wave_fill(256, 128 * 132, 132) == 1.0  # 132 tiles: one full wave
+    assert dispatch.wave_fill(256, 128 * 133, 132) == 133 / 264  # one tile over: a second, near-empty wave
 
 
 def test_kernel_path_reports_cpu():
