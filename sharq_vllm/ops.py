@@ -5,8 +5,11 @@ Ops (all with fake impls, so torch.compile(fullgraph=True) traces them; no host 
 shapes depend only on input shapes; the kernel choice by M happens inside the CUDA impls, so
 they are CUDA-graph capturable):
 
-``torch.ops.sharq.prepare(x, fmt, pattern, norm_weight=None, eps=1e-6, act_scale="token") -> x_hat``
-    SharQ activation decomposition (reference.sharq_activation), optionally after an RMSNorm.
+``torch.ops.sharq.prepare(x, fmt, pattern, act_scale="token") -> x_hat``
+    SharQ activation decomposition (reference.sharq_activation).
+``torch.ops.sharq.prepare_rms_norm(x, weight, eps, fmt, pattern, act_scale="token") -> x_hat`` and
+``torch.ops.sharq.prepare_add_rms_norm(x, residual, weight, eps, fmt, pattern, act_scale="token")
+    -> (x_hat, residual_out)``: the same after vLLM's RMSNorm (sharq_vllm/norm.py), in one kernel.
 ``torch.ops.sharq.prepare_debug(x, fmt, pattern) -> (x_hat, mask, bb_codes, bb_scales,
     res_codes, res_scales, tscales)``: the codes and scales too, for bit-exactness tests.
 ``torch.ops.sharq.gemm(x_hat, qweight, scales, tensor_scale, bias, n, n_pad, k, block, layout,
@@ -29,6 +32,7 @@ import torch
 from .formats import WEIGHT_FORMATS, QuantizedBlocks
 from .kernels import dispatch
 from .kernels.layout import tile_weight, untile_weight
+from .norm import rms_norm
 from .reference import (
     WeightPayload,
     backbone_block,
@@ -127,55 +131,81 @@ def _rows(x: torch.Tensor, k: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------
 # sharq::prepare
 # ----------------------------------------------------------------------------------------
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """vLLM's RMSNorm numerics: normalize in FP32, round to x.dtype, multiply by the weight."""
-    xf = x.float()
-    var = xf.pow(2).mean(-1, keepdim=True)
-    return (xf * torch.rsqrt(var + eps)).to(x.dtype) * weight.to(x.dtype)
-
-
-def _prepare_reference(
-    x: torch.Tensor, fmt: str, pattern: str, norm_weight: torch.Tensor | None, eps: float, act_scale: str
-) -> torch.Tensor:
-    if norm_weight is not None:
-        x = _rms_norm(x, norm_weight, eps)
+def _prepare_reference(x: torch.Tensor, fmt: str, pattern: str, act_scale: str) -> torch.Tensor:
     return prepare_activation(x, fmt, pattern, act_scale=act_scale).x_hat
 
 
 @torch.library.custom_op("sharq::prepare", mutates_args=())
-def prepare(
-    x: torch.Tensor,
-    fmt: str,
-    pattern: str,
-    norm_weight: torch.Tensor | None = None,
-    eps: float = 1e-6,
-    act_scale: str = "token",
-) -> torch.Tensor:
-    return _prepare_reference(x, fmt, pattern, norm_weight, eps, act_scale)
+def prepare(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> torch.Tensor:
+    return _prepare_reference(x, fmt, pattern, act_scale)
 
 
 @prepare.register_fake
-def _(
-    x: torch.Tensor, fmt: str, pattern: str, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
-    act_scale: str = "token",
-) -> torch.Tensor:
+def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> torch.Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 @prepare.register_kernel("cuda")
-def _(
-    x: torch.Tensor, fmt: str, pattern: str, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
-    act_scale: str = "token",
-) -> torch.Tensor:
+def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> torch.Tensor:
     if not dispatch.prep_on_kernel(x, fmt, pattern, act_scale):
-        return _prepare_reference(x, fmt, pattern, norm_weight, eps, act_scale)
-    if norm_weight is not None:
-        x = _rms_norm(x, norm_weight, eps)  # TODO(kernels): fuse into the preparation kernel
+        return _prepare_reference(x, fmt, pattern, act_scale)
     k = x.shape[-1]
     x2 = _rows(x, k)
     out = torch.empty((x2.shape[0], k), dtype=x.dtype, device=x.device)
     torch.ops.sharq_C.prep(x2, out, *dispatch.prep_values(fmt, pattern))
     return out.reshape(x.shape)
+
+
+# ----------------------------------------------------------------------------------------
+# sharq::prepare_rms_norm / prepare_add_rms_norm (RMSNorm, with the residual add, + preparation)
+# ----------------------------------------------------------------------------------------
+def _prepare_norm(
+    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float, fmt: str, pattern: str,
+    act_scale: str,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The fused kernel where it serves the call; elsewhere norm.rms_norm, then the
+    preparation (kernel or reference): the same bits either way."""
+    if x.device.type == "cuda" and dispatch.prep_norm_on_kernel(x, weight, fmt, pattern, act_scale):
+        k = x.shape[-1]
+        x2 = _rows(x, k)
+        r2 = None if residual is None else _rows(residual, k)
+        out = torch.empty((x2.shape[0], k), dtype=x.dtype, device=x.device)
+        r_out = None if residual is None else torch.empty_like(out)
+        torch.ops.sharq_C.prep_norm(x2, r2, r_out, weight.contiguous(), eps, out, *dispatch.prep_values(fmt, pattern))
+        return out.reshape(x.shape), None if r_out is None else r_out.reshape(x.shape)
+    y, r_out = rms_norm(x, weight, eps, residual)
+    return torch.ops.sharq.prepare(y, fmt, pattern, act_scale), r_out
+
+
+@torch.library.custom_op("sharq::prepare_rms_norm", mutates_args=())
+def prepare_rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, fmt: str, pattern: str, act_scale: str = "token"
+) -> torch.Tensor:
+    return _prepare_norm(x, None, weight, eps, fmt, pattern, act_scale)[0]
+
+
+@prepare_rms_norm.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, eps: float, fmt: str, pattern: str, act_scale: str = "token") -> torch.Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("sharq::prepare_add_rms_norm", mutates_args=())
+def prepare_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, fmt: str, pattern: str,
+    act_scale: str = "token",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    x_hat, r_out = _prepare_norm(x, residual, weight, eps, fmt, pattern, act_scale)
+    assert r_out is not None
+    return x_hat, r_out
+
+
+@prepare_add_rms_norm.register_fake
+def _(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, fmt: str, pattern: str,
+    act_scale: str = "token",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(x, memory_format=torch.contiguous_format))
 
 
 # ----------------------------------------------------------------------------------------

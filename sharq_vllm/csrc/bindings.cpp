@@ -84,6 +84,39 @@ void prep_debug(const at::Tensor& x, at::Tensor& out, at::Tensor& mask, at::Tens
   prep_impl(x, out, fmt, pattern, bb, rb, dbg);
 }
 
+// RMSNorm (+ residual add) and the preparation in one kernel (launch_prep_norm). residual and
+// residual_out: both given or both absent; x, residual: rows with unit stride (16-byte
+// aligned), residual_out, out: contiguous [M, K]; weight [K], all of x's dtype.
+void prep_norm(const at::Tensor& x, const std::optional<at::Tensor>& residual,
+               const std::optional<at::Tensor>& residual_out, const at::Tensor& weight, double eps,
+               at::Tensor& out, int64_t fmt, int64_t pattern, int64_t bb, int64_t rb) {
+  check_rows(x, out);
+  const int M = x.size(0), K = x.size(1);
+  TORCH_CHECK(weight.is_cuda() && weight.is_contiguous() && weight.numel() == K &&
+                  weight.scalar_type() == x.scalar_type(),
+              "sharq: norm weight must be a contiguous [K] tensor of x's dtype");
+  TORCH_CHECK(residual.has_value() == residual_out.has_value(), "sharq: residual and residual_out go together");
+  sharq::PrepNorm nrm;
+  nrm.weight = weight.data_ptr();
+  nrm.eps = (float)eps;
+  if (residual.has_value()) {
+    const at::Tensor& r = *residual;
+    const at::Tensor& ro = *residual_out;
+    check_rows(r, ro);
+    TORCH_CHECK(r.sizes() == x.sizes() && ro.sizes() == x.sizes() && r.scalar_type() == x.scalar_type() &&
+                    ro.scalar_type() == x.scalar_type(),
+                "sharq: residual / residual_out must match x");
+    nrm.residual = r.data_ptr();
+    nrm.res_stride = r.stride(0);
+    nrm.residual_out = ro.data_ptr();
+  }
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_cuda(sharq::launch_prep_norm(x.data_ptr(), x.stride(0), out.data_ptr(), M, K, dtype_code(x), (int)fmt,
+                                     (int)pattern, (int)bb, (int)rb, nrm,
+                                     c10::cuda::getCurrentCUDAStream().stream()),
+             "prep_norm");
+}
+
 // Shared checks of the GEMM ops; returns the bias pointer (or null).
 const void* check_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                        const at::Tensor& tensor_scale, const std::optional<at::Tensor>& bias,
@@ -157,6 +190,9 @@ TORCH_LIBRARY(sharq_C, m) {
       "Tensor(d!) bb_scales, Tensor(e!) res_codes, Tensor(f!) res_scales, Tensor(g!) tscales, "
       "int fmt, int pattern, int bb, int rb) -> ()");
   m.def(
+      "prep_norm(Tensor x, Tensor? residual, Tensor(a!)? residual_out, Tensor weight, float eps, "
+      "Tensor(b!) out, int fmt, int pattern, int bb, int rb) -> ()");
+  m.def(
       "gemm_mma(Tensor x, Tensor qweight, Tensor scales, Tensor tensor_scale, Tensor? bias, "
       "Tensor(a!) out, int n_pad, int wblock) -> ()");
   m.def(
@@ -169,6 +205,7 @@ TORCH_LIBRARY_IMPL(sharq_C, CUDA, m) {
   m.impl("prep", &prep);
   m.impl("prep_cfg", &prep_cfg);
   m.impl("prep_debug", &prep_debug);
+  m.impl("prep_norm", &prep_norm);
   m.impl("gemm_mma", &gemm_mma);
   m.impl("gemm_mma_cfg", &gemm_mma_cfg);
   m.impl("dequant", &dequant);

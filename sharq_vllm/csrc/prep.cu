@@ -216,14 +216,85 @@ __device__ __forceinline__ float row_max(float v, float* red, float* slot, int c
   return v;
 }
 
+// ---- RMSNorm before the preparation (prep_norm) ---------------------------------------------
+// Contract (sharq_vllm/reference.py::rms_norm, bit-exact; vLLM's RMSNorm otherwise):
+//   s = x (+ residual), FP32 (residual_out = s rounded to the dtype);
+//   ss = sum of s*s by a balanced pairwise tree over the channels in order, zero-padded to a
+//        power of two (FP32 adds; the fixed order is what makes the sum reproducible: the
+//        reference emulates it, and no configuration here changes it);
+//   inv = 1 / sqrt(ss / K + eps) (IEEE division and square root, rounded each);
+//   y = round(round(s * inv) * weight) in the dtype, the values the preparation then takes.
+// Here: one chunk of 8 channels a thread (chunk = thread), the chunk's 8 squares by the same
+// tree, then the lanes by an xor butterfly with rising offsets (a butterfly level with offset o
+// adds aligned neighbours, i.e. one level of the tree), then the warps the same way. One CTA a
+// row holds K <= 8 * 1024 (kPrepNormMaxK).
+__device__ __forceinline__ float tree8(const float (&q)[8]) {
+  return __fadd_rn(__fadd_rn(__fadd_rn(q[0], q[1]), __fadd_rn(q[2], q[3])),
+                   __fadd_rn(__fadd_rn(q[4], q[5]), __fadd_rn(q[6], q[7])));
+}
+__device__ __forceinline__ float warp_tree_sum(float v) {
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+// Sum over the CTA in tree order (chunk = thread; absent chunks hold 0). red: 33 floats.
+__device__ __forceinline__ float block_tree_sum(float v, float* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_tree_sum(v);
+  __syncthreads();
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    float w = lane < nw ? red[lane] : 0.0f;
+    w = warp_tree_sum(w);
+    if (lane == 0) red[32] = w;
+  }
+  __syncthreads();
+  return red[32];
+}
+
+template <typename T, int kNorm>
+__device__ __forceinline__ uint4 rms_norm_row(uint4 xc, int c, bool in_row, int row, int K,
+                                              const PrepNorm& nrm, float* red) {
+  float s[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) s[i] = elem<T>(xc, i);
+  if constexpr (kNorm == kPrepAddNorm) {
+    const uint4 rc = in_row ? *reinterpret_cast<const uint4*>(static_cast<const T*>(nrm.residual) +
+                                                              (int64_t)row * nrm.res_stride + 8 * c)
+                            : make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) s[i] = __fadd_rn(s[i], elem<T>(rc, i));
+    if (in_row) store_chunk<T>(static_cast<T*>(nrm.residual_out) + (int64_t)row * K + 8 * c, s);
+  }
+  float sq[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) sq[i] = __fmul_rn(s[i], s[i]);
+  const float ss = block_tree_sum(in_row ? tree8(sq) : 0.0f, red);
+  const float inv = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, (float)K), nrm.eps)));
+  const uint4 wc = in_row ? *reinterpret_cast<const uint4*>(static_cast<const T*>(nrm.weight) + 8 * c)
+                          : make_uint4(0, 0, 0, 0);
+  uint4 out = make_uint4(0, 0, 0, 0);  // chunks past the row stay 0 (inv may be Inf)
+  T* o = reinterpret_cast<T*>(&out);
+  if (in_row)
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const float y = Elem<T>::to_float(Elem<T>::from_float(__fmul_rn(s[i], inv)));
+    o[i] = Elem<T>::from_float(__fmul_rn(y, elem<T>(wc, i)));
+  }
+  return out;
+}
+
 // One row per cluster of `cl` CTAs (cl = 1: plain launch, one row per CTA); CTA rank r of the
 // cluster owns chunks [r * K/(8 cl), (r+1) * K/(8 cl)) of its row (a multiple of 8 chunks, so
 // scale blocks never straddle CTAs).
 // kDebug: the debug outputs are written (prep_debug); the serving kernel has no debug code.
-template <typename T, int V, bool kDebug>
+// kNorm (prep_norm; V == 1 and cl == 1 only, the launcher checks): the row is first
+// normalized, rms_norm_row below, and the preparation runs on the normalized values.
+template <typename T, int V, bool kDebug, int kNorm = kPrepNoNorm>
 __global__ void __launch_bounds__(V <= 2 ? 1024 : 512)
 prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int K, int fmt,
-            int pattern, int bb_lanes, int rb_lanes, PrepDebug dbg, int cl) {
+            int pattern, int bb_lanes, int rb_lanes, PrepDebug dbg, int cl, PrepNorm nrm) {
   __shared__ float red[33];
   __shared__ float cslot[2];
   // Launched with programmatic dependent launch (kPrepPdl): wait for the kernel before (the
@@ -241,11 +312,18 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
   const T* xr = x + (int64_t)row * x_stride + 8 * cbase;
 
   uint4 xraw[V];
-  uint32_t mag2 = 0;  // max |x| as 16-bit bits, two lanes (sign cleared: bits order like |x|)
 #pragma unroll
   for (int v = 0; v < V; ++v) {
     const int c = v * blockDim.x + tid;
     xraw[v] = c < nchunks ? *reinterpret_cast<const uint4*>(xr + 8 * c) : make_uint4(0, 0, 0, 0);
+  }
+  if constexpr (kNorm != kPrepNoNorm) {
+    static_assert(V == 1, "prep_norm: one chunk a thread");
+    xraw[0] = rms_norm_row<T, kNorm>(xraw[0], tid, tid < nchunks, row, K, nrm, red);
+  }
+  uint32_t mag2 = 0;  // max |x| as 16-bit bits, two lanes (sign cleared: bits order like |x|)
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
     mag2 = __vmaxu2(mag2, xraw[v].x & 0x7FFF7FFFu);
     mag2 = __vmaxu2(mag2, xraw[v].y & 0x7FFF7FFFu);
     mag2 = __vmaxu2(mag2, xraw[v].z & 0x7FFF7FFFu);
@@ -417,7 +495,28 @@ cudaError_t launch_v(const T* xp, int64_t x_stride, T* yp, int M, int K, int fmt
   }
   cfg.attrs = attr;
   cfg.numAttrs = na;
-  return cudaLaunchKernelEx(&cfg, kernel, xp, x_stride, yp, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl);
+  return cudaLaunchKernelEx(&cfg, kernel, xp, x_stride, yp, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl,
+                            PrepNorm{});
+}
+
+// RMSNorm + preparation: one CTA a row, one chunk a thread (the summation order of the norm is
+// the tree over the chunks, rms_norm_row), launched like the preparation (PDL).
+template <typename T, int kNorm>
+cudaError_t launch_norm(const T* xp, int64_t x_stride, T* yp, int M, int K, int fmt, int pattern,
+                        int bb_lanes, int rb_lanes, const PrepNorm& nrm, cudaStream_t stream) {
+  const int threads = (K / 8 + 31) / 32 * 32;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3((unsigned)M);
+  cfg.blockDim = dim3(threads);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = kPrepPdl ? 1 : 0;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, prep_kernel<T, 1, false, kNorm>, xp, x_stride, yp, K, fmt, pattern, bb_lanes,
+                            rb_lanes, PrepDebug{}, 1, nrm);
 }
 
 // Rows split over a thread-block cluster (M <= kPrepClusterMaxM). K/(8 cl) must be a whole
@@ -483,18 +582,52 @@ cudaError_t launch_prep_t(const void* x, int64_t x_stride, void* xhat, int M, in
 
 }  // namespace
 
+namespace {
+// the arguments every preparation launch shares
+bool prep_args_ok(int fmt, int pattern, int backbone_block, int residual_block, int K) {
+  if (fmt != kNVFP4 && fmt != kMXFP4) return false;
+  if (pattern != kDense && pattern != kTwoOfFour && pattern != kFourOfEightPairs) return false;
+  // a scale block spans 1, 2, 4 or 8 lanes of 8 channels (group_max), and the backbone block
+  // holds whole residual blocks
+  const auto lanes_ok = [](int block) { return block == 16 || block == 32 || block == 64; };
+  if (!lanes_ok(backbone_block) || !lanes_ok(residual_block) || backbone_block % residual_block) return false;
+  return K > 0 && K % backbone_block == 0 && K % 8 == 0 && K <= 8 * 8 * 512;
+}
+}  // namespace
+
+cudaError_t launch_prep_norm(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
+                             int fmt, int pattern, int backbone_block, int residual_block,
+                             const PrepNorm& norm, cudaStream_t stream) {
+  if (M == 0) return cudaSuccess;
+  if (!prep_args_ok(fmt, pattern, backbone_block, residual_block, K) || K > kPrepNormMaxK || !norm.weight ||
+      (norm.residual != nullptr) != (norm.residual_out != nullptr))
+    return cudaErrorInvalidValue;
+  const int bb_lanes = backbone_block / 8, rb_lanes = residual_block / 8;
+  const bool add = norm.residual != nullptr;
+  switch (dtype) {
+    case kBF16: {
+      using T = __nv_bfloat16;
+      const T* xp = static_cast<const T*>(x);
+      T* yp = static_cast<T*>(xhat);
+      return add ? launch_norm<T, kPrepAddNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, stream)
+                 : launch_norm<T, kPrepNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, stream);
+    }
+    case kFP16: {
+      using T = __half;
+      const T* xp = static_cast<const T*>(x);
+      T* yp = static_cast<T*>(xhat);
+      return add ? launch_norm<T, kPrepAddNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, stream)
+                 : launch_norm<T, kPrepNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, stream);
+    }
+    default: return cudaErrorInvalidValue;
+  }
+}
+
 cudaError_t launch_prep(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
                         int fmt, int pattern, int backbone_block, int residual_block,
                         const PrepDebug& dbg, cudaStream_t stream, int force_v, int force_cl) {
   if (M == 0) return cudaSuccess;
-  if (fmt != kNVFP4 && fmt != kMXFP4) return cudaErrorInvalidValue;
-  if (pattern != kDense && pattern != kTwoOfFour && pattern != kFourOfEightPairs) return cudaErrorInvalidValue;
-  // a scale block spans 1, 2, 4 or 8 lanes of 8 channels (group_max), and the backbone block
-  // holds whole residual blocks
-  const auto lanes_ok = [](int block) { return block == 16 || block == 32 || block == 64; };
-  if (!lanes_ok(backbone_block) || !lanes_ok(residual_block) || backbone_block % residual_block)
-    return cudaErrorInvalidValue;
-  if (K <= 0 || K % backbone_block != 0 || K % 8 != 0 || K > 8 * 8 * 512) return cudaErrorInvalidValue;
+  if (!prep_args_ok(fmt, pattern, backbone_block, residual_block, K)) return cudaErrorInvalidValue;
   const int bb_lanes = backbone_block / 8, rb_lanes = residual_block / 8;
   switch (dtype) {
     case kBF16: return launch_prep_t<__nv_bfloat16>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, force_v, force_cl, stream);

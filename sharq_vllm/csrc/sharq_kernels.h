@@ -45,6 +45,23 @@ cudaError_t launch_prep(const void* x, int64_t x_stride, void* xhat, int M, int 
                         const PrepDebug& dbg, cudaStream_t stream, int force_v = 0,
                         int force_cl = 0);
 
+// RMSNorm (+ residual add) in front of the preparation (launch_prep_norm, prep.cu's
+// rms_norm_row): x_hat = prepare(rms_norm(x (+ residual))) in one pass over the row; with a
+// residual, residual_out [M, K] (contiguous) receives x + residual rounded to the dtype. weight
+// [K] has the activations' dtype. One CTA a row, so K <= kPrepNormMaxK.
+enum PrepNormKind : int { kPrepNoNorm = 0, kPrepNorm = 1, kPrepAddNorm = 2 };
+constexpr int kPrepNormMaxK = 8 * 1024;
+struct PrepNorm {
+  const void* residual = nullptr;  // [M, K], row stride res_stride elements; null: no add
+  int64_t res_stride = 0;
+  void* residual_out = nullptr;    // [M, K] contiguous; null exactly when residual is
+  const void* weight = nullptr;    // [K]
+  float eps = 0.0f;
+};
+cudaError_t launch_prep_norm(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
+                             int fmt, int pattern, int backbone_block, int residual_block,
+                             const PrepNorm& norm, cudaStream_t stream);
+
 // Prepacked weight layout (see gemm.cu): qweight [N/16][K/64][32 lanes][16 B],
 // scales [N/16][K/64][scale_bytes_per_tile] with 32 (block 32) or 64 (block 16) bytes a tile.
 // y[M, N] = (x[M, K] @ w^T) * tensor_scale (+ bias), FP32 accumulation, N % 16 == 0 after

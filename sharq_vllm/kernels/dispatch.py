@@ -37,12 +37,14 @@ __all__ = [
     "GEMM_VARIANT_MAX_M",
     "GEMM_WIDE_TILE",
     "KERNEL_CAPABILITY",
+    "PREP_NORM_MAX_K",
     "GemmKernel",
     "auto_variant",
     "describe",
     "gemm_kernel",
     "kernels_for",
     "layer_label",
+    "prep_norm_on_kernel",
     "prep_on_kernel",
     "prep_values",
     "sm_count",
@@ -55,6 +57,7 @@ KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 KERNEL_WEIGHT_BLOCKS = (16, 32)  # the tiled layout's scale blocks (layout.py)
 PREP_MAX_K = 8 * 8 * 512  # sharq_vllm/csrc/prep.cu: at most 8 chunks of 8 channels for each of 512 threads
 PREP_ACT_SCALES = ("token",)  # the preparation kernel computes per-row tensor scales only
+PREP_NORM_MAX_K = 8 * 1024  # sharq_kernels.h, kPrepNormMaxK: the norm + preparation kernel holds a row in one CTA
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,12 @@ def prep_on_kernel(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "to
         and k % required_multiple(fmt, pattern) == 0
         and kernels_for(x.device)[0]
     )
+
+
+def prep_norm_on_kernel(x: torch.Tensor, weight: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> bool:
+    """Whether the RMSNorm + preparation kernel takes ``x`` with norm ``weight`` (else the
+    reference norm runs first, then the preparation: the same bits, sharq_vllm/norm.py)."""
+    return x.shape[-1] <= PREP_NORM_MAX_K and weight.dtype == x.dtype and prep_on_kernel(x, fmt, pattern, act_scale)
 
 
 def prep_values(fmt: str, pattern: str) -> tuple[int, int, int, int]:

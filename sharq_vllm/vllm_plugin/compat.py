@@ -35,6 +35,7 @@ __all__ = [
     "TESTED_VLLM",
     "all_reduce_max_tp",
     "check_vllm_version",
+    "current_vllm_config",
     "forward_context_layer",
     "get_online_processing_initializer",
     "parse_version",
@@ -125,6 +126,15 @@ def register_forward_context_layer(name: str, layer: torch.nn.Module) -> bool:
         return False
     current.compilation_config.static_forward_context[name] = layer
     return True
+
+
+def current_vllm_config() -> Any | None:
+    """The VllmConfig of the engine being built (None outside one)."""
+    try:
+        from vllm.config.vllm import get_current_vllm_config_or_none
+    except ImportError:
+        return None
+    return get_current_vllm_config_or_none()
 
 
 def forward_context_layer(name: str) -> Any | None:

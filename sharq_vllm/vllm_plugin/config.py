@@ -13,6 +13,7 @@ from vllm.model_executor.layers.quantization.base_config import (
 )
 
 from ..options import PRESETS, SharQOptionError, SharQOptions, preset_defaults
+from . import compat
 
 if TYPE_CHECKING:
     from ..checkpoint.nvfp4 import Nvfp4Source
@@ -159,6 +160,11 @@ class SharQConfig(QuantizationConfig):
             if self.is_layer_skipped(prefix):
                 logger.info("sharq: %s stays 16-bit (skip_layers)", prefix)
                 return UnquantizedLinearMethod()
+            vllm_config = compat.current_vllm_config()
+            if vllm_config is not None:
+                from .fusion import install
+
+                install(vllm_config)  # RMSNorm + preparation in one kernel (fusion.py)
             if self.nvfp4 is not None:
                 from .nvfp4 import SharQNvfp4LinearMethod
 

@@ -59,6 +59,13 @@ def _layer_for(name: str) -> torch.nn.Module:
     return layer
 
 
+def layer_options(name: str) -> SharQOptions:
+    """The options of the live SharQ layer ``name``."""
+    layer: Any = _layer_for(name)
+    options: SharQOptions = layer.quant_method.options
+    return options
+
+
 @torch.library.custom_op("sharq_plugin::linear", mutates_args=())
 def _sharq_plugin_linear(x: torch.Tensor, bias: torch.Tensor | None, layer_name: str) -> torch.Tensor:
     """One SharQ linear (preparation + GEMM through sharq_vllm.ops): opaque to torch.compile
@@ -76,6 +83,53 @@ def _sharq_plugin_linear(x: torch.Tensor, bias: torch.Tensor | None, layer_name:
 def _(x: torch.Tensor, bias: torch.Tensor | None, layer_name: str) -> torch.Tensor:
     layer: Any = _layer_for(layer_name)
     return x.new_empty((*x.shape[:-1], int(layer.output_size_per_partition)))
+
+
+# The same linear split in two where SharQ's compile pass (fusion.py) moved the preparation into
+# the RMSNorm before it: the norm + preparation ops (x_hat from the norm's input; the layer name
+# gives the options, as above) and the GEMM alone on x_hat. Inserted by the pass only.
+@torch.library.custom_op("sharq_plugin::rms_norm_prepare", mutates_args=())
+def _rms_norm_prepare(x: torch.Tensor, weight: torch.Tensor, eps: float, layer_name: str) -> torch.Tensor:
+    o = layer_options(layer_name)
+    return torch.ops.sharq.prepare_rms_norm(x, weight, eps, o.format, o.pattern, o.act_scale)  # type: ignore[no-any-return]
+
+
+@_rms_norm_prepare.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, eps: float, layer_name: str) -> torch.Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("sharq_plugin::add_rms_norm_prepare", mutates_args=())
+def _add_rms_norm_prepare(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, layer_name: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    o = layer_options(layer_name)
+    return torch.ops.sharq.prepare_add_rms_norm(  # type: ignore[no-any-return]
+        x, residual, weight, eps, o.format, o.pattern, o.act_scale)
+
+
+@_add_rms_norm_prepare.register_fake
+def _(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, layer_name: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(x, memory_format=torch.contiguous_format))
+
+
+@torch.library.custom_op("sharq_plugin::linear_prepared", mutates_args=())
+def _sharq_plugin_linear_prepared(x_hat: torch.Tensor, bias: torch.Tensor | None, layer_name: str) -> torch.Tensor:
+    """``sharq_plugin::linear`` after its preparation: the GEMM on x_hat."""
+    layer: Any = _layer_for(layer_name)
+    parts = packed_weights(layer)
+    y = ops.sharq_linear(x_hat, parts[0] if len(parts) == 1 else parts, bias, x_hat=x_hat)
+    stats.record_forward(x_hat.shape[0] if x_hat.dim() > 1 else 1)
+    return y
+
+
+@_sharq_plugin_linear_prepared.register_fake
+def _(x_hat: torch.Tensor, bias: torch.Tensor | None, layer_name: str) -> torch.Tensor:
+    layer: Any = _layer_for(layer_name)
+    return x_hat.new_empty((*x_hat.shape[:-1], int(layer.output_size_per_partition)))
 
 
 def _buffer_names(part: int) -> tuple[str, str, str]:

@@ -157,3 +157,96 @@ def test_prep_configurations_identical(fmt, m, k):
             assert torch.equal(bits(out), bits(want)), (v, cl)
             ran += 1
     assert ran >= 4
+
+
+# ------------------------------------------------------------------------------------------
+# RMSNorm (+ residual add) + preparation in one kernel: bit-exact vs sharq_vllm/norm.py and
+# the reference preparation (evaluated on the CPU)
+# ------------------------------------------------------------------------------------------
+# one CTA a row up to K = 8192 (kPrepNormMaxK): hidden sizes of Llama / Qwen models, odd chunk
+# counts (576: 72 chunks, 3 warps; 3584: 448; 5120: 640) and the largest (8192: 1024 threads)
+NORM_SHAPES = [(1, 4096), (3, 64), (17, 3584), (64, 1536), (255, 576), (300, 8192), (513, 4096), (2, 5120)]
+EPS = 1e-5
+
+
+def _norm_inputs(m, k, dtype):
+    x, r = heavy(m, k, dtype), heavy(m, k, dtype)
+    w = heavy(1, k, dtype, outliers=2, scale=8.0).reshape(k)
+    w[k // 3] = 0.0
+    if m >= 5:
+        x[1], r[1] = 0.0, 0.0  # all-zero row: ss = 0, inv = 1/sqrt(eps)
+        x[2, 5] = float("nan")  # non-finite row
+        x[3, :], r[3, :] = x[3, :] * 1e12, 0.0  # squares overflow FP32 (bf16): ss = Inf, inv = 0
+        x[4, :], r[4, :] = x[4, :] * 1e-30, r[4, :] * 1e-30  # tiny row (bf16): subnormal squares
+    return x, r, w
+
+
+def _norm_reference(x, r, w, fmt, pattern):
+    from sharq_vllm.norm import rms_norm
+    from sharq_vllm.reference import prepare_activation
+
+    n, r_out = rms_norm(x.cpu(), w.cpu(), EPS, None if r is None else r.cpu())
+    return prepare_activation(n, fmt, pattern).x_hat, r_out
+
+
+def _same_bits(got, want, what):
+    got = got.cpu()
+    nan = torch.isnan(want.float())
+    assert torch.isnan(got.float()[nan]).all(), f"{what}: NaN elements must stay NaN"
+    bad = (bits(got[~nan]) != bits(want[~nan])).sum().item()
+    assert bad == 0, f"{what}: {bad} of {want.numel()} elements differ"
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k", NORM_SHAPES)
+@pytest.mark.parametrize("add", [True, False], ids=["add", "noadd"])
+def test_prep_norm_bit_exact(fmt, pattern, dtype, m, k, add):
+    x, r, w = _norm_inputs(m, k, dtype)
+    if not add:
+        r = None
+    out = torch.full_like(x, float("nan"))
+    r_out = torch.full_like(x, float("nan")) if add else None
+    torch.ops.sharq_C.prep_norm(x, r, r_out, w, EPS, out, *dispatch.prep_values(fmt, pattern))
+    want, want_r = _norm_reference(x, r, w, fmt, pattern)
+    _same_bits(out, want, "x_hat")
+    if add:
+        _same_bits(r_out, want_r, "residual_out")
+
+
+@pytest.mark.parametrize("k", [4096, 14336])
+def test_prep_norm_ops_kernel_or_fallback(k):
+    # K <= 8192: the fused kernel; above: norm.rms_norm on the GPU, then the preparation kernel;
+    # both the reference's bits. Strided rows (a view of a wider tensor) go through _rows.
+    wide = heavy(9, 2 * k, torch.bfloat16)
+    x, r = wide[:, :k], heavy(9, k, torch.bfloat16)
+    w = heavy(1, k, torch.bfloat16, outliers=0).reshape(k)
+    assert dispatch.prep_norm_on_kernel(x, w, "nvfp4", "4:8-pairs") == (k <= dispatch.PREP_NORM_MAX_K)
+    xh, r_out = torch.ops.sharq.prepare_add_rms_norm(x, r, w, EPS, "nvfp4", "4:8-pairs")
+    want, want_r = _norm_reference(x, r, w, "nvfp4", "4:8-pairs")
+    _same_bits(xh, want, "x_hat")
+    _same_bits(r_out, want_r, "residual_out")
+    xh1 = torch.ops.sharq.prepare_rms_norm(x, w, EPS, "nvfp4", "4:8-pairs")
+    _same_bits(xh1, _norm_reference(x, None, w, "nvfp4", "4:8-pairs")[0], "x_hat (no residual)")
+
+
+def test_prep_norm_repeatable_and_graph_replay():
+    x, r, w = _norm_inputs(64, 4096, torch.bfloat16)
+    first = torch.ops.sharq.prepare_add_rms_norm(x, r, w, EPS, "nvfp4", "4:8-pairs")
+    for _ in range(100):
+        again = torch.ops.sharq.prepare_add_rms_norm(x, r, w, EPS, "nvfp4", "4:8-pairs")
+        assert all(torch.equal(bits(a), bits(b)) for a, b in zip(again, first, strict=True))
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        torch.ops.sharq.prepare_add_rms_norm(x, r, w, EPS, "nvfp4", "4:8-pairs")  # warm-up off the capture
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = torch.ops.sharq.prepare_add_rms_norm(x, r, w, EPS, "nvfp4", "4:8-pairs")
+    for t in out:
+        t.fill_(float("nan"))
+    g.replay()
+    torch.cuda.synchronize()
+    assert all(torch.equal(bits(a), bits(b)) for a, b in zip(out, first, strict=True))

@@ -9,6 +9,7 @@ import torch
 from sharq_vllm import ops
 from sharq_vllm.kernels import dispatch
 from sharq_vllm.kernels.layout import tile_weight
+from sharq_vllm.norm import rms_norm
 from sharq_vllm.reference import (
     apply_linear,
     backbone_block,
@@ -37,12 +38,17 @@ def test_prepare_cpu_is_reference(fmt, pattern):
     assert dbg[3].shape == (5, 128 // bb) and dbg[5].shape == (5, 128 // rb)
 
 
-def test_prepare_with_norm():
-    x = _heavy(4, 64)
-    w = torch.rand(64).to(torch.bfloat16) + 0.5
-    y = torch.ops.sharq.prepare(x, "nvfp4", "2:4", w, 1e-5)
-    xn = ops._rms_norm(x, w, 1e-5)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_prepare_with_norm_is_norm_then_prepare(dtype):
+    x, r = _heavy(4, 192, dtype), _heavy(4, 192, dtype, seed=7)
+    w = (torch.rand(192) + 0.5).to(dtype)
+    y = torch.ops.sharq.prepare_rms_norm(x, w, 1e-5, "nvfp4", "2:4")
+    xn, _ = rms_norm(x, w, 1e-5)
     assert torch.equal(y, prepare_activation(xn, "nvfp4", "2:4").x_hat)
+    y2, r_out = torch.ops.sharq.prepare_add_rms_norm(x, r, w, 1e-6, "mxfp4", "4:8-pairs", "tensor")
+    xn2, r_want = rms_norm(x, w, 1e-6, r)
+    assert torch.equal(r_out, r_want) and torch.equal(r_out, (x.float() + r.float()).to(dtype))
+    assert torch.equal(y2, prepare_activation(xn2, "mxfp4", "4:8-pairs", act_scale="tensor").x_hat)
 
 
 def test_linear_cpu_matches_reference():

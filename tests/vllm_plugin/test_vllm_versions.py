@@ -41,6 +41,7 @@ TESTS = (
     "tests/vllm_plugin/test_presets_vllm.py",
     "tests/vllm_plugin/test_load_validation.py",
     "tests/vllm_plugin/test_nvfp4_api.py",
+    "tests/vllm_plugin/test_fusion.py",
     "tests/test_checkpoint_vllm.py",
 )
 

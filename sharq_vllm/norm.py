@@ -1,0 +1,62 @@
+"""RMSNorm (with or without the residual add) as the fused norm + preparation kernel computes it.
+
+vLLM's RMSNorm (``vllm.ir.ops.rms_norm`` / ``fused_add_rms_norm``, the models' input and
+post-attention norms) feeds every qkv and gate/up projection. SharQ's compile pass
+(sharq_vllm/vllm_plugin/fusion.py) runs that norm inside the preparation kernel
+(sharq_vllm/csrc/prep.cu, ``rms_norm_row``), which must then agree with something bit for bit.
+This is that something: vLLM's semantics, with the one thing they leave open pinned down.
+
+    s        = x (+ residual)                   FP32; residual_out = s rounded to x.dtype
+    ss       = sum(s * s)                        FP32, in a FIXED order (below)
+    inv      = 1 / sqrt(ss / K + eps)            IEEE division and square root, each rounded
+    y        = round(s * inv) to weight.dtype, times the weight, rounded to x.dtype
+
+vLLM's own implementations sum the squares in whatever order their kernel reduces in (and use
+an approximate rsqrt), so they agree with each other only to tolerances (``vllm/ir/ops``:
+atol 1e-2 for fp16); a float sum depends on its order, so a bit-exact contract needs one. The
+order here is a balanced pairwise tree over the channels in order, zero-padded to a power of
+two: a thread's 8 channels, then a warp's lanes by an xor butterfly with rising offsets, then
+the warps, is exactly that tree (adding +0 to a partial sum changes nothing). Everything else
+is a correctly rounded FP32 operation, the same on CPU and GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def tree_sum(v: torch.Tensor) -> torch.Tensor:
+    """Sum over the last dim by a balanced pairwise tree (adjacent pairs first), zero-padded to
+    a power of two; keeps the dim (size 1)."""
+    n = v.shape[-1]
+    p = 1 << max(0, (n - 1).bit_length())
+    if p != n:
+        v = torch.nn.functional.pad(v, (0, p - n))
+    while v.shape[-1] > 1:
+        v = v[..., 0::2] + v[..., 1::2]
+    return v
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(normalized x, residual_out): vLLM's RMSNorm over the last dim with the summation order
+    above; ``residual`` given: x + residual is normalized and returned as residual_out (rounded
+    to x.dtype), else residual_out is None."""
+    if x.shape[-1] != weight.numel():
+        raise ValueError(f"sharq: norm weight has {weight.numel()} channels, x has {x.shape[-1]}")
+    s = x.float()
+    residual_out = None
+    if residual is not None:
+        if residual.shape != x.shape:
+            raise ValueError(f"sharq: residual shape {tuple(residual.shape)} differs from x's {tuple(x.shape)}")
+        s = s + residual.float()
+        residual_out = s.to(x.dtype)
+    ss = tree_sum(s * s)
+    # divisors and addends as same-device tensors: torch on CUDA turns `t / python_scalar` into
+    # `t * (1 / scalar)`, another rounding (tests/gpu/test_prep_gpu.py)
+    k = torch.tensor(float(s.shape[-1]), dtype=torch.float32, device=x.device)
+    var = ss / k
+    inv = torch.ones_like(var) / torch.sqrt(var + torch.tensor(eps, dtype=torch.float32, device=x.device))
+    y = (s * inv).to(weight.dtype)
+    return (y.float() * weight.float()).to(weight.dtype).to(x.dtype), residual_out
