@@ -7,9 +7,11 @@ they are CUDA-graph capturable):
 
 ``torch.ops.sharq.prepare(x, fmt, pattern, act_scale="token") -> x_hat``
     SharQ activation decomposition (reference.sharq_activation).
-``torch.ops.sharq.prepare_rms_norm(x, weight, eps, fmt, pattern, act_scale="token") -> x_hat`` and
+``torch.ops.sharq.prepare_rms_norm(x, weight, eps, fmt, pattern, act_scale="token") -> x_hat``,
 ``torch.ops.sharq.prepare_add_rms_norm(x, residual, weight, eps, fmt, pattern, act_scale="token")
-    -> (x_hat, residual_out)``: the same after vLLM's RMSNorm (sharq_vllm/norm.py), in one kernel.
+    -> (x_hat, residual_out)`` and ``torch.ops.sharq.prepare_silu_mul(x, fmt, pattern,
+    act_scale="token") -> x_hat``: the same after vLLM's RMSNorm or SiLU * mul
+    (sharq_vllm/producers.py), in one kernel.
 ``torch.ops.sharq.prepare_debug(x, fmt, pattern) -> (x_hat, mask, bb_codes, bb_scales,
     res_codes, res_scales, tscales)``: the codes and scales too, for bit-exactness tests.
 ``torch.ops.sharq.gemm(x_hat, qweight, scales, tensor_scale, bias, n, n_pad, k, block, layout,
@@ -32,7 +34,7 @@ import torch
 from .formats import WEIGHT_FORMATS, QuantizedBlocks
 from .kernels import dispatch
 from .kernels.layout import tile_weight, untile_weight
-from .norm import rms_norm
+from .producers import rms_norm, silu_and_mul
 from .reference import (
     WeightPayload,
     backbone_block,
@@ -157,13 +159,14 @@ def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> torc
 
 
 # ----------------------------------------------------------------------------------------
-# sharq::prepare_rms_norm / prepare_add_rms_norm (RMSNorm, with the residual add, + preparation)
+# sharq::prepare_rms_norm / prepare_add_rms_norm / prepare_silu_mul (the activation's producer +
+# the preparation, sharq_vllm/producers.py)
 # ----------------------------------------------------------------------------------------
 def _prepare_norm(
     x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float, fmt: str, pattern: str,
     act_scale: str,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The fused kernel where it serves the call; elsewhere norm.rms_norm, then the
+    """The fused kernel where it serves the call; elsewhere producers.rms_norm, then the
     preparation (kernel or reference): the same bits either way."""
     if x.device.type == "cuda" and dispatch.prep_norm_on_kernel(x, weight, fmt, pattern, act_scale):
         k = x.shape[-1]
@@ -206,6 +209,27 @@ def _(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return (torch.empty_like(x, memory_format=torch.contiguous_format),
             torch.empty_like(x, memory_format=torch.contiguous_format))
+
+
+@torch.library.custom_op("sharq::prepare_silu_mul", mutates_args=())
+def prepare_silu_mul(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> torch.Tensor:
+    return _prepare_reference(silu_and_mul(x), fmt, pattern, act_scale)
+
+
+@prepare_silu_mul.register_fake
+def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
+
+
+@prepare_silu_mul.register_kernel("cuda")
+def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> torch.Tensor:
+    if not dispatch.prep_silu_mul_on_kernel(x, fmt, pattern, act_scale):
+        return torch.ops.sharq.prepare(silu_and_mul(x), fmt, pattern, act_scale)  # type: ignore[no-any-return]
+    x2 = _rows(x, x.shape[-1])
+    k = x2.shape[1] // 2
+    out = torch.empty((x2.shape[0], k), dtype=x.dtype, device=x.device)
+    torch.ops.sharq_C.prep_silu_mul(x2, out, *dispatch.prep_values(fmt, pattern), 0, 0)
+    return out.reshape(*x.shape[:-1], k)
 
 
 # ----------------------------------------------------------------------------------------

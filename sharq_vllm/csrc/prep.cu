@@ -253,13 +253,13 @@ __device__ __forceinline__ float block_tree_sum(float v, float* red) {
   return red[32];
 }
 
-template <typename T, int kNorm>
+template <typename T, int kProd>
 __device__ __forceinline__ uint4 rms_norm_row(uint4 xc, int c, bool in_row, int row, int K,
                                               const PrepNorm& nrm, float* red) {
   float s[8];
 #pragma unroll
   for (int i = 0; i < 8; ++i) s[i] = elem<T>(xc, i);
-  if constexpr (kNorm == kPrepAddNorm) {
+  if constexpr (kProd == kPrepAddNorm) {
     const uint4 rc = in_row ? *reinterpret_cast<const uint4*>(static_cast<const T*>(nrm.residual) +
                                                               (int64_t)row * nrm.res_stride + 8 * c)
                             : make_uint4(0, 0, 0, 0);
@@ -285,13 +285,33 @@ __device__ __forceinline__ uint4 rms_norm_row(uint4 xc, int c, bool in_row, int 
   return out;
 }
 
+// ---- SiLU * mul before the preparation (prep_silu_mul) ------------------------------------------
+// Contract (sharq_vllm/producers.py::silu_and_mul): y = round(round(silu(g)) * u) in the dtype,
+// silu(g) = g / (1 + exp(-g)) in FP32 with CUDA's expf (PyTorch's own CUDA silu: eager
+// F.silu(g) * u, and vLLM's silu_and_mul kernel, compute exactly this): bit-exact with the
+// reference evaluated on the GPU; on the CPU, exp is another library's (documented there).
+template <typename T>
+__device__ __forceinline__ uint4 silu_mul_chunk(uint4 g, uint4 u) {
+  uint4 out;
+  T* o = reinterpret_cast<T*>(&out);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const float a = elem<T>(g, i);
+    const float s = Elem<T>::to_float(Elem<T>::from_float(__fdiv_rn(a, __fadd_rn(1.0f, expf(-a)))));
+    o[i] = Elem<T>::from_float(__fmul_rn(s, elem<T>(u, i)));
+  }
+  return out;
+}
+
 // One row per cluster of `cl` CTAs (cl = 1: plain launch, one row per CTA); CTA rank r of the
 // cluster owns chunks [r * K/(8 cl), (r+1) * K/(8 cl)) of its row (a multiple of 8 chunks, so
 // scale blocks never straddle CTAs).
 // kDebug: the debug outputs are written (prep_debug); the serving kernel has no debug code.
-// kNorm (prep_norm; V == 1 and cl == 1 only, the launcher checks): the row is first
-// normalized, rms_norm_row below, and the preparation runs on the normalized values.
-template <typename T, int V, bool kDebug, int kNorm = kPrepNoNorm>
+// kProd: what produces the row the preparation takes. kPrepPlain: x itself. kPrepNorm /
+// kPrepAddNorm (prep_norm; V == 1 and cl == 1 only, launch_norm): the row normalized by
+// rms_norm_row above. kPrepSiluMul (prep_silu_mul; any configuration, it is elementwise):
+// silu(gate) * up of x's two halves, silu_mul_chunk above.
+template <typename T, int V, bool kDebug, int kProd = kPrepPlain>
 __global__ void __launch_bounds__(V <= 2 ? 1024 : 512)
 prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int K, int fmt,
             int pattern, int bb_lanes, int rb_lanes, PrepDebug dbg, int cl, PrepNorm nrm) {
@@ -315,11 +335,16 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
 #pragma unroll
   for (int v = 0; v < V; ++v) {
     const int c = v * blockDim.x + tid;
-    xraw[v] = c < nchunks ? *reinterpret_cast<const uint4*>(xr + 8 * c) : make_uint4(0, 0, 0, 0);
+    if constexpr (kProd == kPrepSiluMul)  // x rows hold [gate | up], each K wide
+      xraw[v] = c < nchunks ? silu_mul_chunk<T>(*reinterpret_cast<const uint4*>(xr + 8 * c),
+                                                *reinterpret_cast<const uint4*>(xr + K + 8 * c))
+                            : make_uint4(0, 0, 0, 0);
+    else
+      xraw[v] = c < nchunks ? *reinterpret_cast<const uint4*>(xr + 8 * c) : make_uint4(0, 0, 0, 0);
   }
-  if constexpr (kNorm != kPrepNoNorm) {
+  if constexpr (kProd == kPrepNorm || kProd == kPrepAddNorm) {
     static_assert(V == 1, "prep_norm: one chunk a thread");
-    xraw[0] = rms_norm_row<T, kNorm>(xraw[0], tid, tid < nchunks, row, K, nrm, red);
+    xraw[0] = rms_norm_row<T, kProd>(xraw[0], tid, tid < nchunks, row, K, nrm, red);
   }
   uint32_t mag2 = 0;  // max |x| as 16-bit bits, two lanes (sign cleared: bits order like |x|)
 #pragma unroll
@@ -471,13 +496,13 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
 #endif
 constexpr bool kPrepPdl = SHARQ_PREP_PDL;
 
-template <typename T, int V>
+template <typename T, int V, int kProd = kPrepPlain>
 cudaError_t launch_v(const T* xp, int64_t x_stride, T* yp, int M, int K, int fmt, int pattern,
                      int bb_lanes, int rb_lanes, const PrepDebug& dbg, int cl, cudaStream_t stream) {
   const int nchunks = K / 8 / cl;
   const int threads = ((nchunks + V - 1) / V + 31) / 32 * 32;
   if (threads > (V <= 2 ? 1024 : 512)) return cudaErrorInvalidValue;
-  const auto kernel = dbg.any() ? prep_kernel<T, V, true> : prep_kernel<T, V, false>;
+  const auto kernel = dbg.any() ? prep_kernel<T, V, true, kProd> : prep_kernel<T, V, false, kProd>;
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3((unsigned)M * (unsigned)cl);
   cfg.blockDim = dim3(threads);
@@ -501,7 +526,7 @@ cudaError_t launch_v(const T* xp, int64_t x_stride, T* yp, int M, int K, int fmt
 
 // RMSNorm + preparation: one CTA a row, one chunk a thread (the summation order of the norm is
 // the tree over the chunks, rms_norm_row), launched like the preparation (PDL).
-template <typename T, int kNorm>
+template <typename T, int kProd>
 cudaError_t launch_norm(const T* xp, int64_t x_stride, T* yp, int M, int K, int fmt, int pattern,
                         int bb_lanes, int rb_lanes, const PrepNorm& nrm, cudaStream_t stream) {
   const int threads = (K / 8 + 31) / 32 * 32;
@@ -515,7 +540,7 @@ cudaError_t launch_norm(const T* xp, int64_t x_stride, T* yp, int M, int K, int 
   attr[0].val.programmaticStreamSerializationAllowed = kPrepPdl ? 1 : 0;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, prep_kernel<T, 1, false, kNorm>, xp, x_stride, yp, K, fmt, pattern, bb_lanes,
+  return cudaLaunchKernelEx(&cfg, prep_kernel<T, 1, false, kProd>, xp, x_stride, yp, K, fmt, pattern, bb_lanes,
                             rb_lanes, PrepDebug{}, 1, nrm);
 }
 
@@ -541,7 +566,7 @@ inline int prep_cluster_size(int M, int K) {
   return 1;
 }
 
-template <typename T>
+template <typename T, int kProd = kPrepPlain>
 cudaError_t launch_prep_t(const void* x, int64_t x_stride, void* xhat, int M, int K, int fmt,
                           int pattern, int bb_lanes, int rb_lanes, const PrepDebug& dbg, int force_v,
                           int force_cl, cudaStream_t stream) {
@@ -562,10 +587,10 @@ cudaError_t launch_prep_t(const void* x, int64_t x_stride, void* xhat, int M, in
   const int nchunks = K / 8 / cl;
   if (force_v > 0) {
     switch (force_v) {
-      case 1: return launch_v<T, 1>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
-      case 2: return launch_v<T, 2>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
-      case 4: return launch_v<T, 4>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
-      case 8: return launch_v<T, 8>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
+      case 1: return launch_v<T, 1, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
+      case 2: return launch_v<T, 2, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
+      case 4: return launch_v<T, 4, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
+      case 8: return launch_v<T, 8, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
       default: return cudaErrorInvalidValue;
     }
   }
@@ -574,10 +599,10 @@ cudaError_t launch_prep_t(const void* x, int64_t x_stride, void* xhat, int M, in
   // (V=4's 100 registers cap residency at 5 CTAs/SM for K=4096, 1 CTA/SM for K=14336).
   // (V = 4 would fit K <= 16384 only, where V = 2 does; above, one CTA needs V = 8.)
   if (M > kPrepLargeM && nchunks <= 2 * 1024)
-    return launch_v<T, 2>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
-  if (nchunks <= 1024) return launch_v<T, 1>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
-  if (nchunks <= 2048) return launch_v<T, 2>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
-  return launch_v<T, 8>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
+    return launch_v<T, 2, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
+  if (nchunks <= 1024) return launch_v<T, 1, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
+  if (nchunks <= 2048) return launch_v<T, 2, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
+  return launch_v<T, 8, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
 }
 
 }  // namespace
@@ -619,6 +644,20 @@ cudaError_t launch_prep_norm(const void* x, int64_t x_stride, void* xhat, int M,
       return add ? launch_norm<T, kPrepAddNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, stream)
                  : launch_norm<T, kPrepNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, stream);
     }
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t launch_prep_silu_mul(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
+                                 int fmt, int pattern, int backbone_block, int residual_block,
+                                 cudaStream_t stream, int force_v, int force_cl) {
+  if (M == 0) return cudaSuccess;
+  if (!prep_args_ok(fmt, pattern, backbone_block, residual_block, K)) return cudaErrorInvalidValue;
+  const int bb_lanes = backbone_block / 8, rb_lanes = residual_block / 8;
+  const PrepDebug none{};
+  switch (dtype) {
+    case kBF16: return launch_prep_t<__nv_bfloat16, kPrepSiluMul>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, none, force_v, force_cl, stream);
+    case kFP16: return launch_prep_t<__half, kPrepSiluMul>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, none, force_v, force_cl, stream);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -49,7 +49,9 @@ cudaError_t launch_prep(const void* x, int64_t x_stride, void* xhat, int M, int 
 // rms_norm_row): x_hat = prepare(rms_norm(x (+ residual))) in one pass over the row; with a
 // residual, residual_out [M, K] (contiguous) receives x + residual rounded to the dtype. weight
 // [K] has the activations' dtype. One CTA a row, so K <= kPrepNormMaxK.
-enum PrepNormKind : int { kPrepNoNorm = 0, kPrepNorm = 1, kPrepAddNorm = 2 };
+// What produces the row the preparation takes (prep.cu's kProd): the row itself, RMSNorm (+ the
+// residual add), or SiLU * mul of the row's two halves (launch_prep_silu_mul below).
+enum PrepProducer : int { kPrepPlain = 0, kPrepNorm = 1, kPrepAddNorm = 2, kPrepSiluMul = 3 };
 constexpr int kPrepNormMaxK = 8 * 1024;
 struct PrepNorm {
   const void* residual = nullptr;  // [M, K], row stride res_stride elements; null: no add
@@ -61,6 +63,13 @@ struct PrepNorm {
 cudaError_t launch_prep_norm(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
                              int fmt, int pattern, int backbone_block, int residual_block,
                              const PrepNorm& norm, cudaStream_t stream);
+
+// SiLU * mul in front of the preparation: x [M, 2K] rows [gate | up] (row stride x_stride),
+// x_hat [M, K] = prepare(round(round(silu(gate)) * up)) (prep.cu, silu_mul_chunk). Any K the
+// preparation takes; force_v / force_cl as for launch_prep.
+cudaError_t launch_prep_silu_mul(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
+                                 int fmt, int pattern, int backbone_block, int residual_block,
+                                 cudaStream_t stream, int force_v = 0, int force_cl = 0);
 
 // Prepacked weight layout (see gemm.cu): qweight [N/16][K/64][32 lanes][16 B],
 // scales [N/16][K/64][scale_bytes_per_tile] with 32 (block 32) or 64 (block 16) bytes a tile.

@@ -46,6 +46,7 @@ __all__ = [
     "layer_label",
     "prep_norm_on_kernel",
     "prep_on_kernel",
+    "prep_silu_mul_on_kernel",
     "prep_values",
     "sm_count",
     "wave_fill",
@@ -209,8 +210,15 @@ def prep_on_kernel(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "to
 
 def prep_norm_on_kernel(x: torch.Tensor, weight: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> bool:
     """Whether the RMSNorm + preparation kernel takes ``x`` with norm ``weight`` (else the
-    reference norm runs first, then the preparation: the same bits, sharq_vllm/norm.py)."""
+    reference norm runs first, then the preparation: the same bits, sharq_vllm/producers.py)."""
     return x.shape[-1] <= PREP_NORM_MAX_K and weight.dtype == x.dtype and prep_on_kernel(x, fmt, pattern, act_scale)
+
+
+def prep_silu_mul_on_kernel(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> bool:
+    """Whether the SiLU * mul + preparation kernel takes ``x`` ([..., 2K]: gate | up); else
+    producers.silu_and_mul, then the preparation (the same bits on the GPU)."""
+    k2 = x.shape[-1]
+    return k2 % 2 == 0 and prep_on_kernel(x[..., : k2 // 2], fmt, pattern, act_scale)
 
 
 def prep_values(fmt: str, pattern: str) -> tuple[int, int, int, int]:

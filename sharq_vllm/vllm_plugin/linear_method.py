@@ -86,8 +86,9 @@ def _(x: torch.Tensor, bias: torch.Tensor | None, layer_name: str) -> torch.Tens
 
 
 # The same linear split in two where SharQ's compile pass (fusion.py) moved the preparation into
-# the RMSNorm before it: the norm + preparation ops (x_hat from the norm's input; the layer name
-# gives the options, as above) and the GEMM alone on x_hat. Inserted by the pass only.
+# the op that produces its input: the RMSNorm / SiLU * mul + preparation ops (x_hat from the
+# producer's input; the layer name gives the options, as above) and the GEMM alone on x_hat.
+# Inserted by the pass only.
 @torch.library.custom_op("sharq_plugin::rms_norm_prepare", mutates_args=())
 def _rms_norm_prepare(x: torch.Tensor, weight: torch.Tensor, eps: float, layer_name: str) -> torch.Tensor:
     o = layer_options(layer_name)
@@ -114,6 +115,17 @@ def _(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return (torch.empty_like(x, memory_format=torch.contiguous_format),
             torch.empty_like(x, memory_format=torch.contiguous_format))
+
+
+@torch.library.custom_op("sharq_plugin::silu_mul_prepare", mutates_args=())
+def _silu_mul_prepare(x: torch.Tensor, layer_name: str) -> torch.Tensor:
+    o = layer_options(layer_name)
+    return torch.ops.sharq.prepare_silu_mul(x, o.format, o.pattern, o.act_scale)  # type: ignore[no-any-return]
+
+
+@_silu_mul_prepare.register_fake
+def _(x: torch.Tensor, layer_name: str) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
 
 
 @torch.library.custom_op("sharq_plugin::linear_prepared", mutates_args=())

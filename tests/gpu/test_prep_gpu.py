@@ -160,7 +160,7 @@ def test_prep_configurations_identical(fmt, m, k):
 
 
 # ------------------------------------------------------------------------------------------
-# RMSNorm (+ residual add) + preparation in one kernel: bit-exact vs sharq_vllm/norm.py and
+# RMSNorm (+ residual add) + preparation in one kernel: bit-exact vs sharq_vllm/producers.py and
 # the reference preparation (evaluated on the CPU)
 # ------------------------------------------------------------------------------------------
 # one CTA a row up to K = 8192 (kPrepNormMaxK): hidden sizes of Llama / Qwen models, odd chunk
@@ -182,7 +182,7 @@ def _norm_inputs(m, k, dtype):
 
 
 def _norm_reference(x, r, w, fmt, pattern):
-    from sharq_vllm.norm import rms_norm
+    from sharq_vllm.producers import rms_norm
     from sharq_vllm.reference import prepare_activation
 
     n, r_out = rms_norm(x.cpu(), w.cpu(), EPS, None if r is None else r.cpu())
@@ -217,7 +217,7 @@ def test_prep_norm_bit_exact(fmt, pattern, dtype, m, k, add):
 
 @pytest.mark.parametrize("k", [4096, 14336])
 def test_prep_norm_ops_kernel_or_fallback(k):
-    # K <= 8192: the fused kernel; above: norm.rms_norm on the GPU, then the preparation kernel;
+    # K <= 8192: the fused kernel; above: producers.rms_norm on the GPU, then the preparation kernel;
     # both the reference's bits. Strided rows (a view of a wider tensor) go through _rows.
     wide = heavy(9, 2 * k, torch.bfloat16)
     x, r = wide[:, :k], heavy(9, k, torch.bfloat16)
@@ -250,3 +250,77 @@ def test_prep_norm_repeatable_and_graph_replay():
     g.replay()
     torch.cuda.synchronize()
     assert all(torch.equal(bits(a), bits(b)) for a, b in zip(out, first, strict=True))
+
+
+# ------------------------------------------------------------------------------------------
+# SiLU * mul + preparation in one kernel: bit-exact vs producers.silu_and_mul evaluated on the
+# GPU (PyTorch's CUDA silu uses the same expf) and the reference preparation
+# ------------------------------------------------------------------------------------------
+# K = the down projection's input: Llama-3.1-8B 14336 (cluster of 8 at M <= 16, 2 above, 2 chunks
+# a thread above M = 256), Qwen2.5-1.5B 8960 (7 CTAs), small and odd shapes
+SILU_SHAPES = [(1, 14336), (17, 14336), (300, 14336), (5, 8960), (64, 1536), (3, 64), (255, 576), (2, 28672)]
+
+
+def _gate_up(m, k, dtype):
+    gu = torch.cat([heavy(m, k, dtype), heavy(m, k, dtype)], dim=1)
+    if m >= 4:
+        gu[1, :] = 0.0
+        gu[2, 5] = float("nan")  # non-finite row
+        gu[3, : k // 2] = -200.0  # exp(-g) overflows: silu = -0
+    return gu
+
+
+def _silu_reference(gu, fmt, pattern):
+    from sharq_vllm.producers import silu_and_mul
+    from sharq_vllm.reference import prepare_activation
+
+    return prepare_activation(silu_and_mul(gu).cpu(), fmt, pattern).x_hat  # silu on the GPU
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k", SILU_SHAPES)
+def test_prep_silu_mul_bit_exact(fmt, pattern, dtype, m, k):
+    gu = _gate_up(m, k, dtype)
+    out = torch.full((m, k), float("nan"), dtype=dtype, device="cuda")
+    torch.ops.sharq_C.prep_silu_mul(gu, out, *dispatch.prep_values(fmt, pattern), 0, 0)
+    _same_bits(out, _silu_reference(gu, fmt, pattern), "x_hat")
+
+
+@pytest.mark.parametrize("v,cl", [(1, 1), (2, 1), (8, 1), (1, 2), (1, 7), (2, 4)])
+def test_prep_silu_mul_configurations_identical(v, cl):
+    m, k = 9, 8960
+    gu = _gate_up(m, k, torch.bfloat16)
+    want = torch.empty((m, k), dtype=torch.bfloat16, device="cuda")
+    torch.ops.sharq_C.prep_silu_mul(gu, want, *dispatch.prep_values("nvfp4", "4:8-pairs"), 0, 0)
+    if (k // 8 + v - 1) // v > 1024 * cl or k % (64 * cl):
+        pytest.skip("configuration does not hold this row")
+    got = torch.full_like(want, float("nan"))
+    torch.ops.sharq_C.prep_silu_mul(gu, got, *dispatch.prep_values("nvfp4", "4:8-pairs"), v, cl)
+    assert torch.equal(bits(got), bits(want))
+
+
+def test_prepare_silu_mul_op_and_graph_replay():
+    # the op (strided input: a view of a wider tensor goes through _rows), 100 runs, CUDA graph
+    wide = torch.cat([_gate_up(33, 14336, torch.bfloat16), heavy(33, 64, torch.bfloat16)], dim=1)
+    gu = wide[:, : 2 * 14336]
+    first = torch.ops.sharq.prepare_silu_mul(gu, "nvfp4", "4:8-pairs")
+    _same_bits(first, _silu_reference(gu, "nvfp4", "4:8-pairs"), "x_hat")
+    for _ in range(100):
+        assert torch.equal(bits(torch.ops.sharq.prepare_silu_mul(gu, "nvfp4", "4:8-pairs")), bits(first))
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        torch.ops.sharq.prepare_silu_mul(gu, "nvfp4", "4:8-pairs")
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = torch.ops.sharq.prepare_silu_mul(gu, "nvfp4", "4:8-pairs")
+    out.fill_(float("nan"))
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(bits(out), bits(first))
+    # odd halves the kernel cannot take fall back to producers.silu_and_mul + the preparation
+    odd = heavy(4, 2 * 40, torch.bfloat16)
+    assert not dispatch.prep_silu_mul_on_kernel(odd, "nvfp4", "4:8-pairs")

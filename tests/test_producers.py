@@ -1,4 +1,5 @@
-"""sharq_vllm/norm.py: the RMSNorm the fused norm + preparation kernel must match bit for bit.
+"""sharq_vllm/producers.py: the RMSNorm and SiLU * mul the fused producer + preparation kernels
+must match bit for bit.
 
 The fixed summation order is checked against an independent float64 evaluation of the same
 tree (every partial sum of squares of bf16/fp16 values is exact or rounded identically), and the
@@ -12,7 +13,7 @@ import math
 import pytest
 import torch
 
-from sharq_vllm.norm import rms_norm, tree_sum
+from sharq_vllm.producers import rms_norm, silu_and_mul, tree_sum
 
 
 def _heavy(m, k, dtype=torch.bfloat16, seed=0):
@@ -97,3 +98,20 @@ def test_rms_norm_nonfinite_and_errors():
         rms_norm(x, torch.ones(32, dtype=torch.bfloat16), 1e-6)
     with pytest.raises(ValueError, match="residual shape"):
         rms_norm(x, w, 1e-6, x[:1])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_silu_and_mul(dtype):
+    gu = _heavy(4, 256, dtype)
+    gu[0, 0], gu[0, 1] = -200.0, 60.0  # exp(-g) overflows to Inf (silu = -0); large positive g
+    y = silu_and_mul(gu)
+    assert y.shape == (4, 128) and y.dtype == dtype
+    g, u = gu[:, :128].double(), gu[:, 128:].double()
+    s = (g / (1 + torch.exp(-g))).to(dtype).double()  # silu rounded to the dtype first
+    want = s * u
+    # within half a unit in the last place of the product (+ silu's own last-bit exp difference)
+    ulp = torch.finfo(dtype).eps * want.abs()
+    assert bool(((y.double() - want).abs() <= ulp + 1e-30).all())
+    assert y[0, 0].item() == 0.0 and torch.signbit(y[0, 0]) == torch.signbit(gu[0, 128] * -1)
+    with pytest.raises(ValueError, match="even"):
+        silu_and_mul(gu[:, :5])
