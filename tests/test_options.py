@@ -156,3 +156,12 @@ def test_deprecated_plugin_location_reexports() -> None:
 
     for name in old.__all__:
         assert getattr(old, name) is getattr(new, name), name
+
+
+def test_prep_norm_bound_matches_the_cuda_header() -> None:
+    """kernels.dispatch.PREP_NORM_MAX_K mirrors sharq::kPrepNormMaxK (one CTA a row holds it)."""
+    from sharq_vllm.kernels.dispatch import PREP_NORM_MAX_K
+
+    header = (Path(__file__).resolve().parents[1] / "sharq_vllm" / "csrc" / "sharq_kernels.h").read_text()
+    m = re.search(r"constexpr int kPrepNormMaxK = (\d+) \* (\d+);", header)
+    assert m is not None and int(m.group(1)) * int(m.group(2)) == PREP_NORM_MAX_K

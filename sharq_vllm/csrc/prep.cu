@@ -8,6 +8,9 @@
 //   from the caller (sharq_vllm/reference.py defines them: backbone block = 2x the format's block
 //   unless dense, residual block = the format's; NVFP4 32 (16) / 16, MXFP4 64 (32) / 32).
 //   Rows holding NaN/Inf give NaN rows.
+//   The row may be produced in the same kernel (kProd; contract sharq_vllm/producers.py):
+//   vLLM's RMSNorm with the residual add (launch_prep_norm: x_hat = prepare(rms_norm(x + r)),
+//   residual_out = x + r) or SiLU * mul of the row's two halves (launch_prep_silu_mul).
 //   Optional debug outputs (any may be null): mask u8 [M,K], backbone/residual codes packed u8
 //   [M,K/2] (low nibble first), their scale bytes u8 [M,K/block], tensor scales f32 [M,2].
 //
