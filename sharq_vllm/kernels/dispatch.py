@@ -45,8 +45,10 @@ __all__ = [
     "kernels_for",
     "layer_label",
     "prep_norm_on_kernel",
+    "prep_norm_takes",
     "prep_on_kernel",
     "prep_silu_mul_on_kernel",
+    "prep_takes",
     "prep_values",
     "sm_count",
     "wave_fill",
@@ -196,29 +198,41 @@ def kernels_for(device: torch.device | str | None = None) -> tuple[bool, str]:
         return _status[key]
 
 
-def prep_on_kernel(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> bool:
-    """Whether the preparation kernel takes ``x`` (else the reference preparation runs)."""
-    k = x.shape[-1]
+def prep_takes(k: int, dtype: torch.dtype, fmt: str, pattern: str, act_scale: str = "token") -> bool:
+    """Whether the preparation kernel takes rows of ``k`` channels of ``dtype`` (shapes only: the
+    compile pass asks before any tensor exists)."""
     return (
         act_scale in PREP_ACT_SCALES
-        and x.dtype in KERNEL_DTYPES
+        and dtype in KERNEL_DTYPES
         and 0 < k <= PREP_MAX_K
         and k % required_multiple(fmt, pattern) == 0
-        and kernels_for(x.device)[0]
     )
+
+
+def prep_norm_takes(
+    k: int, dtype: torch.dtype, weight_dtype: torch.dtype, fmt: str, pattern: str, act_scale: str = "token"
+) -> bool:
+    """Whether the RMSNorm + preparation kernel takes such rows (one CTA a row: k <= PREP_NORM_MAX_K)."""
+    return k <= PREP_NORM_MAX_K and weight_dtype == dtype and prep_takes(k, dtype, fmt, pattern, act_scale)
+
+
+def prep_on_kernel(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> bool:
+    """Whether the preparation kernel takes ``x`` (else the reference preparation runs)."""
+    return prep_takes(x.shape[-1], x.dtype, fmt, pattern, act_scale) and kernels_for(x.device)[0]
 
 
 def prep_norm_on_kernel(x: torch.Tensor, weight: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> bool:
     """Whether the RMSNorm + preparation kernel takes ``x`` with norm ``weight`` (else the
     reference norm runs first, then the preparation: the same bits, sharq_vllm/producers.py)."""
-    return x.shape[-1] <= PREP_NORM_MAX_K and weight.dtype == x.dtype and prep_on_kernel(x, fmt, pattern, act_scale)
+    return (prep_norm_takes(x.shape[-1], x.dtype, weight.dtype, fmt, pattern, act_scale)
+            and kernels_for(x.device)[0])
 
 
 def prep_silu_mul_on_kernel(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> bool:
     """Whether the SiLU * mul + preparation kernel takes ``x`` ([..., 2K]: gate | up); else
     producers.silu_and_mul, then the preparation (the same bits on the GPU)."""
     k2 = x.shape[-1]
-    return k2 % 2 == 0 and prep_on_kernel(x[..., : k2 // 2], fmt, pattern, act_scale)
+    return k2 % 2 == 0 and prep_takes(k2 // 2, x.dtype, fmt, pattern, act_scale) and kernels_for(x.device)[0]
 
 
 def prep_values(fmt: str, pattern: str) -> tuple[int, int, int, int]:

@@ -85,16 +85,24 @@ def _act_options(layer_name: str) -> tuple[str, str, str] | None:
     return o.format, o.pattern, o.act_scale
 
 
-def _sharq_users(out: list[fx.Node]) -> list[fx.Node] | None:
-    """The SharQ linears reading ``out`` (one tensor, possibly through several nodes) when they
-    are its only users and share their activation options; else None."""
+def _sharq_users(out: list[fx.Node]) -> tuple[list[fx.Node], tuple[str, str, str]] | None:
+    """The SharQ linears reading ``out`` (one tensor, possibly through several nodes) and their
+    activation options, when they are its only users and share the options; else None."""
     linear = torch.ops.sharq_plugin.linear.default
     users = [u for n in out for u in n.users]
     if not users or any(u.op != "call_function" or u.target is not linear or u.args[0] not in out
                         or u.args[1] in out for u in users):
         return None
     options = {_act_options(str(u.args[2])) for u in users}
-    return users if len(options) == 1 and None not in options else None
+    if len(options) != 1:
+        return None
+    (o,) = options
+    return None if o is None else (users, o)
+
+
+def _val(node: Any) -> Any:
+    """The fake tensor the graph records for ``node`` (None where it has none)."""
+    return node.meta.get("val") if isinstance(node, fx.Node) else None
 
 
 def _to_prepared(graph: fx.Graph, users: list[fx.Node], x_hat: fx.Node) -> None:
@@ -133,11 +141,16 @@ def fuse_norms(graph: fx.Graph) -> int:
             residual_outs = [u for u in outs if u.args[1] == 1]
         else:
             normed, residual_outs = [node], []
-        users = _sharq_users(normed)
-        if users is None:
+        found = _sharq_users(normed)
+        val, w_val = _val(normed[0]), _val(weight)
+        # only where the fused kernel takes the rows: elsewhere the op would run the norm in
+        # PyTorch (the same bits, slower than vLLM's kernel)
+        k = val.shape[-1] if val is not None else None
+        if (found is None or not isinstance(k, int) or w_val is None
+                or not dispatch.prep_norm_takes(k, val.dtype, w_val.dtype, *found[1])):
             continue
+        users = found[0]
         names = [u.args[2] for u in users]
-        val = normed[0].meta.get("val")
         with graph.inserting_before(node):
             if with_residual:
                 pair = graph.call_function(torch.ops.sharq_plugin.add_rms_norm_prepare.default,
@@ -200,8 +213,9 @@ def fuse_silu_mul(graph: fx.Graph) -> int:
     """Rewrite every SiLU * mul -> SharQ linear(s) in ``graph``; returns how many were fused."""
     linear = torch.ops.sharq_plugin.linear.default
     fused = 0
+    erased: set[fx.Node] = set()
     for node in list(graph.nodes):
-        if node.op != "call_function" or node.target is not linear or node.graph is not graph:
+        if node in erased or node.op != "call_function" or node.target is not linear:
             continue
         prod = node.args[0]
         if not isinstance(prod, fx.Node) or prod.target is not torch.ops.aten.mul.Tensor:
@@ -213,9 +227,12 @@ def fuse_silu_mul(graph: fx.Graph) -> int:
         if not m:
             continue
         x = m.kwargs["x"]
-        users = _sharq_users([prod])
-        if users is None or not _halves(x, m.nodes):
+        found = _sharq_users([prod])
+        if (found is None or not _halves(x, m.nodes)
+                or not isinstance(val.shape[-1], int) or not dispatch.prep_takes(val.shape[-1], val.dtype, *found[1])):
             continue
+        users = found[0]
+        erased.update(users)
         with graph.inserting_before(prod):
             x_hat = graph.call_function(torch.ops.sharq_plugin.silu_mul_prepare.default, (x, users[0].args[2]))
         x_hat.meta["val"] = val

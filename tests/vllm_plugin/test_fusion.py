@@ -112,10 +112,13 @@ def test_rms_norm_without_residual() -> None:
 
 
 def test_left_alone() -> None:
-    """A norm whose output also feeds something else, a variance_size override, and linears
-    whose activation options differ keep vLLM's norm and the plain SharQ linear."""
+    """A norm whose output also feeds something else, a variance_size override, linears whose
+    activation options differ, per-tensor activation scales and float32 activations (the fused
+    kernel takes neither: the op would run the norm in PyTorch) keep vLLM's norm and the plain
+    SharQ linear."""
     a = _layer("model.layers.0.self_attn.qkv_proj", 96)
     other = _layer("model.layers.1.self_attn.qkv_proj", 96, pattern="2:4")
+    per_tensor = _layer("model.layers.2.self_attn.qkv_proj", 96, act_scale="tensor")
     lin = torch.ops.sharq_plugin.linear
 
     def shared(x, r, w):  # type: ignore[no-untyped-def]
@@ -129,11 +132,20 @@ def test_left_alone() -> None:
         n = torch.ops.vllm_ir.rms_norm(x, w, EPS, None)
         return lin(n, None, a.sharq_layer_name), lin(n, None, other.sharq_layer_name)
 
+    def tensor_scale(x, w):  # type: ignore[no-untyped-def]
+        return lin(torch.ops.vllm_ir.rms_norm(x, w, EPS, None), None, per_tensor.sharq_layer_name)
+
+    def plain(x, w):  # type: ignore[no-untyped-def]
+        return lin(torch.ops.vllm_ir.rms_norm(x, w, EPS, None), None, a.sharq_layer_name)
+
     x, r, w = _inputs(4)
-    for fn, args in ((shared, (x, r, w)), (override, (x, w)), (mixed, (x, w))):
+    cases = ((shared, (x, r, w)), (override, (x, w)), (mixed, (x, w)), (tensor_scale, (x, w)),
+             (plain, (x.float(), w.float())))
+    for fn, args in cases:
         gm = _trace(fn, *args)
         before = _targets(gm)
-        assert _fuse(gm) == 0 and _targets(gm) == before
+        assert _fuse(gm) == 0 and _targets(gm) == before, fn.__name__
+    assert _fuse(_trace(plain, x, w)) == 1  # the same graph in bf16 is fused
 
 
 def test_pass_object_and_install_reasons(monkeypatch) -> None:  # type: ignore[no-untyped-def]
