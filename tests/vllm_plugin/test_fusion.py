@@ -233,3 +233,20 @@ def test_silu_mul_left_alone() -> None:
     assert fuse_silu_mul(gm.graph) == 0
     gm = _trace_decomposed(shared, _gate_up())
     assert fuse_silu_mul(gm.graph) == 0
+
+
+def test_building_a_sharq_layer_decides_the_pass_once() -> None:
+    """SharQConfig.get_quant_method installs the pass (or says why not) while the model is built:
+    here, with no CUDA device, it stays out and says so once; a skipped layer does not ask."""
+    from sharq_vllm.vllm_plugin import compat, fusion, stats
+
+    cfg = compat.current_vllm_config()
+    assert cfg is not None
+    _layer("model.layers.3.mlp.down_proj", 80)
+    installed = isinstance(cfg.compilation_config.inductor_compile_config.get(fusion.PASS_KEY),
+                           fusion.SharQFusionPass)
+    decided = [k for k in stats._said if k.startswith("fusion")]
+    assert decided, "get_quant_method did not decide about the compile pass"
+    assert installed == (decided == ["fusion"])  # installed: the "runs inside" line, else the reason
+    if not torch.cuda.is_available():
+        assert not installed
