@@ -168,7 +168,7 @@ def _prepare_norm(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The fused kernel where it serves the call; elsewhere producers.rms_norm, then the
     preparation (kernel or reference): the same bits either way."""
-    if x.device.type == "cuda" and dispatch.prep_norm_on_kernel(x, weight, fmt, pattern, act_scale):
+    if dispatch.prep_norm_on_kernel(x, weight, fmt, pattern, act_scale):
         k = x.shape[-1]
         x2 = _rows(x, k)
         r2 = None if residual is None else _rows(residual, k)

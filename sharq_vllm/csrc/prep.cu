@@ -220,7 +220,7 @@ __device__ __forceinline__ float row_max(float v, float* red, float* slot, int c
 }
 
 // ---- RMSNorm before the preparation (prep_norm) ---------------------------------------------
-// Contract (sharq_vllm/reference.py::rms_norm, bit-exact; vLLM's RMSNorm otherwise):
+// Contract (sharq_vllm/producers.py::rms_norm, bit-exact; vLLM's RMSNorm otherwise):
 //   s = x (+ residual), FP32 (residual_out = s rounded to the dtype);
 //   ss = sum of s*s by a balanced pairwise tree over the channels in order, zero-padded to a
 //        power of two (FP32 adds; the fixed order is what makes the sum reproducible: the
@@ -501,11 +501,14 @@ constexpr bool kPrepPdl = SHARQ_PREP_PDL;
 
 template <typename T, int V, int kProd = kPrepPlain>
 cudaError_t launch_v(const T* xp, int64_t x_stride, T* yp, int M, int K, int fmt, int pattern,
-                     int bb_lanes, int rb_lanes, const PrepDebug& dbg, int cl, cudaStream_t stream) {
+                     int bb_lanes, int rb_lanes, const PrepDebug& dbg, int cl, cudaStream_t stream,
+                     const PrepNorm& nrm = PrepNorm{}) {
   const int nchunks = K / 8 / cl;
   const int threads = ((nchunks + V - 1) / V + 31) / 32 * 32;
   if (threads > (V <= 2 ? 1024 : 512)) return cudaErrorInvalidValue;
-  const auto kernel = dbg.any() ? prep_kernel<T, V, true, kProd> : prep_kernel<T, V, false, kProd>;
+  auto kernel = prep_kernel<T, V, false, kProd>;
+  if constexpr (kProd == kPrepPlain)  // debug outputs: the plain preparation only (prep_debug)
+    if (dbg.any()) kernel = prep_kernel<T, V, true, kProd>;
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3((unsigned)M * (unsigned)cl);
   cfg.blockDim = dim3(threads);
@@ -523,28 +526,21 @@ cudaError_t launch_v(const T* xp, int64_t x_stride, T* yp, int M, int K, int fmt
   }
   cfg.attrs = attr;
   cfg.numAttrs = na;
-  return cudaLaunchKernelEx(&cfg, kernel, xp, x_stride, yp, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl,
-                            PrepNorm{});
+  return cudaLaunchKernelEx(&cfg, kernel, xp, x_stride, yp, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, nrm);
 }
 
 // RMSNorm + preparation: one CTA a row, one chunk a thread (the summation order of the norm is
 // the tree over the chunks, rms_norm_row), launched like the preparation (PDL).
-template <typename T, int kProd>
-cudaError_t launch_norm(const T* xp, int64_t x_stride, T* yp, int M, int K, int fmt, int pattern,
+template <typename T>
+cudaError_t launch_norm(const void* x, int64_t x_stride, void* xhat, int M, int K, int fmt, int pattern,
                         int bb_lanes, int rb_lanes, const PrepNorm& nrm, cudaStream_t stream) {
-  const int threads = (K / 8 + 31) / 32 * 32;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3((unsigned)M);
-  cfg.blockDim = dim3(threads);
-  cfg.dynamicSmemBytes = 0;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = kPrepPdl ? 1 : 0;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, prep_kernel<T, 1, false, kProd>, xp, x_stride, yp, K, fmt, pattern, bb_lanes,
-                            rb_lanes, PrepDebug{}, 1, nrm);
+  const T* xp = static_cast<const T*>(x);
+  T* yp = static_cast<T*>(xhat);
+  if (nrm.residual != nullptr)
+    return launch_v<T, 1, kPrepAddNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, PrepDebug{}, 1,
+                                        stream, nrm);
+  return launch_v<T, 1, kPrepNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, PrepDebug{}, 1,
+                                   stream, nrm);
 }
 
 // Rows split over a thread-block cluster (M <= kPrepClusterMaxM). K/(8 cl) must be a whole
@@ -608,9 +604,6 @@ cudaError_t launch_prep_t(const void* x, int64_t x_stride, void* xhat, int M, in
   return launch_v<T, 8, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
 }
 
-}  // namespace
-
-namespace {
 // the arguments every preparation launch shares
 bool prep_args_ok(int fmt, int pattern, int backbone_block, int residual_block, int K) {
   if (fmt != kNVFP4 && fmt != kMXFP4) return false;
@@ -621,6 +614,7 @@ bool prep_args_ok(int fmt, int pattern, int backbone_block, int residual_block, 
   if (!lanes_ok(backbone_block) || !lanes_ok(residual_block) || backbone_block % residual_block) return false;
   return K > 0 && K % backbone_block == 0 && K % 8 == 0 && K <= 8 * 8 * 512;
 }
+
 }  // namespace
 
 cudaError_t launch_prep_norm(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
@@ -631,22 +625,9 @@ cudaError_t launch_prep_norm(const void* x, int64_t x_stride, void* xhat, int M,
       (norm.residual != nullptr) != (norm.residual_out != nullptr))
     return cudaErrorInvalidValue;
   const int bb_lanes = backbone_block / 8, rb_lanes = residual_block / 8;
-  const bool add = norm.residual != nullptr;
   switch (dtype) {
-    case kBF16: {
-      using T = __nv_bfloat16;
-      const T* xp = static_cast<const T*>(x);
-      T* yp = static_cast<T*>(xhat);
-      return add ? launch_norm<T, kPrepAddNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, stream)
-                 : launch_norm<T, kPrepNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, stream);
-    }
-    case kFP16: {
-      using T = __half;
-      const T* xp = static_cast<const T*>(x);
-      T* yp = static_cast<T*>(xhat);
-      return add ? launch_norm<T, kPrepAddNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, stream)
-                 : launch_norm<T, kPrepNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, stream);
-    }
+    case kBF16: return launch_norm<__nv_bfloat16>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, stream);
+    case kFP16: return launch_norm<__half>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, stream);
     default: return cudaErrorInvalidValue;
   }
 }

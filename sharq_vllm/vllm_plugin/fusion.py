@@ -127,10 +127,10 @@ def fuse_norms(graph: fx.Graph) -> int:
         if node.op != "call_function" or node.target not in (rms, add_rms) or node.kwargs:
             continue
         with_residual = node.target is add_rms
-        args = list(node.args)
-        x, residual = args[0], (args[1] if with_residual else None)
-        weight, eps = args[2 if with_residual else 1], args[3 if with_residual else 2]
-        variance_size = args[4 if with_residual else 3] if len(args) > (4 if with_residual else 3) else None
+        # (x, [residual,] weight, eps[, variance_size]): the IR ops' signatures
+        n_in = 2 if with_residual else 1
+        x, residual = node.args[0], (node.args[1] if with_residual else None)
+        weight, eps, variance_size = [*node.args[n_in:], None][:3]
         if weight is None or variance_size is not None or not isinstance(eps, float):
             continue
         if with_residual:
@@ -252,8 +252,8 @@ class SharQFusionPass(InductorPass):  # type: ignore[misc]
     def __init__(self, norm: bool = True, silu: bool = False) -> None:
         self.norm, self.silu = norm, silu
         self.total = [0, 0]
-        for dtype in (torch.bfloat16, torch.float16):
-            if silu:
+        if silu:
+            for dtype in (torch.bfloat16, torch.float16):
                 _silu_mul_pattern(dtype)  # traced here, outside Inductor's compile
 
     def __call__(self, graph: fx.Graph) -> None:
