@@ -38,7 +38,10 @@
 //    kernels-H200-stream-lean.json), so it is kept lean: step positions advance by pointer
 //    increments, x_hat loads are unpredicated at immediate offsets, the scale bytes a tile are a
 //    template constant, and when K/64 is a multiple of 8U (FULL) no tile is bounds-checked.
-//    ~63 instructions a tile (MT = 1); 112 / 128 / 128 regs (MT = 1 / 2 / 4; MT = 4 takes 2 tiles a
+//    At MT = 1 a stage is reloaded as soon as it is computed, before the strip epilogue, and the
+//    epilogue has one CTA barrier (two reduction buffers), so two steps stay in flight through it
+//    (-4% at M = 1..8 with the preparation: kernels-H200-stream-epilogue.json).
+//    ~63 instructions a tile (MT = 1); 100 / 128 / 128 regs (MT = 1 / 2 / 4; MT = 4 takes 2 tiles a
 //    step and keeps <= 20 bytes on the stack in its FULL instantiations), 2 CTAs an SM.
 //  * gemm_mma_kernel (forced only: the bit-exact twin the tests hold the stream kernel to; MT = 4,
 //    8): one CTA (8 warps) per 16-row strip, U tiles' loads before use.
@@ -125,6 +128,12 @@ gemm_mma_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict__ q
 //  * x_hat is read at compute time (L1/L2 hits: the rows are tiny and shared by all CTAs), so
 //    the double buffer costs weight registers only.
 constexpr bool kStreamPdl = true;  // programmatic dependent launch of the stream kernel
+// Strip reduction buffers: MT = 1 keeps two, so a strip's epilogue needs one CTA barrier (the
+// next strip writes the other buffer) and the step loads issued just before it stay in flight
+// through it; MT = 2 / 4 keep one (two barriers; measured no faster there: the A/B of
+// benchmarks/results/kernels-H200-stream-epilogue.json).
+template <int MT>
+constexpr int kStreamRedBufs = MT == 1 ? 2 : 1;
 
 template <typename T, int MT, int U>
 struct StreamStage {
@@ -138,7 +147,9 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
                    const uint8_t* __restrict__ sc, const float* __restrict__ tscale,
                    const T* __restrict__ bias, T* __restrict__ y, int64_t ys, int M, int n_valid,
                    int K, int wblock, int nstrips) {
-  __shared__ float red[kWarps][MT][4][32];
+  constexpr int RB = kStreamRedBufs<MT>;
+  __shared__ float red[RB][kWarps][MT][4][32];
+  int rbuf = 0;
   const int m_base = blockIdx.y * 8 * MT;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, q = lane & 3;
@@ -226,12 +237,16 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
-        red[warp][mt][c][lane] = acc[mt][c];
+        red[rbuf][warp][mt][c][lane] = acc[mt][c];
         acc[mt][c] = 0.0f;
       }
     __syncthreads();
-    tile::store_strip<T, MT>(red, strip, m_base, M, n_valid, ts, bias, y, ys, threadIdx.x, kWarps * 32);
-    __syncthreads();
+    tile::store_strip<T, MT>(red[rbuf], strip, m_base, M, n_valid, ts, bias, y, ys, threadIdx.x, kWarps * 32);
+    // one buffer: wait until it is read before the next strip writes it; two: the next strip
+    // writes the other one, and the barrier in its epilogue orders these reads before this one
+    // is written again
+    if constexpr (RB == 1) __syncthreads();
+    rbuf ^= RB - 1;
   };
 
   StreamStage<T, MT, U> A, B;
@@ -241,7 +256,8 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
   // Programmatic dependent launch: the weights do not depend on the previous kernel (the
   // preparation writing x_hat), so weight loads are issued before waiting for it (a no-op when
   // launched without the PDL attribute or when the previous kernel has completed); then step
-  // s+1's loads are issued before step s is computed. MT = 1 issues both register stages before
+  // s+1's loads are issued before step s is computed (at MT = 1: step s+2's right after step s is
+  // computed, before the strip epilogue). MT = 1 issues both register stages before
   // the wait (twice the bytes requested while the preparation runs: -3.2 us over the four
   // Llama-8B layers at M = 1 with the preparation); MT = 2 issues one (two made M = 16 5-9%
   // slower in the same run: benchmarks/results/kernels-H200-pdl-prologue.json).
@@ -257,20 +273,20 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
     for (int i = 0; i < total; i += 2) {
       compute(A, cp);
-      finish(cp);
-      advance(cp);
       if (i + 2 < total) {
         load(A, lp);
         advance(lp);
       }
-      if (i + 1 >= total) break;
-      compute(B, cp);
       finish(cp);
       advance(cp);
+      if (i + 1 >= total) break;
+      compute(B, cp);
       if (i + 3 < total) {
         load(B, lp);
         advance(lp);
       }
+      finish(cp);
+      advance(cp);
     }
   } else {
     if (total > 0) {
