@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Same-process A/B of kernel-library builds on one GPU (what kernels-H200-stream-epilogue.json and
+# the earlier *-experiment / -variants JSONs measured): each library in its own Python process,
+# the libraries alternating, ROUNDS rounds, so a slow minute of the card hits every variant alike.
+#
+#   bash tools/gpu/ab_libraries.sh OUT NAME=PATH/libsharq_C.so [NAME=PATH ...]
+#
+# Build the variants here first (no GPU needed), e.g.
+#   EXTRA_NVFLAGS=-DSOME_KNOB=1 bash tools/gpu/prebuild_ext.sh /tmp/v1/libsharq_C.so
+# and compare their machine code with python3 tools/cubin_diff.py (which kernels changed).
+# Per library, before any timing, the GPU test that holds the mma.sync kernels to the same bits
+# (tests/gpu/test_gemm_gpu.py::test_gemm_variants_same_bits; BITS=0 skips it, for a variant that
+# changes the summation order on purpose). Then, per round and library,
+# benchmarks/kernels/bench_kernels.py --methods $METHODS --ms $MS --no-prep-sweep.
+# Env: MS (default 1,8,16,32), ROUNDS (2), METHODS (sharq,sharq_gemm), BITS (1).
+# Output: OUT/bits-NAME.log, OUT/run-R-NAME/kernels-<card>.json + .log, OUT/summary.txt (sums).
+set -u
+OUT=${1:?usage: ab_libraries.sh OUT NAME=LIB.so ...}
+shift
+[ $# -ge 1 ] || { echo "usage: ab_libraries.sh OUT NAME=LIB.so ..." >&2; exit 2; }
+cd "$(dirname "$0")/../.." || exit 2
+mkdir -p "$OUT"
+# bench_kernels.py also writes benchmarks/results/kernels-<card>.json: keep the tree's copy
+KEEP=$(mktemp -d)
+cp benchmarks/results/kernels-*.json "$KEEP"/ 2>/dev/null
+trap 'cp "$KEEP"/*.json benchmarks/results/ 2>/dev/null; rm -rf "$KEEP"' EXIT
+export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 SHARQ_JIT=0
+MS=${MS:-1,8,16,32} ROUNDS=${ROUNDS:-2} METHODS=${METHODS:-sharq,sharq_gemm}
+declare -a NAMES=() LIBS=()
+for spec in "$@"; do
+  name=${spec%%=*} lib=${spec#*=}
+  [ -f "$lib" ] || { echo "no library $lib (for $name)" >&2; exit 2; }
+  NAMES+=("$name"); LIBS+=("$(cd "$(dirname "$lib")" && pwd)/$(basename "$lib")")
+done
+log() { echo "[$(date -u +%T)] $*"; }
+if [ "${BITS:-1}" != 0 ]; then
+  for i in "${!NAMES[@]}"; do
+    SHARQ_EXT_LIB=${LIBS[$i]} timeout 600 python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts= \
+      "tests/gpu/test_gemm_gpu.py::test_gemm_variants_same_bits" > "$OUT/bits-${NAMES[$i]}.log" 2>&1
+    log "${NAMES[$i]}: same-bits test rc=$? ($(tail -1 "$OUT/bits-${NAMES[$i]}.log"))"
+  done
+fi
+for r in $(seq 1 "$ROUNDS"); do
+  for i in "${!NAMES[@]}"; do
+    d="$OUT/run-$r-${NAMES[$i]}"
+    mkdir -p "$d"
+    SHARQ_EXT_LIB=${LIBS[$i]} timeout 600 python3 -m benchmarks.kernels.bench_kernels --methods "$METHODS" \
+      --ms "$MS" --no-prep-sweep --out "$d" > "$d/bench.log" 2>&1
+    log "round $r ${NAMES[$i]}: rc=$?"
+  done
+done
+python3 - "$OUT" <<'PY' | tee "$OUT/summary.txt"
+import glob, json, os, sys
+for f in sorted(glob.glob(os.path.join(sys.argv[1], "run-*", "kernels-*.json"))):
+    run = os.path.basename(os.path.dirname(f))
+    for meth, sums in json.load(open(f)).get("sum_us", {}).items():
+        print(f"{run:24s} {meth:12s} " + " ".join(f"M{m}={v:.2f}" for m, v in sums.items()))
+PY
