@@ -658,6 +658,10 @@ def main():
     )
     ap.add_argument("--out", default=os.environ.get("OUT", ""))
     ap.add_argument(
+        "--out-only", action="store_true",
+        help="write the JSON under --out only, not benchmarks/results/ (A/B runs: tools/gpu/ab_libraries.sh)",
+    )
+    ap.add_argument(
         "--no-prep-sweep", action="store_true", help="skip the prep configuration sweep"
     )
     ap.add_argument(
@@ -688,7 +692,8 @@ def main():
     table = print_table(res)
     res["table"] = table
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    names = [] if args.cpu_smoke else [os.path.join(root, "results", f"kernels-{res['card']}.json")]
+    keep_results = args.cpu_smoke or (args.out_only and args.out)
+    names = [] if keep_results else [os.path.join(root, "results", f"kernels-{res['card']}.json")]
     if args.out:
         names.append(os.path.join(args.out, f"kernels-{res['card']}.json"))
     for p in names:

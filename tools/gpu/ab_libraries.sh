@@ -20,10 +20,6 @@ shift
 [ $# -ge 1 ] || { echo "usage: ab_libraries.sh OUT NAME=LIB.so ..." >&2; exit 2; }
 cd "$(dirname "$0")/../.." || exit 2
 mkdir -p "$OUT"
-# bench_kernels.py also writes benchmarks/results/kernels-<card>.json: keep the tree's copy
-KEEP=$(mktemp -d)
-cp benchmarks/results/kernels-*.json "$KEEP"/ 2>/dev/null
-trap 'cp "$KEEP"/*.json benchmarks/results/ 2>/dev/null; rm -rf "$KEEP"' EXIT
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 SHARQ_JIT=0
 MS=${MS:-1,8,16,32} ROUNDS=${ROUNDS:-2} METHODS=${METHODS:-sharq,sharq_gemm}
 declare -a NAMES=() LIBS=()
@@ -45,7 +41,7 @@ for r in $(seq 1 "$ROUNDS"); do
     d="$OUT/run-$r-${NAMES[$i]}"
     mkdir -p "$d"
     SHARQ_EXT_LIB=${LIBS[$i]} timeout 600 python3 -m benchmarks.kernels.bench_kernels --methods "$METHODS" \
-      --ms "$MS" --no-prep-sweep --out "$d" > "$d/bench.log" 2>&1
+      --ms "$MS" --no-prep-sweep --out "$d" --out-only > "$d/bench.log" 2>&1
     log "round $r ${NAMES[$i]}: rc=$?"
   done
 done
