@@ -677,6 +677,8 @@ def main():
         help="tiny run on CPU (reference ops) to test this script",
     )
     args = ap.parse_args()
+    if args.out_only and not args.out:
+        ap.error("--out-only needs --out (the folder the JSON goes to instead of benchmarks/results/)")
     args.gemm_sweep_ms = [int(m) for m in str(args.gemm_sweep_ms).split(",") if m]
     global DEVICE
     if args.cpu_smoke:
@@ -692,8 +694,7 @@ def main():
     table = print_table(res)
     res["table"] = table
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    keep_results = args.cpu_smoke or (args.out_only and args.out)
-    names = [] if keep_results else [os.path.join(root, "results", f"kernels-{res['card']}.json")]
+    names = [] if args.cpu_smoke or args.out_only else [os.path.join(root, "results", f"kernels-{res['card']}.json")]
     if args.out:
         names.append(os.path.join(args.out, f"kernels-{res['card']}.json"))
     for p in names:

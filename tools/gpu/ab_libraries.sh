@@ -10,34 +10,38 @@
 # and compare their machine code with python3 tools/cubin_diff.py (which kernels changed).
 # Per library, before any timing, the GPU test that holds the mma.sync kernels to the same bits
 # (tests/gpu/test_gemm_gpu.py::test_gemm_variants_same_bits; BITS=0 skips it, for a variant that
-# changes the summation order on purpose). Then, per round and library,
+# changes the summation order on purpose; a library that fails it is not timed and the script
+# exits 1). Then, per round and library,
 # benchmarks/kernels/bench_kernels.py --methods $METHODS --ms $MS --no-prep-sweep.
 # Env: MS (default 1,8,16,32), ROUNDS (2), METHODS (sharq,sharq_gemm), BITS (1).
 # Output: OUT/bits-NAME.log, OUT/run-R-NAME/kernels-<card>.json + .log, OUT/summary.txt (sums).
 set -u
-OUT=${1:?usage: ab_libraries.sh OUT NAME=LIB.so ...}
+[ $# -ge 2 ] || { echo "usage: ab_libraries.sh OUT NAME=LIB.so ..." >&2; exit 2; }
+mkdir -p "$1" && OUT=$(cd "$1" && pwd) || exit 2
 shift
-[ $# -ge 1 ] || { echo "usage: ab_libraries.sh OUT NAME=LIB.so ..." >&2; exit 2; }
-cd "$(dirname "$0")/../.." || exit 2
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 SHARQ_JIT=0
-MS=${MS:-1,8,16,32} ROUNDS=${ROUNDS:-2} METHODS=${METHODS:-sharq,sharq_gemm}
 declare -a NAMES=() LIBS=()
-for spec in "$@"; do
+for spec in "$@"; do  # paths resolved from the caller's directory, before the cd below
   name=${spec%%=*} lib=${spec#*=}
   [ -f "$lib" ] || { echo "no library $lib (for $name)" >&2; exit 2; }
   NAMES+=("$name"); LIBS+=("$(cd "$(dirname "$lib")" && pwd)/$(basename "$lib")")
 done
+cd "$(dirname "$0")/../.." || exit 2
+export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 SHARQ_JIT=0
+MS=${MS:-1,8,16,32} ROUNDS=${ROUNDS:-2} METHODS=${METHODS:-sharq,sharq_gemm}
 log() { echo "[$(date -u +%T)] $*"; }
+declare -A BAD=()  # libraries that failed the bit test: not timed, exit status 1
 if [ "${BITS:-1}" != 0 ]; then
   for i in "${!NAMES[@]}"; do
     SHARQ_EXT_LIB=${LIBS[$i]} timeout 600 python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts= \
       "tests/gpu/test_gemm_gpu.py::test_gemm_variants_same_bits" > "$OUT/bits-${NAMES[$i]}.log" 2>&1
-    log "${NAMES[$i]}: same-bits test rc=$? ($(tail -1 "$OUT/bits-${NAMES[$i]}.log"))"
+    rc=$?
+    log "${NAMES[$i]}: same-bits test rc=$rc ($(tail -1 "$OUT/bits-${NAMES[$i]}.log"))"
+    [ $rc = 0 ] || BAD[$i]=1
   done
 fi
 for r in $(seq 1 "$ROUNDS"); do
   for i in "${!NAMES[@]}"; do
+    [ -z "${BAD[$i]:-}" ] || continue
     d="$OUT/run-$r-${NAMES[$i]}"
     mkdir -p "$d"
     SHARQ_EXT_LIB=${LIBS[$i]} timeout 600 python3 -m benchmarks.kernels.bench_kernels --methods "$METHODS" \
@@ -52,3 +56,4 @@ for f in sorted(glob.glob(os.path.join(sys.argv[1], "run-*", "kernels-*.json")))
     for meth, sums in json.load(open(f)).get("sum_us", {}).items():
         print(f"{run:24s} {meth:12s} " + " ".join(f"M{m}={v:.2f}" for m, v in sums.items()))
 PY
+[ ${#BAD[@]} = 0 ] || { echo "failed the same-bits test (not timed): $(for i in "${!BAD[@]}"; do printf "%s " "${NAMES[$i]}"; done)" >&2; exit 1; }
