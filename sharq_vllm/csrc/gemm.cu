@@ -41,13 +41,15 @@
 //    At MT = 1 a stage is reloaded as soon as it is computed, before the strip epilogue, and the
 //    epilogue has one CTA barrier (two reduction buffers), so two steps stay in flight through it
 //    (-4% at M = 1..8 with the preparation: kernels-H200-stream-epilogue.json).
-//    ~63 instructions a tile (MT = 1); 100 / 128 / 128 regs (MT = 1 / 2 / 4; MT = 4 takes 2 tiles a
+//    At MT = 1 a warp also sums its even and odd tiles in two accumulator sets (two MMA chains).
+//    ~63 instructions a tile (MT = 1); 113 / 128 / 128 regs (MT = 1 / 2 / 4; MT = 4 takes 2 tiles a
 //    step and keeps <= 20 bytes on the stack in its FULL instantiations), 2 CTAs an SM.
 //  * gemm_mma_kernel (forced only: the bit-exact twin the tests hold the stream kernel to; MT = 4,
 //    8): one CTA (8 warps) per 16-row strip, U tiles' loads before use.
-//  Both: warp w takes k-tiles w, w+8, ...; the 8 warps' partial sums are reduced in shared
-//  memory in a fixed order (deterministic, no atomics, no workspace; the two kernels give the
-//  same bits). Weight traffic: 4.5 bits a weight (0.5 B codes + 1/32 B scale).
+//  Both: warp w takes k-tiles w, w+8, ... (its j-th tile: w + 8j); for M <= 8 it sums tiles of
+//  even j and of odd j in two FP32 accumulator sets and adds them at the end (kAcc2Small), above
+//  in one; the 8 warps' partial sums are reduced in shared memory in a fixed order
+//  (deterministic, no atomics, no workspace; the two kernels give the same bits). Weight traffic: 4.5 bits a weight (0.5 B codes + 1/32 B scale).
 //  * M > 24: the wgmma kernel (gemm_wgmma.cu, launch_gemm_wgmma).
 //  * dequant_kernel (large M, then cuBLAS; sharq_vllm/kernels/dispatch.py): one warp a tile,
 //    staged through shared memory so every store is a full 128-byte row segment.
@@ -63,7 +65,7 @@ using tile::kWarps;
 using tile::ld_stream;
 using tile::MmaT;
 
-template <typename T, int MT, int U>
+template <typename T, int MT, int U, bool ACC2 = false>
 __global__ void __launch_bounds__(kWarps * 32)
 gemm_mma_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict__ qw,
                 const uint8_t* __restrict__ sc, const float* __restrict__ tscale,
@@ -82,11 +84,12 @@ gemm_mma_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict__ q
   bool mrow[MT];
   tile::x_rows<T, MT>(xrow, mrow, x, xs, m_base, M, g, q);
 
-  float acc[MT][4];
+  float acc[MT][4], acc2[MT][4];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int c = 0; c < 4; ++c) acc[mt][c] = 0.0f;
+    for (int c = 0; c < 4; ++c) acc[mt][c] = acc2[mt][c] = 0.0f;
+  static_assert(!ACC2 || U % 2 == 0, "ACC2: the warp's j-th tile is t0 + 8u with j = U i + u, so j % 2 = u % 2");
 
   for (int t0 = warp; t0 < KT; t0 += kWarps * U) {
     uint4 qv[U];
@@ -104,14 +107,17 @@ gemm_mma_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict__ q
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int t = t0 + kWarps * u;
-      if (t < KT) tile::mma_tile<T, MT>(acc, qv[u], sv[u], xv[u]);
+      if (t < KT) {
+        if (ACC2 && (u & 1)) tile::mma_tile<T, MT>(acc2, qv[u], sv[u], xv[u]);
+        else tile::mma_tile<T, MT>(acc, qv[u], sv[u], xv[u]);
+      }
     }
   }
 
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int c = 0; c < 4; ++c) red[warp][mt][c][lane] = acc[mt][c];
+    for (int c = 0; c < 4; ++c) red[warp][mt][c][lane] = ACC2 ? __fadd_rn(acc[mt][c], acc2[mt][c]) : acc[mt][c];
   __syncthreads();
   tile::store_strip<T, MT>(red, strip, m_base, M, n_valid, __fmul_rn(tscale[0], 128.0f), bias, y, ys,
                            threadIdx.x, kWarps * 32);
@@ -128,6 +134,15 @@ gemm_mma_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict__ q
 //  * x_hat is read at compute time (L1/L2 hits: the rows are tiny and shared by all CTAs), so
 //    the double buffer costs weight registers only.
 constexpr bool kStreamPdl = true;  // programmatic dependent launch of the stream kernel
+// M <= 8 (MT = 1): two accumulator sets, a warp's even and odd tiles (its j-th tile, tile
+// warp + 8j, into set j % 2), added once at the strip's end: two MMA dependency chains instead of
+// one (-1.5% at M = 1 / 8 with the preparation: benchmarks/results/kernels-H200-stream-acc2.json).
+// The tile kernel sums the same way for M <= 8 (its ACC2), so the two give the same bits.
+// EXTRA_NVFLAGS=-DSHARQ_STREAM_ACC2=0 builds the A/B's baseline (one set at every M).
+#ifndef SHARQ_STREAM_ACC2
+#define SHARQ_STREAM_ACC2 1
+#endif
+constexpr bool kAcc2Small = SHARQ_STREAM_ACC2;
 // Strip reduction buffers: MT = 1 keeps two, so a strip's epilogue needs one CTA barrier (the
 // next strip writes the other buffer) and the step loads issued just before it stay in flight
 // through it; MT = 2 / 4 keep one (two barriers; measured no faster there: the A/B of
@@ -163,11 +178,13 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
   const T* xrow[MT];
   bool mrow[MT];
   tile::x_rows<T, MT>(xrow, mrow, x, xs, m_base, M, g, q);
-  float acc[MT][4];
+  constexpr bool ACC2 = kAcc2Small && MT == 1;
+  static_assert(!ACC2 || U % 2 == 0, "ACC2: the warp's j-th tile is tb + 8u with j = U s + u, so j % 2 = u % 2");
+  float acc[MT][4], acc2[MT][4];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int c = 0; c < 4; ++c) acc[mt][c] = 0.0f;
+    for (int c = 0; c < 4; ++c) acc[mt][c] = acc2[mt][c] = 0.0f;
 
   // Step i of the CTA: strip blockIdx.x + (i / nsteps) * gridDim.x, tiles warp + 8 (U (i % nsteps)
   // + u). A position carries the lane's code and scale pointers at its first tile and is
@@ -225,7 +242,8 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
           xv[mt][0] = __ldg(xp);
           xv[mt][1] = __ldg(xp + 1);
         }
-        tile::mma_tile<T, MT>(acc, st.q[u], st.s[u], xv);
+        if (ACC2 && (u & 1)) tile::mma_tile<T, MT>(acc2, st.q[u], st.s[u], xv);
+        else tile::mma_tile<T, MT>(acc, st.q[u], st.s[u], xv);
       }
     }
   };
@@ -237,8 +255,8 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
-        red[rbuf][warp][mt][c][lane] = acc[mt][c];
-        acc[mt][c] = 0.0f;
+        red[rbuf][warp][mt][c][lane] = ACC2 ? __fadd_rn(acc[mt][c], acc2[mt][c]) : acc[mt][c];
+        acc[mt][c] = acc2[mt][c] = 0.0f;
       }
     __syncthreads();
     tile::store_strip<T, MT>(red[rbuf], strip, m_base, M, n_valid, ts, bias, y, ys, threadIdx.x, kWarps * 32);
@@ -356,12 +374,12 @@ cudaError_t launch_stream_t(const void* x, int64_t xs, const void* qw, const voi
                             wblock, nstrips);
 }
 
-template <typename T, int MT, int U>
+template <typename T, int MT, int U, bool ACC2 = false>
 cudaError_t launch_mma_t(const void* x, int64_t xs, const void* qw, const void* sc,
                          const float* ts, const void* bias, void* y, int64_t ys, int M, int N,
                          int n_valid, int K, int wblock, cudaStream_t stream) {
   dim3 grid(N / 16, (M + 8 * MT - 1) / (8 * MT));
-  gemm_mma_kernel<T, MT, U><<<grid, kWarps * 32, 0, stream>>>(
+  gemm_mma_kernel<T, MT, U, ACC2><<<grid, kWarps * 32, 0, stream>>>(
       static_cast<const T*>(x), xs, static_cast<const uint4*>(qw), static_cast<const uint8_t*>(sc),
       ts, static_cast<const T*>(bias), static_cast<T*>(y), ys, M, n_valid, K, wblock);
   return cudaGetLastError();
@@ -425,6 +443,7 @@ cudaError_t launch_mma_dt(const void* x, int64_t xs, const void* qw, const void*
     if (M > kGemmStreamLimitM) return cudaErrorInvalidValue;
     return launch_stream_mt<T>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
   }
+  if (M <= 8) return launch_mma_t<T, 4, 2, kAcc2Small>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
   if (M <= 32) return launch_mma_t<T, 4, 2>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
   return launch_mma_t<T, 8, 1>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
 }

@@ -1,6 +1,7 @@
-"""What ptxas says about the wgmma GEMM (sharq_vllm/csrc/gemm_wgmma.cu), checked on the CPU
-machine with the build's own flags (sharq_vllm.kernels.build): the asynchronous MMAs must not be
-serialized and nothing may spill.
+"""What ptxas says about the GEMMs, checked on the CPU machine with the build's own flags
+(sharq_vllm.kernels.build): in the wgmma GEMM (sharq_vllm/csrc/gemm_wgmma.cu) the asynchronous
+MMAs must not be serialized and nothing may spill; the decode stream kernel for M <= 8
+(gemm.cu, MT = 1, two accumulator sets) must not spill either.
 
 ptxas serializes wgmma (inserts a wait after every MMA) when it cannot prove that no ordinary
 instruction writes an accumulator register while MMAs are in flight (its "C7515" performance
@@ -36,3 +37,28 @@ def test_wgmma_kernels_compile_without_serialization_or_spills(tmp_path: Path) -
     assert "C7515" not in log, [line for line in log.splitlines() if "C7515" in line]
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
     assert len(spills) == len(entries) and all(s == ("0", "0") for s in spills), spills
+
+
+def _ptxas_blocks(log: str) -> list[tuple[str, str]]:
+    """(mangled entry name, its part of the ptxas -v log) per compiled kernel."""
+    parts = re.split(r"Compiling entry function '(\S+)'", log)
+    return list(zip(parts[1::2], parts[2::2], strict=True))
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found (no CUDA_HOME, no nvcc on PATH)")
+def test_decode_stream_kernel_compiles_without_spills(tmp_path: Path) -> None:
+    """Every M <= 8 instantiation of gemm_stream_kernel (MT = 1: bf16 / fp16, the (U = 4, 2 CTAs
+    an SM) and wave-rule (U = 2, 3 CTAs an SM) configurations, with and without per-tile bounds
+    checks, weight blocks 16 / 32) keeps its two accumulator sets and both weight stages in
+    registers: a spill would put local-memory traffic into the loop that decode time is made of."""
+    src = Path(build.CSRC) / "gemm.cu"
+    cmd = [NVCC, *build.nvcc_flags(), "-cubin", "-o", str(tmp_path / "gemm.cubin"), str(src)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-4000:]
+    mt1 = [(name, block) for name, block in _ptxas_blocks(log)
+           if re.search(r"gemm_stream_kernelI(?:13__nv_bfloat16|6__half)Li1E", name)]
+    assert len(mt1) == 16, [name for name, _ in mt1]
+    for name, block in mt1:
+        spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", block)
+        assert spill is not None and spill.groups() == ("0", "0"), (name, block)
