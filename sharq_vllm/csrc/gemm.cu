@@ -50,7 +50,8 @@
 //  Both: warp w takes k-tiles w, w+8, ... (its j-th tile: w + 8j); for M <= 8 it sums tiles of
 //  even j and of odd j in two FP32 accumulator sets and adds them at the end (kAcc2Small), above
 //  in one; the 8 warps' partial sums are reduced in shared memory in a fixed order
-//  (deterministic, no atomics, no workspace; the two kernels give the same bits). Weight traffic: 4.5 bits a weight (0.5 B codes + 1/32 B scale).
+//  (deterministic, no atomics, no workspace; the two kernels give the same bits). Weight
+//  traffic: 4.5 bits a weight (0.5 B codes + 1/32 B scale).
 //  * M > 24: the wgmma kernel (gemm_wgmma.cu, launch_gemm_wgmma).
 //  * dequant_kernel (large M, then cuBLAS; sharq_vllm/kernels/dispatch.py): one warp a tile,
 //    staged through shared memory so every store is a full 128-byte row segment.
@@ -422,14 +423,19 @@ constexpr int kStreamWaveCtasPerSm = 3;
 #define SHARQ_STREAM_WAVE_MT2 1
 #endif
 constexpr bool kStreamWaveRows32 = SHARQ_STREAM_WAVE_MT2;
+// The wave rule's layers: strips that need a second round at kStreamCtasPerSm CTAs an SM but fit
+// one at kStreamWaveCtasPerSm.
+inline bool stream_wave_layer(int nstrips, int sms) {
+  return kStreamWaveRule && nstrips > kStreamCtasPerSm * sms && nstrips <= kStreamWaveCtasPerSm * sms;
+}
 
 // one MT: the (U, CTAs an SM) configuration the wave rule picks
 template <typename T, int MT>
 cudaError_t launch_stream_cfg(const void* x, int64_t xs, const void* qw, const void* sc, const float* ts,
                               const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K,
                               int wblock, cudaStream_t stream) {
-  const int nstrips = N / 16, sms = sm_count();
-  if (kStreamWaveRule && nstrips > kStreamCtasPerSm * sms && nstrips <= kStreamWaveCtasPerSm * sms)
+  const int sms = sm_count();
+  if (stream_wave_layer(N / 16, sms))
     return launch_stream_t<T, MT, kStreamWaveU, kStreamWaveCtasPerSm>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K,
                                                                       wblock, sms, stream);
   return launch_stream_t<T, MT, kStreamU, kStreamCtasPerSm>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock,
@@ -444,13 +450,12 @@ cudaError_t launch_stream_mt(const void* x, int64_t xs, const void* qw, const vo
   if (M <= 16) return launch_stream_cfg<T, 2>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
   // 17..32 rows: MT = 4 (one 32-row tile), except where the wave rule holds: there two 16-row
   // tiles of MT = 2 (grid.y = 2) at the wave configuration, one strip set of 3 CTAs an SM each
-  const int nstrips = N / 16, sms = sm_count();
-  if (kStreamWaveRows32 && kStreamWaveRule && nstrips > kStreamCtasPerSm * sms &&
-      nstrips <= kStreamWaveCtasPerSm * sms)
+  const int sms = sm_count();
+  if (kStreamWaveRows32 && stream_wave_layer(N / 16, sms))
     return launch_stream_t<T, 2, kStreamWaveU, kStreamWaveCtasPerSm>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K,
                                                                      wblock, sms, stream);
   return launch_stream_t<T, 4, kStreamU4, kStreamCtasPerSm>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock,
-                                                            sm_count(), stream);
+                                                            sms, stream);
 }
 
 // The mma.sync kernels: kGemmStream or kGemmTile (launch_gemm_mma resolves kGemmAuto).
