@@ -41,7 +41,6 @@
 //    At MT = 1 a stage is reloaded as soon as it is computed, before the strip epilogue, and the
 //    epilogue has one CTA barrier (two reduction buffers), so two steps stay in flight through it
 //    (-4% at M = 1..8 with the preparation: kernels-H200-stream-epilogue.json).
-//    At MT = 1 a warp also sums its even and odd tiles in two accumulator sets (two MMA chains).
 //    17..32 rows run MT = 4, or MT = 2 on two 16-row tiles (grid.y = 2) where the wave rule holds.
 //    ~63 instructions a tile (MT = 1); 113 / 128 / 128 regs (MT = 1 / 2 / 4; MT = 4 takes 2 tiles a
 //    step and keeps <= 20 bytes on the stack in its FULL instantiations), 2 CTAs an SM.
@@ -412,9 +411,10 @@ constexpr int kStreamU4 = SHARQ_STREAM_U4;
 constexpr bool kStreamWaveRule = SHARQ_STREAM_WAVES;
 constexpr int kStreamWaveU = 2;
 constexpr int kStreamWaveCtasPerSm = 3;
-// The wave rule from 17 to 32 rows too: such a layer runs two 16-row tiles of MT = 2 (grid.y = 2,
-// each weight strip streamed by two CTAs at about the same time: the second read hits L2) at the
-// wave configuration instead of MT = 4's one 32-row tile on 2 CTAs an SM (1.45 rounds for qkv).
+// The wave rule from 17 to 32 rows too: such a layer runs two 16-row tiles of MT = 2 (grid.y = 2:
+// two CTAs stream each weight strip, both resident at once, so the second read can hit L2) at the
+// wave configuration (qkv: 384 CTAs of 2 strips on 396 slots, one round) instead of MT = 4's one
+// 32-row tile on 2 CTAs an SM (192 CTAs of 2 strips on 264 slots: SMs with two CTAs do 4 strips).
 // Same bits (a row's sums do not depend on how rows are grouped). Llama-3.1-8B qkv, preparation +
 // GEMM: 16.1 / 16.7 / 18.2 -> 14.9 / 15.4 / 16.2 us at M = 17 / 24 / 32
 // (benchmarks/results/kernels-H200-stream-acc2.json, session s4). EXTRA_NVFLAGS=
@@ -449,7 +449,7 @@ cudaError_t launch_stream_mt(const void* x, int64_t xs, const void* qw, const vo
   if (M <= 8) return launch_stream_cfg<T, 1>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
   if (M <= 16) return launch_stream_cfg<T, 2>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
   // 17..32 rows: MT = 4 (one 32-row tile), except where the wave rule holds: there two 16-row
-  // tiles of MT = 2 (grid.y = 2) at the wave configuration, one strip set of 3 CTAs an SM each
+  // tiles of MT = 2 (grid.y = 2) at the wave configuration (kStreamWaveRows32)
   const int sms = sm_count();
   if (kStreamWaveRows32 && stream_wave_layer(N / 16, sms))
     return launch_stream_t<T, 2, kStreamWaveU, kStreamWaveCtasPerSm>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K,
