@@ -9,7 +9,10 @@ with vLLM's defaults otherwise (torch.compile + CUDA graphs ON) and measures:
 
 * decode: for each batch B, B random 128-token prompts, 256 output tokens, ``ignore_eos``,
   temperature 0; output tokens/s = generated tokens / wall time of ``generate`` (after a
-  warm-up ``generate`` of the same batch with 16 output tokens and different prompts);
+  warm-up ``generate`` of the same batch with 16 output tokens and different prompts), the
+  batch's prefill included (``decode_tok_s``); and the decode steps alone
+  (``decode_step_tok_s``, like online TPOT: the first token left out): (generated tokens - B) /
+  (that wall time - the wall time of the same batch with 1 output token, fresh prompts);
 * prefill: 64 prompts x 2048 tokens, ``max_tokens=1``: prompt tokens / wall time (after a
   warm-up of 8 such prompts);
 * optional "long" phase (70B capacity): B prompts x L input tokens, 256 output tokens;
@@ -234,11 +237,19 @@ def worker(spec_path: str) -> None:
             save()
             continue
         gen(_prompts(rng, b, in_len, vocab_hi), wt)  # warm-up, different prompts
+        # the same batch with one output token: its prefill (+ the first token), which the
+        # decode-step rate below leaves out (fresh prompts: no prefix-cache hits)
+        dt1, n1, _ = gen(_prompts(rng, b, in_len, vocab_hi), 1)
         dt, n_out, n_in = gen(_prompts(rng, b, in_len, vocab_hi), out_len)
         rate = n_out / dt
         res["decode_tok_s"][str(b)] = round(rate, 2)
+        if dt > dt1 and n_out > n1:
+            res.setdefault("decode_step_tok_s", {})[str(b)] = round((n_out - n1) / (dt - dt1), 2)
         res["decode_detail"][str(b)] = {"wall_s": round(dt, 4), "out_tokens": n_out, "in_tokens": n_in,
-                                        "ms_per_step": round(1000 * dt / out_len, 3), "loadavg_1m": _host_load()}
+                                        "ms_per_step": round(1000 * dt / out_len, 3),
+                                        "prefill_wall_s": round(dt1, 4),
+                                        "ms_per_decode_step": round(1000 * (dt - dt1) / max(1, out_len - 1), 3),
+                                        "loadavg_1m": _host_load()}
         save()
         if b in profile_batches and left() - teardown > 60:
             res.setdefault("profile", {})[str(b)] = _profile_decode(
