@@ -155,17 +155,17 @@ def test_pass_object_and_install_reasons(monkeypatch) -> None:  # type: ignore[n
 
     p = fusion.SharQFusionPass()
     assert p.uuid() == fusion.SharQFusionPass().uuid() and len(p.uuid()) == 64
-    assert p.uuid() != fusion.SharQFusionPass(silu=True).uuid()  # the switches are in the cache key
+    assert p.uuid() != fusion.SharQFusionPass(silu=False).uuid()  # the switches are in the cache key
     cpu = DeviceConfig(device="cpu")  # the CUDA wheels imported here cannot infer a device
     monkeypatch.delenv(fusion.ENV_FUSE_NORM, raising=False)
     monkeypatch.delenv(fusion.ENV_FUSE_SILU, raising=False)
-    assert fusion._switches() == (True, False)  # the norm by default, SiLU * mul opt-in
-    monkeypatch.setenv(fusion.ENV_FUSE_SILU, "1")
-    assert fusion._switches() == (True, True)
+    assert fusion._switches() == (True, True)  # both rewrites by default
+    monkeypatch.setenv(fusion.ENV_FUSE_SILU, "0")
+    assert fusion._switches() == (True, False)
     # off by the environment, whatever else holds
     monkeypatch.setenv(fusion.ENV_FUSE_NORM, "0")
     monkeypatch.setenv(fusion.ENV_FUSE_SILU, "0")
-    assert fusion._disabled_reason(VllmConfig(device_config=cpu)) == f"{fusion.ENV_FUSE_NORM}=0 (and {fusion.ENV_FUSE_SILU} not 1)"
+    assert fusion._disabled_reason(VllmConfig(device_config=cpu)) == f"{fusion.ENV_FUSE_NORM}=0 and {fusion.ENV_FUSE_SILU}=0"
     monkeypatch.delenv(fusion.ENV_FUSE_NORM)
     monkeypatch.delenv(fusion.ENV_FUSE_SILU)
     cfg = VllmConfig(device_config=cpu, compilation_config=CompilationConfig(mode=0))
