@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 HEADER = Path(__file__).resolve().parents[1] / "sharq_vllm" / "csrc" / "wgmma_ops.cuh"
-NS = (256,)  # the N (weight rows a CTA) gemm_wgmma.cu instantiates
+NS = (256, 224)  # the N (weight rows a CTA) gemm_wgmma.cu instantiates
 TYPES = (("__nv_bfloat16", "bf16"), ("__half", "f16"))
 
 

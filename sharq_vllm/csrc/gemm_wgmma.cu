@@ -4,8 +4,9 @@
 // exact dequantization, FP32 accumulation); only the FP32 summation order differs from the
 // mma.sync kernels. Two kernels, 384 threads and 1 CTA an SM each; launch_wgmma_dt picks by M:
 //
-// Decoder-warp kernel, M <= 128: BM = 64 / 128 tokens x 256 weight rows (16 strips of gemm.cu's
-// layout) a CTA; tokens are wgmma's M side, weights its N side (256).
+// Decoder-warp kernel, M <= 128: BM = 64 / 128 tokens x BN = 256 weight rows (16 strips of gemm.cu's
+// layout) a CTA; tokens are wgmma's M side, weights its N side (BN). At BM = 64, BN = 224 (14 strips)
+// where that fills the SMs in one wave and 256 does not (dec_bn, launch_wgmma_dt).
 //  * 3 - BM / 64 decoder warpgroups: decoder warp d owns strips d, d + D, ... (D decoder warps).
 //    For each k-tile it waits for the slot's weights (`wfull`) and a free B buffer (`bempty`),
 //    decodes the lane's own 16 bytes of each strip (rows g, g+8 at k 16q .. +15, gemm_tile.cuh's
@@ -149,11 +150,12 @@ __device__ __forceinline__ void decode_strip(const uint4& w, uint32_t s16, uint8
 }
 
 // ============================== the decoder-warp kernel (M <= 128) ==============================
-// BM (64 / 128) tokens x 256 weight rows a CTA: BM / 64 MMA warpgroups (64 tokens each, 128 FP32
-// accumulators a thread) and the rest of the 3 warpgroups decoding.
-template <int BM>
+// BM (64 / 128) tokens x BN (256, or 224 at BM = 64: dec_bn) weight rows a CTA: BM / 64 MMA
+// warpgroups (64 tokens each, BN / 2 FP32 accumulators a thread) and the rest of the 3
+// warpgroups decoding.
+template <int BM, int BN = 256>
 struct DecCfg {
-  static constexpr int kBN = 256;           // weight rows a CTA: wgmma's N
+  static constexpr int kBN = BN;            // weight rows a CTA: wgmma's N
   static constexpr int kStrips = kBN / 16;  // 16-row strips a CTA
   static constexpr int kXRows = 64;         // x_hat box rows: one MMA warpgroup's tokens
   static constexpr int kMmaWGs = BM / 64;
@@ -162,14 +164,15 @@ struct DecCfg {
   // sub-partition's 16K registers hold 3 warps of 168; a 13th warp would leave 128).
   static constexpr int kDecWarps = 4 * (3 - kMmaWGs);  // warpgroups 0 (and 1 at BM = 64)
   static constexpr int kDecThreads = 32 * kDecWarps;
-  static constexpr int kStripsPerWarp = kStrips / kDecWarps;
+  static constexpr int kStripsPerWarp = (kStrips + kDecWarps - 1) / kDecWarps;
+  static constexpr bool kEvenStrips = kStrips % kDecWarps == 0;  // else the last warps hold one fewer
   static constexpr int kMma0 = kDecWarps;  // the first MMA warp
   static constexpr int kBox = kXRows * 128;              // one x_hat box: 64 rows of 64 16-bit values
   static constexpr int kXBytes = kMmaWGs * kBox;         // [warpgroup][64 rows][128 B]
   static constexpr int kWBytes = kStrips * kTileBytes;   // [strip][512 B]
   static constexpr int kSBytes = kStrips * kScaleSlot;   // [strip][sbt]
   static constexpr int kStage = (kXBytes + kWBytes + kSBytes + 1023) / 1024 * 1024;
-  static constexpr int kBTile = kBN * 128;  // a decoded B tile: 256 rows x 64 k, 16-bit
+  static constexpr int kBTile = kBN * 128;  // a decoded B tile: BN rows x 64 k, 16-bit
   static constexpr int kBStages = 3;        // decoded tiles in flight: the decoders' lead
   static constexpr int kStages0 = (kSmemBudget - kBStages * kBTile) / kStage;
   static constexpr int kStages = kStages0 < 8 ? kStages0 : 8;
@@ -178,17 +181,17 @@ struct DecCfg {
   static constexpr int kPartial = BM * kPRow * 4;
   static constexpr int kSmem = (kRing + kBStages * kBTile > kPartial ? kRing + kBStages * kBTile : kPartial) + 1024;
   static_assert(BM == 64 || BM == 128, "token tile");
-  static_assert(kStrips % kDecWarps == 0, "strips a decoder warp");
+  static_assert(BN == 256 || (BN == 224 && BM == 64), "weight rows a CTA (wgmma_ops.cuh's N)");
   // the decoders work up to kBStages - 1 k-tiles ahead of the MMAs, in slots filled ahead
   static_assert(kStages >= kBStages + 2, "ring too shallow");
 };
 
-template <typename T, int BM>
+template <typename T, int BM, int BN = 256>
 __global__ void __launch_bounds__(kThreads, 1)
 gemm_wgmma_dec_kernel(const __grid_constant__ WgMaps maps, const float* __restrict__ tscale,
                       const T* __restrict__ bias, T* __restrict__ y, int64_t ys, int M, int n_valid, int KT,
                       int sbt, int wblock) {
-  using C = DecCfg<BM>;
+  using C = DecCfg<BM, BN>;
   extern __shared__ uint8_t smem_raw[];
   __shared__ __align__(8) uint64_t wfull[C::kStages], xfull[C::kMmaWGs][C::kStages];
   __shared__ __align__(8) uint64_t bfull[C::kBStages], bempty[C::kBStages];
@@ -242,11 +245,13 @@ gemm_wgmma_dec_kernel(const __grid_constant__ WgMaps maps, const float* __restri
       uint32_t s16[R];
 #pragma unroll
       for (int j = 0; j < R; ++j) {
+        if (!C::kEvenStrips && warp + C::kDecWarps * j >= C::kStrips) continue;  // BN = 224: 14 strips on 8 warps
         w[j] = *reinterpret_cast<const uint4*>(st + wofs[j]);
         s16[j] = *reinterpret_cast<const uint16_t*>(st + sofs[j]);
       }
 #pragma unroll
-      for (int j = 0; j < R; ++j) decode_strip<T>(w[j], s16[j], bt, boff[j]);
+      for (int j = 0; j < R; ++j)
+        if (C::kEvenStrips || warp + C::kDecWarps * j < C::kStrips) decode_strip<T>(w[j], s16[j], bt, boff[j]);
       async::fence_proxy_async_smem();  // this thread's stores -> the MMAs' async-proxy reads
       async::mbar_arrive(&bfull[b]);
       if (++slot == C::kStages) {
@@ -327,7 +332,7 @@ gemm_wgmma_dec_kernel(const __grid_constant__ WgMaps maps, const float* __restri
     async::wgmma_wait<0>();
 #pragma unroll
     for (int c = 0; c < C::kBN / 2; ++c) async::fence_operand(acc[c]);
-    // the partial tile [BM tokens][256 rows] (FP32) over the ring: every slot and B tile has been
+    // the partial tile [BM tokens][BN rows] (FP32) over the ring: every slot and B tile has been
     // consumed (the decoders finished before the last MMAs could start); the other MMA
     // warpgroup's MMAs may still read them until this barrier
     if (C::kMmaWGs > 1) async::named_sync(1, 128 * C::kMmaWGs);
@@ -662,10 +667,29 @@ cudaError_t launch_wgmma_cfg(Kern kern, const void* x, int64_t xs, const void* q
 // the 4 Llama-3.1-8B linears, decoder-warp kernel with BM = 128 tiles (t3) / token-wide kernel: 136.8 /
 // 169.5 us at M = 96, 141.8 / 172.4 at 128, 245.4 / 233.6 at 192, 248.8 / 221.3 at 256.
 
+//
+// Weight rows a CTA of the BM = 64 decoder-warp kernel (dec_bn): 224 where 256-row tiles leave SMs
+// idle that 224-row ones fill, without split-K (2 x the 256-row tiles exceed the SMs) and in one
+// wave: Llama-3.1-8B gate_up, 1792 strips on 132 SMs: 112 CTAs of 256 rows (20 SMs idle) -> 128 of
+// 224. A k-tile's MMA and decode work is proportional to the rows, so each CTA finishes 1/8 sooner.
+// Not the same bits as 256-row tiles: a CTA starts its k-tiles at a rotation of its tile index
+// (KRange), so an output's FP32 sum runs in another order (tested against them to that tolerance).
+// EXTRA_NVFLAGS=-DSHARQ_WG_BN224=0 builds the A/B's baseline (256 rows always).
+#ifndef SHARQ_WG_BN224
+#define SHARQ_WG_BN224 1
+#endif
+int dec_bn(int nstrips, int sms) {
+  const int t256 = (nstrips + 15) / 16, t224 = (nstrips + 13) / 14;
+  return SHARQ_WG_BN224 && 2 * t256 > sms && t224 <= sms && t224 > t256 ? 224 : 256;
+}
+
 template <typename T>
 cudaError_t launch_wgmma_dt(const void* x, int64_t xs, const void* qw, const void* sc, const float* ts,
                             const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K, int wblock,
                             cudaStream_t stream) {
+  if (M <= 64 && dec_bn(N / 16, sm_count()) == 224)
+    return launch_wgmma_cfg<T, 64, DecCfg<64, 224>>(gemm_wgmma_dec_kernel<T, 64, 224>, x, xs, qw, sc, ts, bias, y, ys,
+                                                    M, N, n_valid, K, wblock, stream);
   if (M <= 64)
     return launch_wgmma_cfg<T, 64, DecCfg<64>>(gemm_wgmma_dec_kernel<T, 64>, x, xs, qw, sc, ts, bias, y, ys, M, N,
                                                n_valid, K, wblock, stream);

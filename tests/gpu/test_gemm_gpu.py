@@ -245,6 +245,37 @@ def test_gemm_wgmma(dtype, n, k, block, m):
         assert torch.equal(_auto(x, packed, bias, dtype), y), "the automatic kernel is not the wgmma kernel"
 
 
+# The decoder-warp wgmma kernel at M <= 64 takes 224 weight rows a CTA instead of 256 where that
+# fills the SMs in one wave without split-K (gemm_wgmma.cu, dec_bn; on 132 SMs: 1792 < N/16 <= 1848):
+# the rows of a 1848-strip weight (224-row tiles) against the same rows of an 1856-strip one
+# (256-row tiles: 133 tiles of 224 would not fit). A CTA's k-tiles start at a rotation of its tile
+# index, so the two sum each output in another FP32 order: equal to that tolerance, each stable
+# over launches. The weight's maximum sits in the shared rows: both quantize to the same codes.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 17, 32, 33, 64, 65])  # 65: 256-row tiles for both (BM = 128)
+def test_gemm_wgmma_224_row_tiles(dtype, m):
+    if dispatch.sm_count(torch.device("cuda")) != 132:
+        pytest.skip("the strip counts are worked out for 132 SMs (H100 / H200 SXM)")
+    n_wide, n, k = 1856 * 16, 1848 * 16, 256
+    w = heavy(n_wide, k, torch.float32, device="cuda")
+    w[0, 0] = w.abs().max() * 2
+    wide = ops.pack_weight(quantize_weight(w, block=16), "cuda")
+    payload = quantize_weight(w[:n], block=16)
+    narrow = ops.pack_weight(payload, "cuda")
+    assert torch.equal(wide.tensor_scale, narrow.tensor_scale)
+    x = _x(m, k, dtype)
+    bias = heavy(1, n_wide, dtype).reshape(n_wide) if m % 2 else None
+    b_n = None if bias is None else bias[:n].contiguous()
+    y_wide = _forced(x, wide, bias, FORCED["wgmma"], dtype)
+    y = _forced(x, narrow, b_n, FORCED["wgmma"], dtype)
+    assert torch.isfinite(y).all() and torch.isfinite(y_wide).all(), "unwritten (NaN-poisoned) or non-finite outputs"
+    ref = x.float() @ dequantize_weight(payload).cuda().T + (b_n.float() if b_n is not None else 0)
+    assert rel(y, ref) < 1e-2, rel(y, ref)
+    assert rel(y, y_wide[:, :n]) < 4e-3, rel(y, y_wide[:, :n])  # FP32 summation order only
+    for _ in range(2):
+        assert torch.equal(_forced(x, narrow, b_n, FORCED["wgmma"], dtype), y), "224-row tiles: launches differ"
+
+
 def test_gemm_variant_out_of_range_is_refused():
     _, packed = packed_weight(64, 256)
     x = heavy(40, 256, torch.bfloat16)

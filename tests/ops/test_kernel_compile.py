@@ -31,8 +31,9 @@ def test_wgmma_kernels_compile_without_serialization_or_spills(tmp_path: Path) -
     log = r.stdout + r.stderr
     assert r.returncode == 0, log[-4000:]
     entries = re.findall(r"Compiling entry function '(\S+)'", log)
-    # both kernels, both 16-bit types: the decoder-warp kernel at BM = 64 / 128, the token-wide one
-    assert sum("gemm_wgmma_dec_kernel" in e for e in entries) == 4, entries
+    # both kernels, both 16-bit types: the decoder-warp kernel at BM = 64 (256 and 224 weight rows)
+    # and 128, the token-wide one
+    assert sum("gemm_wgmma_dec_kernel" in e for e in entries) == 6, entries
     assert sum("gemm_wgmma_wide_kernel" in e for e in entries) == 2, entries
     assert "C7515" not in log, [line for line in log.splitlines() if "C7515" in line]
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
