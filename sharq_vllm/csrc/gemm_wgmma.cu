@@ -666,12 +666,13 @@ cudaError_t launch_wgmma_cfg(Kern kern, const void* x, int64_t xs, const void* q
 // A/B on an H200 (benchmarks/results/kernels-H200-wgmma-dec.json, session dec3): GEMM sums over
 // the 4 Llama-3.1-8B linears, decoder-warp kernel with BM = 128 tiles (t3) / token-wide kernel: 136.8 /
 // 169.5 us at M = 96, 141.8 / 172.4 at 128, 245.4 / 233.6 at 192, 248.8 / 221.3 at 256.
-
 //
 // Weight rows a CTA of the BM = 64 decoder-warp kernel (dec_bn): 224 where 256-row tiles leave SMs
 // idle that 224-row ones fill, without split-K (2 x the 256-row tiles exceed the SMs) and in one
 // wave: Llama-3.1-8B gate_up, 1792 strips on 132 SMs: 112 CTAs of 256 rows (20 SMs idle) -> 128 of
-// 224. A k-tile's MMA and decode work is proportional to the rows, so each CTA finishes 1/8 sooner.
+// 224. A k-tile's MMAs and shared-memory traffic shrink with the rows (up to 1/8 sooner a CTA;
+// measured on an H200: gate_up's GEMM -5 to -8% at M = 17..64, kernels-H200-wgmma-224.json; at
+// BM = 128 it was slower: one decoder warpgroup, whose busiest warp keeps 4 strips either way).
 // Not the same bits as 256-row tiles: a CTA starts its k-tiles at a rotation of its tile index
 // (KRange), so an output's FP32 sum runs in another order (tested against them to that tolerance).
 // EXTRA_NVFLAGS=-DSHARQ_WG_BN224=0 builds the A/B's baseline (256 rows always).
