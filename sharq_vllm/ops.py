@@ -124,7 +124,7 @@ def dequantize_packed(packed: PackedWeight) -> torch.Tensor:
 
 def _rows(x: torch.Tensor, k: int) -> torch.Tensor:
     """x as [M, K] rows the kernels read (unit stride, 16-byte aligned rows)."""
-    x2 = x.reshape(-1, k)
+    x2 = x if x.dim() == 2 and x.shape[1] == k else x.reshape(-1, k)
     if x2.stride(-1) != 1 or (x2.stride(0) * x2.element_size()) % 16 or x2.data_ptr() % 16:
         x2 = x2.contiguous()
     return x2
@@ -147,21 +147,44 @@ def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> torc
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+def run_prep(x: torch.Tensor, codes: tuple[int, int, int, int]) -> torch.Tensor:
+    """The preparation kernel on ``x`` (``codes``: dispatch.prep_values) where
+    dispatch.prep_on_kernel holds: the body of the op's CUDA impl, also called directly by the
+    vLLM plugin's ops (which decide that once a layer, not once a call)."""
+    k = x.shape[-1]
+    x2 = _rows(x, k)
+    out = torch.empty((x2.shape[0], k), dtype=x.dtype, device=x.device)
+    torch.ops.sharq_C.prep(x2, out, *codes)
+    return out if x.dim() == 2 else out.reshape(x.shape)
+
+
 @prepare.register_kernel("cuda")
 def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> torch.Tensor:
     if not dispatch.prep_on_kernel(x, fmt, pattern, act_scale):
         return _prepare_reference(x, fmt, pattern, act_scale)
-    k = x.shape[-1]
-    x2 = _rows(x, k)
-    out = torch.empty((x2.shape[0], k), dtype=x.dtype, device=x.device)
-    torch.ops.sharq_C.prep(x2, out, *dispatch.prep_values(fmt, pattern))
-    return out.reshape(x.shape)
+    return run_prep(x, dispatch.prep_values(fmt, pattern))
 
 
 # ----------------------------------------------------------------------------------------
 # sharq::prepare_rms_norm / prepare_add_rms_norm / prepare_silu_mul (the activation's producer +
 # the preparation, sharq_vllm/producers.py)
 # ----------------------------------------------------------------------------------------
+def run_prep_norm(
+    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float, codes: tuple[int, int, int, int]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The RMSNorm (+ residual add) + preparation kernel where dispatch.prep_norm_on_kernel
+    holds (see :func:`run_prep`): (x_hat, residual_out or None)."""
+    k = x.shape[-1]
+    x2 = _rows(x, k)
+    r2 = None if residual is None else _rows(residual, k)
+    out = torch.empty((x2.shape[0], k), dtype=x.dtype, device=x.device)
+    r_out = None if residual is None else torch.empty_like(out)
+    torch.ops.sharq_C.prep_norm(x2, r2, r_out, weight.contiguous(), eps, out, *codes)
+    if x.dim() == 2:
+        return out, r_out
+    return out.reshape(x.shape), None if r_out is None else r_out.reshape(x.shape)
+
+
 def _prepare_norm(
     x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float, fmt: str, pattern: str,
     act_scale: str,
@@ -169,13 +192,7 @@ def _prepare_norm(
     """The fused kernel where it serves the call; elsewhere producers.rms_norm, then the
     preparation (kernel or reference): the same bits either way."""
     if dispatch.prep_norm_on_kernel(x, weight, fmt, pattern, act_scale):
-        k = x.shape[-1]
-        x2 = _rows(x, k)
-        r2 = None if residual is None else _rows(residual, k)
-        out = torch.empty((x2.shape[0], k), dtype=x.dtype, device=x.device)
-        r_out = None if residual is None else torch.empty_like(out)
-        torch.ops.sharq_C.prep_norm(x2, r2, r_out, weight.contiguous(), eps, out, *dispatch.prep_values(fmt, pattern))
-        return out.reshape(x.shape), None if r_out is None else r_out.reshape(x.shape)
+        return run_prep_norm(x, residual, weight, eps, dispatch.prep_values(fmt, pattern))
     y, r_out = rms_norm(x, weight, eps, residual)
     return torch.ops.sharq.prepare(y, fmt, pattern, act_scale), r_out
 
@@ -225,11 +242,17 @@ def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> torc
 def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> torch.Tensor:
     if not dispatch.prep_silu_mul_on_kernel(x, fmt, pattern, act_scale):
         return torch.ops.sharq.prepare(silu_and_mul(x), fmt, pattern, act_scale)  # type: ignore[no-any-return]
+    return run_prep_silu_mul(x, dispatch.prep_values(fmt, pattern))
+
+
+def run_prep_silu_mul(x: torch.Tensor, codes: tuple[int, int, int, int]) -> torch.Tensor:
+    """The SiLU * mul + preparation kernel on x = [..., gate | up] where
+    dispatch.prep_silu_mul_on_kernel holds (see :func:`run_prep`)."""
     x2 = _rows(x, x.shape[-1])
     k = x2.shape[1] // 2
     out = torch.empty((x2.shape[0], k), dtype=x.dtype, device=x.device)
-    torch.ops.sharq_C.prep_silu_mul(x2, out, *dispatch.prep_values(fmt, pattern), 0, 0)
-    return out.reshape(*x.shape[:-1], k)
+    torch.ops.sharq_C.prep_silu_mul(x2, out, *codes, 0, 0)
+    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], k)
 
 
 # ----------------------------------------------------------------------------------------
@@ -349,7 +372,8 @@ def _dequant_mm(x2: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | Non
         wt = w[: p.n].t()
         if bias is not None:
             return torch.addmm(bias, x2, wt, alpha=p.alpha)
-        return torch.addmm(x2.new_zeros(()), x2, wt, beta=0, alpha=p.alpha)
+        y = torch.empty((x2.shape[0], p.n), dtype=x2.dtype, device=x2.device)
+        return torch.addmm(y, x2, wt, beta=0, alpha=p.alpha, out=y)  # beta = 0: y is not read
     y = torch.empty((x2.shape[0], p.n), dtype=x2.dtype, device=x2.device)
     w = torch.empty((rows, k), dtype=x2.dtype, device=x2.device)
     for r0 in range(0, p.n, rows):
@@ -385,12 +409,18 @@ def _(
 ) -> torch.Tensor:
     if not dispatch.gemm_on_kernel(x_hat, layout == LAYOUT_TILED):
         return _gemm_reference(x_hat, qweight, scales, tensor_scale, bias, n, k, block, layout)
-    x2 = _rows(x_hat, k)
+    return run_gemm(x_hat, PackedWeight(qweight, scales, tensor_scale, n, n_pad, k, block, layout, alpha), bias)
+
+
+def run_gemm(x_hat: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor:
+    """The GEMM kernel dispatch picks for x_hat's rows, where dispatch.gemm_on_kernel holds (see
+    :func:`run_prep`): y [..., N]."""
+    x2 = _rows(x_hat, packed.k)
     if bias is not None and bias.dtype != x2.dtype:
         bias = bias.to(x2.dtype)
-    packed = PackedWeight(qweight, scales, tensor_scale, n, n_pad, k, block, layout, alpha)
-    y = run_gemm_kernel(dispatch.gemm_kernel(x2.shape[0], n_pad, dispatch.sm_count(x2.device)).name, x2, packed, bias)
-    return y.reshape(*x_hat.shape[:-1], n)
+    kernel = dispatch.gemm_kernel(x2.shape[0], packed.n_pad, dispatch.sm_count(x2.device))
+    y = run_gemm_kernel(kernel.name, x2, packed, bias)
+    return y if x_hat.dim() == 2 else y.reshape(*x_hat.shape[:-1], packed.n)
 
 
 # ----------------------------------------------------------------------------------------

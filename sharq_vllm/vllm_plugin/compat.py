@@ -25,6 +25,7 @@ Differences found by reading both sources:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -137,12 +138,37 @@ def current_vllm_config() -> Any | None:
     return get_current_vllm_config_or_none()
 
 
-def forward_context_layer(name: str) -> Any | None:
-    """The layer registered under ``name`` in the running engine's forward context, if any."""
+@functools.cache
+def _forward_context_api() -> tuple[Callable[[], Any], Callable[[], bool]] | None:
     try:
         from vllm.forward_context import get_forward_context, is_forward_context_available
     except ImportError:
         return None
-    if not is_forward_context_available():
+    return get_forward_context, is_forward_context_available
+
+
+def forward_context_layer(name: str) -> Any | None:
+    """The layer registered under ``name`` in the running engine's forward context, if any
+    (every SharQ op call asks: the import is resolved once)."""
+    api = _forward_context_api()
+    if api is None or not api[1]():
         return None
-    return get_forward_context().no_compile_layers.get(name)
+    return api[0]().no_compile_layers.get(name)
+
+
+def register_op(lib: torch.library.Library, name: str, impl: Callable[..., Any], fake: Callable[..., Any]) -> None:
+    """Define ``lib``'s op ``name`` (schema from ``impl``'s annotations) with vLLM's
+    ``direct_register_custom_op``: the impl is the platform's dispatch-key kernel, without the
+    per-call wrapping of ``torch.library.custom_op`` (~10 us of host time a call, which the
+    uncaptured steps of a serving engine pay for every SharQ linear). The same impl also serves
+    CPU tensors (the reference path, e.g. a layer run on the CPU in a CUDA process)."""
+    try:
+        from vllm.utils.torch_utils import direct_register_custom_op
+    except ImportError:  # vLLM before utils was split into modules
+        from vllm.utils import direct_register_custom_op  # type: ignore[attr-defined,no-redef]
+    from vllm.platforms import current_platform
+
+    key = current_platform.dispatch_key
+    direct_register_custom_op(name, impl, [], fake_impl=fake, target_lib=lib, dispatch_key=key)
+    if key != "CPU":
+        lib.impl(name, impl, dispatch_key="CPU")

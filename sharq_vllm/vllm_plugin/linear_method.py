@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -66,21 +67,77 @@ def layer_options(name: str) -> SharQOptions:
     return options
 
 
-@torch.library.custom_op("sharq_plugin::linear", mutates_args=())
-def _sharq_plugin_linear(x: torch.Tensor, bias: torch.Tensor | None, layer_name: str) -> torch.Tensor:
-    """One SharQ linear (preparation + GEMM through sharq_vllm.ops): opaque to torch.compile
-    (CUDA-graph capturable: no host syncs inside), counts calls."""
-    layer: Any = _layer_for(layer_name)
-    o: SharQOptions = layer.quant_method.options
+# The ops below run once per SharQ linear per uncaptured step (prefill, mixed batches above the
+# CUDA-graph sizes), so their host time is the layer's launch overhead: they are registered with
+# vLLM's direct_register_custom_op (compat.register_op), and a layer whose weight is packed for
+# the kernels calls them directly (ops.run_*) under the decisions its KernelPlan fixed at load;
+# anything else goes through sharq_vllm.ops' general ops (same kernels, or the reference).
+_LIB = torch.library.Library("sharq_plugin", "FRAGMENT")  # owns the ops: kept alive with the module
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """What a layer's calls need not decide again: its weight is one payload packed for the
+    CUDA GEMMs (dispatch.weight_on_kernel held at load, so the kernels serve its device), and
+    for activations of ``dtype`` the preparation kernel takes its K (``prep``; with the RMSNorm
+    in front too: ``norm``), with the kernel's format / pattern / block arguments ``codes``."""
+
+    dtype: torch.dtype
+    prep: bool
+    norm: bool
+    codes: tuple[int, int, int, int]
+    weight: ops.PackedWeight  # the layer's buffers when the plan was made (see _kernel_weight)
+
+
+def kernel_plan(parts: list[ops.PackedWeight], options: SharQOptions, act_dtype: torch.dtype | None) -> KernelPlan | None:
+    """The layer's plan (None: every call takes the general ops)."""
+    if len(parts) != 1 or parts[0].layout != ops.LAYOUT_TILED or act_dtype not in dispatch.KERNEL_DTYPES:
+        return None
+    k, fmt, pattern, act = parts[0].k, options.format, options.pattern, options.act_scale
+    return KernelPlan(
+        dtype=act_dtype,
+        prep=dispatch.prep_takes(k, act_dtype, fmt, pattern, act),
+        norm=dispatch.prep_norm_takes(k, act_dtype, act_dtype, fmt, pattern, act),
+        codes=dispatch.prep_values(fmt, pattern),
+        weight=parts[0],
+    )
+
+
+def _kernel_weight(layer: Any, plan: KernelPlan) -> ops.PackedWeight:
+    """The plan's PackedWeight while the layer still holds those very buffers (they are replaced
+    only by a module move or a reload); otherwise a fresh one, kept in a new plan."""
+    w, b = plan.weight, layer._buffers
+    if b.get("sharq_qweight") is w.qweight and b.get("sharq_scales") is w.scales and b.get("sharq_tensor_scale") is w.tensor_scale:
+        return w
+    w = packed_weight(layer)
+    layer.sharq_plan = replace(plan, weight=w)
+    return w
+
+
+def _gemm(layer: Any, x_hat: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    plan: KernelPlan | None = getattr(layer, "sharq_plan", None)
+    if plan is not None and x_hat.dtype is plan.dtype:
+        return ops.run_gemm(x_hat, _kernel_weight(layer, plan), bias)
     parts = packed_weights(layer)
-    y = ops.sharq_linear(x, parts[0] if len(parts) == 1 else parts, bias, o.format, o.pattern,
-                         act_scale=o.act_scale)
+    return ops.sharq_linear(x_hat, parts[0] if len(parts) == 1 else parts, bias, x_hat=x_hat)
+
+
+def _sharq_plugin_linear(x: torch.Tensor, bias: torch.Tensor | None, layer_name: str) -> torch.Tensor:
+    """One SharQ linear (preparation + GEMM): opaque to torch.compile (CUDA-graph capturable:
+    no host syncs inside), counts calls."""
+    layer: Any = _layer_for(layer_name)
+    plan: KernelPlan | None = getattr(layer, "sharq_plan", None)
+    if plan is not None and plan.prep and x.dtype is plan.dtype:
+        x_hat = ops.run_prep(x, plan.codes)
+    else:
+        o: SharQOptions = layer.quant_method.options
+        x_hat = torch.ops.sharq.prepare(x, o.format, o.pattern, act_scale=o.act_scale)
+    y = _gemm(layer, x_hat, bias)
     stats.record_forward(x.shape[0] if x.dim() > 1 else 1)
     return y
 
 
-@_sharq_plugin_linear.register_fake
-def _(x: torch.Tensor, bias: torch.Tensor | None, layer_name: str) -> torch.Tensor:
+def _linear_fake(x: torch.Tensor, bias: torch.Tensor | None, layer_name: str) -> torch.Tensor:
     layer: Any = _layer_for(layer_name)
     return x.new_empty((*x.shape[:-1], int(layer.output_size_per_partition)))
 
@@ -89,59 +146,73 @@ def _(x: torch.Tensor, bias: torch.Tensor | None, layer_name: str) -> torch.Tens
 # the op that produces its input: the RMSNorm / SiLU * mul + preparation ops (x_hat from the
 # producer's input; the layer name gives the options, as above) and the GEMM alone on x_hat.
 # Inserted by the pass only.
-@torch.library.custom_op("sharq_plugin::rms_norm_prepare", mutates_args=())
 def _rms_norm_prepare(x: torch.Tensor, weight: torch.Tensor, eps: float, layer_name: str) -> torch.Tensor:
-    o = layer_options(layer_name)
+    layer: Any = _layer_for(layer_name)
+    plan: KernelPlan | None = getattr(layer, "sharq_plan", None)
+    if plan is not None and plan.norm and x.dtype is plan.dtype and weight.dtype is plan.dtype:
+        return ops.run_prep_norm(x, None, weight, eps, plan.codes)[0]
+    o: SharQOptions = layer.quant_method.options
     return torch.ops.sharq.prepare_rms_norm(x, weight, eps, o.format, o.pattern, o.act_scale)  # type: ignore[no-any-return]
 
 
-@_rms_norm_prepare.register_fake
-def _(x: torch.Tensor, weight: torch.Tensor, eps: float, layer_name: str) -> torch.Tensor:
+def _rms_norm_prepare_fake(x: torch.Tensor, weight: torch.Tensor, eps: float, layer_name: str) -> torch.Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("sharq_plugin::add_rms_norm_prepare", mutates_args=())
 def _add_rms_norm_prepare(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, layer_name: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    o = layer_options(layer_name)
+    layer: Any = _layer_for(layer_name)
+    plan: KernelPlan | None = getattr(layer, "sharq_plan", None)
+    if (plan is not None and plan.norm and x.dtype is plan.dtype and residual.dtype is plan.dtype
+            and weight.dtype is plan.dtype):
+        return ops.run_prep_norm(x, residual, weight, eps, plan.codes)  # type: ignore[return-value]
+    o: SharQOptions = layer.quant_method.options
     return torch.ops.sharq.prepare_add_rms_norm(  # type: ignore[no-any-return]
         x, residual, weight, eps, o.format, o.pattern, o.act_scale)
 
 
-@_add_rms_norm_prepare.register_fake
-def _(
+def _add_rms_norm_prepare_fake(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, layer_name: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return (torch.empty_like(x, memory_format=torch.contiguous_format),
             torch.empty_like(x, memory_format=torch.contiguous_format))
 
 
-@torch.library.custom_op("sharq_plugin::silu_mul_prepare", mutates_args=())
 def _silu_mul_prepare(x: torch.Tensor, layer_name: str) -> torch.Tensor:
-    o = layer_options(layer_name)
+    layer: Any = _layer_for(layer_name)
+    plan: KernelPlan | None = getattr(layer, "sharq_plan", None)
+    if plan is not None and plan.prep and x.dtype is plan.dtype:
+        return ops.run_prep_silu_mul(x, plan.codes)
+    o: SharQOptions = layer.quant_method.options
     return torch.ops.sharq.prepare_silu_mul(x, o.format, o.pattern, o.act_scale)  # type: ignore[no-any-return]
 
 
-@_silu_mul_prepare.register_fake
-def _(x: torch.Tensor, layer_name: str) -> torch.Tensor:
+def _silu_mul_prepare_fake(x: torch.Tensor, layer_name: str) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
 
 
-@torch.library.custom_op("sharq_plugin::linear_prepared", mutates_args=())
 def _sharq_plugin_linear_prepared(x_hat: torch.Tensor, bias: torch.Tensor | None, layer_name: str) -> torch.Tensor:
     """``sharq_plugin::linear`` after its preparation: the GEMM on x_hat."""
     layer: Any = _layer_for(layer_name)
-    parts = packed_weights(layer)
-    y = ops.sharq_linear(x_hat, parts[0] if len(parts) == 1 else parts, bias, x_hat=x_hat)
+    y = _gemm(layer, x_hat, bias)
     stats.record_forward(x_hat.shape[0] if x_hat.dim() > 1 else 1)
     return y
 
 
-@_sharq_plugin_linear_prepared.register_fake
-def _(x_hat: torch.Tensor, bias: torch.Tensor | None, layer_name: str) -> torch.Tensor:
+def _linear_prepared_fake(x_hat: torch.Tensor, bias: torch.Tensor | None, layer_name: str) -> torch.Tensor:
     layer: Any = _layer_for(layer_name)
     return x_hat.new_empty((*x_hat.shape[:-1], int(layer.output_size_per_partition)))
+
+
+for _name, _impl, _fake in (
+    ("linear", _sharq_plugin_linear, _linear_fake),
+    ("rms_norm_prepare", _rms_norm_prepare, _rms_norm_prepare_fake),
+    ("add_rms_norm_prepare", _add_rms_norm_prepare, _add_rms_norm_prepare_fake),
+    ("silu_mul_prepare", _silu_mul_prepare, _silu_mul_prepare_fake),
+    ("linear_prepared", _sharq_plugin_linear_prepared, _linear_prepared_fake),
+):
+    compat.register_op(_LIB, _name, _impl, _fake)
 
 
 def _buffer_names(part: int) -> tuple[str, str, str]:
@@ -300,6 +371,7 @@ class SharQLinearMethod(LinearMethodBase):
             for name, t in zip(_buffer_names(i), (packed.qweight, packed.scales, packed.tensor_scale), strict=True):
                 layer.register_buffer(name, t, persistent=False)
         layer.sharq_geometries = [p.geometry for p in parts]
+        layer.sharq_plan = kernel_plan(parts, self.options, act_dtype)
         self._register_name(layer)
         packed = parts[0]
         device = packed.qweight.device
