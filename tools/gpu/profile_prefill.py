@@ -1,0 +1,174 @@
+"""Where the prefill step of a decode batch spends its time (device-side diagnostic).
+
+    python3 tools/gpu/profile_prefill.py METHOD OUTDIR [--batches 8,32] [--repeats 6]
+
+Runs vLLM in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0: the engine core and the model run
+here, so the PyTorch profiler sees the model's host ops and its kernels), Llama-3.1-8B shape with
+dummy weights (benchmarks/serving/shapes.py), compile + CUDA graphs as served. For each batch B:
+a warm-up generate, then ``--repeats`` generates of B fresh 128-token prompts with one output
+token (the ``prefill_wall_s`` of benchmarks/serving/offline.py), wall times kept; then two more
+under torch.profiler (CPU + CUDA), summarized: wall, GPU busy (union of kernel intervals), the
+host's CUDA runtime calls (allocations, synchronizations, launches), the host ops by self time
+(SharQ's custom ops among them, with their per-call host cost), and GPU idle gaps over 1 ms.
+``--mp`` keeps vLLM's default engine-core process instead (as benchmarks/serving/offline.py
+runs it; no profile then): the walls, and from vLLM's request stats (RequestOutput.metrics) in
+how many engine steps each batch was first scheduled and how far apart.
+Writes OUTDIR/prefill-<method><tag>.json and the traces (prefill-<method>-b<B>.json.gz).
+Session 31's runs: benchmarks/results/prefill-step-H200.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def summarize(prof, wall_s: float) -> dict:
+    import torch
+
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    iv = sorted((e.time_range.start, e.time_range.end) for e in events)
+    busy, gaps, cur_s, cur_e = 0.0, [], None, None
+    for s, e in iv:
+        if cur_e is None or s > cur_e:
+            if cur_e is not None:
+                busy += cur_e - cur_s
+                if s - cur_e > 1000:
+                    gaps.append(round((s - cur_e) / 1000, 2))
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    if cur_e is not None:
+        busy += cur_e - cur_s
+    rt: dict[str, list[float]] = {}
+    ops: dict[str, list[float]] = {}
+    for e in prof.key_averages():
+        name = e.key
+        if name.startswith("cuda") or name.startswith("cu"):
+            rt[name] = [e.count, round(e.cpu_time_total / 1000, 3)]
+        else:
+            ops[name] = [e.count, round(e.self_cpu_time_total / 1000, 3), round(e.cpu_time_total / 1000, 3)]
+    top_ops = dict(sorted(ops.items(), key=lambda kv: -kv[1][1])[:40])
+    sharq = {k: [*v, round(1000 * v[2] / max(1, v[0]), 1)] for k, v in ops.items() if "sharq" in k}
+    kern: dict[str, list[float]] = {}
+    for e in events:
+        k = kern.setdefault(e.name[:120], [0, 0.0])
+        k[0] += 1
+        k[1] += (e.time_range.end - e.time_range.start) / 1000
+    top_kern = {k: [v[0], round(v[1], 3)] for k, v in sorted(kern.items(), key=lambda kv: -kv[1][1])[:30]}
+    return {"wall_ms": round(1000 * wall_s, 2), "gpu_busy_ms": round(busy / 1000, 2),
+            "gpu_span_ms": round((iv[-1][1] - iv[0][0]) / 1000, 2) if iv else None,
+            "gaps_over_1ms": gaps[:60], "runtime_calls": rt,
+            "sharq_ops_count_selfms_totalms_us_per_call": sharq,
+            "top_host_ops_count_selfms_totalms": top_ops, "top_kernels_count_ms": top_kern}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("method", choices=("fp8", "sharq", "bf16"))
+    ap.add_argument("out")
+    ap.add_argument("--batches", default="8,32")
+    ap.add_argument("--repeats", type=int, default=6)
+    ap.add_argument("--in-len", type=int, default=128)
+    ap.add_argument("--mp", action="store_true", help="engine core in its own process (no profile)")
+    ap.add_argument("--probe", action="store_true", help="LLM.apply_model(probe.model_stats) first, as offline.py")
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args()
+    if not args.mp:  # the engine core and the model in this process (else vLLM's own process)
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    import numpy as np
+    import torch
+    import vllm
+    from vllm import LLM, SamplingParams
+
+    from benchmarks.serving import shapes
+
+    if args.method == "sharq":
+        import sharq_vllm
+
+        sharq_vllm.register()
+    folder = shapes.materialize(["Llama-3.1-8B"], quiet=True)["Llama-3.1-8B"]
+    kw = dict(model=str(folder), tokenizer=str(folder), load_format="dummy", dtype="bfloat16",
+              max_model_len=4096, gpu_memory_utilization=0.9, seed=0)
+    if args.method != "bf16":
+        kw["quantization"] = args.method
+    kw["disable_log_stats"] = False  # request timestamps (RequestOutput.metrics)
+    t0 = time.time()
+    llm = LLM(**kw)
+    res: dict = {"method": args.method, "vllm": vllm.__version__, "torch": torch.__version__,
+                 "card": torch.cuda.get_device_name(0), "startup_s": round(time.time() - t0, 1), "batches": {}}
+    if args.probe:
+        from benchmarks.serving import probe
+
+        res["model_stats_s"] = time.time()
+        llm.apply_model(probe.model_stats)
+        res["model_stats_s"] = round(time.time() - res["model_stats_s"], 2)
+    rng = np.random.default_rng(0)
+
+    def prompts(b: int) -> list:
+        return [{"prompt_token_ids": rng.integers(1000, 100_000, size=args.in_len).tolist()} for _ in range(b)]
+
+    steps: list[dict] = []
+
+    def gen(b: int, n: int) -> float:
+        sp = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
+        p = prompts(b)
+        t = time.perf_counter()
+        outs = llm.generate(p, sp, use_tqdm=False)
+        dt = time.perf_counter() - t
+        ms = [o.metrics for o in outs if getattr(o, "metrics", None) is not None]
+        if ms:  # engine-core timestamps (vLLM's request stats): in how many steps the batch began
+            sched = sorted({round(m.scheduled_ts, 4) for m in ms})
+            first = sorted({round(m.first_token_ts, 4) for m in ms})
+            steps.append({"wall_ms": round(1000 * dt, 2), "scheduling_steps": len(sched),
+                          "first_token_steps": len(first),
+                          "scheduled_spread_ms": round(1000 * (sched[-1] - sched[0]), 2),
+                          "first_token_spread_ms": round(1000 * (first[-1] - first[0]), 2)})
+        return dt
+
+    for b in [int(x) for x in args.batches.split(",")]:
+        gen(b, 16)
+        steps.clear()
+        walls = [gen(b, 1) for _ in range(args.repeats)]
+        entry = {"prefill_wall_ms": [round(1000 * w, 2) for w in walls],
+                 "median_ms": round(1000 * statistics.median(walls), 2), "engine_steps": list(steps)}
+        res["batches"][str(b)] = entry
+        if args.mp:
+            print(f"[profile_prefill] {args.method}{args.tag} b{b}: walls {entry['prefill_wall_ms']} ms; scheduling "
+                  f"steps {[s['scheduling_steps'] for s in steps]}, spread ms {[s['scheduled_spread_ms'] for s in steps]}",
+                  flush=True)
+            continue
+        acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=acts) as prof:
+            t = time.perf_counter()
+            gen(b, 1)
+            gen(b, 1)
+            wall = time.perf_counter() - t
+        trace = out / f"prefill-{args.method}-b{b}.json"
+        prof.export_chrome_trace(str(trace))
+        with open(trace, "rb") as f, gzip.open(str(trace) + ".gz", "wb") as g:
+            g.write(f.read())
+        trace.unlink()
+        entry["profile_two_calls"] = summarize(prof, wall)
+        res["batches"][str(b)] = entry
+        (out / f"prefill-{args.method}{args.tag}.json").write_text(json.dumps(res, indent=1))
+        print(f"[profile_prefill] {args.method} b{b}: walls {entry['prefill_wall_ms']} ms; profiled 2 calls "
+              f"{entry['profile_two_calls']['wall_ms']} ms wall, GPU busy {entry['profile_two_calls']['gpu_busy_ms']} ms",
+              flush=True)
+    (out / f"prefill-{args.method}{args.tag}.json").write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
