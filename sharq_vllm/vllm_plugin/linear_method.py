@@ -114,8 +114,12 @@ def _kernel_weight(layer: Any, plan: KernelPlan) -> ops.PackedWeight:
     return w
 
 
-def _gemm(layer: Any, x_hat: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    plan: KernelPlan | None = getattr(layer, "sharq_plan", None)
+def _layer_and_plan(layer_name: str) -> tuple[Any, KernelPlan | None]:
+    layer: Any = _layer_for(layer_name)
+    return layer, getattr(layer, "sharq_plan", None)
+
+
+def _gemm(layer: Any, plan: KernelPlan | None, x_hat: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     if plan is not None and x_hat.dtype is plan.dtype:
         return ops.run_gemm(x_hat, _kernel_weight(layer, plan), bias)
     parts = packed_weights(layer)
@@ -125,14 +129,13 @@ def _gemm(layer: Any, x_hat: torch.Tensor, bias: torch.Tensor | None) -> torch.T
 def _sharq_plugin_linear(x: torch.Tensor, bias: torch.Tensor | None, layer_name: str) -> torch.Tensor:
     """One SharQ linear (preparation + GEMM): opaque to torch.compile (CUDA-graph capturable:
     no host syncs inside), counts calls."""
-    layer: Any = _layer_for(layer_name)
-    plan: KernelPlan | None = getattr(layer, "sharq_plan", None)
+    layer, plan = _layer_and_plan(layer_name)
     if plan is not None and plan.prep and x.dtype is plan.dtype:
         x_hat = ops.run_prep(x, plan.codes)
     else:
         o: SharQOptions = layer.quant_method.options
         x_hat = torch.ops.sharq.prepare(x, o.format, o.pattern, act_scale=o.act_scale)
-    y = _gemm(layer, x_hat, bias)
+    y = _gemm(layer, plan, x_hat, bias)
     stats.record_forward(x.shape[0] if x.dim() > 1 else 1)
     return y
 
@@ -147,8 +150,7 @@ def _linear_fake(x: torch.Tensor, bias: torch.Tensor | None, layer_name: str) ->
 # producer's input; the layer name gives the options, as above) and the GEMM alone on x_hat.
 # Inserted by the pass only.
 def _rms_norm_prepare(x: torch.Tensor, weight: torch.Tensor, eps: float, layer_name: str) -> torch.Tensor:
-    layer: Any = _layer_for(layer_name)
-    plan: KernelPlan | None = getattr(layer, "sharq_plan", None)
+    layer, plan = _layer_and_plan(layer_name)
     if plan is not None and plan.norm and x.dtype is plan.dtype and weight.dtype is plan.dtype:
         return ops.run_prep_norm(x, None, weight, eps, plan.codes)[0]
     o: SharQOptions = layer.quant_method.options
@@ -162,8 +164,7 @@ def _rms_norm_prepare_fake(x: torch.Tensor, weight: torch.Tensor, eps: float, la
 def _add_rms_norm_prepare(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, layer_name: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    layer: Any = _layer_for(layer_name)
-    plan: KernelPlan | None = getattr(layer, "sharq_plan", None)
+    layer, plan = _layer_and_plan(layer_name)
     if (plan is not None and plan.norm and x.dtype is plan.dtype and residual.dtype is plan.dtype
             and weight.dtype is plan.dtype):
         return ops.run_prep_norm(x, residual, weight, eps, plan.codes)  # type: ignore[return-value]
@@ -180,8 +181,7 @@ def _add_rms_norm_prepare_fake(
 
 
 def _silu_mul_prepare(x: torch.Tensor, layer_name: str) -> torch.Tensor:
-    layer: Any = _layer_for(layer_name)
-    plan: KernelPlan | None = getattr(layer, "sharq_plan", None)
+    layer, plan = _layer_and_plan(layer_name)
     if plan is not None and plan.prep and x.dtype is plan.dtype:
         return ops.run_prep_silu_mul(x, plan.codes)
     o: SharQOptions = layer.quant_method.options
@@ -194,8 +194,8 @@ def _silu_mul_prepare_fake(x: torch.Tensor, layer_name: str) -> torch.Tensor:
 
 def _sharq_plugin_linear_prepared(x_hat: torch.Tensor, bias: torch.Tensor | None, layer_name: str) -> torch.Tensor:
     """``sharq_plugin::linear`` after its preparation: the GEMM on x_hat."""
-    layer: Any = _layer_for(layer_name)
-    y = _gemm(layer, x_hat, bias)
+    layer, plan = _layer_and_plan(layer_name)
+    y = _gemm(layer, plan, x_hat, bias)
     stats.record_forward(x_hat.shape[0] if x_hat.dim() > 1 else 1)
     return y
 

@@ -13,14 +13,13 @@ host's CUDA runtime calls (allocations, synchronizations, launches), the host op
 ``--mp`` keeps vLLM's default engine-core process instead (as benchmarks/serving/offline.py
 runs it; no profile then): the walls, and from vLLM's request stats (RequestOutput.metrics) in
 how many engine steps each batch was first scheduled and how far apart.
-Writes OUTDIR/prefill-<method><tag>.json and the traces (prefill-<method>-b<B>.json.gz).
+Writes OUTDIR/prefill-<method><tag>.json and the traces (prefill-<method><tag>-b<B>.json.gz).
 Session 31's runs: benchmarks/results/prefill-step-H200.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import statistics
@@ -50,7 +49,7 @@ def summarize(prof, wall_s: float) -> dict:
     ops: dict[str, list[float]] = {}
     for e in prof.key_averages():
         name = e.key
-        if name.startswith("cuda") or name.startswith("cu"):
+        if name.startswith("cu"):  # CUDA runtime / driver calls
             rt[name] = [e.count, round(e.cpu_time_total / 1000, 3)]
         else:
             ops[name] = [e.count, round(e.self_cpu_time_total / 1000, 3), round(e.cpu_time_total / 1000, 3)]
@@ -145,28 +144,20 @@ def main() -> int:
                  "median_ms": round(1000 * statistics.median(walls), 2), "engine_steps": list(steps)}
         res["batches"][str(b)] = entry
         if args.mp:
-            print(f"[profile_prefill] {args.method}{args.tag} b{b}: walls {entry['prefill_wall_ms']} ms; scheduling "
-                  f"steps {[s['scheduling_steps'] for s in steps]}, spread ms {[s['scheduled_spread_ms'] for s in steps]}",
-                  flush=True)
-            continue
-        acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-        with torch.profiler.profile(activities=acts) as prof:
-            t = time.perf_counter()
-            gen(b, 1)
-            gen(b, 1)
-            wall = time.perf_counter() - t
-        trace = out / f"prefill-{args.method}-b{b}.json"
-        prof.export_chrome_trace(str(trace))
-        with open(trace, "rb") as f, gzip.open(str(trace) + ".gz", "wb") as g:
-            g.write(f.read())
-        trace.unlink()
-        entry["profile_two_calls"] = summarize(prof, wall)
-        res["batches"][str(b)] = entry
+            say = (f"scheduling steps {[s['scheduling_steps'] for s in steps]}, "
+                   f"spread ms {[s['scheduled_spread_ms'] for s in steps]}")
+        else:
+            acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+            with torch.profiler.profile(activities=acts) as prof:
+                t = time.perf_counter()
+                gen(b, 1)
+                gen(b, 1)
+                wall = time.perf_counter() - t
+            prof.export_chrome_trace(str(out / f"prefill-{args.method}{args.tag}-b{b}.json.gz"))  # torch gzips
+            p2 = entry["profile_two_calls"] = summarize(prof, wall)
+            say = f"profiled 2 calls {p2['wall_ms']} ms wall, GPU busy {p2['gpu_busy_ms']} ms"
         (out / f"prefill-{args.method}{args.tag}.json").write_text(json.dumps(res, indent=1))
-        print(f"[profile_prefill] {args.method} b{b}: walls {entry['prefill_wall_ms']} ms; profiled 2 calls "
-              f"{entry['profile_two_calls']['wall_ms']} ms wall, GPU busy {entry['profile_two_calls']['gpu_busy_ms']} ms",
-              flush=True)
-    (out / f"prefill-{args.method}{args.tag}.json").write_text(json.dumps(res, indent=1))
+        print(f"[profile_prefill] {args.method}{args.tag} b{b}: walls {entry['prefill_wall_ms']} ms; {say}", flush=True)
     return 0
 
 
