@@ -398,6 +398,8 @@ def run(args) -> dict:
         info["prep_configs_us"] = prep_sweep(args, t_start)
     if args.gemm_sweep and DEVICE == "cuda" and ok:
         info["gemm_variants_us"] = gemm_variant_sweep(args, t_start)
+    if args.norm_sweep and DEVICE == "cuda" and ok:
+        info["norm_configs_us"] = norm_sweep(args, t_start)
     # derived: what the kernel work needs (issue 4 targets)
     derived: dict[str, object] = {}
     dq = sums.get("sharq_dequant", {}).get("1")
@@ -495,6 +497,62 @@ def prep_sweep(args, t_start) -> dict:
             )
     if errs:
         res["errors"] = {"all": errs}  # type: ignore[dict-item]
+    return res
+
+
+NORM_SWEEP_MS = (64, 256, 512, 1024, 4096, 16384)
+
+
+def _norm_calls(m: int, k: int, eps: float, codes, copies: int) -> dict:
+    """name -> fn(i) over `copies` sets of fresh rows, residuals and outputs (norm_sweep)."""
+    xs = [heavy(m, k) for _ in range(copies)]
+    rs = [heavy(m, k) for _ in range(copies)]
+    w = heavy(1, k).reshape(k)
+    outs = [torch.empty_like(x) for x in xs]
+    routs = [torch.empty_like(x) for x in xs]
+
+    def sharq(v):
+        def fn(i):
+            torch.ops.sharq_C.prep_norm(xs[i], rs[i], routs[i], w, eps, outs[i], *codes, v)
+            return outs[i]
+
+        return fn
+
+    fns = {"v1": sharq(1), "v2": sharq(2), "auto": sharq(0)}
+    if Vllm.ok:
+        qs = [torch.empty(m, k, dtype=torch.float8_e4m3fn, device=DEVICE) for _ in range(copies)]
+        sc = [torch.empty(m, 1, dtype=torch.float32, device=DEVICE) for _ in range(copies)]
+        fns["vllm_fused_add_rms_norm"] = lambda i: torch.ops._C.fused_add_rms_norm(xs[i], rs[i], w, eps)
+        fns["vllm_fp8_add_rms_norm_quant"] = lambda i: torch.ops._C.rms_norm_dynamic_per_token_quant(
+            qs[i], xs[i], w, sc[i], eps, None, rs[i]
+        )
+    return fns
+
+
+def norm_sweep(args, t_start) -> dict:
+    """The RMSNorm (+ residual add) + preparation kernel at K = 4096 (the qkv / gate_up inputs
+    of Llama-3.1-8B): one and two chunks a thread forced, the op's own choice, and for scale
+    vLLM's own kernels on the same rows: fused_add_rms_norm (what SharQ's kernel replaces, in
+    place) and FP8's fused add-RMSNorm + per-token quantization (rms_norm_dynamic_per_token_quant,
+    what vLLM's fusion pass puts before an FP8 linear). The data behind prep.cu's launch_norm."""
+    k, eps = 4096, 1e-5
+    codes = dispatch.prep_values("nvfp4", "4:8-pairs")
+    res: dict[str, dict[str, float]] = {}
+    errs: dict[str, str] = {}
+    for m in NORM_SWEEP_MS:
+        if time.time() - t_start > args.budget_s + 30 and m >= 1024:
+            continue
+        copies = max(1, min(MAX_COPIES, math.ceil(L2_ROTATE_BYTES / (8 * m * k))))
+        fns = _norm_calls(m, k, eps, codes, copies)
+        for name, fn in fns.items():
+            try:
+                res.setdefault(f"M={m}", {})[name] = round(time_graph(fn, copies, reps=args.reps), 2)
+            except Exception as e:
+                errs[f"{m}/{name}"] = f"{type(e).__name__}: {e}"
+        line = res.get(f"M={m}", {})
+        print(f"  norm+prep K={k} M={m}: " + ", ".join(f"{a}={b:.1f}" for a, b in line.items()), flush=True)
+    if errs:
+        res["errors"] = errs  # type: ignore[assignment]
     return res
 
 
@@ -598,6 +656,9 @@ def print_table(res: dict) -> str:
             continue
         for mm, cfgs in byk.items():
             lines.append(f"prep {kk} {mm}: " + ", ".join(f"{a}={b:.1f}" for a, b in cfgs.items()))
+    for mm, cfgs in res.get("norm_configs_us", {}).items():
+        if mm != "errors":
+            lines.append(f"norm+prep K=4096 {mm}: " + ", ".join(f"{a}={b:.1f}" for a, b in cfgs.items()))
     if res.get("vllm_error"):
         lines.append(f"vLLM baselines skipped: {res['vllm_error'][:200]}")
     if res.get("errors"):
@@ -667,6 +728,10 @@ def main():
     ap.add_argument(
         "--gemm-sweep", action="store_true",
         help="every forced GEMM kernel (stream, tile, wgmma) at M <= 1024, alone and after the preparation",
+    )
+    ap.add_argument(
+        "--norm-sweep", action="store_true",
+        help="the RMSNorm + preparation kernel at K = 4096, 1 / 2 chunks a thread, against vLLM's norm kernels",
     )
     ap.add_argument(
         "--gemm-sweep-ms", default=",".join(map(str, GEMM_SWEEP_MS)), help="the M values of --gemm-sweep"

@@ -34,7 +34,8 @@
 //     up to 8 CTAs (8 SMs; prep_cluster_size); the two row maxima are exchanged through
 //     distributed shared memory (mapa + ld.shared::cluster, barrier.cluster).
 //   64 < M <= 256: one CTA a row, V = 1 (K <= 8192), 2 (K <= 16384), 8.
-//   M > 256: V = 2 (2 independent chunks a thread; V = 8 above K = 16384).
+//   M > 256: V = 2 (2 independent chunks a thread; V = 8 above K = 16384). The RMSNorm variants
+//     too, on a CTA of half the padded chunk count (launch_norm; -18% at 4096 x 4096).
 // Block encoding (NUMERICS.md): one correctly rounded FP32 reciprocal per block (__frcp_rn),
 // one __fmul_rn per value, then rounding to the E2M1 grid; no per-element division.
 // Programmatic dependent launch on both sides: the kernel is launched with the attribute and
@@ -231,6 +232,10 @@ __device__ __forceinline__ float row_max(float v, float* red, float* slot, int c
 // tree, then the lanes by an xor butterfly with rising offsets (a butterfly level with offset o
 // adds aligned neighbours, i.e. one level of the tree), then the warps the same way. One CTA a
 // row holds K <= 8 * 1024 (kPrepNormMaxK).
+// Two chunks a thread (V = 2, rows of M > kPrepLargeM: the preparation's throughput
+// configuration) keep that order with the CTA at exactly half the padded chunk count P (a power
+// of two): thread t holds chunks t and t + P/2, so the CTA's two tree sums are the tree's two
+// halves and their sum is its root (norm_threads).
 __device__ __forceinline__ float tree8(const float (&q)[8]) {
   return __fadd_rn(__fadd_rn(__fadd_rn(q[0], q[1]), __fadd_rn(q[2], q[3])),
                    __fadd_rn(__fadd_rn(q[4], q[5]), __fadd_rn(q[6], q[7])));
@@ -256,36 +261,70 @@ __device__ __forceinline__ float block_tree_sum(float v, float* red) {
   return red[32];
 }
 
-template <typename T, int kProd>
-__device__ __forceinline__ uint4 rms_norm_row(uint4 xc, int c, bool in_row, int row, int K,
-                                              const PrepNorm& nrm, float* red) {
-  float s[8];
-#pragma unroll
-  for (int i = 0; i < 8; ++i) s[i] = elem<T>(xc, i);
-  if constexpr (kProd == kPrepAddNorm) {
-    const uint4 rc = in_row ? *reinterpret_cast<const uint4*>(static_cast<const T*>(nrm.residual) +
-                                                              (int64_t)row * nrm.res_stride + 8 * c)
-                            : make_uint4(0, 0, 0, 0);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) s[i] = __fadd_rn(s[i], elem<T>(rc, i));
-    if (in_row) store_chunk<T>(static_cast<T*>(nrm.residual_out) + (int64_t)row * K + 8 * c, s);
+// The two halves' tree sums in one pass over the CTA (V = 2; red: 66 floats), then the root.
+__device__ __forceinline__ float block_tree_sum2(float a, float b, float* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  a = warp_tree_sum(a);
+  b = warp_tree_sum(b);
+  __syncthreads();
+  if (lane == 0) {
+    red[warp] = a;
+    red[33 + warp] = b;
   }
-  float sq[8];
+  __syncthreads();
+  if (warp == 0) {
+    float wa = lane < nw ? red[lane] : 0.0f, wb = lane < nw ? red[33 + lane] : 0.0f;
+    wa = warp_tree_sum(wa);
+    wb = warp_tree_sum(wb);
+    if (lane == 0) red[32] = __fadd_rn(wa, wb);
+  }
+  __syncthreads();
+  return red[32];
+}
+
+// The row's V chunks (chunk v*blockDim + tid; absent ones past nchunks) normalized in place.
+template <typename T, int kProd, int V>
+__device__ __forceinline__ void rms_norm_row(uint4 (&xc)[V], int nchunks, int row, int K,
+                                             const PrepNorm& nrm, float* red) {
+  static_assert(V == 1 || V == 2, "prep_norm: one or two chunks a thread");
+  float s[V][8], part[V];
 #pragma unroll
-  for (int i = 0; i < 8; ++i) sq[i] = __fmul_rn(s[i], s[i]);
-  const float ss = block_tree_sum(in_row ? tree8(sq) : 0.0f, red);
+  for (int v = 0; v < V; ++v) {
+    const int c = v * blockDim.x + threadIdx.x;
+    const bool in_row = c < nchunks;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) s[v][i] = elem<T>(xc[v], i);
+    if constexpr (kProd == kPrepAddNorm) {
+      const uint4 rc = in_row ? *reinterpret_cast<const uint4*>(static_cast<const T*>(nrm.residual) +
+                                                                (int64_t)row * nrm.res_stride + 8 * c)
+                              : make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) s[v][i] = __fadd_rn(s[v][i], elem<T>(rc, i));
+      if (in_row) store_chunk<T>(static_cast<T*>(nrm.residual_out) + (int64_t)row * K + 8 * c, s[v]);
+    }
+    float sq[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) sq[i] = __fmul_rn(s[v][i], s[v][i]);
+    part[v] = in_row ? tree8(sq) : 0.0f;
+  }
+  const float ss = V == 1 ? block_tree_sum(part[0], red) : block_tree_sum2(part[0], part[V - 1], red);
   const float inv = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, (float)K), nrm.eps)));
-  const uint4 wc = in_row ? *reinterpret_cast<const uint4*>(static_cast<const T*>(nrm.weight) + 8 * c)
-                          : make_uint4(0, 0, 0, 0);
-  uint4 out = make_uint4(0, 0, 0, 0);  // chunks past the row stay 0 (inv may be Inf)
-  T* o = reinterpret_cast<T*>(&out);
-  if (in_row)
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const float y = Elem<T>::to_float(Elem<T>::from_float(__fmul_rn(s[i], inv)));
-    o[i] = Elem<T>::from_float(__fmul_rn(y, elem<T>(wc, i)));
+  for (int v = 0; v < V; ++v) {
+    const int c = v * blockDim.x + threadIdx.x;
+    const bool in_row = c < nchunks;
+    const uint4 wc = in_row ? *reinterpret_cast<const uint4*>(static_cast<const T*>(nrm.weight) + 8 * c)
+                            : make_uint4(0, 0, 0, 0);
+    uint4 out = make_uint4(0, 0, 0, 0);  // chunks past the row stay 0 (inv may be Inf)
+    T* o = reinterpret_cast<T*>(&out);
+    if (in_row)
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const float y = Elem<T>::to_float(Elem<T>::from_float(__fmul_rn(s[v][i], inv)));
+      o[i] = Elem<T>::from_float(__fmul_rn(y, elem<T>(wc, i)));
+    }
+    xc[v] = out;
   }
-  return out;
 }
 
 // ---- SiLU * mul before the preparation (prep_silu_mul) ------------------------------------------
@@ -311,14 +350,15 @@ __device__ __forceinline__ uint4 silu_mul_chunk(uint4 g, uint4 u) {
 // scale blocks never straddle CTAs).
 // kDebug: the debug outputs are written (prep_debug); the serving kernel has no debug code.
 // kProd: what produces the row the preparation takes. kPrepPlain: x itself. kPrepNorm /
-// kPrepAddNorm (prep_norm; V == 1 and cl == 1 only, launch_norm): the row normalized by
+// kPrepAddNorm (prep_norm; V <= 2 and cl == 1 only, launch_norm): the row normalized by
 // rms_norm_row above. kPrepSiluMul (prep_silu_mul; any configuration, it is elementwise):
 // silu(gate) * up of x's two halves, silu_mul_chunk above.
 template <typename T, int V, bool kDebug, int kProd = kPrepPlain>
 __global__ void __launch_bounds__(V <= 2 ? 1024 : 512)
 prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int K, int fmt,
             int pattern, int bb_lanes, int rb_lanes, PrepDebug dbg, int cl, PrepNorm nrm) {
-  __shared__ float red[33];
+  constexpr bool kNorm2 = (kProd == kPrepNorm || kProd == kPrepAddNorm) && V == 2;
+  __shared__ float red[kNorm2 ? 66 : 33];  // block reductions (the norm's two halves at V = 2: 66)
   __shared__ float cslot[2];
   // Launched with programmatic dependent launch (kPrepPdl): wait for the kernel before (the
   // norm or activation writing x) before any global memory access, read or write (x_hat's
@@ -345,10 +385,7 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
     else
       xraw[v] = c < nchunks ? *reinterpret_cast<const uint4*>(xr + 8 * c) : make_uint4(0, 0, 0, 0);
   }
-  if constexpr (kProd == kPrepNorm || kProd == kPrepAddNorm) {
-    static_assert(V == 1, "prep_norm: one chunk a thread");
-    xraw[0] = rms_norm_row<T, kProd>(xraw[0], tid, tid < nchunks, row, K, nrm, red);
-  }
+  if constexpr (kProd == kPrepNorm || kProd == kPrepAddNorm) rms_norm_row<T, kProd, V>(xraw, nchunks, row, K, nrm, red);
   uint32_t mag2 = 0;  // max |x| as 16-bit bits, two lanes (sign cleared: bits order like |x|)
 #pragma unroll
   for (int v = 0; v < V; ++v) {
@@ -502,9 +539,9 @@ constexpr bool kPrepPdl = SHARQ_PREP_PDL;
 template <typename T, int V, int kProd = kPrepPlain>
 cudaError_t launch_v(const T* xp, int64_t x_stride, T* yp, int M, int K, int fmt, int pattern,
                      int bb_lanes, int rb_lanes, const PrepDebug& dbg, int cl, cudaStream_t stream,
-                     const PrepNorm& nrm = PrepNorm{}) {
+                     const PrepNorm& nrm = PrepNorm{}, int threads = 0) {
   const int nchunks = K / 8 / cl;
-  const int threads = ((nchunks + V - 1) / V + 31) / 32 * 32;
+  if (threads == 0) threads = ((nchunks + V - 1) / V + 31) / 32 * 32;
   if (threads > (V <= 2 ? 1024 : 512)) return cudaErrorInvalidValue;
   auto kernel = prep_kernel<T, V, false, kProd>;
   if constexpr (kProd == kPrepPlain)  // debug outputs: the plain preparation only (prep_debug)
@@ -529,18 +566,35 @@ cudaError_t launch_v(const T* xp, int64_t x_stride, T* yp, int M, int K, int fmt
   return cudaLaunchKernelEx(&cfg, kernel, xp, x_stride, yp, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, nrm);
 }
 
-// RMSNorm + preparation: one CTA a row, one chunk a thread (the summation order of the norm is
-// the tree over the chunks, rms_norm_row), launched like the preparation (PDL).
+// RMSNorm + preparation: one CTA a row, launched like the preparation (PDL). One chunk a thread
+// up to kPrepLargeM rows; above, two (the preparation's throughput configuration) on a CTA of
+// half the padded chunk count, which keeps the norm's tree order (rms_norm_row).
+// force_v: 1 or 2 (benchmarks, tests), 0 = that rule.
+inline int pow2_ceil(int n) {
+  int p = 1;
+  while (p < n) p <<= 1;
+  return p;
+}
 template <typename T>
 cudaError_t launch_norm(const void* x, int64_t x_stride, void* xhat, int M, int K, int fmt, int pattern,
-                        int bb_lanes, int rb_lanes, const PrepNorm& nrm, cudaStream_t stream) {
+                        int bb_lanes, int rb_lanes, const PrepNorm& nrm, int force_v, cudaStream_t stream) {
   const T* xp = static_cast<const T*>(x);
   T* yp = static_cast<T*>(xhat);
-  if (nrm.residual != nullptr)
-    return launch_v<T, 1, kPrepAddNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, PrepDebug{}, 1,
-                                        stream, nrm);
-  return launch_v<T, 1, kPrepNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, PrepDebug{}, 1,
-                                   stream, nrm);
+  const int half = pow2_ceil(K / 8) / 2;  // the V = 2 CTA: half the padded chunks (>= one warp)
+  const int v = force_v > 0 ? force_v : (M > kPrepLargeM && half >= 32 ? 2 : 1);
+  if (v == 2 && half < 32) return cudaErrorInvalidValue;
+  const bool add = nrm.residual != nullptr;
+  const PrepDebug none{};
+  switch (v) {
+    case 1:
+      return add ? launch_v<T, 1, kPrepAddNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, none, 1, stream, nrm)
+                 : launch_v<T, 1, kPrepNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, none, 1, stream, nrm);
+    case 2:
+      return add ? launch_v<T, 2, kPrepAddNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, none, 1, stream, nrm, half)
+                 : launch_v<T, 2, kPrepNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, none, 1, stream, nrm, half);
+    default:
+      return cudaErrorInvalidValue;
+  }
 }
 
 // Rows split over a thread-block cluster (M <= kPrepClusterMaxM). K/(8 cl) must be a whole
@@ -619,15 +673,15 @@ bool prep_args_ok(int fmt, int pattern, int backbone_block, int residual_block, 
 
 cudaError_t launch_prep_norm(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
                              int fmt, int pattern, int backbone_block, int residual_block,
-                             const PrepNorm& norm, cudaStream_t stream) {
+                             const PrepNorm& norm, cudaStream_t stream, int force_v) {
   if (M == 0) return cudaSuccess;
   if (!prep_args_ok(fmt, pattern, backbone_block, residual_block, K) || K > kPrepNormMaxK || !norm.weight ||
       (norm.residual != nullptr) != (norm.residual_out != nullptr))
     return cudaErrorInvalidValue;
   const int bb_lanes = backbone_block / 8, rb_lanes = residual_block / 8;
   switch (dtype) {
-    case kBF16: return launch_norm<__nv_bfloat16>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, stream);
-    case kFP16: return launch_norm<__half>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, stream);
+    case kBF16: return launch_norm<__nv_bfloat16>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, force_v, stream);
+    case kFP16: return launch_norm<__half>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, force_v, stream);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -165,7 +165,11 @@ def test_prep_configurations_identical(fmt, m, k):
 # ------------------------------------------------------------------------------------------
 # one CTA a row up to K = 8192 (kPrepNormMaxK): hidden sizes of Llama / Qwen models, odd chunk
 # counts (576: 72 chunks, 3 warps; 3584: 448; 5120: 640) and the largest (8192: 1024 threads)
-NORM_SHAPES = [(1, 4096), (3, 64), (17, 3584), (64, 1536), (255, 576), (300, 8192), (513, 4096), (2, 5120)]
+# Above 256 rows two chunks a thread on a CTA of half the padded chunk count (prep.cu,
+# launch_norm): 257 x 576 (72 chunks on 64 threads: most second chunks absent), 300 x 8192 (512
+# threads), 513 x 4096.
+NORM_SHAPES = [(1, 4096), (3, 64), (17, 3584), (64, 1536), (255, 576), (300, 8192), (513, 4096), (2, 5120),
+               (257, 576)]
 EPS = 1e-5
 
 
@@ -213,6 +217,35 @@ def test_prep_norm_bit_exact(fmt, pattern, dtype, m, k, add):
     _same_bits(out, want, "x_hat")
     if add:
         _same_bits(r_out, want_r, "residual_out")
+
+
+# Either configuration forced at a few rows (the same bits as the reference at any M): padded
+# chunk counts (3584: 448 of 512; 5120: 640 of 1024; 576: 72 of 128) and the smallest K that two
+# chunks a thread take (512: one warp of 32 threads)
+NORM_FORCED_SHAPES = [(5, 4096), (6, 3584), (7, 576), (6, 8192), (9, 5120), (5, 512)]
+
+
+@pytest.mark.parametrize("fmt,pattern", [("nvfp4", "4:8-pairs"), ("mxfp4", "2:4"), ("nvfp4", "dense")])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k", NORM_FORCED_SHAPES)
+@pytest.mark.parametrize("v", [1, 2])
+def test_prep_norm_forced_config_bit_exact(fmt, pattern, dtype, m, k, v):
+    x, r, w = _norm_inputs(m, k, dtype)
+    out, r_out = torch.full_like(x, float("nan")), torch.full_like(x, float("nan"))
+    torch.ops.sharq_C.prep_norm(x, r, r_out, w, EPS, out, *dispatch.prep_values(fmt, pattern), v)
+    want, want_r = _norm_reference(x, r, w, fmt, pattern)
+    _same_bits(out, want, f"x_hat (v={v})")
+    _same_bits(r_out, want_r, f"residual_out (v={v})")
+
+
+def test_prep_norm_two_chunks_needs_a_warp():
+    # K = 256: 32 chunks, a CTA of 16 threads would break the lane tree: refused, not wrong
+    x, r, w = _norm_inputs(4, 256, torch.bfloat16)
+    out, r_out = torch.empty_like(x), torch.empty_like(x)
+    with pytest.raises(RuntimeError, match="prep_norm"):
+        torch.ops.sharq_C.prep_norm(x, r, r_out, w, EPS, out, *dispatch.prep_values("nvfp4", "4:8-pairs"), 2)
+    torch.ops.sharq_C.prep_norm(x, r, r_out, w, EPS, out, *dispatch.prep_values("nvfp4", "4:8-pairs"), 0)
+    _same_bits(out, _norm_reference(x, r, w, "nvfp4", "4:8-pairs")[0], "x_hat (auto)")
 
 
 @pytest.mark.parametrize("k", [4096, 14336])
