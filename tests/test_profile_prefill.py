@@ -38,3 +38,30 @@ def test_summarize_cpu_profile() -> None:
     count, self_ms, total_ms = s["top_host_ops_count_selfms_totalms"]["aten::mm"]
     assert count == 3 and 0 < self_ms <= total_ms
     assert s["sharq_ops_count_selfms_totalms_us_per_call"] == {}
+
+
+def test_per_step_from_two_profiles() -> None:
+    tool = _tool()
+    gemm = "void sharq::gemm_stream_kernel<__nv_bfloat16, 1, 4, 2, true, 64>"
+    prep = "void sharq::(anonymous namespace)::prep_kernel<__nv_bfloat16, 1, false, 2>"
+    attn = "flash_fwd_splitkv_kernel"
+    short = {gemm: [64, 0.5], prep: [64, 0.25], attn: [32, 0.4]}
+    long = {gemm: [64 + 4 * 128, 0.5 + 4 * 1.6], prep: [64 + 4 * 128, 0.25 + 4 * 0.4], attn: [32 + 4 * 32, 0.4 + 4 * 0.2],
+            "triton_red_fused_add_mean_pow_rsqrt_0": [4 * 1, 4 * 0.003]}
+    d = tool.per_step(short, long, 4)
+    assert d["top_kernels_launches_us"][gemm] == [128, 1600.0]
+    assert d["top_kernels_launches_us"][attn] == [32, 200.0]
+    assert d["groups_launches_us"] == {"sharq_gemm": [128, 1600.0], "sharq_prep": [128, 400.0],
+                                       "attention": [32, 200.0], "norm": [1, 3.0]}
+    assert list(d["groups_launches_us"]) == ["sharq_gemm", "sharq_prep", "attention", "norm"]  # largest first
+    assert d["kernel_us"] == 2203.0
+
+
+def test_kernel_groups() -> None:
+    g = _tool().kernel_group
+    assert g("void sharq::gemm_wgmma_dec_kernel<__nv_bfloat16, 64, 224>") == "sharq_gemm"
+    assert g("void sharq::(anonymous namespace)::dequant_kernel<__nv_bfloat16>") == "sharq_gemm"
+    assert g("void vllm::rms_norm_dynamic_per_token_quant_kernel<c10::BFloat16>") == "fp8_quant"
+    assert g("void vllm::fused_add_rms_norm_kernel<c10::BFloat16, 8>") == "norm"
+    assert g("void cutlass::device_kernel<vllm::cutlass_3x_gemm_sm90_fp8>") == "gemm_other"
+    assert g("some_new_kernel") == "other"
