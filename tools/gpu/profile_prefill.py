@@ -21,7 +21,8 @@ how many engine steps each batch was first scheduled and how far apart; with ``-
 the decode step's wall alone, the same way, three times. ``--layers L`` cuts the model to L
 decoder layers (hf_overrides): with 2 a step's GPU work is a few hundred us, so its wall bounds
 what the rest of the step (vLLM's host loop, asynchronous scheduling on) costs: whether a
-method's full step is GPU-bound (session 32: SharQ 1.80 ms with 2 layers, 2.55 whole).
+method's full step is GPU-bound (session 32: SharQ 1.80 ms with 2 layers, 2.55 whole);
+``--no-detok-too`` measures the walls again without detokenization (the frontend's share).
 Writes OUTDIR/prefill-<method><tag>.json and the traces (prefill-<method><tag>-b<B>.json.gz).
 Session 31's runs: benchmarks/results/prefill-step-H200.json; session 32's decode steps:
 benchmarks/results/decode-step-H200.json.
@@ -169,6 +170,8 @@ def main() -> int:
     ap.add_argument("--decode", type=int, default=0, metavar="N",
                     help="also N decode steps of each batch: profiled in-process, walls with --mp")
     ap.add_argument("--layers", type=int, default=0, help="decoder layers (0: the model's own)")
+    ap.add_argument("--no-detok-too", action="store_true",
+                    help="with --decode: the step's walls again with SamplingParams(detokenize=False)")
     args = ap.parse_args()
     if not args.mp:  # the engine core and the model in this process (else vLLM's own process)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -213,8 +216,8 @@ def main() -> int:
 
     steps: list[dict] = []
 
-    def gen(b: int, n: int) -> float:
-        sp = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
+    def gen(b: int, n: int, detokenize: bool = True) -> float:
+        sp = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, detokenize=detokenize)
         p = prompts(b)
         t = time.perf_counter()
         outs = llm.generate(p, sp, use_tqdm=False)
@@ -239,6 +242,10 @@ def main() -> int:
         if args.decode:
             entry["decode_step_wall_ms"] = w = decode_walls(gen, b, args.decode)
             say_decode = f"; decode step walls {w} ms"
+            if args.no_detok_too:
+                entry["decode_step_wall_ms_no_detokenize"] = w = decode_walls(
+                    lambda b_, n_: gen(b_, n_, detokenize=False), b, args.decode)
+                say_decode += f", without detokenization {w} ms"
         else:
             say_decode = ""
         if args.mp:
