@@ -65,3 +65,10 @@ def test_kernel_groups() -> None:
     assert g("void vllm::fused_add_rms_norm_kernel<c10::BFloat16, 8>") == "norm"
     assert g("void cutlass::device_kernel<vllm::cutlass_3x_gemm_sm90_fp8>") == "gemm_other"
     assert g("some_new_kernel") == "other"
+
+
+def test_gpu_busy_union_and_gaps() -> None:
+    # [0, 10] and [5, 20] overlap (20 us), a 1.5 ms gap, then [1520, 1530]: 30 us busy
+    busy, gaps = _tool().gpu_busy([(0.0, 10.0), (5.0, 20.0), (1520.0, 1530.0)])
+    assert busy == 30.0 and gaps == [1.5]
+    assert _tool().gpu_busy([]) == (0.0, [])

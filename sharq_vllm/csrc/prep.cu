@@ -235,7 +235,7 @@ __device__ __forceinline__ float row_max(float v, float* red, float* slot, int c
 // Two chunks a thread (V = 2, rows of M > kPrepLargeM: the preparation's throughput
 // configuration) keep that order with the CTA at exactly half the padded chunk count P (a power
 // of two): thread t holds chunks t and t + P/2, so the CTA's two tree sums are the tree's two
-// halves and their sum is its root (norm_threads).
+// halves and their sum is its root (launch_norm).
 __device__ __forceinline__ float tree8(const float (&q)[8]) {
   return __fadd_rn(__fadd_rn(__fadd_rn(q[0], q[1]), __fadd_rn(q[2], q[3])),
                    __fadd_rn(__fadd_rn(q[4], q[5]), __fadd_rn(q[6], q[7])));

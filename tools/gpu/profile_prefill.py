@@ -96,9 +96,8 @@ def per_step(short: dict[str, list[float]], long: dict[str, list[float]], steps:
             "top_kernels_launches_us": top}
 
 
-def summarize(prof, wall_s: float) -> dict:
-    events = gpu_events(prof)
-    iv = sorted((e.time_range.start, e.time_range.end) for e in events)
+def gpu_busy(iv: list[tuple[float, float]]) -> tuple[float, list[float]]:
+    """Sorted kernel intervals (us) -> (their union in us, idle gaps over 1 ms in ms)."""
     busy, gaps, cur_s, cur_e = 0.0, [], None, None
     for s, e in iv:
         if cur_e is None or s > cur_e:
@@ -111,6 +110,17 @@ def summarize(prof, wall_s: float) -> dict:
             cur_e = max(cur_e, e)
     if cur_e is not None:
         busy += cur_e - cur_s
+    return busy, gaps
+
+
+def intervals(events) -> list[tuple[float, float]]:
+    return sorted((e.time_range.start, e.time_range.end) for e in events)
+
+
+def summarize(prof, wall_s: float) -> dict:
+    events = gpu_events(prof)
+    iv = intervals(events)
+    busy, gaps = gpu_busy(iv)
     rt: dict[str, list[float]] = {}
     ops: dict[str, list[float]] = {}
     for e in prof.key_averages():
@@ -150,9 +160,9 @@ def decode_step(gen, b: int, n: int) -> dict:
             t = time.perf_counter()
             gen(b, tokens)
             walls.append(time.perf_counter() - t)
-        s = summarize(prof, walls[-1])
-        busy.append(s["gpu_busy_ms"])
-        totals.append(kernel_totals(gpu_events(prof)))
+        events = gpu_events(prof)
+        busy.append(gpu_busy(intervals(events))[0] / 1000)
+        totals.append(kernel_totals(events))
     return {"steps": n, "wall_ms": round(1000 * (walls[1] - walls[0]) / n, 3),
             "gpu_busy_ms": round((busy[1] - busy[0]) / n, 3), **per_step(totals[0], totals[1], n)}
 
