@@ -76,7 +76,8 @@ def load_trace(path: Path) -> dict[str, Any]:
     return json.loads(raw)  # type: ignore[no-any-return]
 
 
-def _union_us(intervals: list[tuple[float, float]]) -> float:
+def union_us(intervals: list[tuple[float, float]]) -> float:
+    """The union of kernel intervals (concurrent kernels count once)."""
     total, end = 0.0, float("-inf")
     for s, e in sorted(intervals):
         if e <= end:
@@ -106,7 +107,7 @@ def summarize(trace: dict[str, Any], top: int = 30) -> dict[str, Any]:
         by_name.setdefault(e["name"], []).append(float(e.get("dur", 0.0)))
     intervals = [(float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0))) for e in kernels]
     span = max(b for _, b in intervals) - min(a for a, _ in intervals)
-    busy = _union_us(intervals)
+    busy = union_us(intervals)
     total = sum(sum(v) for v in by_name.values())
     bucket = {name: bucket_of(name) for name in by_name}
     buckets: dict[str, float] = {}

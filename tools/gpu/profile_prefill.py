@@ -14,7 +14,7 @@ host's CUDA runtime calls (allocations, synchronizations, launches), the host op
 ``--decode N`` adds the batch's decode steps: one generate of 1 output token and one of 1 + N
 profiled apart, and the difference over N is one decode step (the same prefill cancels): its
 wall, GPU busy time and every kernel's time a step (kernels replayed from vLLM's CUDA graphs
-included), grouped (SharQ GEMM / preparation, FP8 GEMM and quantization, attention, norms, ...).
+included), grouped in the buckets of benchmarks/serving/trace_summary.py (offline.py's trace summaries).
 ``--mp`` keeps vLLM's default engine-core process instead (as benchmarks/serving/offline.py
 runs it; no profile then): the walls, and from vLLM's request stats (RequestOutput.metrics) in
 how many engine steps each batch was first scheduled and how far apart; with ``--decode N``
@@ -55,31 +55,12 @@ def kernel_totals(events) -> dict[str, list[float]]:
     return kern
 
 
-# kernel name fragments -> group (first match wins; the rest is "other")
-KERNEL_GROUPS = (
-    ("sharq_gemm", ("gemm_stream_kernel", "gemm_wgmma", "gemm_mma_kernel", "dequant_kernel")),
-    ("sharq_prep", ("prep_kernel",)),
-    ("attention", ("flash", "attn", "attention", "paged", "reshape_and_cache", "rotary")),
-    ("fp8_quant", ("quant",)),
-    ("norm", ("rms_norm", "layernorm", "layer_norm", "rsqrt")),
-    ("act", ("silu", "act_and_mul")),
-    ("gemm_other", ("cutlass", "gemm", "gemv", "sm90_xmma", "nvjet", "cublas", "splitk")),
-    ("sampling", ("sort", "softmax", "argmax", "topk", "sample")),
-    ("copy_fill", ("copy", "fill", "memcpy", "memset", "elementwise", "vectorized", "index", "cat")),
-)
-
-
-def kernel_group(name: str) -> str:
-    low = name.lower()
-    for group, keys in KERNEL_GROUPS:
-        if any(k in low for k in keys):
-            return group
-    return "other"
-
-
 def per_step(short: dict[str, list[float]], long: dict[str, list[float]], steps: int) -> dict:
     """One decode step from two profiles of the same batch, `long` with `steps` more decode
-    steps than `short`: each kernel's (long - short) / steps in us and launches, by group."""
+    steps than `short`: each kernel's (long - short) / steps in us and launches, by the buckets
+    offline.py's trace summaries use (benchmarks/serving/trace_summary.py)."""
+    from benchmarks.serving.trace_summary import bucket_of
+
     kern = {}
     for name in set(short) | set(long):
         n0, t0 = short.get(name, [0, 0.0])
@@ -87,7 +68,7 @@ def per_step(short: dict[str, list[float]], long: dict[str, list[float]], steps:
         kern[name] = [round((n1 - n0) / steps, 2), round(1000 * (t1 - t0) / steps, 2)]
     groups: dict[str, list[float]] = {}
     for name, (n, us) in kern.items():
-        g = groups.setdefault(kernel_group(name), [0.0, 0.0])
+        g = groups.setdefault(bucket_of(name), [0.0, 0.0])
         g[0] = round(g[0] + n, 2)
         g[1] = round(g[1] + us, 2)
     top = dict(sorted(kern.items(), key=lambda kv: -kv[1][1])[:40])
@@ -96,31 +77,26 @@ def per_step(short: dict[str, list[float]], long: dict[str, list[float]], steps:
             "top_kernels_launches_us": top}
 
 
-def gpu_busy(iv: list[tuple[float, float]]) -> tuple[float, list[float]]:
-    """Sorted kernel intervals (us) -> (their union in us, idle gaps over 1 ms in ms)."""
-    busy, gaps, cur_s, cur_e = 0.0, [], None, None
-    for s, e in iv:
-        if cur_e is None or s > cur_e:
-            if cur_e is not None:
-                busy += cur_e - cur_s
-                if s - cur_e > 1000:
-                    gaps.append(round((s - cur_e) / 1000, 2))
-            cur_s, cur_e = s, e
-        else:
-            cur_e = max(cur_e, e)
-    if cur_e is not None:
-        busy += cur_e - cur_s
-    return busy, gaps
-
-
 def intervals(events) -> list[tuple[float, float]]:
     return sorted((e.time_range.start, e.time_range.end) for e in events)
 
 
+def idle_gaps_ms(iv: list[tuple[float, float]], over_us: float = 1000.0) -> list[float]:
+    """Sorted kernel intervals (us) -> the GPU's idle gaps longer than over_us, in ms."""
+    gaps, end = [], None
+    for s, e in iv:
+        if end is not None and s - end > over_us:
+            gaps.append(round((s - end) / 1000, 2))
+        end = e if end is None else max(end, e)
+    return gaps
+
+
 def summarize(prof, wall_s: float) -> dict:
     events = gpu_events(prof)
+    from benchmarks.serving.trace_summary import union_us
+
     iv = intervals(events)
-    busy, gaps = gpu_busy(iv)
+    busy, gaps = union_us(iv), idle_gaps_ms(iv)
     rt: dict[str, list[float]] = {}
     ops: dict[str, list[float]] = {}
     for e in prof.key_averages():
@@ -153,6 +129,8 @@ def decode_step(gen, b: int, n: int) -> dict:
     """gen(b, 1) and gen(b, 1 + n), each profiled on its own: one decode step (per_step)."""
     import torch
 
+    from benchmarks.serving.trace_summary import union_us
+
     acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     walls, busy, totals = [], [], []
     for tokens in (1, 1 + n):
@@ -161,7 +139,7 @@ def decode_step(gen, b: int, n: int) -> dict:
             gen(b, tokens)
             walls.append(time.perf_counter() - t)
         events = gpu_events(prof)
-        busy.append(gpu_busy(intervals(events))[0] / 1000)
+        busy.append(union_us(intervals(events)) / 1000)
         totals.append(kernel_totals(events))
     return {"steps": n, "wall_ms": round(1000 * (walls[1] - walls[0]) / n, 3),
             "gpu_busy_ms": round((busy[1] - busy[0]) / n, 3), **per_step(totals[0], totals[1], n)}
