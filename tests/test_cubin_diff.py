@@ -17,8 +17,16 @@ SRC = r"""
 namespace {
 __global__ void scale_kernel(float* x, float s) { x[threadIdx.x] *= s + SHIFT; }
 __global__ void fill_kernel(float* x) { x[threadIdx.x] = 2.0f; }
+#ifdef EXTRA
+__global__ void extra_kernel(float* x) { x[threadIdx.x] = 5.0f; }
+void launch_extra(float* x) { extra_kernel<<<1, 32>>>(x); }
+#endif
 }  // namespace
-void launch(float* x) { scale_kernel<<<1, 32>>>(x, 3.0f); fill_kernel<<<1, 32>>>(x); }
+void launch(float* x) { scale_kernel<<<1, 32>>>(x, 3.0f); fill_kernel<<<1, 32>>>(x);
+#ifdef EXTRA
+  launch_extra(x);
+#endif
+}
 """
 
 
@@ -35,10 +43,10 @@ def libs(tmp_path_factory):
     d = tmp_path_factory.mktemp("cubin")
     (d / "k.cu").write_text(SRC)
     out = {}
-    for name, shift in (("a", "0.0f"), ("b", "1.0f")):
+    for name, flags in (("a", ["-DSHIFT=0.0f"]), ("b", ["-DSHIFT=1.0f"]), ("c", ["-DSHIFT=0.0f", "-DEXTRA"])):
         so = d / f"lib{name}.so"
         subprocess.run([NVCC, "-shared", "-Xcompiler", "-fPIC", "-gencode=arch=compute_90a,code=sm_90a",
-                        f"-DSHIFT={shift}", str(d / "k.cu"), "-o", str(so)], check=True, capture_output=True)
+                        *flags, str(d / "k.cu"), "-o", str(so)], check=True, capture_output=True)
         out[name] = str(so)
     return out
 
@@ -58,3 +66,13 @@ def test_a_match_that_finds_nothing_fails_an_expectation(libs, capsys):
     tool = _tool()
     assert tool.main([libs["a"], libs["b"], "--match", "no_such_kernel", "--expect-same"]) == 1
     assert "no kernel" in capsys.readouterr().out
+
+
+def test_a_kernel_in_one_build_only_is_named_with_the_compression_note(libs, capsys):
+    tool = _tool()
+    assert tool.main([libs["a"], libs["c"], "--expect-same"]) == 1
+    out = capsys.readouterr().out
+    assert any(ln.startswith("only-new") and "extra_kernel" in ln for ln in out.splitlines())
+    assert "--compress-mode=none" in out
+    assert tool.main([libs["a"], libs["b"]]) == 0
+    assert "--compress-mode=none" not in capsys.readouterr().out  # no kernel in one build only

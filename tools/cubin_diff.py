@@ -97,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no kernel's name contains {a.match!r}")
         return 1 if a.expect_same else 0
     print("summary: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    if "only-old" in counts or "only-new" in counts:
+        # nvcc 13 may compress a source file's device code (seen for prep.cu in session 32): its
+        # kernels then look absent; building both sides uncompressed tells a missing kernel apart
+        print("note: kernels in one build only: if a whole source file's kernels are missing, its device code may "
+              "be compressed; rebuild both with EXTRA_NVFLAGS=--compress-mode=none and compare again")
     return 1 if a.expect_same and set(counts) - {"same"} else 0
 
 
