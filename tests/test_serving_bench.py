@@ -395,3 +395,20 @@ def test_report_shows_decode_steps_without_judging_them():
     del run["methods"]["fp8"]["decode_step_tok_s"], run["methods"]["sharq"]["decode_step_tok_s"]
     table = "\n".join(report.offline_table(run, with_targets=True, targets=report.TARGETS["h200"]))
     assert "decode steps" not in table
+
+
+def test_decode_summary_takes_medians_of_the_repeats():
+    from benchmarks.serving import offline
+
+    # (1-token wall, its tokens, full wall, generated tokens, prompt tokens); batch 8, 256 out
+    runs = [(0.05, 8, 0.85, 2048, 1024), (0.04, 8, 1.04, 2048, 1024), (0.06, 8, 0.80, 2048, 1024)]
+    rate, detail, step = offline._decode_summary(runs, 256)
+    assert rate == round(2048 / 0.85, 2)  # the median end-to-end rate
+    assert step == round(2040 / 0.80, 2)  # steps: 2040/0.80, 2040/1.00, 2040/0.74 -> median 2040/0.80
+    assert detail["repeats"] == 3 and detail["wall_s"] == 0.85 and detail["prefill_wall_s"] == 0.05
+    assert detail["decode_tok_s_runs"] == [round(2048 / w, 2) for w in (0.85, 1.04, 0.80)]
+    assert detail["ms_per_decode_step"] == round(1000 * 0.80 / 255, 3)
+    one = offline._decode_summary(runs[:1], 256)
+    assert one[0] == round(2048 / 0.85, 2) and one[1]["repeats"] == 1
+    # a 1-token generate slower than the full one (a host stall) gives no step rate
+    assert offline._decode_summary([(1.0, 8, 0.9, 2048, 1024)], 256)[2] is None
