@@ -177,8 +177,13 @@ void gemm_mma_cfg(const at::Tensor& x, const at::Tensor& qweight, const at::Tens
                   int64_t n_pad, int64_t wblock, int64_t variant) {
   const void* bptr = check_gemm(x, qweight, scales, tensor_scale, bias, out, n_pad);
   TORCH_CHECK(variant == sharq::kGemmAuto || variant == sharq::kGemmStream || variant == sharq::kGemmTile ||
-                  variant == sharq::kGemmWgmma,
+                  variant == sharq::kGemmWgmma || variant == sharq::kGemmWgmmaRs,
               "sharq: GEMM variant ", variant, " out of range");
+  TORCH_CHECK(variant != sharq::kGemmWgmmaRs || x.size(0) == 0 ||
+                  (x.size(0) <= sharq::kGemmWgmmaRsLimitM && sharq::gemm_wgmma_rs_split(x.size(0), x.size(1)) > 0),
+              "sharq: the register-source wgmma kernel takes M <= ", (int)sharq::kGemmWgmmaRsLimitM,
+              " rows whose x_hat share of K fits a CTA's shared memory over at most 8 CTAs; got M = ", x.size(0),
+              ", K = ", x.size(1));
   const c10::cuda::CUDAGuard guard(x.device());
   check_cuda(sharq::launch_gemm_mma(x.data_ptr(), x.stride(0), qweight.data_ptr(), scales.data_ptr(),
                                     tensor_scale.data_ptr<float>(), bptr, out.data_ptr(), out.stride(0),

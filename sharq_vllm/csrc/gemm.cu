@@ -549,7 +549,8 @@ cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight
                             cudaStream_t stream, int variant) {
   if (M == 0 || N == 0) return cudaSuccess;
   if (N % 16 || K % 64 || (wblock != 16 && wblock != 32)) return cudaErrorInvalidValue;
-  if (variant != kGemmAuto && variant != kGemmStream && variant != kGemmTile && variant != kGemmWgmma)
+  if (variant != kGemmAuto && variant != kGemmStream && variant != kGemmTile && variant != kGemmWgmma &&
+      variant != kGemmWgmmaRs)
     return cudaErrorInvalidValue;
   // kGemmAuto (sharq_kernels.h, GemmAutoMaxM): the stream kernel up to M = 16 (the decode sweep:
   // kernels-H200-decode-variants.json) and up to M = 32 (MT = 4) for layers of at most
@@ -564,6 +565,9 @@ cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight
                         (M <= kGemmStreamMaxM && N / 16 <= kGemmStreamMaxRounds * kStreamCtasPerSm * sm_count());
     variant = stream ? kGemmStream : kGemmWgmma;
   }
+  if (variant == kGemmWgmmaRs)
+    return launch_gemm_wgmma_rs(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K,
+                                wblock, dtype, stream);
   if (variant == kGemmWgmma)
     return launch_gemm_wgmma(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock,
                              dtype, stream);

@@ -77,10 +77,11 @@ cudaError_t launch_prep_silu_mul(const void* x, int64_t x_stride, void* xhat, in
 // y[M, N] = (x[M, K] @ w^T) * tensor_scale (+ bias), FP32 accumulation, N % 16 == 0 after
 // padding (n_valid <= N rows are stored), K % 64 == 0.
 // variant: kGemmAuto (the kernel for M: gemm.cu, launch_mma_dt) or one forced kernel (benchmarks
-// and tests): the register stream kernel (M <= 16), the tile kernel (both mma.sync: one tile
-// order, one fixed-order reduction, the same bits) or the wgmma kernel (gemm_wgmma.cu; any M; its
-// own fixed summation order).
-enum GemmVariant : int { kGemmAuto = 0, kGemmStream = 1, kGemmTile = 2, kGemmWgmma = 3 };
+// and tests): the register stream kernel (M <= 32), the tile kernel (both mma.sync: one tile
+// order, one fixed-order reduction, the same bits), the wgmma kernel (gemm_wgmma.cu; any M; its
+// own fixed summation order) or the register-source wgmma kernel (gemm_wgmma_rs.cu; M <= 64; its
+// own fixed order; forced only: measured slower than the automatic choice).
+enum GemmVariant : int { kGemmAuto = 0, kGemmStream = 1, kGemmTile = 2, kGemmWgmma = 3, kGemmWgmmaRs = 4 };
 // kGemmAuto's choice by M: the stream kernel up to kGemmStreamWideMaxM, and up to kGemmStreamMaxM
 // for layers of at most kGemmStreamMaxRounds rounds of 16-row strips over its resident CTAs (2 an
 // SM), the wgmma kernels above (the sweeps behind them: gemm.cu; the tile kernel runs when forced
@@ -91,8 +92,9 @@ enum GemmVariant : int { kGemmAuto = 0, kGemmStream = 1, kGemmTile = 2, kGemmWgm
 enum GemmAutoMaxM : int { kGemmStreamWideMaxM = 16, kGemmStreamMaxM = 32, kGemmWgmmaDecMaxM = 128 };
 constexpr int kGemmStreamMaxRounds = 4;
 // The most rows a forced kernel takes (absent: any M): the stream kernel's row groups go up to 4
-// (MT = 4, 32 rows). Mirrored by dispatch.GEMM_VARIANT_MAX_M, checked by tests/test_options.py.
-enum GemmVariantMaxM : int { kGemmStreamLimitM = 32 };
+// (MT = 4, 32 rows), the register-source wgmma kernel's token columns up to 64. Mirrored by
+// dispatch.GEMM_VARIANT_MAX_M, checked by tests/test_options.py.
+enum GemmVariantMaxM : int { kGemmStreamLimitM = 32, kGemmWgmmaRsLimitM = 64 };
 cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight, const void* scales,
                             const float* tensor_scale, const void* bias, void* y, int64_t y_stride,
                             int M, int N, int n_valid, int K, int wblock, int dtype,
@@ -103,6 +105,14 @@ cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight
 cudaError_t launch_gemm_wgmma(const void* x, int64_t x_stride, const void* qweight, const void* scales,
                               const float* tensor_scale, const void* bias, void* y, int64_t y_stride, int M, int N,
                               int n_valid, int K, int wblock, int dtype, cudaStream_t stream);
+
+// The register-source wgmma kernel alone (gemm_wgmma_rs.cu; M <= kGemmWgmmaRsLimitM; x as above).
+// gemm_wgmma_rs_split: the cluster size that kernel splits K over for M rows of K (1, 2, 4, 8:
+// x_hat's share of K must fit a CTA's shared memory), 0 where no split fits (the launch refuses).
+int gemm_wgmma_rs_split(int M, int K);
+cudaError_t launch_gemm_wgmma_rs(const void* x, int64_t x_stride, const void* qweight, const void* scales,
+                                 const float* tensor_scale, const void* bias, void* y, int64_t y_stride, int M,
+                                 int N, int n_valid, int K, int wblock, int dtype, cudaStream_t stream);
 
 // w_hat [N, K] (dtype) = e2m1 * block scale (exact in bf16/fp16; no tensor scale).
 cudaError_t launch_dequant(const void* qweight, const void* scales, void* w, int N, int K,

@@ -6,7 +6,7 @@
 //     the copy engine, completing its bytes on an mbarrier (no registers, no per-thread addressing).
 //   * named barriers: a barrier over a subset of the CTA's warps.
 //   * setmaxnreg: move registers between warpgroups.
-//   * wgmma: fence / commit / wait of warpgroup MMAs, the shared-memory matrix descriptor, and the
+//   * wgmma: fence / commit / wait of warpgroup MMAs, the shared-memory matrix descriptors, and the
 //     proxy fence that publishes ordinary shared-memory stores to them.
 //   * clusters: barrier over the cluster's CTAs, loads from a peer CTA's shared memory.
 //   * programmatic dependent launch: wait for the preceding kernel's memory before reading it.
@@ -94,6 +94,14 @@ __device__ __forceinline__ void fence_operand(float& r) { asm volatile("" : "+f"
 __device__ __forceinline__ uint64_t desc_sw128(const void* p) {
   const uint64_t addr = smem_u32(p);
   return ((addr & 0x3FFFFull) >> 4) | (1ull << 16) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
+}
+
+// Shared-memory matrix descriptor of a K-major operand without swizzle (layout type 0): core
+// matrices of 8 rows x 16 bytes (8 16-bit values a row, rows 16 bytes apart: 128 contiguous
+// bytes); `lbo` bytes between core matrices adjacent along K, `sbo` between those adjacent along
+// M / N (PTX ISA, "Matrix Descriptor Format"). Start address 16-byte aligned.
+__device__ __forceinline__ uint64_t desc_interleave(uint32_t saddr, uint32_t lbo, uint32_t sbo) {
+  return (uint64_t)((saddr & 0x3FFFFu) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32);
 }
 
 // Cluster-wide barrier (every thread of every CTA of the cluster; release/acquire orders shared

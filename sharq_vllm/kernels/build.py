@@ -37,7 +37,7 @@ import sys
 import threading
 
 CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
-SOURCES = ("bindings.cpp", "prep.cu", "gemm.cu", "gemm_wgmma.cu")
+SOURCES = ("bindings.cpp", "prep.cu", "gemm.cu", "gemm_wgmma.cu", "gemm_wgmma_rs.cu")
 HEADERS = ("sharq_common.cuh", "sharq_kernels.h", "gemm_tile.cuh", "sm90_async.cuh", "wgmma_ops.cuh")
 #: the kernels use Hopper's thread-block clusters, distributed shared memory and programmatic
 #: dependent launch: sm_90a and nothing else (dispatch.py serves them on capability 9.0 only)

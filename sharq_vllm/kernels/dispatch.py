@@ -115,8 +115,8 @@ GEMM_MMA_MIN_FILL = 0.8
 #: The kernels behind "mma" a benchmark or a test can force (``torch.ops.sharq_C.gemm_mma_cfg``'s
 #: variant: the value of ``sharq::GemmVariant`` in sharq_kernels.h, which this mirrors; checked by
 #: tests/test_options.py) and the largest M a forced kernel takes (absent: any M).
-GEMM_VARIANTS = {"auto": 0, "stream": 1, "tile": 2, "wgmma": 3}
-GEMM_VARIANT_MAX_M = {"stream": 32}  # sharq::GemmVariantMaxM: the stream kernel's row groups (MT <= 4)
+GEMM_VARIANTS = {"auto": 0, "stream": 1, "tile": 2, "wgmma": 3, "wgmmars": 4}
+GEMM_VARIANT_MAX_M = {"stream": 32, "wgmmars": 64}  # sharq::GemmVariantMaxM: MT <= 4; RS token columns
 
 _lock = threading.Lock()
 _status: dict[tuple[str, int], tuple[bool, str]] = {}

@@ -245,6 +245,50 @@ def test_gemm_wgmma(dtype, n, k, block, m):
         assert torch.equal(_auto(x, packed, bias, dtype), y), "the automatic kernel is not the wgmma kernel"
 
 
+# The register-source wgmma kernel (gemm_wgmma_rs.cu, forced; M <= 64): x_hat's share of K a CTA
+# in shared memory, split over a cluster of S = 1 / 2 / 4 / 8 CTAs where it does not fit (the rule
+# of rs_split, restated: NT token columns = M rounded up to 16 / 32 / 64, 128 bytes a token a
+# k-tile, 4 x 64 x NT FP32 partials when split, 220 KB). Shapes: one group of 4 strips short
+# (48 x 14336: S = 8 at NT = 32), a group count not a multiple of the warpgroups and K/64 odd
+# (1552 x 1472), one k-tile (4096 x 64), N = 40 (a partial strip), 6144 x 4096 (qkv: S = 2 at 32
+# rows, 4 at 64), 29568 x 2048 (many groups: several rounds).
+RS_SHAPES = [(6144, 4096, 32), (1552, 1472, 16), (48, 14336, 32), (4096, 64, 16), (40, 576, 16), (29568, 2048, 16)]
+RS_MS = [1, 5, 8, 9, 16, 17, 24, 32, 33, 48, 64]
+
+
+def _rs_split(m: int, k: int) -> int:
+    nt = 16 if m <= 16 else 32 if m <= 32 else 64
+    kt = k // 64
+    for s in (1, 2, 4, 8):
+        if s <= kt and -(-kt // s) * nt * 128 + (4 * 64 * nt * 4 if s > 1 else 0) <= 220 * 1024:
+            return s
+    return 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k,block", RS_SHAPES)
+@pytest.mark.parametrize("m", RS_MS)
+def test_gemm_wgmma_rs(dtype, n, k, block, m):
+    """The register-source wgmma kernel (forced) against an FP32 matmul of the dequantized operands
+    and the mma.sync tile kernel (FP32 summation order only), bit-stable over launches; a shape
+    whose x_hat share cannot fit is refused with an error, not run."""
+    payload, packed = packed_weight(n, k, block=block)
+    x = _x(m, k, dtype)
+    bias = heavy(1, n, dtype).reshape(n) if m % 2 else None
+    if _rs_split(m, k) == 0:
+        with pytest.raises(RuntimeError):
+            _forced(x, packed, bias, FORCED["wgmmars"], dtype)
+        return
+    ref = x.float() @ dequantize_weight(payload).cuda().T + (bias.float() if bias is not None else 0)
+    y = _forced(x, packed, bias, FORCED["wgmmars"], dtype)
+    assert torch.isfinite(y).all(), "unwritten (NaN-poisoned) or non-finite outputs"
+    assert rel(y, ref) < 1e-2, rel(y, ref)
+    tile = _forced(x, packed, bias, FORCED["tile"], dtype)
+    assert rel(y, tile) < 4e-3, rel(y, tile)
+    for _ in range(2):
+        assert torch.equal(_forced(x, packed, bias, FORCED["wgmmars"], dtype), y), "wgmmars: launches differ"
+
+
 # The decoder-warp wgmma kernel at M <= 64 takes 224 weight rows a CTA instead of 256 where that
 # fills the SMs in one wave without split-K (gemm_wgmma.cu, dec_bn; on 132 SMs: 1792 < N/16 <= 1848):
 # the rows of a 1848-strip weight (224-row tiles) against the same rows of an 1856-strip one

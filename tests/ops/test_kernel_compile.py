@@ -1,7 +1,8 @@
 """What ptxas says about the GEMMs, checked on the CPU machine with the build's own flags
 (sharq_vllm.kernels.build): in the wgmma GEMM (sharq_vllm/csrc/gemm_wgmma.cu) the asynchronous
 MMAs must not be serialized and nothing may spill; the decode stream kernel for M <= 8
-(gemm.cu, MT = 1, two accumulator sets) must not spill either.
+(gemm.cu, MT = 1, two accumulator sets) must not spill either; the register-source wgmma kernel
+(gemm_wgmma_rs.cu) must not be serialized.
 
 ptxas serializes wgmma (inserts a wait after every MMA) when it cannot prove that no ordinary
 instruction writes an accumulator register while MMAs are in flight (its "C7515" performance
@@ -63,3 +64,24 @@ def test_decode_stream_kernel_compiles_without_spills(tmp_path: Path) -> None:
     for name, block in mt1:
         spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", block)
         assert spill is not None and spill.groups() == ("0", "0"), (name, block)
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found (no CUDA_HOME, no nvcc on PATH)")
+def test_register_source_wgmma_kernel_compiles_without_serialization(tmp_path: Path) -> None:
+    """Every instantiation of gemm_wgmma_rs_kernel (16-bit type x 16 / 32 / 64 token columns x weight
+    block x split-K) keeps its MMAs asynchronous: no C7515 (an accumulator written while MMAs are in
+    flight) and no C7518 (a tile's fence / MMAs / commit / wait skipped by a data-dependent branch,
+    as the first version skipped tiles past a CTA's share of K); at 16 token columns nothing spills."""
+    src = Path(build.CSRC) / "gemm_wgmma_rs.cu"
+    cmd = [NVCC, *build.nvcc_flags(), "-cubin", "-o", str(tmp_path / "gemm_wgmma_rs.cubin"), str(src)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-4000:]
+    blocks = [(name, block) for name, block in _ptxas_blocks(log) if "gemm_wgmma_rs_kernel" in name]
+    assert len(blocks) == 24, [name for name, _ in blocks]
+    notes = [line for line in log.splitlines() if "C7515" in line or "C7518" in line]
+    assert not notes, notes
+    for name, block in blocks:
+        if re.search(r"gemm_wgmma_rs_kernelI(?:13__nv_bfloat16|6__half)Li16E", name):
+            spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", block)
+            assert spill is not None and spill.groups() == ("0", "0"), (name, block)

@@ -98,9 +98,9 @@ def test_pair_decode_formulas_match_the_rotations():
     assert [re.sub(r"(0x[0-9A-F]+)u\b", r"\1", c) for c in cases] == list(PAIR_DECODE)
 
 
-def emulate_gemm_mma(x: torch.Tensor, packed: ops.PackedWeight, dtype: torch.dtype) -> torch.Tensor:
-    """x [M, K] (values representable in dtype) -> y [M, N] fp32, as sharq_vllm/csrc/gemm.cu computes it."""
-    m, k = x.shape
+def _lane_operands(packed: ops.PackedWeight, k: int, dtype: torch.dtype):
+    """The tiled words [S, KT, g, q, word] and the lanes' scale pairs s_g, s_g8 [S, KT, g, q] (times
+    the MMA dtype's bias 2^119 / 2^7), as a lane of any of the GEMMs reads them."""
     s_count, kt = packed.n_pad // 16, k // 64
     sbt = 32 if packed.block == 32 else 64
     words = packed.qweight.reshape(s_count, kt, 8, 4, 4).to(torch.int64) & MASK32  # [S,KT,g,q,wi]
@@ -115,29 +115,44 @@ def emulate_gemm_mma(x: torch.Tensor, packed: ops.PackedWeight, dtype: torch.dty
     s_g, s_g8 = s_g * bias_pow, s_g8 * bias_pow
     # the scale is rounded to the MMA dtype (exact: <= 4 significant bits, in range)
     assert torch.equal(s_g.to(dtype).float(), s_g) and torch.equal(s_g8.to(dtype).float(), s_g8)
+    return words, s_g, s_g8
 
+
+def _a_fragment(words, s_g, s_g8, j: int, dtype: torch.dtype) -> torch.Tensor:
+    """k16 step j's A operand [S, KT, 16 rows, 16 logical k] as the lanes build it (gemm_tile.cuh's
+    mma_tile: registers a0..a3 of lane (g, q) = rows g / g + 8 at logical k {2q, 2q+1} / {2q+8, 2q+9});
+    the same fragment feeds mma.sync m16n8k16 and, per warp of the warpgroup, a register-source wgmma."""
+    s_count, kt = words.shape[:2]
+    lo = words[..., (j >> 1) * 2]
+    hi = words[..., (j >> 1) * 2 + 1]
+    p = 2 * (j & 1)
+    a = [_decode(lo, p, dtype), _decode(hi, p, dtype), _decode(lo, p + 1, dtype), _decode(hi, p + 1, dtype)]
+    A = torch.zeros(s_count, kt, 16, 16)
+    for q in range(4):
+        for gg in range(8):
+            sg, sg8 = s_g[:, :, gg, q], s_g8[:, :, gg, q]
+            A[:, :, gg, 2 * q] = a[0][0][:, :, gg, q] * sg
+            A[:, :, gg, 2 * q + 1] = a[0][1][:, :, gg, q] * sg
+            A[:, :, gg + 8, 2 * q] = a[1][0][:, :, gg, q] * sg8
+            A[:, :, gg + 8, 2 * q + 1] = a[1][1][:, :, gg, q] * sg8
+            A[:, :, gg, 2 * q + 8] = a[2][0][:, :, gg, q] * sg
+            A[:, :, gg, 2 * q + 9] = a[2][1][:, :, gg, q] * sg
+            A[:, :, gg + 8, 2 * q + 8] = a[3][0][:, :, gg, q] * sg8
+            A[:, :, gg + 8, 2 * q + 9] = a[3][1][:, :, gg, q] * sg8
+    # every A value is exact in the MMA dtype
+    assert torch.equal(A.to(dtype).float(), A)
+    return A
+
+
+def emulate_gemm_mma(x: torch.Tensor, packed: ops.PackedWeight, dtype: torch.dtype) -> torch.Tensor:
+    """x [M, K] (values representable in dtype) -> y [M, N] fp32, as sharq_vllm/csrc/gemm.cu computes it."""
+    m, k = x.shape
+    kt = k // 64
+    words, s_g, s_g8 = _lane_operands(packed, k, dtype)
     xp = x.float()
     y = torch.zeros(m, packed.n_pad)
     for j in range(4):
-        lo = words[..., (j >> 1) * 2]
-        hi = words[..., (j >> 1) * 2 + 1]
-        p = 2 * (j & 1)
-        a = [_decode(lo, p, dtype), _decode(hi, p, dtype), _decode(lo, p + 1, dtype), _decode(hi, p + 1, dtype)]
-        # A fragment [S, KT, 16 rows, 16 logical k]
-        A = torch.zeros(s_count, kt, 16, 16)
-        for q in range(4):
-            for gg in range(8):
-                sg, sg8 = s_g[:, :, gg, q], s_g8[:, :, gg, q]
-                A[:, :, gg, 2 * q] = a[0][0][:, :, gg, q] * sg
-                A[:, :, gg, 2 * q + 1] = a[0][1][:, :, gg, q] * sg
-                A[:, :, gg + 8, 2 * q] = a[1][0][:, :, gg, q] * sg8
-                A[:, :, gg + 8, 2 * q + 1] = a[1][1][:, :, gg, q] * sg8
-                A[:, :, gg, 2 * q + 8] = a[2][0][:, :, gg, q] * sg
-                A[:, :, gg, 2 * q + 9] = a[2][1][:, :, gg, q] * sg
-                A[:, :, gg + 8, 2 * q + 8] = a[3][0][:, :, gg, q] * sg8
-                A[:, :, gg + 8, 2 * q + 9] = a[3][1][:, :, gg, q] * sg8
-        # every A value is exact in the MMA dtype
-        assert torch.equal(A.to(dtype).float(), A)
+        A = _a_fragment(words, s_g, s_g8, j, dtype)
         # B fragment [KT, 16 logical k, M]: logical 2q+e <- phys 64t+16q+4j+e, 2q+8+e <- +2+e
         B = torch.zeros(kt, 16, m)
         for q in range(4):
@@ -392,6 +407,68 @@ def test_emulated_wgmma_kernel_matches_reference(dtype, block, n, k, m, bn):
     packed = _tiled(payload)
     x = _heavy(m, k, seed=2).to(dtype)
     y = emulate_gemm_wgmma(x, packed, dtype, bn)
+    ref = x.double() @ dequantize_weight(payload).double().T
+    err = (y.double() - ref).norm() / ref.norm()
+    assert err < 1e-6, err
+
+
+# gemm_wgmma_rs.cu's x_hat staging and B descriptor, as written there (the emulation below replays
+# exactly these expressions)
+_RS_STAGING = "(4 * (i & 1) + r) * C::kBlock"
+_RS_BASE = "tl * C::kXTile + (m >> 3) * 128 + (m & 7) * 16 + (i >> 1) * 4"
+_RS_DESC = "async::desc_interleave(xb + 2 * j * C::kBlock, C::kBlock, 128)"
+
+
+def emulate_gemm_wgmma_rs(x: torch.Tensor, packed: ops.PackedWeight, dtype: torch.dtype, nt: int) -> torch.Tensor:
+    """sharq_vllm/csrc/gemm_wgmma_rs.cu's math: the staging threads copy x_hat's k-tile t (rows
+    m < nt, rows >= M as zeros) into a [8 blocks][nt / 8][8][16 B] image, the 16-byte load i of a row
+    scattering its pair r to block 4 (i & 1) + r at 4-byte position i >> 1; wgmma reads k16 step j's
+    B[16 logical k][nt] through a no-swizzle K-major descriptor (core matrix (token group b, k half
+    c) at block 2j start + b * SBO + c * LBO, LBO = the block, SBO = 128 bytes; row n % 8 at 16
+    bytes, logical k % 8 at 2 bytes) and multiplies it by the lanes' register A fragment."""
+    src = (Path(__file__).resolve().parents[2] / "sharq_vllm" / "csrc" / "gemm_wgmma_rs.cu").read_text()
+    for expr in (_RS_STAGING, _RS_BASE, _RS_DESC):
+        assert expr in src, f"gemm_wgmma_rs.cu no longer has: {expr}"
+    m, k = x.shape
+    kt = k // 64
+    block, tile = nt * 16, nt * 128  # bytes: RsCfg::kBlock, RsCfg::kXTile
+    words, s_g, s_g8 = _lane_operands(packed, k, dtype)
+    # the staged image as 16-bit elements (byte offset / 2), one k-tile after the other
+    image = torch.full((kt * tile // 2,), float("nan"))
+    xp = torch.zeros(nt, k)
+    xp[:m] = x.float()
+    for tl in range(kt):
+        for mm in range(nt):
+            for i in range(8):
+                base = tl * tile + (mm >> 3) * 128 + (mm & 7) * 16 + (i >> 1) * 4
+                for r in range(4):
+                    off = (base + (4 * (i & 1) + r) * block) // 2
+                    kk = 64 * tl + 8 * i + 2 * r
+                    image[off : off + 2] = xp[mm, kk : kk + 2]
+    y = torch.zeros(nt, packed.n_pad, dtype=torch.float64)
+    for j in range(4):
+        A = _a_fragment(words, s_g, s_g8, j, dtype)  # [S, KT, 16 rows, 16 logical k]
+        # B[KT, 16 logical k, nt] through the descriptor
+        B = torch.empty(kt, 16, nt)
+        for tl in range(kt):
+            start = tl * tile + 2 * j * block
+            for lk in range(16):
+                for n in range(nt):
+                    byte = start + (n // 8) * 128 + (lk // 8) * block + (n % 8) * 16 + (lk % 8) * 2
+                    B[tl, lk, n] = image[byte // 2]
+        assert not B.isnan().any(), "wgmma would read an x_hat value never staged"
+        y += torch.einsum("stik,tkn->nsi", A.double(), B.double()).reshape(nt, packed.n_pad)
+    return (y[:m] * (packed.tensor_scale.double() * 128.0))[:, : packed.n].float()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("block", [32, 16])
+@pytest.mark.parametrize("n,k,m,nt", [(48, 128, 3, 16), (40, 192, 17, 32), (64, 128, 33, 64)])
+def test_emulated_wgmma_rs_kernel_matches_reference(dtype, block, n, k, m, nt):
+    payload = quantize_weight(_hostile_weight(n, k, seed=n + k + 3), block=block)
+    packed = _tiled(payload)
+    x = _heavy(m, k, seed=4).to(dtype)
+    y = emulate_gemm_wgmma_rs(x, packed, dtype, nt)
     ref = x.double() @ dequantize_weight(payload).double().T
     err = (y.double() - ref).norm() / ref.norm()
     assert err < 1e-6, err
