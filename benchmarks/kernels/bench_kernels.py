@@ -580,7 +580,7 @@ def gemm_variant_sweep(args, t_start) -> dict:
             outs = [torch.empty((m, n), dtype=xs[0].dtype, device=DEVICE) for _ in range(copies)]
             line = res.setdefault(sname, {}).setdefault(f"M={m}", {})
             for name, variant in dispatch.GEMM_VARIANTS.items():
-                if m > dispatch.GEMM_VARIANT_MAX_M.get(name, m):
+                if m > dispatch.GEMM_VARIANT_MAX_M.get(name, m) or name not in args.gemm_variants:
                     continue
 
                 def run_variant(x_hat, i, variant=variant, sts=states, outs=outs):
@@ -727,7 +727,12 @@ def main():
     )
     ap.add_argument(
         "--gemm-sweep", action="store_true",
-        help="every forced GEMM kernel (stream, tile, wgmma) at M <= 1024, alone and after the preparation",
+        help="every forced GEMM kernel (dispatch.GEMM_VARIANTS: auto, stream, tile, wgmma, wgmmars) at M <= 1024, "
+        "alone and after the preparation",
+    )
+    ap.add_argument(
+        "--gemm-variants", default=",".join(dispatch.GEMM_VARIANTS),
+        help="the kernels --gemm-sweep forces (names of dispatch.GEMM_VARIANTS; default: all)",
     )
     ap.add_argument(
         "--norm-sweep", action="store_true",
@@ -745,6 +750,10 @@ def main():
     if args.out_only and not args.out:
         ap.error("--out-only needs --out (the folder the JSON goes to instead of benchmarks/results/)")
     args.gemm_sweep_ms = [int(m) for m in str(args.gemm_sweep_ms).split(",") if m]
+    args.gemm_variants = [v for v in str(args.gemm_variants).split(",") if v]
+    unknown = sorted(set(args.gemm_variants) - set(dispatch.GEMM_VARIANTS))
+    if unknown:
+        ap.error(f"--gemm-variants: unknown {unknown} (known: {', '.join(dispatch.GEMM_VARIANTS)})")
     global DEVICE
     if args.cpu_smoke:
         DEVICE = "cpu"
