@@ -18,43 +18,32 @@ RS_NS = (16, 32, 64)  # the N (token columns) gemm_wgmma_rs.cu instantiates
 TYPES = (("__nv_bfloat16", "bf16"), ("__half", "f16"))
 
 
-def wrapper(ctype: str, ptx: str, n: int) -> str:
+def wrapper(ctype: str, ptx: str, n: int, rs: bool = False) -> str:
+    """Wgmma<T, N> (A and B by descriptor) or, rs, WgmmaRs<T, N>: A from registers (4 x 32 bits a
+    thread: mma.sync m16n8k16's A fragment for the warp's 16 rows), B by descriptor, B not
+    transposed (the register form has no imm-trans-a)."""
     nd = n // 2
     dregs = ", ".join(f"%{i}" for i in range(nd))
     outs = ", ".join(f'"+f"(d[{i}])' for i in range(nd))
     a0 = nd
+    if rs:
+        name, a_param, n_in = "WgmmaRs", "const uint32_t (&a)[4]", 5
+        operands = f"{{%{a0}, %{a0 + 1}, %{a0 + 2}, %{a0 + 3}}}, %{a0 + 4}, p, 1, 1, 0"
+        ins = '"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1)'
+    else:
+        name, a_param, n_in = "Wgmma", "uint64_t desc_a", 2
+        operands = f"%{a0}, %{a0 + 1}, p, 1, 1, 0, 0"
+        ins = '"l"(desc_a), "l"(desc_b), "r"(1)'
     return (
-        f"template <> struct Wgmma<{ctype}, {n}> {{\n"
-        f"  static __device__ __forceinline__ void mma(float (&d)[{nd}], uint64_t desc_a, uint64_t desc_b) {{\n"
+        f"template <> struct {name}<{ctype}, {n}> {{\n"
+        f"  static __device__ __forceinline__ void mma(float (&d)[{nd}], {a_param}, uint64_t desc_b) {{\n"
         f'    asm volatile(\n'
-        f'        "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{a0 + 2}, 0;\\n"\n'
+        f'        "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{a0 + n_in}, 0;\\n"\n'
         f'        "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptx}.{ptx} "\n'
         f'        "{{{dregs}}}, "\n'
-        f'        "%{a0}, %{a0 + 1}, p, 1, 1, 0, 0;\\n}}\\n"\n'
+        f'        "{operands};\\n}}\\n"\n'
         f"        : {outs}\n"
-        f'        : "l"(desc_a), "l"(desc_b), "r"(1));\n'
-        f"  }}\n"
-        f"}};\n"
-    )
-
-
-def wrapper_rs(ctype: str, ptx: str, n: int) -> str:
-    """A from registers (4 x 32 bits a thread: mma.sync m16n8k16's A fragment for the warp's 16 rows),
-    B by descriptor; no transposition of B (imm-trans-b = 0)."""
-    nd = n // 2
-    dregs = ", ".join(f"%{i}" for i in range(nd))
-    outs = ", ".join(f'"+f"(d[{i}])' for i in range(nd))
-    a0 = nd
-    return (
-        f"template <> struct WgmmaRs<{ctype}, {n}> {{\n"
-        f"  static __device__ __forceinline__ void mma(float (&d)[{nd}], const uint32_t (&a)[4], uint64_t desc_b) {{\n"
-        f'    asm volatile(\n'
-        f'        "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{a0 + 5}, 0;\\n"\n'
-        f'        "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptx}.{ptx} "\n'
-        f'        "{{{dregs}}}, "\n'
-        f'        "{{%{a0}, %{a0 + 1}, %{a0 + 2}, %{a0 + 3}}}, %{a0 + 4}, p, 1, 1, 0;\\n}}\\n"\n'
-        f"        : {outs}\n"
-        f'        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));\n'
+        f"        : {ins});\n"
         f"  }}\n"
         f"}};\n"
     )
@@ -77,7 +66,7 @@ def render() -> str:
             parts.append(wrapper(ctype, ptx, n))
             parts.append("\n")
         for n in RS_NS:
-            parts.append(wrapper_rs(ctype, ptx, n))
+            parts.append(wrapper(ctype, ptx, n, rs=True))
             parts.append("\n")
     parts.append("}  // namespace wg\n}  // namespace sharq\n")
     return "".join(parts)

@@ -117,6 +117,21 @@ __device__ __forceinline__ void x_rows(const T* (&xrow)[MT], bool (&mrow)[MT], c
   }
 }
 
+// k16 step j's A fragment (m16n8k16's registers a0..a3: rows g / g+8 at the step's logical k
+// {2q, 2q+1} / {2q+8, 2q+9}) from the lane's four code words w and its row scales sg / sg8
+// (MmaT<T>::scales): words (w0,w1) for j < 2, (w2,w3) for j >= 2; code pairs 2(j&1) (a0a1),
+// 2(j&1)+1 (a2a3). The same registers are, per warp of a warpgroup, wgmma's register A operand
+// (gemm_wgmma_rs.cu).
+template <typename T>
+__device__ __forceinline__ void a_step(uint32_t (&a)[4], const uint32_t (&w)[4], int j, uint32_t sg, uint32_t sg8) {
+  const uint32_t lo = w[(j >> 1) * 2 + 0], hi = w[(j >> 1) * 2 + 1];
+  const int p = 2 * (j & 1);
+  a[0] = MmaT<T>::mul(MmaT<T>::pair(lo, p), sg);
+  a[1] = MmaT<T>::mul(MmaT<T>::pair(hi, p), sg8);
+  a[2] = MmaT<T>::mul(MmaT<T>::pair(lo, p + 1), sg);
+  a[3] = MmaT<T>::mul(MmaT<T>::pair(hi, p + 1), sg8);
+}
+
 // One tile into acc: the lane's 16 code bytes qv, its scale pair s16 (E4M3 of rows g, g+8),
 // x fragments xv. Four k16 steps, each one dequantized A fragment shared by the MT MMAs.
 template <typename T, int MT>
@@ -127,14 +142,8 @@ __device__ __forceinline__ void mma_tile(float (&acc)[MT][4], const uint4& qv, u
   const uint32_t w[4] = {qv.x, qv.y, qv.z, qv.w};
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
-    // step j: words (w0,w1) for j < 2, (w2,w3) for j >= 2; code pairs 2(j&1) (a0a1), 2(j&1)+1 (a2a3)
-    const uint32_t lo = w[(j >> 1) * 2 + 0], hi = w[(j >> 1) * 2 + 1];
-    const int p = 2 * (j & 1);
     uint32_t a[4];
-    a[0] = MmaT<T>::mul(MmaT<T>::pair(lo, p), sg);
-    a[1] = MmaT<T>::mul(MmaT<T>::pair(hi, p), sg8);
-    a[2] = MmaT<T>::mul(MmaT<T>::pair(lo, p + 1), sg);
-    a[3] = MmaT<T>::mul(MmaT<T>::pair(hi, p + 1), sg8);
+    a_step<T>(a, w, j, sg, sg8);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       const uint32_t* xw = reinterpret_cast<const uint32_t*>(&xv[mt][0]);  // 8 words

@@ -98,21 +98,14 @@ struct RsStage {
 };
 
 // Decode the lane's 16 code bytes + scale pair into the four k16 steps' A fragments (gemm_tile.cuh's
-// mma_tile, without the MMAs).
+// a_step, as mma_tile builds them).
 template <typename T>
 __device__ __forceinline__ void decode_frags(uint32_t (&a)[4][4], const uint4& qv, uint32_t s16) {
   uint32_t sg, sg8;
   MmaT<T>::scales(s16, sg, sg8);
   const uint32_t w[4] = {qv.x, qv.y, qv.z, qv.w};
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const uint32_t lo = w[(j >> 1) * 2 + 0], hi = w[(j >> 1) * 2 + 1];
-    const int p = 2 * (j & 1);
-    a[j][0] = MmaT<T>::mul(MmaT<T>::pair(lo, p), sg);
-    a[j][1] = MmaT<T>::mul(MmaT<T>::pair(hi, p), sg8);
-    a[j][2] = MmaT<T>::mul(MmaT<T>::pair(lo, p + 1), sg);
-    a[j][3] = MmaT<T>::mul(MmaT<T>::pair(hi, p + 1), sg8);
-  }
+  for (int j = 0; j < 4; ++j) tile::a_step<T>(a[j], w, j, sg, sg8);
 }
 
 // One output quad of a warpgroup's accumulators (registers 4i .. 4i+3 of thread t: rows g, g + 8 of
