@@ -13,8 +13,11 @@
 # changes the summation order on purpose; a library that fails it is not timed and the script
 # exits 1). Then, per round and library,
 # benchmarks/kernels/bench_kernels.py --methods $METHODS --ms $MS --no-prep-sweep.
-# Env: MS (default 1,8,16,32), ROUNDS (2), METHODS (sharq,sharq_gemm), BITS (1).
-# Output: OUT/bits-NAME.log, OUT/run-R-NAME/kernels-<card>.json + .log, OUT/summary.txt (sums).
+# Env: MS (default 1,8,16,32), ROUNDS (2), METHODS (sharq,sharq_gemm), BITS (1), BENCH_ARGS (more
+# bench_kernels arguments, e.g. "--gemm-sweep --gemm-variants auto,wgmmars --gemm-sweep-ms 8,16,32"
+# to time forced kernels per layer in every library's process).
+# Output: OUT/bits-NAME.log, OUT/run-R-NAME/kernels-<card>.json + .log, OUT/summary.txt (sums; with
+# --gemm-sweep also the forced kernels' sums, GEMM alone / after the preparation).
 set -u
 [ $# -ge 2 ] || { echo "usage: ab_libraries.sh OUT NAME=LIB.so ..." >&2; exit 2; }
 mkdir -p "$1" && OUT=$(cd "$1" && pwd) || exit 2
@@ -28,6 +31,7 @@ done
 cd "$(dirname "$0")/../.." || exit 2
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 SHARQ_JIT=0
 MS=${MS:-1,8,16,32} ROUNDS=${ROUNDS:-2} METHODS=${METHODS:-sharq,sharq_gemm}
+read -r -a BENCH_EXTRA <<< "${BENCH_ARGS:-}"
 log() { echo "[$(date -u +%T)] $*"; }
 declare -A BAD=()  # libraries that failed the bit test: not timed, exit status 1
 if [ "${BITS:-1}" != 0 ]; then
@@ -45,7 +49,7 @@ for r in $(seq 1 "$ROUNDS"); do
     d="$OUT/run-$r-${NAMES[$i]}"
     mkdir -p "$d"
     SHARQ_EXT_LIB=${LIBS[$i]} timeout 600 python3 -m benchmarks.kernels.bench_kernels --methods "$METHODS" \
-      --ms "$MS" --no-prep-sweep --out "$d" --out-only > "$d/bench.log" 2>&1
+      --ms "$MS" --no-prep-sweep "${BENCH_EXTRA[@]}" --out "$d" --out-only > "$d/bench.log" 2>&1
     log "round $r ${NAMES[$i]}: rc=$?"
   done
 done
@@ -53,7 +57,10 @@ python3 - "$OUT" <<'PY' | tee "$OUT/summary.txt"
 import glob, json, os, sys
 for f in sorted(glob.glob(os.path.join(sys.argv[1], "run-*", "kernels-*.json"))):
     run = os.path.basename(os.path.dirname(f))
-    for meth, sums in json.load(open(f)).get("sum_us", {}).items():
+    res = json.load(open(f))
+    for meth, sums in res.get("sum_us", {}).items():
         print(f"{run:24s} {meth:12s} " + " ".join(f"M{m}={v:.2f}" for m, v in sums.items()))
+    for m, kernels in res.get("gemm_variants_us", {}).get("sum", {}).items():
+        print(f"{run:24s} forced {m:7s} " + " ".join(f"{k}={v['gemm']:.2f}/{v['prep+gemm']:.2f}" for k, v in kernels.items()))
 PY
 [ ${#BAD[@]} = 0 ] || { echo "failed the same-bits test (not timed): $(for i in "${!BAD[@]}"; do printf "%s " "${NAMES[$i]}"; done)" >&2; exit 1; }
