@@ -107,14 +107,8 @@ __device__ __forceinline__ void reduce_store(const uint8_t* smem, int M, int m0,
   for (int e = threadIdx.x; e < (r1 - r0) * kQuads; e += kThreads) {
     const int m = r0 + e / kQuads, n = 4 * (e % kQuads);
     const float* p = part + m * PROW + n;
-    float4 s = nsplit > 1 ? async::ld_peer_f4(p, 0) : *reinterpret_cast<const float4*>(p);
-    for (int k = 1; k < nsplit; ++k) {
-      const float4 v = async::ld_peer_f4(p, k);
-      s.x = __fadd_rn(s.x, v.x);
-      s.y = __fadd_rn(s.y, v.y);
-      s.z = __fadd_rn(s.z, v.z);
-      s.w = __fadd_rn(s.w, v.w);
-    }
+    const float4 s = async::add_peers_f4(nsplit > 1 ? async::ld_peer_f4(p, 0) : *reinterpret_cast<const float4*>(p),
+                                         p, nsplit);
     const float sv[4] = {s.x, s.y, s.z, s.w};
     T* yr = y + (int64_t)(m0 + m) * ys;
 #pragma unroll

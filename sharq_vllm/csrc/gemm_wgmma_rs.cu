@@ -262,14 +262,7 @@ gemm_wgmma_rs_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restric
       constexpr int Q = kRsWGs * (NT / 8) * 128;
       const int e0 = Q * rank / S, e1 = Q * (rank + 1) / S;
       for (int e = e0 + (int)threadIdx.x; e < e1; e += kRsThreads) {
-        float4 sum = async::ld_peer_f4(part + e, 0);
-        for (int k = 1; k < S; ++k) {
-          const float4 v = async::ld_peer_f4(part + e, k);
-          sum.x = __fadd_rn(sum.x, v.x);
-          sum.y = __fadd_rn(sum.y, v.y);
-          sum.z = __fadd_rn(sum.z, v.z);
-          sum.w = __fadd_rn(sum.w, v.w);
-        }
+        const float4 sum = async::add_peers_f4(async::ld_peer_f4(part + e, 0), part + e, S);
         const int ew = e / ((NT / 8) * 128), ei = (e / 128) % (NT / 8), et = e % 128;
         const int g2 = r * slots + cid * kRsWGs + ew;
         const float v[4] = {sum.x, sum.y, sum.z, sum.w};

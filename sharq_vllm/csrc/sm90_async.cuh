@@ -8,7 +8,8 @@
 //   * setmaxnreg: move registers between warpgroups.
 //   * wgmma: fence / commit / wait of warpgroup MMAs, the shared-memory matrix descriptors, and the
 //     proxy fence that publishes ordinary shared-memory stores to them.
-//   * clusters: barrier over the cluster's CTAs, loads from a peer CTA's shared memory.
+//   * clusters: barrier over the cluster's CTAs, loads from a peer CTA's shared memory and their
+//     rank-order sum (the split-K reductions).
 //   * programmatic dependent launch: wait for the preceding kernel's memory before reading it.
 // Semantics: PTX ISA 8.x, "mbarrier", "cp.async.bulk.tensor", "wgmma", "setmaxnreg", "barrier.cluster",
 // "bar.sync", "griddepcontrol".
@@ -120,6 +121,20 @@ __device__ __forceinline__ float4 ld_peer_f4(const void* p, uint32_t rank) {
                : "r"(ra)
                : "memory");
   return v;
+}
+
+// s (rank 0's 16 bytes at `p`) plus the same 16 bytes of cluster CTAs 1 .. n - 1, added in rank
+// order (FP32, each add rounded once): the fixed-order split-K reduction of the wgmma GEMMs
+// (deterministic whichever CTA runs it).
+__device__ __forceinline__ float4 add_peers_f4(float4 s, const void* p, int n) {
+  for (int k = 1; k < n; ++k) {
+    const float4 v = ld_peer_f4(p, k);
+    s.x = __fadd_rn(s.x, v.x);
+    s.y = __fadd_rn(s.y, v.y);
+    s.z = __fadd_rn(s.z, v.z);
+    s.w = __fadd_rn(s.w, v.w);
+  }
+  return s;
 }
 
 // Registers a thread of this warpgroup may use from here on (all its warps execute it).
