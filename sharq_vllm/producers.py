@@ -20,7 +20,8 @@ atol 1e-2 for fp16); a float sum depends on its order, so a bit-exact contract n
 order here is a balanced pairwise tree over the channels in order, zero-padded to a power of
 two: a thread's 8 channels, then a warp's lanes by an xor butterfly with rising offsets, then
 the warps, is exactly that tree (adding +0 to a partial sum changes nothing). Everything else
-is a correctly rounded FP32 operation, the same on CPU and GPU.
+is a correctly rounded FP32 operation, the same on CPU and GPU (evaluated in float64 and rounded
+once where PyTorch's FP32 op is not correctly rounded: its CPU sqrt).
 
 SiLU * mul (:func:`silu_and_mul`): y = round(round(silu(g)) * u), silu(g) = g / (1 + exp(-g)) in
 FP32: eager PyTorch's ``F.silu(g) * u`` and vLLM's CUDA ``silu_and_mul`` kernel. Elementwise, so
@@ -63,11 +64,15 @@ def rms_norm(
         s = s + residual.float()
         residual_out = s.to(x.dtype)
     ss = tree_sum(s * s)
-    # divisors and addends as same-device tensors: torch on CUDA turns `t / python_scalar` into
-    # `t * (1 / scalar)`, another rounding (tests/gpu/test_prep_gpu.py)
-    k = torch.tensor(float(s.shape[-1]), dtype=torch.float32, device=x.device)
-    var = ss / k
-    inv = torch.ones_like(var) / torch.sqrt(var + torch.tensor(eps, dtype=torch.float32, device=x.device))
+    # ss / K, + eps, sqrt, 1 / .: each an FP32 operation correctly rounded, evaluated in float64
+    # and rounded once (exact: float64 holds over twice FP32's digits). Not torch's FP32 ops:
+    # its CPU sqrt is not correctly rounded (torch 2.13: ~17% of inputs one unit off, which
+    # flipped an output's rounding once in ~100 GPU bit-exactness runs), and on CUDA
+    # `t / python_scalar` becomes `t * (1 / scalar)`, another rounding.
+    eps32 = float(torch.tensor(eps, dtype=torch.float32))
+    var = (ss.double() / s.shape[-1]).float()
+    root = torch.sqrt((var.double() + eps32).float().double()).float()
+    inv = (1.0 / root.double()).float()
     y = (s * inv).to(weight.dtype)
     return (y.float() * weight.float()).to(weight.dtype).to(x.dtype), residual_out
 
