@@ -48,26 +48,22 @@
 namespace sharq {
 namespace {
 
+// Max over the warp of values >= +0 (finite or +Inf; never NaN or -0): their bits order like the
+// values, so one redux.sync on the bits (not five dependent shuffles: the row maxima are on the
+// decode-row preparation's latency path).
 __device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
+  return __uint_as_float(__reduce_max_sync(0xffffffffu, __float_as_uint(v)));
 }
 
-// Max over the CTA (values are >= 0 and finite). red must hold 33 floats.
+// Max over the CTA of such values. red: 32 floats used by this reduction only (so nothing can
+// still be reading them: no barrier before the writes); after the one CTA barrier every warp
+// reduces the warps' maxima itself (no second barrier to broadcast a result).
 __device__ __forceinline__ float block_max(float v, float* red) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   v = warp_max(v);
-  __syncthreads();  // red may still be read from the previous reduction
   if (lane == 0) red[warp] = v;
   __syncthreads();
-  if (warp == 0) {
-    float w = lane < nw ? red[lane] : 0.0f;
-    w = warp_max(w);
-    if (lane == 0) red[32] = w;
-  }
-  __syncthreads();
-  return red[32];
+  return warp_max(lane < nw ? red[lane] : 0.0f);
 }
 
 // Max over groups of `lanes` consecutive lanes (lanes = 1, 2, 4, 8).
@@ -206,8 +202,9 @@ __device__ __forceinline__ float ld_cluster_f32(const float* local, int rank) {
   return v;
 }
 
-// Max over the row: the CTA's max, then (cl > 1) over the cl CTAs of the cluster. slot is this
-// reduction's own shared word (never reused in the kernel, so one cluster barrier suffices).
+// Max over the row: the CTA's max, then (cl > 1) over the cl CTAs of the cluster. red (32 floats)
+// and slot are this reduction's own shared words (never reused in the kernel, so one CTA barrier
+// and one cluster barrier suffice).
 __device__ __forceinline__ float row_max(float v, float* red, float* slot, int cl) {
   v = block_max(v, red);
   if (cl > 1) {
@@ -358,7 +355,8 @@ __global__ void __launch_bounds__(V <= 2 ? 1024 : 512)
 prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int K, int fmt,
             int pattern, int bb_lanes, int rb_lanes, PrepDebug dbg, int cl, PrepNorm nrm) {
   constexpr bool kNorm2 = (kProd == kPrepNorm || kProd == kPrepAddNorm) && V == 2;
-  __shared__ float red[kNorm2 ? 66 : 33];  // block reductions (the norm's two halves at V = 2: 66)
+  __shared__ float red[kNorm2 ? 66 : 33];  // the norm's block sums (its two halves at V = 2: 66)
+  __shared__ float maxred[2][32];          // the two row maxima's warp maxima
   __shared__ float cslot[2];
   // Launched with programmatic dependent launch (kPrepPdl): wait for the kernel before (the
   // norm or activation writing x) before any global memory access, read or write (x_hat's
@@ -398,7 +396,7 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
   // One reduction for both: a non-finite row (Inf or NaN bits) reduces to +Inf (a finite row's
   // max is finite). The reference zeroes a non-finite row before quantizing it (x_hat row NaN).
   float amax = mag >= Elem<T>::kInfBits ? __int_as_float(0x7f800000) : Elem<T>::bits_to_float(mag);
-  amax = row_max(amax, red, &cslot[0], cl);
+  amax = row_max(amax, maxred[0], &cslot[0], cl);
   const bool bad_row = isinf(amax);
   if (bad_row) {
     amax = 0.0f;
@@ -475,7 +473,7 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
         dbg.bb_scales[(int64_t)row * (K / (8 * bb_lanes)) + gc / bb_lanes] = (uint8_t)sbits;
     }
   }
-  ramax = row_max(ramax, red, &cslot[1], cl);
+  ramax = row_max(ramax, maxred[1], &cslot[1], cl);
   if (cl > 1) cluster_arrive();  // done reading the cluster's slots (waited for at the end)
   const float t_r = mx ? 0.0f : __fdiv_rn(ramax, 2688.0f);
   if (kDebug && dbg.tscales && tid == 0 && rank == 0) {
