@@ -69,10 +69,11 @@ def rms_norm(
     # its CPU sqrt is not correctly rounded (torch 2.13: ~17% of inputs one unit off, which
     # flipped an output's rounding once in ~100 GPU bit-exactness runs), and on CUDA
     # `t / python_scalar` becomes `t * (1 / scalar)`, another rounding.
-    eps32 = float(torch.tensor(eps, dtype=torch.float32))
-    var = (ss.double() / s.shape[-1]).float()
+    k = torch.tensor(float(s.shape[-1]), dtype=torch.float64, device=x.device)
+    eps32 = torch.tensor(eps, dtype=torch.float32, device=x.device).double()
+    var = (ss.double() / k).float()
     root = torch.sqrt((var.double() + eps32).float().double()).float()
-    inv = (1.0 / root.double()).float()
+    inv = (torch.ones_like(root, dtype=torch.float64) / root.double()).float()
     y = (s * inv).to(weight.dtype)
     return (y.float() * weight.float()).to(weight.dtype).to(x.dtype), residual_out
 
