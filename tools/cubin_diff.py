@@ -14,8 +14,14 @@ passed, and a committed kernel can be shown to be the exact one an A/B measured
 (docs/KERNELS.md, "Latest change"). The device code of the same source and flags is
 deterministic; line information lives in other sections and does not count.
 
+The `.nv_fatbin` section is read as nvcc writes it: containers of entries, each a cubin, a PTX
+text or (nvcc 12.8+: `--compress-mode`, `-Xfatbin=-compress-all`, and by default for large device
+code, e.g. prep.cu's) a zstd-compressed one, which is decompressed (`pip install zstandard`).
+An entry that cannot be read is named in a note and fails --expect-same: its kernels were not
+compared, so nothing may be claimed about them.
+
 Needs pyelftools (`pip install pyelftools`). Exit status: 0, or 1 with --expect-same when any
-kernel matched by --match differs or is missing from one build.
+kernel matched by --match differs or is missing from one build, or an entry was not read.
 """
 
 from __future__ import annotations
@@ -25,17 +31,62 @@ import hashlib
 import io
 import re
 import shutil
+import struct
 import subprocess
 import sys
 
 ELF_MAGIC = b"\x7fELF"
+FATBIN_MAGIC = 0xBA55ED50
+# a container: magic, version, header size, size of its entries; an entry: kind (2: cubin), -,
+# header size, payload size, compressed size, -, minor, major, arch, name offset / length, flags,
+# -, decompressed size
+CONTAINER = struct.Struct("<IHHQ")
+ENTRY = struct.Struct("<HHIQIIHHIIIQQQ")
+ENTRY_CUBIN = 2
+FLAG_COMPRESSED = 0x2000 | 0x8000  # LZ4 (nvcc 11.x-12.x) / zstd (nvcc 12.8+)
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Itanium mangling of the anonymous namespace nvcc names per translation unit and build
 ANON = re.compile(r"\d+_GLOBAL__N__[0-9a-f]+_\d+_\w+?_[0-9a-f]+")
 
 
-def kernel_digests(lib: str) -> dict[str, str]:
+def _cubins(blob: bytes) -> tuple[list[bytes], list[str]]:
+    """The cubins of a `.nv_fatbin` section (compressed ones decompressed) and a note for every
+    entry that could not be read."""
+    cubins: list[bytes] = []
+    unread: list[str] = []
+    off = 0
+    while off + CONTAINER.size <= len(blob):
+        magic, _, hsize, size = CONTAINER.unpack_from(blob, off)
+        if magic != FATBIN_MAGIC:
+            break  # padding after the last container
+        e, end = off + hsize, off + hsize + size
+        while e + ENTRY.size <= end:
+            kind, _, ehsize, esize, csize, _, _, _, arch, _, _, flags, _, dsize = ENTRY.unpack_from(blob, e)
+            payload = blob[e + ehsize : e + ehsize + esize]
+            if kind == ENTRY_CUBIN:
+                if flags & FLAG_COMPRESSED:
+                    payload = payload[:csize]
+                    if not payload.startswith(ZSTD_MAGIC):
+                        unread.append(f"sm_{arch} cubin at {e}: compressed with another codec than zstd")
+                        payload = b""
+                    else:
+                        try:
+                            import zstandard
+                        except ImportError:
+                            unread.append(f"sm_{arch} cubin at {e}: zstd-compressed (pip install zstandard)")
+                            payload = b""
+                        else:
+                            payload = zstandard.ZstdDecompressor().decompress(payload, max_output_size=dsize)
+                if payload:
+                    cubins.append(payload)
+            e += ehsize + esize
+        off = end
+    return cubins, unread
+
+
+def kernel_digests(lib: str, unread: list[str] | None = None) -> dict[str, str]:
     """Kernel name (demangled: the anonymous namespace carries no per-build hash) -> md5 of its
-    machine code."""
+    machine code; entries of the device code that could not be read are appended to `unread`."""
     try:
         from elftools.elf.elffile import ELFFile
     except ImportError:
@@ -47,17 +98,17 @@ def kernel_digests(lib: str) -> dict[str, str]:
             sys.exit(f"{lib}: no .nv_fatbin section (not a CUDA library built with device code)")
         blob = fatbin.data()
     code: dict[str, str] = {}
-    for m in re.finditer(re.escape(ELF_MAGIC), blob):
-        try:
-            cubin = ELFFile(io.BytesIO(blob[m.start():]))
-            sections = list(cubin.iter_sections())
-        except Exception:  # an ELF magic inside other data, or a truncated tail: not a cubin
+    cubins, notes = _cubins(blob)
+    if unread is not None:
+        unread.extend(f"{lib}: {n}" for n in notes)
+    for data in cubins:
+        if not data.startswith(ELF_MAGIC):
             continue
-        for sec in sections:
+        for sec in ELFFile(io.BytesIO(data)).iter_sections():
             if sec.name.startswith(".text."):
                 code[sec.name[len(".text."):]] = hashlib.md5(sec.data()).hexdigest()
     if not code:
-        sys.exit(f"{lib}: no kernels found in its device code (compressed fatbin?)")
+        sys.exit(f"{lib}: no kernels found in its device code" + (f" ({'; '.join(notes)})" if notes else ""))
     mangled = sorted(code)
     return {name: code[m] for m, name in zip(mangled, readable(mangled), strict=True)}
 
@@ -80,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--match", default="", help="only kernels whose demangled name contains this")
     ap.add_argument("--expect-same", action="store_true", help="exit 1 if a matched kernel differs")
     a = ap.parse_args(argv)
-    old, new = kernel_digests(a.old), kernel_digests(a.new)
+    unread: list[str] = []
+    old, new = kernel_digests(a.old, unread), kernel_digests(a.new, unread)
     counts: dict[str, int] = {}
     for name in sorted(set(old) | set(new)):
         if a.match not in name:
@@ -97,12 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no kernel's name contains {a.match!r}")
         return 1 if a.expect_same else 0
     print("summary: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    if "only-old" in counts or "only-new" in counts:
-        # nvcc 13 may compress a source file's device code (seen for prep.cu in session 32): its
-        # kernels then look absent; building both sides uncompressed tells a missing kernel apart
-        print("note: kernels in one build only: if a whole source file's kernels are missing, its device code may "
-              "be compressed; rebuild both with EXTRA_NVFLAGS=--compress-mode=none and compare again")
-    return 1 if a.expect_same and set(counts) - {"same"} else 0
+    for n in unread:
+        print(f"note: not compared: {n}")
+    return 1 if a.expect_same and (set(counts) - {"same"} or unread) else 0
 
 
 if __name__ == "__main__":
