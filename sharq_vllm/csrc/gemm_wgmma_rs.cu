@@ -42,9 +42,11 @@
 // gate_up 41.0 / 41.5 against 42.7 / 42.8 at M = 24 / 32 (the only wins), 33.4 against 21.7 at
 // M = 8 and 57.9 against 43.7 at 64; o / qkv / down slower at every M (few groups: split-K rounds
 // with the x_hat staging up front). The time grows with the token columns (gate_up 33.4 / 41.5 /
-// 57.9 at NT = 16 / 32 / 64, ~0.5 us a column) on top of a ~25 us floor, as if the MMAs did not
-// overlap the weight stream; the experiments that would say why (stage depth, fragment sets, no
-// staging, no MMAs) are the next step (docs/KERNELS.md).
+// 57.9 at NT = 16 / 32 / 64, ~0.5 us a column) on top of a ~25 us floor. Session 34
+// (kernels-H200-wgmma-rs-ab.json): the x_hat staging costs ~5 us (every CTA reads the share from
+// L2), the MMAs 2 / 5 / 11 us at NT = 16 / 32 / 64, and the register-streamed weights reach ~25
+// GB/s an SM; other stage depths, a shared-memory ring fed by bulk copies, overlapped staging and a
+// balanced (stream-K) split were all slower for gate_up (docs/KERNELS.md).
 //
 // The k order: gemm.cu's layout permutes k inside a 64-k tile (lane q feeds logical k {2q, 2q+1}
 // and {2q+8, 2q+9} of k16 step j with physical k 16q + 4j + {0,1} and {2,3}), so B must follow it:
