@@ -403,13 +403,18 @@ def test_sw128_offsets_are_a_permutation_of_16_byte_chunks():
 @pytest.mark.parametrize("block", [32, 16])
 @pytest.mark.parametrize("n,k,m,bn", [(48, 128, 3, 256), (40, 192, 5, 64), (272, 128, 4, 256), (144, 128, 7, 64)])
 def test_emulated_wgmma_kernel_matches_reference(dtype, block, n, k, m, bn):
-    payload = quantize_weight(_hostile_weight(n, k, seed=n + k + 1), block=block)
-    packed = _tiled(payload)
-    x = _heavy(m, k, seed=2).to(dtype)
-    y = emulate_gemm_wgmma(x, packed, dtype, bn)
-    ref = x.double() @ dequantize_weight(payload).double().T
-    err = (y.double() - ref).norm() / ref.norm()
+    err = _emulation_error(emulate_gemm_wgmma, bn, dtype, block, n, k, m, seeds=(n + k + 1, 2))
     assert err < 1e-6, err
+
+
+def _emulation_error(emulate, tiling: int, dtype, block, n, k, m, seeds) -> float:
+    """Relative error of a kernel emulation (emulate(x, packed, dtype, tiling)) against the FP64
+    product of x and the dequantized hostile weight."""
+    payload = quantize_weight(_hostile_weight(n, k, seed=seeds[0]), block=block)
+    x = _heavy(m, k, seed=seeds[1]).to(dtype)
+    y = emulate(x, _tiled(payload), dtype, tiling)
+    ref = x.double() @ dequantize_weight(payload).double().T
+    return float((y.double() - ref).norm() / ref.norm())
 
 
 # gemm_wgmma_rs.cu's x_hat staging and B descriptor, as written there (the emulation below replays
@@ -465,12 +470,7 @@ def emulate_gemm_wgmma_rs(x: torch.Tensor, packed: ops.PackedWeight, dtype: torc
 @pytest.mark.parametrize("block", [32, 16])
 @pytest.mark.parametrize("n,k,m,nt", [(48, 128, 3, 16), (40, 192, 17, 32), (64, 128, 33, 64)])
 def test_emulated_wgmma_rs_kernel_matches_reference(dtype, block, n, k, m, nt):
-    payload = quantize_weight(_hostile_weight(n, k, seed=n + k + 3), block=block)
-    packed = _tiled(payload)
-    x = _heavy(m, k, seed=4).to(dtype)
-    y = emulate_gemm_wgmma_rs(x, packed, dtype, nt)
-    ref = x.double() @ dequantize_weight(payload).double().T
-    err = (y.double() - ref).norm() / ref.norm()
+    err = _emulation_error(emulate_gemm_wgmma_rs, nt, dtype, block, n, k, m, seeds=(n + k + 3, 4))
     assert err < 1e-6, err
 
 
