@@ -325,7 +325,7 @@ def test_gemm_variant_out_of_range_is_refused():
     x = heavy(40, 256, torch.bfloat16)
     y = torch.empty((40, 64), dtype=torch.bfloat16, device="cuda")
     args = (packed.qweight, packed.scales, packed.tensor_scale, None, y, packed.n_pad, packed.block)
-    for bad in (-1, 4, 99):
+    for bad in (-1, max(GEMM_VARIANTS.values()) + 1, 99):  # one past the last sharq::GemmVariant
         with pytest.raises(RuntimeError, match="out of range"):
             torch.ops.sharq_C.gemm_mma_cfg(x, *args, bad)
     assert x.shape[0] > GEMM_VARIANT_MAX_M["stream"]
