@@ -474,6 +474,109 @@ def test_emulated_wgmma_rs_kernel_matches_reference(dtype, block, n, k, m, nt):
     assert err < 1e-6, err
 
 
+# gemm_wgmma.cu's token-wide kernel, register-source path: where a lane reads step j's chunk and
+# scale pair in a ring slot, and how it builds the fragment (the emulation below replays exactly
+# these expressions; the TMA's 64-byte swizzle is modelled by _sw64_offset)
+_WIDE_RS_SOURCE = (
+    "wrow = C::kXBytes + strip * kTileBytes + 64 * g, wsw = (g >> 1) & 3",
+    "srow = C::kXBytes + C::kWBytes + strip * sbt + 2 * g",
+    "st + wrow + 16 * (j ^ wsw)",
+    "st + srow + ((j >> bshift) << 4)",
+    "a[0] = MmaT<T>::mul(MmaT<T>::pair_rt(w.x, pr), sg);",
+    "a[1] = MmaT<T>::mul(MmaT<T>::pair_rt(w.y, pr), sg8);",
+    "a[2] = MmaT<T>::mul(MmaT<T>::pair_rt(w.z, pr), sg);",
+    "a[3] = MmaT<T>::mul(MmaT<T>::pair_rt(w.w, pr), sg8);",
+    "tile::pair_rot(q)",
+)
+
+
+def _sw64_offset(row: int, chunk: int) -> int:
+    """Byte offset of 16-byte chunk `chunk` of 64-byte row `row` of a box that TMA stored with
+    CU_TENSOR_MAP_SWIZZLE_64B at a 512-byte-aligned address: address bits 4-5 ^= bits 7-8."""
+    off = 64 * row + 16 * chunk
+    return off ^ (((off >> 7) & 3) << 4)
+
+
+def test_sw64_offsets_are_a_permutation_of_chunks_and_conflict_free_for_a_step():
+    """Within each 64-byte row the swizzle permutes the 4 chunks, and the 8 chunks a warp reads for
+    one k16 step (row g, chunk j; g = 0..7) fall on 8 distinct 16-byte bank groups."""
+    for row in range(8):
+        assert sorted(_sw64_offset(row, c) for c in range(4)) == list(range(64 * row, 64 * row + 64, 16))
+    for j in range(4):
+        assert len({(_sw64_offset(g, j) % 128) // 16 for g in range(8)}) == 8
+
+
+def test_pair_rot_matches_the_rotation_table():
+    """gemm_tile.cuh's run-time pair decode (pair_rot / decode_bf16_rt: one rotation for the m0, e0
+    and sign bits, one for e1) is layout.PAIR_ROT."""
+    src = (Path(__file__).resolve().parents[2] / "sharq_vllm" / "csrc" / "gemm_tile.cuh").read_text()
+    assert "const uint32_t r = p == 1 ? 14u : p == 2 ? 4u : p == 3 ? 10u : 0u;" in src
+    assert "return {r, p == 0 ? 8u : r};" in src
+    assert "(__funnelshift_l(w, w, pr.r) & 0x80C080C0u) | (__funnelshift_l(w, w, pr.r_e1) & 0x01000100u)" in src
+    rot = {0: 0, 1: 14, 2: 4, 3: 10}
+    for p in range(4):
+        r, r_e1 = rot[p], 8 if p == 0 else rot[p]
+        # BF16_TARGET order: m0, e0, e1, sign; 0x80C080C0 = bits 6, 7, 15 (+16), 0x01000100 = bit 8
+        assert PAIR_ROT[p] == (r, r, r_e1, r), p
+
+
+def emulate_gemm_wgmma_wide_rs(x: torch.Tensor, packed: ops.PackedWeight, dtype: torch.dtype, _bn: int) -> torch.Tensor:
+    """gemm_wgmma.cu's token-wide kernel with A from registers: TMA stores a strip's 512-byte tile
+    as 8 rows of 64 bytes (row g = lanes 4g .. 4g + 3) with the 64-byte swizzle; for k16 step j,
+    lane (g, q) of the warp owning the strip reads chunk j of row g (physical k 16j .. 16j + 15:
+    its words w0 / w2 = row g, k + 0..7 / 8..15, w1 / w3 = row g + 8), decodes code pair q of each
+    and scales it by block j's (block 32: j >> 1) pair: registers a0 / a1 / a2 / a3 = rows g / g + 8
+    at natural k 16j + 2q + {0, 1} / 16j + 2q + 8 + {0, 1}, which wgmma multiplies with x_hat in
+    natural k order (the 128-byte-swizzled box, emulated by test_emulated_wgmma_kernel_matches_reference)."""
+    src = (Path(__file__).resolve().parents[2] / "sharq_vllm" / "csrc" / "gemm_wgmma.cu").read_text()
+    for expr in _WIDE_RS_SOURCE:
+        assert expr in src, f"gemm_wgmma.cu no longer has: {expr}"
+    k = x.shape[1]
+    s_count, kt = packed.n_pad // 16, k // 64
+    sbt = 32 if packed.block == 32 else 64
+    bshift = 1 if packed.block == 32 else 0
+    words = packed.qweight.reshape(s_count, kt, 8, 4, 4).to(torch.int64) & MASK32  # [S,KT,g,q,word]
+    sc = packed.scales.reshape(s_count, kt, sbt)
+    bias_pow = 2.0**119 if dtype == torch.bfloat16 else 2.0**7
+    # the slot image of each strip tile: 128 words, lane L's 4 words stored at _sw64_offset(L // 4, L % 4)
+    image = torch.full((s_count, kt, 128), -1, dtype=torch.int64)
+    for g in range(8):
+        for c in range(4):
+            o = _sw64_offset(g, c) // 4
+            image[:, :, o : o + 4] = words[:, :, g, c, :]
+    assert (image >= 0).all(), "a word of the tile was never stored"
+    W = torch.full((s_count, kt, 16, 64), float("nan"))  # [S, KT, row, natural k]
+    for g in range(8):
+        wsw = (g >> 1) & 3
+        for q in range(4):
+            for j in range(4):
+                o = (64 * g + 16 * (j ^ wsw)) // 4
+                w = image[:, :, o : o + 4]  # the lane's 16-byte load
+                s16 = (j >> bshift) << 4
+                s_g = sc[:, :, s16 + 2 * g].view(torch.float8_e4m3fn).float() * bias_pow
+                s_g8 = sc[:, :, s16 + 2 * g + 1].view(torch.float8_e4m3fn).float() * bias_pow
+                for reg, (wi, scale, row, kofs) in enumerate(
+                    ((0, s_g, g, 0), (1, s_g8, g + 8, 0), (2, s_g, g, 8), (3, s_g8, g + 8, 8))
+                ):
+                    lo, hi = _decode(w[..., wi], q, dtype)
+                    kk = 16 * j + 2 * q + kofs
+                    W[:, :, row, kk] = lo * scale
+                    W[:, :, row, kk + 1] = hi * scale
+    assert not W.isnan().any(), "an A value the MMA reads was never decoded"
+    assert torch.equal(W.to(dtype).float(), W)  # every A value exact in the MMA dtype
+    B = W.permute(0, 2, 1, 3).reshape(s_count * 16, kt * 64)[: packed.n_pad]
+    y = x.double() @ B.double().T
+    return (y * (packed.tensor_scale.double() * 128.0))[:, : packed.n].float()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("block", [32, 16])
+@pytest.mark.parametrize("n,k,m", [(48, 128, 3), (40, 192, 5), (272, 128, 4)])
+def test_emulated_wgmma_wide_rs_kernel_matches_reference(dtype, block, n, k, m):
+    err = _emulation_error(emulate_gemm_wgmma_wide_rs, 0, dtype, block, n, k, m, seeds=(n + k + 5, 6))
+    assert err < 1e-6, err
+
+
 def test_wgmma_header_is_generated():
     """sharq_vllm/csrc/wgmma_ops.cuh is tools/gen_wgmma.py's output (edit the generator, not the file)."""
     import importlib.util
