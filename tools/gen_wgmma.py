@@ -1,6 +1,5 @@
 """Write sharq_vllm/csrc/wgmma_ops.cuh: the warpgroup MMAs the wgmma GEMMs issue (both operands in
-shared memory: gemm_wgmma.cu's decoder-warp kernel; A from registers, B in shared memory:
-gemm_wgmma_rs.cu and gemm_wgmma.cu's token-wide kernel).
+shared memory: gemm_wgmma.cu; A from registers, B in shared memory: gemm_wgmma_rs.cu).
 
 wgmma.mma_async.m64nNk16 names every accumulator register in its operand list (N/2 of them a
 thread), so each (type, N) wrapper is one long inline-asm statement; they are generated here
@@ -15,7 +14,7 @@ from pathlib import Path
 
 HEADER = Path(__file__).resolve().parents[1] / "sharq_vllm" / "csrc" / "wgmma_ops.cuh"
 NS = (256, 224)  # the N (weight rows a CTA) gemm_wgmma.cu instantiates
-RS_NS = (16, 32, 64, 256)  # the N (token columns): gemm_wgmma_rs.cu 16 / 32 / 64, gemm_wgmma.cu 256
+RS_NS = (16, 32, 64)  # the N (token columns) gemm_wgmma_rs.cu instantiates
 TYPES = (("__nv_bfloat16", "bf16"), ("__half", "f16"))
 
 
@@ -56,8 +55,7 @@ def render() -> str:
         "// D[64 x N] (FP32) += A[64 x 16] * B[16 x N], both operands in shared memory, K-major, by\n"
         "// descriptor (async::desc_sw128); scale-d = 1 (accumulate), no negation, neither transposed.\n"
         "// WgmmaRs<T, N>: A[64 x 16] from registers (each warp its 16 rows, mma.sync m16n8k16's A\n"
-        "// fragment), B[16 x N] by descriptor (async::desc_interleave in gemm_wgmma_rs.cu,\n"
-        "// async::desc_sw128 in gemm_wgmma.cu's token-wide kernel).\n"
+        "// fragment), B[16 x N] by descriptor (async::desc_interleave).\n"
         "#pragma once\n\n#include <cuda_bf16.h>\n#include <cuda_fp16.h>\n#include <cstdint>\n\n"
         "namespace sharq {\nnamespace wg {\n\n"
         "template <typename T, int N> struct Wgmma;\n"

@@ -27,25 +27,10 @@ __device__ __forceinline__ uint32_t decode_bf16(uint32_t w, int p) {
     default: return rotl(w, 10) & 0x81C081C0u;
   }
 }
-// decode_bf16 for a pair index known only at run time (a lane's own q: the register-source path
-// of gemm_wgmma.cu's token-wide kernel): layout.py's PAIR_ROT[p] as two rotations, the one of the
-// e1 bit (8 for p = 0) and the one of the other three, 3 instructions for every p.
-struct PairRot {
-  uint32_t r, r_e1;
-};
-__device__ __forceinline__ PairRot pair_rot(int p) {
-  const uint32_t r = p == 1 ? 14u : p == 2 ? 4u : p == 3 ? 10u : 0u;
-  return {r, p == 0 ? 8u : r};
-}
-__device__ __forceinline__ uint32_t decode_bf16_rt(uint32_t w, PairRot pr) {
-  return (__funnelshift_l(w, w, pr.r) & 0x80C080C0u) | (__funnelshift_l(w, w, pr.r_e1) & 0x01000100u);
-}
-// MmaT<T>::pair: a code pair in T (from_bf16 maps the bf16 decode to T); pair_rt: the same for a
-// run-time pair index.
+// MmaT<T>::pair: a code pair in T (from_bf16 maps the bf16 decode to T).
 template <> struct MmaT<__nv_bfloat16> {
   static __device__ __forceinline__ uint32_t from_bf16(uint32_t b) { return b; }
   static __device__ __forceinline__ uint32_t pair(uint32_t w, int p) { return decode_bf16(w, p); }
-  static __device__ __forceinline__ uint32_t pair_rt(uint32_t w, PairRot pr) { return decode_bf16_rt(w, pr); }
   // (s_g, s_g8) e4m3 pair -> bf16x2 {s_g, s_g} and {s_g8, s_g8}, each * 2^119
   static __device__ __forceinline__ void scales(uint32_t s16, uint32_t& sg, uint32_t& sg8) {
     __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(s16 & 0xFFFFu), __NV_E4M3);
@@ -75,7 +60,6 @@ template <> struct MmaT<__half> {
     return (b & 0x80008000u) | ((b << 3) & 0x0E000E00u);
   }
   static __device__ __forceinline__ uint32_t pair(uint32_t w, int p) { return from_bf16(decode_bf16(w, p)); }
-  static __device__ __forceinline__ uint32_t pair_rt(uint32_t w, PairRot pr) { return from_bf16(decode_bf16_rt(w, pr)); }
   static __device__ __forceinline__ void scales(uint32_t s16, uint32_t& sg, uint32_t& sg8) {
     __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(s16 & 0xFFFFu), __NV_E4M3);
     __half2 v = __hmul2(__half2(h), __float2half2_rn(128.0f));  // <= 448 * 128, exact

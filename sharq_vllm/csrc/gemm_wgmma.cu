@@ -36,7 +36,10 @@
 // (same placement and swizzle) while the MMAs of t run, publish it with fence.proxy.async + a
 // warpgroup barrier and issue 4 x wgmma.m64n256k16; a producer warpgroup (one thread) keeps the
 // ring full (x_hat box [256 rows][64 k], weights, scales on one `full` mbarrier; `empty`: one
-// arrival a consumer warp).
+// arrival a consumer warp). A from registers instead (register-source wgmma, no A tiles) was
+// measured twice on an H200 and lost both times: 6% at M = 256 as the first version of this kernel
+// (kernels-H200-wgmma-ss.json, t0), 1-8% with 2 fragment sets and 0-3% with 4 in natural k order
+// from 64-byte-swizzled weight tiles (kernels-H200-wide-rs-ab.json; the code: commit c59c6c2).
 //
 // Split-K over a thread-block cluster (1 x S x 1), both kernels: S is the largest cluster size <= 8
 // whose S x tiles CTAs all fit at once (cudaOccupancyMaxActiveClusters), else 1. CTA rank r takes
@@ -149,7 +152,6 @@ __device__ __forceinline__ void decode_strip(const uint4& w, uint32_t s16, uint8
 // warpgroups decoding.
 template <int BM, int BN = 256>
 struct DecCfg {
-  static constexpr bool kWSwizzle = false;  // weight tiles as loaded (linear 512 bytes a strip)
   static constexpr int kBN = BN;            // weight rows a CTA: wgmma's N
   static constexpr int kStrips = kBN / 16;  // 16-row strips a CTA
   static constexpr int kXRows = 64;         // x_hat box rows: one MMA warpgroup's tokens
@@ -350,34 +352,8 @@ gemm_wgmma_dec_kernel(const __grid_constant__ WgMaps maps, const float* __restri
 // decoder-warp kernel, kept as it was measured (same SASS as 8c3cb0a's BM = 256 instantiation):
 // hence BM as a template parameter, 1 sub-tile and 1 k-tile a slot as constants of its former
 // per-BM choices, and ks passed at run time. Instantiated at BM = 256 only.
-// A warp's m64nBMk16 accumulators (its 16 weight rows n0 .. n0 + 15 x BM tokens) -> the FP32
-// partial tile [BM tokens][PROW] in shared memory (the D fragment: registers 4 nb + c of lane
-// (g, q) = row n0 + g + 8 (c >> 1), token 8 nb + 2q + (c & 1)).
-template <int BM, int PROW>
-__device__ __forceinline__ void store_partial(float* part, const float (&acc)[BM / 2], int n0, int lane) {
-  const int g = lane >> 2, q = lane & 3;
-#pragma unroll
-  for (int nb = 0; nb < BM / 8; ++nb)
-#pragma unroll
-    for (int c = 0; c < 4; ++c) part[(8 * nb + 2 * q + (c & 1)) * PROW + n0 + g + 8 * (c >> 1)] = acc[4 * nb + c];
-}
-
-// The token-wide kernel's A operand: through swizzled shared-memory tiles (0, the default) or the
-// decoded weights straight in registers (EXTRA_NVFLAGS=-DSHARQ_WIDE_RS=1, with SHARQ_WIDE_RS_SETS
-// = 2 / 4 fragment sets): measured 1-8% / 0-3% slower on an H200
-// (benchmarks/results/kernels-H200-wide-rs-ab.json), kept here for that A/B only.
-#ifndef SHARQ_WIDE_RS
-#define SHARQ_WIDE_RS 0
-#endif
-#ifndef SHARQ_WIDE_RS_SETS
-#define SHARQ_WIDE_RS_SETS 2
-#endif
-
 template <int BM>
 struct WideCfg {
-  static constexpr bool kRs = SHARQ_WIDE_RS;       // A from registers (no A tiles in shared memory)
-  static constexpr bool kWSwizzle = kRs;           // weight tiles stored with the 64-byte swizzle
-  static constexpr int kRsSets = SHARQ_WIDE_RS_SETS;  // register A fragment sets (2 or 4)
   static constexpr int kSubs = 1;                  // 64-row sub-tiles a warpgroup
   static constexpr int kWGs = 2;                   // consumer warpgroups
   static constexpr int kWarps = 4 * kWGs;          // consumer warps
@@ -401,7 +377,7 @@ struct WideCfg {
   static constexpr int kStage = (kXBytes + kWBytes + kSBytes + 1023) / 1024 * 1024;
   static constexpr int kATile = 64 * 128;  // a warpgroup's decoded A tile: 64 rows x 64 k, 16-bit
   static constexpr int kABuf = kSubs * kATile;         // one A buffer of a warpgroup
-  static constexpr int kABytes = kRs ? 0 : kWGs * 2 * kABuf;  // two buffers a warpgroup (SS)
+  static constexpr int kABytes = kWGs * 2 * kABuf;     // two buffers a warpgroup
   static constexpr int kStages = (kSmemBudget - kABytes) / kStage < 8 ? (kSmemBudget - kABytes) / kStage : 8;
   static constexpr int kRing = kStages * kStage;
   static constexpr int kPRow = kBN + 4;  // partial-tile row (floats), padded: no bank conflicts
@@ -410,7 +386,6 @@ struct WideCfg {
   // each consumer warpgroup holds at most 2 slots (the one its MMAs read, the one it decodes) while
   // the producer needs one free: no deadlock with >= 2 x 2 + 1 slots
   static_assert(kStages >= 5, "ring too shallow");
-  static_assert(!kRs || (kSubs == 1 && kKs == 1), "the register-source path: one 64-row tile, one k-tile a slot");
 };
 
 template <typename T, int BM>
@@ -448,8 +423,7 @@ gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restr
         const int slot = i % C::kStages, t = group_of(i) * ks;
         uint8_t* st = smem + slot * C::kStage;
         async::mbar_arrive_expect_tx(&full[slot], tx);
-        if constexpr (C::kWSwizzle) async::tma_load_4d(st + C::kXBytes, &maps.w, 0, 0, t, strip0, &full[slot]);
-        else async::tma_load_3d(st + C::kXBytes, &maps.w, 0, t, strip0, &full[slot]);
+        async::tma_load_3d(st + C::kXBytes, &maps.w, 0, t, strip0, &full[slot]);
         async::tma_load_3d(st + C::kXBytes + C::kWBytes, &maps.s, 0, t, strip0, &full[slot]);
       };
       auto issue_x = [&](int i) {
@@ -467,70 +441,8 @@ gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restr
         issue_x(i);
       }
     }
-  } else if constexpr (C::kRs) {
-    // ---- consumers, A from registers ----
-    async::setmaxnreg_inc<C::kRegs>();
-    const int wg = warp >> 2, wi = warp & 3, g = lane >> 2, q = lane & 3;
-    // k16 step j: chunk j (row g, physical k 16j .. 16j + 15 of rows g, g + 8: lane 4g + j's 16
-    // bytes) of the warp's strip tile, as the 64-byte swizzle stored it; its block's scale pair
-    const int strip = wg * 4 + wi;
-    const uint32_t wrow = C::kXBytes + strip * kTileBytes + 64 * g, wsw = (g >> 1) & 3;
-    const uint32_t srow = C::kXBytes + C::kWBytes + strip * sbt + 2 * g;
-    const int bshift = wblock == 32 ? 1 : 0;
-    const tile::PairRot pr = tile::pair_rot(q);
-    const uint64_t dx0 = async::desc_sw128(smem);
-    float acc[BM / 2];
-#pragma unroll
-    for (int c = 0; c < BM / 2; ++c) acc[c] = 0.0f;
-    constexpr int S = C::kRsSets;  // A fragment sets: step j's MMA reads set j % S
-    uint32_t fr[S][4];
-    // step j's A fragment of the k-tile in ring slot st: rows g / g + 8 at k 16j + {2q, 2q + 1} /
-    // {2q + 8, 2q + 9} = code pair q of the chunk's words w0 / w1 / w2 / w3, times the rows' scales
-    auto decode_step = [&](const uint8_t* st, int j, uint32_t (&a)[4]) {
-      const uint4 w = *reinterpret_cast<const uint4*>(st + wrow + 16 * (j ^ wsw));
-      uint32_t sg, sg8;
-      MmaT<T>::scales(*reinterpret_cast<const uint16_t*>(st + srow + ((j >> bshift) << 4)), sg, sg8);
-      a[0] = MmaT<T>::mul(MmaT<T>::pair_rt(w.x, pr), sg);
-      a[1] = MmaT<T>::mul(MmaT<T>::pair_rt(w.y, pr), sg8);
-      a[2] = MmaT<T>::mul(MmaT<T>::pair_rt(w.z, pr), sg);
-      a[3] = MmaT<T>::mul(MmaT<T>::pair_rt(w.w, pr), sg8);
-    };
-    if (nk > 0) {
-      int i = 0, slot = 0, phase = 0, prev_slot = -1;
-      async::mbar_wait(&full[0], 0);
-      decode_step(smem, 0, fr[0]);
-      for (;;) {
-        const uint8_t* st = smem + slot * C::kStage;
-        const uint64_t dx = dx0 + ((slot * C::kStage) >> 4);
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-#pragma unroll
-          for (int c = 0; c < BM / 2; ++c) async::fence_operand(acc[c]);
-          async::wgmma_fence();
-          wg::WgmmaRs<T, BM>::mma(acc, fr[j % S], dx + 2 * j);
-          async::wgmma_commit();
-          async::wgmma_wait<S - 1>();  // steps up to j - S + 1 retired: set (j + 1) % S is free
-          if (j == S - 2 && prev_slot >= 0 && lane == 0) async::mbar_arrive(&empty[prev_slot]);
-          if (j < 3) decode_step(st, j + 1, fr[(j + 1) % S]);
-        }
-        prev_slot = slot;
-        if (++i == nk) break;
-        if (++slot == C::kStages) {
-          slot = 0;
-          phase ^= 1;
-        }
-        async::mbar_wait(&full[slot], phase);
-        decode_step(smem + slot * C::kStage, 0, fr[0]);
-      }
-      async::wgmma_wait<0>();
-      if (lane == 0) async::mbar_arrive(&empty[prev_slot]);
-    }
-#pragma unroll
-    for (int c = 0; c < BM / 2; ++c) async::fence_operand(acc[c]);
-    async::named_sync(1, C::kWarps * 32);  // every slot consumed: the partial tile goes over the ring
-    store_partial<BM, C::kPRow>(reinterpret_cast<float*>(smem), acc, 64 * wg + 16 * wi, lane);
   } else {
-    // ---- consumers, A through shared memory ----
+    // ---- consumers ----
     async::setmaxnreg_inc<C::kRegs>();
     constexpr int R = C::kSubs;
     const int wg = warp >> 2, wi = warp & 3, g = lane >> 2, q = lane & 3;
@@ -615,9 +527,17 @@ gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restr
       for (int c = 0; c < BM / 2; ++c) async::fence_operand(acc[r][c]);
     // the partial tile [BM tokens][BN rows] (FP32) over the ring: every slot has been consumed
     async::named_sync(1, C::kWarps * 32);
+    float* part = reinterpret_cast<float*>(smem);
 #pragma unroll
     for (int r = 0; r < R; ++r)
-      store_partial<BM, C::kPRow>(reinterpret_cast<float*>(smem), acc[r], 64 * (wg * R + r) + 16 * wi, lane);
+#pragma unroll
+      for (int nb = 0; nb < BM / 8; ++nb)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const int n = 64 * (wg * R + r) + 16 * wi + g + 8 * (c >> 1);
+          const int m = 8 * nb + 2 * q + (c & 1);
+          part[m * C::kPRow + n] = acc[r][4 * nb + c];
+        }
   }
 
   reduce_store<T, BM, C::kBN, C::kPRow>(smem, M, m0, strip0 * 16, n_valid, tscale, bias, y, ys);
@@ -705,18 +625,7 @@ cudaError_t launch_wgmma_cfg(Kern kern, const void* x, int64_t xs, const void* q
                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
       return cudaErrorInvalidValue;
   }
-  if constexpr (C::kWSwizzle) {
-    // a strip's 512-byte tile as 8 rows of 64 bytes (lanes 4g .. 4g + 3), 64-byte swizzle: 16-byte
-    // chunk c of row g at 64 g + 16 (c ^ (g >> 1 & 3)) (the tile 512-byte aligned)
-    const cuuint64_t gdim[4] = {16, 8, (cuuint64_t)KT, (cuuint64_t)nstrips};
-    const cuuint64_t gstride[3] = {64, kTileBytes, (cuuint64_t)KT * kTileBytes};
-    const cuuint32_t box[4] = {16, 8, 1, C::kStrips};
-    const cuuint32_t estride[4] = {1, 1, 1, 1};
-    if (encode(&maps.w, CU_TENSOR_MAP_DATA_TYPE_UINT32, 4, const_cast<void*>(qw), gdim, gstride, box, estride,
-               CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_64B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
-      return cudaErrorInvalidValue;
-  } else {
+  {
     const cuuint64_t gdim[3] = {kTileBytes / 4, (cuuint64_t)KT, (cuuint64_t)nstrips};
     const cuuint64_t gstride[2] = {kTileBytes, (cuuint64_t)KT * kTileBytes};
     const cuuint32_t box[3] = {kTileBytes / 4, 1, C::kStrips};

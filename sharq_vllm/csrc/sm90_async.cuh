@@ -2,7 +2,7 @@
 // inline-PTX wrappers (torch-free). One concept each:
 //   * mbarrier: a shared-memory barrier with a phase bit and a transaction-byte count; producers
 //     arrive (optionally announcing bytes an async copy will deliver), consumers wait on a parity.
-//   * cp.async.bulk.tensor: one box of a 2-D / 3-D / 4-D tensor (TMA descriptor) -> shared memory by
+//   * cp.async.bulk.tensor: one box of a 2-D / 3-D tensor (TMA descriptor) -> shared memory by
 //     the copy engine, completing its bytes on an mbarrier (no registers, no per-thread addressing).
 //   * named barriers: a barrier over a subset of the CTA's warps.
 //   * setmaxnreg: move registers between warpgroups.
@@ -68,16 +68,6 @@ __device__ __forceinline__ void tma_load_3d(void* dst, const void* tmap, int c0,
       "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(
           smem_u32(dst)),
       "l"(tmap), "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(bar))
-      : "memory");
-}
-
-// Box {c0, c1, c2, c3} of a 4-D tensor map -> dst (with a swizzle: aligned to its span x 8 rows).
-__device__ __forceinline__ void tma_load_4d(void* dst, const void* tmap, int c0, int c1, int c2, int c3,
-                                            uint64_t* bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(
-          smem_u32(dst)),
-      "l"(tmap), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(smem_u32(bar))
       : "memory");
 }
 
