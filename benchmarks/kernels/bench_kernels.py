@@ -1,7 +1,7 @@
 """SharQ kernel benchmark (issue 4 item 4): one script, one GPU call.
 
 Times the four Llama-3.1-8B linear shapes (qkv 4096->6144, o 4096->4096, gate_up 4096->28672,
-down 14336->4096) at M = 1, 16, 64, 256, 1024, 4096, 16384 for
+down 14336->4096; --model: another config of benchmarks/serving/configs) at M = 1, 16, 64, 256, 1024, 4096, 16384 for
   bf16        torch.nn.functional.linear (cuBLAS)
   fp8         vLLM's stock FP8 linear: dynamic per-token scaled_fp8_quant + cutlass_scaled_mm
               (per-tensor FP8 weight)                               [needs vllm]
@@ -37,12 +37,29 @@ from sharq_vllm import ops
 from sharq_vllm.kernels import dispatch
 from sharq_vllm.reference import quantize_weight
 
-SHAPES = {  # name: (N, K)
+SHAPES = {  # name: (N, K); --model replaces them with another model's four linears
     "qkv": (6144, 4096),
     "o": (4096, 4096),
     "gate_up": (28672, 4096),
     "down": (4096, 14336),
 }
+MODEL = "Llama-3.1-8B"
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "serving", "configs")
+
+
+def model_shapes(name: str) -> dict[str, tuple[int, int]]:
+    """The four linears (N, K) of a decoder layer of benchmarks/serving/configs/NAME/config.json
+    (the shapes the serving benchmark runs): fused qkv, o, fused gate_up, down."""
+    with open(os.path.join(CONFIGS, name, "config.json")) as f:
+        c = json.load(f)
+    hidden, inter = c["hidden_size"], c["intermediate_size"]
+    heads, kv = c["num_attention_heads"], c.get("num_key_value_heads") or c["num_attention_heads"]
+    hd = c.get("head_dim") or hidden // heads
+    return {"qkv": ((heads + 2 * kv) * hd, hidden), "o": (hidden, heads * hd), "gate_up": (2 * inter, hidden),
+            "down": (hidden, inter)}
+
+
+assert model_shapes(MODEL) == SHAPES, "the default shapes are Llama-3.1-8B's config"
 MS = [1, 16, 64, 256, 1024, 4096, 16384]
 L2_ROTATE_BYTES = 256 << 20
 MAX_COPIES = 24
@@ -289,6 +306,8 @@ def run(args) -> dict:
     ok, why = ops.kernel_path_available(DEVICE)
     info = {
         "card": card,
+        "model": MODEL,
+        "shapes": dict(SHAPES),
         "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
@@ -630,7 +649,7 @@ def print_table(res: dict) -> str:
     ms = sorted({int(m) for d in sums.values() for m in d})
     lines = []
     lines.append(
-        f"SharQ kernels on {res['device']} (torch {res['torch']}, vllm {res['vllm']}); sums over 4 Llama-3.1-8B linears, us"
+        f"SharQ kernels on {res['device']} (torch {res['torch']}, vllm {res['vllm']}); sums over 4 {res.get('model', 'Llama-3.1-8B')} linears, us"
     )
     hdr = f"{'method':18s}" + "".join(f"{m:>10d}" for m in ms)
     lines.append(hdr)
@@ -682,7 +701,7 @@ def plot(res: dict, path: str) -> None:
     axes[0].set_xscale("log", base=2)
     axes[0].set_yscale("log")
     axes[0].set_xlabel("M (tokens)")
-    axes[0].set_ylabel("us, sum of 4 Llama-3.1-8B linears")
+    axes[0].set_ylabel(f"us, sum of 4 {res.get('model', 'Llama-3.1-8B')} linears")
     axes[0].legend()
     axes[0].grid(True, which="both", alpha=0.3)
     base = res["sum_us"].get("fp8") or res["sum_us"].get("bf16")
@@ -704,9 +723,15 @@ def plot(res: dict, path: str) -> None:
 
 
 def main():
+    global DEVICE, MODEL
     ap = argparse.ArgumentParser()
     ap.add_argument("--ms", default=",".join(map(str, MS)))
     ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument(
+        "--model", default=MODEL,
+        help="whose four linears to time: a folder of benchmarks/serving/configs (e.g. Qwen2.5-7B); "
+        "default Llama-3.1-8B",
+    )
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument(
@@ -754,11 +779,17 @@ def main():
     unknown = sorted(set(args.gemm_variants) - set(dispatch.GEMM_VARIANTS))
     if unknown:
         ap.error(f"--gemm-variants: unknown {unknown} (known: {', '.join(dispatch.GEMM_VARIANTS)})")
-    global DEVICE
+    if args.model != MODEL:
+        try:
+            SHAPES.update(model_shapes(args.model))
+        except (OSError, KeyError) as e:
+            ap.error(f"--model {args.model}: no usable benchmarks/serving/configs/{args.model}/config.json ({e})")
+        MODEL = args.model
     if args.cpu_smoke:
         DEVICE = "cpu"
         SHAPES.clear()
         SHAPES.update({"qkv": (96, 128), "o": (64, 128), "gate_up": (160, 128), "down": (64, 256)})
+        MODEL = "tiny (--cpu-smoke)"
         args.ms, args.reps = "1,5", 1
     if args.quick:
         args.ms = "1,4096"
@@ -768,9 +799,11 @@ def main():
     table = print_table(res)
     res["table"] = table
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    names = [] if args.cpu_smoke or args.out_only else [os.path.join(root, "results", f"kernels-{res['card']}.json")]
+    # another model's run beside the Llama-3.1-8B one, not over it
+    stem = f"kernels-{res['card']}" + ("" if args.model == "Llama-3.1-8B" else f"-{args.model}")
+    names = [] if args.cpu_smoke or args.out_only else [os.path.join(root, "results", f"{stem}.json")]
     if args.out:
-        names.append(os.path.join(args.out, f"kernels-{res['card']}.json"))
+        names.append(os.path.join(args.out, f"{stem}.json"))
     for p in names:
         os.makedirs(os.path.dirname(p), exist_ok=True)
         with open(p, "w") as f:
@@ -779,7 +812,7 @@ def main():
     try:
         plot(
             res,
-            os.path.join(args.out or os.path.join(root, "results"), f"kernels-{res['card']}.png"),
+            os.path.join(args.out or os.path.join(root, "results"), f"{stem}.png"),
         )
     except Exception as e:
         print(f"plot failed: {e}")
