@@ -124,9 +124,10 @@ def test_gemm_variants_match_the_cuda_header() -> None:
 
 def test_gemm_auto_bounds_match_the_cuda_header() -> None:
     """kernels.dispatch.GEMM_AUTO_MAX_M mirrors sharq::GemmAutoMaxM (kGemmStreamWideMaxM <-> "streamwide"),
-    GEMM_STREAM_MAX_ROUNDS sharq::kGemmStreamMaxRounds."""
+    GEMM_STREAM_MAX_ROUNDS sharq::kGemmStreamMaxRounds, GEMM_DEC_TILE_ROWS sharq::kGemmDecTileRows."""
     from sharq_vllm.kernels.dispatch import (
         GEMM_AUTO_MAX_M,
+        GEMM_DEC_TILE_ROWS,
         GEMM_STREAM_CTAS_PER_SM,
         GEMM_STREAM_MAX_ROUNDS,
     )
@@ -136,6 +137,8 @@ def test_gemm_auto_bounds_match_the_cuda_header() -> None:
     assert GEMM_AUTO_MAX_M == {k.removeprefix("kGemm").removesuffix("MaxM").lower(): v for k, v in got.items()}
     rounds = re.search(r"constexpr int kGemmStreamMaxRounds = (\d+);", header)
     assert rounds is not None and int(rounds.group(1)) == GEMM_STREAM_MAX_ROUNDS
+    tile = re.search(r"constexpr int kGemmDecTileRows = (\d+);", header)
+    assert tile is not None and int(tile.group(1)) == GEMM_DEC_TILE_ROWS
     gemm = (Path(__file__).resolve().parents[1] / "sharq_vllm" / "csrc" / "gemm.cu").read_text()
     ctas = re.search(r"constexpr int kStreamCtasPerSm = (\d+);", gemm)
     assert ctas is not None and int(ctas.group(1)) == GEMM_STREAM_CTAS_PER_SM

@@ -559,10 +559,16 @@ cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight
   // layers at M = 17 / 24 / 32 stream 100.1 / 106.0 / 114.2 us, tile 120.4 / 134.5 / 151.0, wgmma
   // 112.7 / 114.9 / 116.6; per layer the stream kernel loses only gate_up (1792 strips, 6.8 rounds)
   // at M = 24 / 32 (50.1 / 54.8 against wgmma's 48.2 / 49.1; 47.2 / 47.6 at 17), wins o / down (256
-  // strips) by 25-35%, ties qkv (384).
+  // strips) by 25-35%, ties qkv (384). A wider layer takes the decoder-warp wgmma kernel only where
+  // its 256-row tiles fit one wave of the SMs (gate_up's 112 tiles on 132); beyond that its tiles
+  // run in a second, part-empty wave and the persistent stream kernel, which spreads the strips over
+  // every SM, is faster: Qwen2.5-7B's gate_up (2368 strips, 148 tiles) at M = 17 / 24 / 32 52.8 /
+  // 57.7 / 61.1 us against wgmma's 78.5 / 79.5 / 79.6 (benchmarks/results/kernels-H200-Qwen2.5-7B.json).
   if (variant == kGemmAuto) {
-    const bool stream = M <= kGemmStreamWideMaxM ||
-                        (M <= kGemmStreamMaxM && N / 16 <= kGemmStreamMaxRounds * kStreamCtasPerSm * sm_count());
+    const int strips = N / 16, sms = sm_count();
+    const bool wgmma_one_wave = strips > kGemmStreamMaxRounds * kStreamCtasPerSm * sms &&
+                                (N + kGemmDecTileRows - 1) / kGemmDecTileRows <= sms;
+    const bool stream = M <= kGemmStreamWideMaxM || (M <= kGemmStreamMaxM && !wgmma_one_wave);
     variant = stream ? kGemmStream : kGemmWgmma;
   }
   if (variant == kGemmWgmmaRs)

@@ -182,6 +182,7 @@ struct DecCfg {
   // the decoders work up to kBStages - 1 k-tiles ahead of the MMAs, in slots filled ahead
   static_assert(kStages >= kBStages + 2, "ring too shallow");
 };
+static_assert(DecCfg<64>::kBN == kGemmDecTileRows, "gemm.cu's 17..32-row rule counts these tiles (sharq_kernels.h)");
 
 template <typename T, int BM, int BN = 256>
 __global__ void __launch_bounds__(kThreads, 1)

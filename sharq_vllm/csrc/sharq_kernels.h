@@ -84,13 +84,15 @@ cudaError_t launch_prep_silu_mul(const void* x, int64_t x_stride, void* xhat, in
 enum GemmVariant : int { kGemmAuto = 0, kGemmStream = 1, kGemmTile = 2, kGemmWgmma = 3, kGemmWgmmaRs = 4 };
 // kGemmAuto's choice by M: the stream kernel up to kGemmStreamWideMaxM, and up to kGemmStreamMaxM
 // for layers of at most kGemmStreamMaxRounds rounds of 16-row strips over its resident CTAs (2 an
-// SM), the wgmma kernels above (the sweeps behind them: gemm.cu; the tile kernel runs when forced
+// SM) or whose kGemmDecTileRows-row wgmma tiles would not fit one wave of the SMs, the wgmma
+// kernels above (the sweeps behind them: gemm.cu; the tile kernel runs when forced
 // only, as the bit-exact twin of the stream kernel); among those, the decoder-warp kernel up to
 // kGemmWgmmaDecMaxM and the token-wide kernel above (gemm_wgmma.cu; the A/B behind it:
 // benchmarks/results/kernels-H200-wgmma-dec.json). Mirrored by sharq_vllm/kernels/dispatch.py
-// (GEMM_AUTO_MAX_M, GEMM_STREAM_MAX_ROUNDS), checked by tests/test_options.py.
+// (GEMM_AUTO_MAX_M, GEMM_STREAM_MAX_ROUNDS, GEMM_DEC_TILE_ROWS), checked by tests/test_options.py.
 enum GemmAutoMaxM : int { kGemmStreamWideMaxM = 16, kGemmStreamMaxM = 32, kGemmWgmmaDecMaxM = 128 };
 constexpr int kGemmStreamMaxRounds = 4;
+constexpr int kGemmDecTileRows = 256;  // weight rows of a decoder-warp wgmma tile (gemm_wgmma.cu, DecCfg)
 // The most rows a forced kernel takes (absent: any M): the stream kernel's row groups go up to 4
 // (MT = 4, 32 rows), the register-source wgmma kernel's token columns up to 64. Mirrored by
 // dispatch.GEMM_VARIANT_MAX_M, checked by tests/test_options.py.

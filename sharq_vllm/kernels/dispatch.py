@@ -79,6 +79,11 @@ class GemmKernel:
 GEMM_AUTO_MAX_M = {"streamwide": 16, "stream": 32, "wgmmadec": 128}
 GEMM_STREAM_MAX_ROUNDS = 4
 GEMM_STREAM_CTAS_PER_SM = 2  # gemm.cu, kStreamCtasPerSm: the stream kernel's resident CTAs an SM
+#: weight rows of a decoder-warp wgmma tile (sharq::kGemmDecTileRows): at 17..32 rows a layer of
+#: more than GEMM_STREAM_MAX_ROUNDS rounds of strips takes that kernel only where these tiles fit one
+#: wave of the SMs (Llama-3.1-8B gate_up: 112 tiles on 132); wider layers (Qwen2.5-7B gate_up, 148)
+#: stay on the stream kernel (kernels-H200-Qwen2.5-7B.json)
+GEMM_DEC_TILE_ROWS = 256
 
 # The first kernel whose max_m >= M runs, except just above the first bound (below). "mma"
 # (sharq_vllm/csrc/gemm.cu, gemm_mma) picks by M itself (auto_variant): the persistent register
@@ -93,7 +98,8 @@ GEMM_KERNELS: tuple[GemmKernel, ...] = (
         "mma",
         512,
         f"stream kernel M<={GEMM_AUTO_MAX_M['stream']} (M<={GEMM_AUTO_MAX_M['streamwide']} for layers of more "
-        f"than {GEMM_STREAM_MAX_ROUNDS} rounds of strips), wgmma + TMA above (decoder warps "
+        f"than {GEMM_STREAM_MAX_ROUNDS} rounds of strips whose {GEMM_DEC_TILE_ROWS}-row wgmma tiles fit one wave), "
+        f"wgmma + TMA above (decoder warps "
         f"M<={GEMM_AUTO_MAX_M['wgmmadec']}, token-wide above)",
     ),
     GemmKernel("dequant_mm", sys.maxsize, "dequantize to 16 bits + cuBLAS"),
@@ -124,9 +130,11 @@ _status: dict[tuple[str, int], tuple[bool, str]] = {}
 
 def auto_variant(m: int, n: int, sms: int) -> str:
     """The kernel ``gemm_mma`` runs by itself for M rows and N (padded) weight rows on ``sms`` SMs:
-    "stream" or "wgmma" (GEMM_AUTO_MAX_M, GEMM_STREAM_MAX_ROUNDS: sharq_vllm/csrc/gemm.cu)."""
-    narrow = n // 16 <= GEMM_STREAM_MAX_ROUNDS * GEMM_STREAM_CTAS_PER_SM * sms
-    if m <= GEMM_AUTO_MAX_M["streamwide"] or (m <= GEMM_AUTO_MAX_M["stream"] and narrow):
+    "stream" or "wgmma" (GEMM_AUTO_MAX_M, GEMM_STREAM_MAX_ROUNDS, GEMM_DEC_TILE_ROWS:
+    sharq_vllm/csrc/gemm.cu)."""
+    wgmma_one_wave = (n // 16 > GEMM_STREAM_MAX_ROUNDS * GEMM_STREAM_CTAS_PER_SM * sms
+                      and -(-n // GEMM_DEC_TILE_ROWS) <= sms)
+    if m <= GEMM_AUTO_MAX_M["streamwide"] or (m <= GEMM_AUTO_MAX_M["stream"] and not wgmma_one_wave):
         return "stream"
     return "wgmma"
 

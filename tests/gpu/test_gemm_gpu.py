@@ -195,9 +195,14 @@ def _auto(x, packed, bias, dtype):
 
 # The stream kernel's walks (gemm.cu): one strip a CTA at 3 CTAs an SM (6144 x 4096, the wave
 # rule), part of the grid idle on one long strip each (48 x 14336), 7 strips a CTA of one step each
-# (29568 x 2048), steps with tiles past K (1552 x 1472, 4096 x 64: K/64 not a multiple of 8U).
+# (29568 x 2048), steps with tiles past K (1552 x 1472, 4096 x 64: K/64 not a multiple of 8U), a
+# layer too wide for one wave of wgmma tiles (37888 x 256, Qwen2.5-7B gate_up's N: the stream
+# kernel up to M = 32 on 132 SMs, dispatch.auto_variant).
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n,k,block", [(6144, 4096, 32), (1552, 1472, 16), (48, 14336, 32), (4096, 64, 16), (29568, 2048, 16)])
+@pytest.mark.parametrize(
+    "n,k,block",
+    [(6144, 4096, 32), (1552, 1472, 16), (48, 14336, 32), (4096, 64, 16), (29568, 2048, 16), (37888, 256, 16)],
+)
 @pytest.mark.parametrize("m", [1, 5, 8, 9, 16, 17, 24, 25, 32])
 def test_gemm_variants_same_bits(dtype, n, k, block, m):
     payload, packed = packed_weight(n, k, block=block)
@@ -210,7 +215,7 @@ def test_gemm_variants_same_bits(dtype, n, k, block, m):
     auto = dispatch.auto_variant(m, packed.n_pad, dispatch.sm_count(torch.device("cuda")))
     if auto == "stream":  # the automatic kernel is an mma.sync one
         assert torch.equal(_auto(x, packed, bias, dtype), tile), "the automatic kernel differs from the tile kernel"
-    else:  # 29568 x 2048 above M = 16: 1848 strips, more than GEMM_STREAM_MAX_ROUNDS rounds
+    else:  # 29568 x 2048 above M = 16: 1848 strips, more than GEMM_STREAM_MAX_ROUNDS rounds, 116 wgmma tiles
         assert torch.equal(_auto(x, packed, bias, dtype), _forced(x, packed, bias, FORCED["wgmma"], dtype))
     for name in MMA_SYNC:
         if m > GEMM_VARIANT_MAX_M.get(name, m):

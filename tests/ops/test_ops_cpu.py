@@ -169,11 +169,14 @@ def test_dispatch_above_the_bound_by_wave_fill(m, n, want):
 
 
 # H200 (132 SMs), Llama-3.1-8B's layers (kernels-H200-stream-mt4.json): the stream kernel up to 32
-# rows but for gate_up (1792 strips, 6.8 rounds over 264 CTAs) above 16.
+# rows but for gate_up (1792 strips, 6.8 rounds over 264 CTAs; 112 wgmma tiles, one wave) above 16;
+# Qwen2.5-7B's gate_up (2368 strips, 148 wgmma tiles: two waves) on the stream kernel up to 32 rows
+# (kernels-H200-Qwen2.5-7B.json).
 @pytest.mark.parametrize(
     "m,n,want",
     [(1, 28672, "stream"), (16, 28672, "stream"), (17, 28672, "wgmma"), (32, 28672, "wgmma"),
-     (17, 6144, "stream"), (32, 6144, "stream"), (32, 4096, "stream"), (33, 4096, "wgmma"), (512, 4096, "wgmma")],
+     (17, 6144, "stream"), (32, 6144, "stream"), (32, 4096, "stream"), (33, 4096, "wgmma"), (512, 4096, "wgmma"),
+     (17, 37888, "stream"), (32, 37888, "stream"), (33, 37888, "wgmma"), (32, 33792, "wgmma"), (32, 33808, "stream")],
 )
 def test_auto_variant(m, n, want):
     assert dispatch.auto_variant(m, n, 132) == want
