@@ -37,12 +37,6 @@ from sharq_vllm import ops
 from sharq_vllm.kernels import dispatch
 from sharq_vllm.reference import quantize_weight
 
-SHAPES = {  # name: (N, K); --model replaces them with another model's four linears
-    "qkv": (6144, 4096),
-    "o": (4096, 4096),
-    "gate_up": (28672, 4096),
-    "down": (4096, 14336),
-}
 MODEL = "Llama-3.1-8B"
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "serving", "configs")
 
@@ -59,7 +53,7 @@ def model_shapes(name: str) -> dict[str, tuple[int, int]]:
             "down": (hidden, inter)}
 
 
-assert model_shapes(MODEL) == SHAPES, "the default shapes are Llama-3.1-8B's config"
+SHAPES = model_shapes(MODEL)  # name: (N, K); --model replaces them with another model's four linears
 MS = [1, 16, 64, 256, 1024, 4096, 16384]
 L2_ROTATE_BYTES = 256 << 20
 MAX_COPIES = 24
