@@ -250,6 +250,39 @@ def test_gemm_wgmma(dtype, n, k, block, m):
         assert torch.equal(_auto(x, packed, bias, dtype), y), "the automatic kernel is not the wgmma kernel"
 
 
+# The token-wide kernel's stream-K form (gemm_wgmma.cu, wide_stream_k): taken where it gives the
+# busiest SM fewer k-tiles than the cluster split-K form (launch_wide, wide_sk_ctas); on 132 SMs
+# 6144 x 4096 (48 tiles of 128 rows: 24 + 2 k-tiles against 32 at S = 2 for M <= 256, 3 x 48 tiles
+# at 600) and 4000 x 1472 at M = 600 (96 tiles, the last one partial, 23 k-tiles a tile cut at
+# odd places). Each output is the owner's FP32 sum plus the partials of the CTAs before it in a
+# fixed order: against the reference and the tile kernel, bit-stable over launches and under
+# CUDA-graph replay (the flags clear themselves within a launch).
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k,block", [(6144, 4096, 32), (4000, 1472, 16)])
+@pytest.mark.parametrize("m", [129, 256, 300, 600])
+def test_gemm_wide_stream_k(dtype, n, k, block, m):
+    payload, packed = packed_weight(n, k, block=block)
+    x = _x(m, k, dtype)
+    bias = heavy(1, n, dtype).reshape(n) if m % 2 else None
+    ref = x.float() @ dequantize_weight(payload).cuda().T + (bias.float() if bias is not None else 0)
+    y = _auto(x, packed, bias, dtype)
+    assert torch.isfinite(y).all(), "unwritten (NaN-poisoned) or non-finite outputs"
+    assert rel(y, ref) < 1e-2, rel(y, ref)
+    assert rel(y, _forced(x, packed, bias, FORCED["tile"], dtype)) < 4e-3
+    for _ in range(5):
+        assert torch.equal(_auto(x, packed, bias, dtype), y), "launches differ"
+    static_y = torch.full_like(y, float("nan"))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        torch.ops.sharq_C.gemm_mma(x, packed.qweight, packed.scales, packed.tensor_scale, bias, static_y,
+                                   packed.n_pad, packed.block)
+    for _ in range(3):
+        static_y.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(static_y, y), "graph replay differs from eager"
+
+
 # The register-source wgmma kernel (gemm_wgmma_rs.cu, forced; M <= 64): x_hat's share of K a CTA
 # in shared memory, split over a cluster of S = 1 / 2 / 4 / 8 CTAs where it does not fit (the rule
 # of rs_split, restated: NT token columns = M rounded up to 16 / 32 / 64, 128 bytes a token a

@@ -324,6 +324,94 @@ def test_stream_schedule_covers_each_tile_once(nstrips, kt, grid):
     assert sorted(finishes) == list(range(nstrips))
 
 
+def wide_stream_k_schedule(tiles: int, kt: int, grid: int):
+    """sharq_vllm/csrc/gemm_wgmma.cu wide_stream_k's split, as written there: CTA c takes units
+    [U c / G, U (c + 1) / G) (u = tile * KT + kt) from the top down; a segment ends at kt = 0 or at
+    the CTA's last unit; hi < KT - 1: a partial (flag raised), hi = KT - 1 and lo > 0: the owner,
+    which waits for CTAs c - 1 .. first (the lowest with u0 <= tile * KT) -> per CTA its segments
+    (tile, lo, hi, kind, contributors)."""
+    units = tiles * kt
+    out = []
+    for c in range(grid):
+        u0, u1 = units * c // grid, units * (c + 1) // grid
+        segs, hi = [], None
+        for u in range(u1 - 1, u0 - 1, -1):
+            tile, k = divmod(u, kt)
+            hi = k if hi is None else hi
+            if k == 0 or u == u0:
+                partial = hi < kt - 1
+                owner = not partial and k > 0
+                first = c
+                if owner:
+                    first -= 1
+                    while units * first // grid > tile * kt:
+                        first -= 1
+                kind = "partial" if partial else "owner" if owner else "full"
+                segs.append((tile, k, hi, kind, list(range(c - 1, first - 1, -1))))
+                hi = kt - 1
+        out.append(segs)
+    return out
+
+
+@pytest.mark.parametrize(
+    "tiles,kt,grid",
+    [(224, 64, 132), (48, 64, 132), (96, 64, 132), (448, 64, 132), (32, 23, 96), (96, 23, 132), (1, 224, 132),
+     (5, 3, 7), (3, 1, 3), (7, 9, 5), (2, 2, 4)],
+)
+def test_wide_stream_k_schedule(tiles, kt, grid):
+    """Every (tile, k-tile) once; one store a tile (its whole k range in one CTA, or an owner that adds
+    the partials of exactly the other CTAs holding its k-tiles, all of lower index: no deadlock while
+    the hardware places CTAs in order); a flag raised at most once a CTA, in its first segment, and
+    consumed by exactly one owner."""
+    grid = min(grid, tiles * kt)
+    sched = wide_stream_k_schedule(tiles, kt, grid)
+    seen, stores, raised, consumed = [], [], {}, []
+    for c, segs in enumerate(sched):
+        for j, (tile, lo, hi, kind, contrib) in enumerate(segs):
+            seen += [(tile, k) for k in range(lo, hi + 1)]
+            if kind == "partial":
+                assert j == 0 and c not in raised
+                raised[c] = (tile, lo, hi)
+            else:
+                stores.append(tile)
+                if kind == "owner":
+                    assert j == len(segs) - 1 and hi == kt - 1 and contrib and all(p < c for p in contrib)
+                    pieces = sorted([(lo, hi)] + [raised[p][1:] for p in contrib])
+                    assert all(raised[p][0] == tile for p in contrib)
+                    assert pieces[0][0] == 0 and all(a[1] + 1 == b[0] for a, b in zip(pieces, pieces[1:]))
+                    consumed += contrib
+                else:
+                    assert lo == 0 and hi == kt - 1 and not contrib
+    assert sorted(seen) == [(t, k) for t in range(tiles) for k in range(kt)]
+    assert sorted(stores) == list(range(tiles))
+    assert sorted(consumed) == sorted(raised)
+
+
+def test_wide_stream_k_stage_layout():
+    """wide_stream_k's epilogue stage (a warpgroup's 64 tokens x 64 weight rows, FP32): thread
+    (wi, g, q) writes acc[4 (8 pass + nb) + cc] (token t = 8 nb + 2 q + (cc & 1), row
+    r = 16 wi + g + 8 (cc >> 1)) at t * 64 + (r ^ 8 q), a warp's 32 stores in 32 banks; thread idx
+    reads token idx >> 5, rows 2 (idx & 31) + {0, 1} at t * 64 + (2 (idx & 31) ^ 8 ((t >> 1) & 3)) + {0, 1}."""
+    where = {}
+    for wi in range(4):
+        for nb in range(8):
+            for cc in range(4):
+                banks = set()
+                for g in range(8):
+                    for q in range(4):
+                        t, r = 8 * nb + 2 * q + (cc & 1), 16 * wi + g + 8 * (cc >> 1)
+                        off = t * 64 + (r ^ (8 * q))
+                        assert off not in where
+                        where[off] = (t, r)
+                        banks.add(off % 32)
+                assert len(banks) == 32
+    assert sorted(where) == list(range(64 * 64))
+    for idx in range(2048):
+        t, cp = idx >> 5, 2 * (idx & 31)
+        off = t * 64 + (cp ^ (8 * ((t >> 1) & 3)))
+        assert where[off] == (t, cp) and where[off + 1] == (t, cp + 1)
+
+
 # ------------------------------------------------------------------------------------------
 # gemm_wgmma.cu: the decoder-warp kernel's warps decode the CTA's 16 strips into one swizzled
 # 256-row B tile; the token-wide kernel's warps decode their warpgroup's 4 strips into a 64-row A
