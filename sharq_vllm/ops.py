@@ -97,7 +97,6 @@ def pack_weight(
     block = payload.block
     if dispatch.weight_on_kernel(dev, k, block, act_dtype):
         q, s, n_pad = tile_weight(payload.codes.to(dev), payload.block_scales.to(dev), block)
-        torch.ops.sharq_C.gemm_reserve(q)  # the GEMMs' workspace, before any CUDA graph capture
         return PackedWeight(q, s, ts, n, n_pad, k, block, LAYOUT_TILED, alpha)
     codes = payload.codes.to(dev).contiguous()
     scales = payload.block_scales.to(dev).contiguous().view(torch.uint8)  # raw E4M3 bytes

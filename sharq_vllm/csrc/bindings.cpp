@@ -28,11 +28,7 @@ int dtype_code(const at::Tensor& t) {
 }
 
 void check_cuda(cudaError_t e, const char* what) {
-  TORCH_CHECK(e == cudaSuccess, "sharq: ", what, " launch failed: ", cudaGetErrorString(e),
-              e == cudaErrorStreamCaptureUnsupported
-                  ? " (the GEMM workspace is allocated outside CUDA graph captures: pack the weight with "
-                    "sharq_vllm.ops.pack_weight, or call torch.ops.sharq_C.gemm_reserve, before capturing)"
-                  : "");
+  TORCH_CHECK(e == cudaSuccess, "sharq: ", what, " launch failed: ", cudaGetErrorString(e));
 }
 
 uint8_t* opt_u8(const at::Tensor& t) { return t.numel() ? t.data_ptr<uint8_t>() : nullptr; }
@@ -196,14 +192,6 @@ void gemm_mma_cfg(const at::Tensor& x, const at::Tensor& qweight, const at::Tens
              "gemm_mma_cfg");
 }
 
-// The GEMMs' per-device workspace on `like`'s device (sharq_kernels.h, reserve_gemm_workspace):
-// called when a weight is packed, so that no GEMM allocates inside a CUDA graph capture.
-void gemm_reserve(const at::Tensor& like) {
-  TORCH_CHECK(like.is_cuda(), "sharq: gemm_reserve takes a CUDA tensor");
-  const c10::cuda::CUDAGuard guard(like.device());
-  check_cuda(sharq::reserve_gemm_workspace(), "gemm_reserve");
-}
-
 // w [N_pad, K] (x's dtype) = e2m1 * block scale, exact in 16 bits (the large-M path's workspace)
 void dequant(const at::Tensor& qweight, const at::Tensor& scales, at::Tensor& w, int64_t wblock) {
   TORCH_CHECK(w.is_cuda() && w.is_contiguous() && w.dim() == 2, "sharq: bad dequant output");
@@ -236,7 +224,6 @@ TORCH_LIBRARY(sharq_C, m) {
       "gemm_mma_cfg(Tensor x, Tensor qweight, Tensor scales, Tensor tensor_scale, Tensor? bias, "
       "Tensor(a!) out, int n_pad, int wblock, int variant) -> ()");
   m.def("dequant(Tensor qweight, Tensor scales, Tensor(a!) w, int wblock) -> ()");
-  m.def("gemm_reserve(Tensor like) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(sharq_C, CUDA, m) {
@@ -248,7 +235,6 @@ TORCH_LIBRARY_IMPL(sharq_C, CUDA, m) {
   m.impl("gemm_mma", &gemm_mma);
   m.impl("gemm_mma_cfg", &gemm_mma_cfg);
   m.impl("dequant", &dequant);
-  m.impl("gemm_reserve", &gemm_reserve);
 }
 
 // `import sharq_vllm._C` (setup.py build) just loads the library; the ops register above.

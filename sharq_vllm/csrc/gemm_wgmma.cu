@@ -36,10 +36,16 @@
 // (same placement and swizzle) while the MMAs of t run, publish it with fence.proxy.async + a
 // warpgroup barrier and issue 4 x wgmma.m64n256k16; a producer warpgroup (one thread) keeps the
 // ring full (x_hat box [256 rows][64 k], weights, scales on one `full` mbarrier; `empty`: one
-// arrival a consumer warp). A from registers instead (register-source wgmma, no A tiles) was
+// arrival a consumer warp). A stream-K form (persistent CTAs over tile x k-tile units, partial tiles
+// through a global workspace with per-CTA flags, the owner adding them in CTA order) was built and
+// measured slower where it should have won (gate_up at M = 256: 114 vs 105 us; kernels-H200-stream-k.json,
+// the code: commit 61df8d3). A from registers instead (register-source wgmma, no A tiles) was
 // measured twice on an H200 and lost both times: 6% at M = 256 as the first version of this kernel
 // (kernels-H200-wgmma-ss.json, t0), 1-8% with 2 fragment sets and 0-3% with 4 in natural k order
 // from 64-byte-swizzled weight tiles (kernels-H200-wide-rs-ab.json; the code: commit c59c6c2).
+//
+// x_hat boxes, both kernels: 64 rows a decoder-warp MMA warpgroup, 256 a token-wide CTA; the tokens'
+// last box brings only its rows rounded up to 8 (maps.xt, x_tail_rows), not a box zero-filled past M.
 //
 // Split-K over a thread-block cluster (1 x S x 1), both kernels: S is the largest cluster size <= 8
 // whose S x tiles CTAs all fit at once (cudaOccupancyMaxActiveClusters), else 1. CTA rank r takes
@@ -56,10 +62,7 @@
 #include <cudaTypedefs.h>
 
 #include <algorithm>
-#include <mutex>
 #include <type_traits>
-#include <utility>
-#include <vector>
 
 namespace sharq {
 namespace {
@@ -97,14 +100,6 @@ __host__ __device__ __forceinline__ int x_tail_rows(int M, int box) {
   const int last = M - (M - 1) / box * box;
   return SHARQ_XTAIL ? ((last + 7) / 8 * 8 < box ? (last + 7) / 8 * 8 : box) : box;
 }
-
-// The token-wide kernel's stream-K form (SK launches; unused otherwise): the layer's n-tiles and
-// the device's partial-tile workspace and flags (sk_workspace).
-struct WideArgs {
-  float* ws;
-  unsigned* flags;
-  int ntiles;
-};
 
 // A CTA's k-tiles under split-K: [t0, t0 + nk) of KT, visited from a start rotated by the tile
 // index (CTAs that run at the same time then read different k).
@@ -420,223 +415,11 @@ struct WideCfg {
   static_assert(kStages >= 5, "ring too shallow");
 };
 
-// ---- the token-wide kernel's stream-K form (SK launches: launch_wide) ----
-// Units u = tile * KT + kt (tile = m-tile * ntiles + n-tile, kt a k-tile); CTA c of the G
-// (<= SMs, all resident) takes units [U c / G, U (c + 1) / G) and runs them from the top down, so
-// a tile it shares with the CTA before it comes last and one it shares with the CTA after it first.
-// A segment (a tile's k-tiles [lo, hi] in one CTA) ends at kt = 0 or at the CTA's last unit:
-//  * lo = 0, hi = KT - 1: the whole tile: * tensor_scale * 2^7, + bias, one rounding, stored;
-//  * hi < KT - 1 (the CTA's first segment only): its FP32 partial tile goes to the CTA's workspace
-//    slot (thread-major: element j of thread t at j * 128 + t, coalesced) and its flag is raised;
-//  * hi = KT - 1, lo > 0 (the CTA's last segment only): the tile's owner. It waits for the flags of
-//    CTAs c - 1, c - 2, ... down to the one holding kt = 0, adds their partials to its own in that
-//    order (deterministic for a given M, N, K and G), clears the flags (each is raised once a
-//    launch) and stores as above.
-// An owner waits only for CTAs of lower index, which the hardware places no later than itself: no
-// deadlock while 1 CTA an SM holds. The workspace and flags are per device (sk_workspace): one
-// SK launch at a time on a device (one stream, as vLLM's forward).
-struct SkRange {
-  int u0, u1;
-  __device__ explicit SkRange(int units) {
-    u0 = (int)((int64_t)units * blockIdx.x / gridDim.x);
-    u1 = (int)((int64_t)units * (blockIdx.x + 1) / gridDim.x);
-  }
-};
-
 template <typename T, int BM>
-__device__ __forceinline__ void wide_stream_k(const WgMaps& maps, const float* __restrict__ tscale,
-                                              const T* __restrict__ bias, T* __restrict__ y, int64_t ys, int M,
-                                              int n_valid, int KT, int sbt, int wblock, const WideArgs& sk,
-                                              uint8_t* smem, uint64_t* full, uint64_t* empty, int warp, int lane) {
-  using C = WideCfg<BM>;
-  static_assert(C::kKs == 1 && C::kSubs == 1, "one k-tile a slot, one 64-row sub-tile a warpgroup");
-  const int mtiles = (M + BM - 1) / BM;
-  const int units = sk.ntiles * mtiles * KT;
-  const SkRange range(units);
-  const int n = range.u1 - range.u0;
-  if (warp >= C::kWarps) {
-    // ---- producer: unit i of this CTA's sequence (u = u1 - 1 - i) into ring slot i % kStages ----
-    async::setmaxnreg_dec<kProducerRegs>();
-    if (warp == C::kWarps && lane == 0) {
-      const uint32_t wtx = (uint32_t)(C::kStrips * (kTileBytes + sbt));
-      auto issue = [&](int i, bool w, bool x) {
-        const int u = range.u1 - 1 - i, tile = u / KT, kt = u - tile * KT, mt = tile / sk.ntiles;
-        const bool tail = mt == mtiles - 1 && x_tail_rows(M, BM) < BM;  // x_tail_rows(M, BM) rows (maps.xt)
-        const int slot = i % C::kStages;
-        uint8_t* st = smem + slot * C::kStage;
-        if (w) {
-          const int strip0 = (tile - mt * sk.ntiles) * C::kStrips;
-          async::mbar_arrive_expect_tx(&full[slot], wtx + (tail ? x_tail_rows(M, BM) * 128u : (uint32_t)C::kBox));
-          async::tma_load_3d(st + C::kXBytes, &maps.w, 0, kt, strip0, &full[slot]);
-          async::tma_load_3d(st + C::kXBytes + C::kWBytes, &maps.s, 0, kt, strip0, &full[slot]);
-        }
-        if (x) async::tma_load_2d(st, tail ? &maps.xt : &maps.x, 64 * kt, mt * BM, &full[slot]);
-      };
-      const int pro = min(n, C::kStages);
-      for (int i = 0; i < pro; ++i) issue(i, true, false);
-      async::pdl_wait();  // x_hat is written by the preceding kernel
-      for (int i = 0; i < pro; ++i) issue(i, false, true);
-      for (int i = pro; i < n; ++i) {
-        async::mbar_wait(&empty[i % C::kStages], ((i / C::kStages) & 1) ^ 1);
-        issue(i, true, true);
-      }
-    }
-    return;
-  }
-  // ---- consumers ----
-  async::setmaxnreg_inc<C::kRegs>();
-  const int wg = warp >> 2, wi = warp & 3, g = lane >> 2, q = lane & 3;
-  const int tid = threadIdx.x & 127;
-  const bool leader = tid == 0;
-  const uint32_t wofs = C::kXBytes + (wg * 4 + wi) * kTileBytes + lane * 16;
-  const uint32_t sofs = C::kXBytes + C::kWBytes + (wg * 4 + wi) * sbt + (wblock == 32 ? (q >> 1) : q) * 16 + 2 * g;
-  uint32_t aoff[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) aoff[i] = (16 * wi + g + 8 * (i & 1)) * 128 + (((2 * q + (i >> 1)) ^ g) * 16);
-  uint8_t* const abase = smem + C::kRing + 2 * wg * C::kABuf;
-  const uint64_t da0 = async::desc_sw128(abase), dx0 = async::desc_sw128(smem);
-  constexpr int kAcc = BM / 2;
-  float acc[kAcc];
-#pragma unroll
-  for (int c = 0; c < kAcc; ++c) acc[c] = 0.0f;
-  auto decode = [&](const uint8_t* st, int buf) {
-    decode_strip<T>(*reinterpret_cast<const uint4*>(st + wofs), *reinterpret_cast<const uint16_t*>(st + sofs),
-                    abase + buf * C::kABuf, aoff);
-    async::fence_proxy_async_smem();
-    async::named_sync(2 + wg, 128);
-  };
-  // End of a segment: tile `tile`, k-tiles [lo, hi] (see above). A partial tile in the workspace
-  // is thread-major (float4 a of thread t at a * 128 + t: accumulators 4a .. 4a + 3), so a partial
-  // CTA stores and an owner adds whole accumulator sets with coalesced 16-byte accesses and all of
-  // its loads in flight at once (an owner that gathered the partials element by element in the
-  // store loop below, a few loads in flight, took 2 - 3x the GEMM's time: session 36). The final
-  // values leave in 4 passes of 64 tokens through the warpgroup's two A buffers (free: every MMA
-  // has completed), read by every thread unconditionally (a read under a per-thread condition
-  // makes ptxas serialize the MMAs), so the global stores are coalesced: stage[t][r ^ 8 ((t >> 1)
-  // & 3)] (FP32, token t, weight row r of the warpgroup; the XOR puts a warp's 32 stores in 32
-  // banks).
-  float* const stage = reinterpret_cast<float*>(abase);
-  const int c = blockIdx.x;
-  auto slot_of = [&](int cta) { return reinterpret_cast<float4*>(sk.ws) + (size_t)(2 * cta + wg) * 32 * 128 + tid; };
-  auto finish = [&](int tile, int lo, int hi) {
-    if (hi < KT - 1) {  // partial
-      float4* const mine = slot_of(c);
-#pragma unroll
-      for (int a = 0; a < kAcc / 4; ++a)
-        __stcg(mine + a * 128, make_float4(acc[4 * a], acc[4 * a + 1], acc[4 * a + 2], acc[4 * a + 3]));
-      async::named_sync(2 + wg, 128);
-      if (leader) async::flag_release(sk.flags + 2 * c + wg, 1u);
-      return;
-    }
-    if (lo > 0) {  // owner: the CTAs c - 1 .. first hold the tile's other k-tiles (first: kt = 0)
-      int first = c - 1;
-      while ((int64_t)units * first / gridDim.x > (int64_t)tile * KT) --first;
-      if (leader)
-        for (int p = c - 1; p >= first; --p) {
-          while (async::flag_acquire(sk.flags + 2 * p + wg) == 0u) {
-          }
-          async::flag_clear(sk.flags + 2 * p + wg);
-        }
-      async::named_sync(2 + wg, 128);
-      for (int p = c - 1; p >= first; --p) {
-        const float4* const part = slot_of(p);
-        float4 v[kAcc / 4];
-#pragma unroll
-        for (int a = 0; a < kAcc / 4; ++a) v[a] = __ldcg(part + a * 128);
-#pragma unroll
-        for (int a = 0; a < kAcc / 4; ++a) {
-          acc[4 * a] = __fadd_rn(acc[4 * a], v[a].x);
-          acc[4 * a + 1] = __fadd_rn(acc[4 * a + 1], v[a].y);
-          acc[4 * a + 2] = __fadd_rn(acc[4 * a + 2], v[a].z);
-          acc[4 * a + 3] = __fadd_rn(acc[4 * a + 3], v[a].w);
-        }
-      }
-    }
-    const int mt = tile / sk.ntiles, nt = tile - mt * sk.ntiles;
-    const float ts = __fmul_rn(tscale[0], 128.0f);
-    const int col0 = nt * C::kBN + 64 * wg;
-#pragma unroll
-    for (int pass = 0; pass < 4; ++pass) {
-#pragma unroll
-      for (int nb = 0; nb < 8; ++nb)
-#pragma unroll
-        for (int cc = 0; cc < 4; ++cc) {
-          const int t = 8 * nb + 2 * q + (cc & 1), r = 16 * wi + g + 8 * (cc >> 1);
-          stage[t * 64 + (r ^ (8 * q))] = acc[4 * (8 * pass + nb) + cc];  // (t >> 1) & 3 == q
-        }
-      async::named_sync(2 + wg, 128);
-#pragma unroll 4
-      for (int k = 0; k < 16; ++k) {
-        const int idx = tid + 128 * k, t = idx >> 5, cp = 2 * (idx & 31);
-        const float2 v = *reinterpret_cast<const float2*>(stage + t * 64 + (cp ^ (8 * ((t >> 1) & 3))));
-        const int m = mt * BM + 64 * pass + t, col = col0 + cp;
-        if (m >= M) continue;
-        T* const yr = y + (int64_t)m * ys;
-        const float e[2] = {v.x, v.y};
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-          if (col + h < n_valid) {
-            float o = __fmul_rn(e[h], ts);
-            if (bias != nullptr) o = __fadd_rn(o, Elem<T>::to_float(bias[col + h]));
-            yr[col + h] = Elem<T>::from_float(o);
-          }
-      }
-      async::named_sync(2 + wg, 128);  // the stage is free again
-    }
-  };
-  if (n <= 0) return;
-  int i = 0, slot = 0, phase = 0, buf = 0, prev_slot = -1;
-  int u = range.u1 - 1, hi = u % KT;
-  async::mbar_wait(&full[0], 0);
-  decode(smem, 0);
-  for (;;) {
-#pragma unroll
-    for (int c = 0; c < kAcc; ++c) async::fence_operand(acc[c]);
-    async::wgmma_fence();
-    {
-      const uint64_t da = da0 + ((buf * C::kABuf) >> 4), dx = dx0 + ((slot * C::kStage) >> 4);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) wg::Wgmma<T, BM>::mma(acc, da + 2 * j, dx + 2 * j);
-    }
-    async::wgmma_commit();
-    const int tile = u / KT, kt = u - tile * KT;
-    if (kt == 0 || i == n - 1) {  // the segment's last unit
-      async::wgmma_wait<0>();
-      if (lane == 0) {
-        if (prev_slot >= 0) async::mbar_arrive(&empty[prev_slot]);
-        async::mbar_arrive(&empty[slot]);
-      }
-      prev_slot = -1;
-#pragma unroll
-      for (int c = 0; c < kAcc; ++c) async::fence_operand(acc[c]);
-      finish(tile, kt, hi);
-#pragma unroll
-      for (int c = 0; c < kAcc; ++c) acc[c] = 0.0f;
-      hi = KT - 1;  // a later segment starts at its tile's top
-    } else {
-      async::wgmma_wait<1>();  // the previous unit's MMAs have completed: its A buffer and slot are free
-      if (prev_slot >= 0 && lane == 0) async::mbar_arrive(&empty[prev_slot]);
-      prev_slot = slot;
-    }
-    if (++i == n) break;
-    --u;
-    if (++slot == C::kStages) {
-      slot = 0;
-      phase ^= 1;
-    }
-    async::mbar_wait(&full[slot], phase);
-    buf ^= 1;
-    decode(smem + slot * C::kStage, buf);
-  }
-  async::wgmma_wait<0>();  // (every MMA completed at the last segment's end; ptxas cannot tell)
-}
-
-template <typename T, int BM, bool SK>
 __global__ void __launch_bounds__(WideCfg<BM>::kThreads, 1)
 gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restrict__ tscale,
                        const T* __restrict__ bias, T* __restrict__ y, int64_t ys, int M, int n_valid, int KT,
-                       int sbt, int wblock, int ks /* k-tiles a ring slot: WideCfg::kKs, passed at run time */,
-                       WideArgs sk) {
+                       int sbt, int wblock, int ks /* k-tiles a ring slot: WideCfg::kKs, passed at run time */) {
   using C = WideCfg<BM>;
   extern __shared__ uint8_t smem_raw[];
   __shared__ __align__(8) uint64_t full[C::kStages], empty[C::kStages];
@@ -657,10 +440,6 @@ gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restr
     async::mbar_fence_init();
   }
   __syncthreads();
-  if constexpr (SK) {
-    wide_stream_k<T, BM>(maps, tscale, bias, y, ys, M, n_valid, KT, sbt, wblock, sk, smem, full, empty, warp, lane);
-    return;
-  }
 
   if (warp >= C::kWarps) {
     // ---- producer: one thread, three TMA requests (+ ks - 1 for x) a slot ----
@@ -668,7 +447,8 @@ gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restr
     if (warp == C::kWarps && lane == 0) {
       // the last m-tile, when it is short: boxes of x_tail_rows(M, BM) rows (maps.xt)
       const bool tail = blockIdx.z == gridDim.z - 1 && x_tail_rows(M, BM) < BM;
-      const uint32_t tx = (uint32_t)(ks * (C::kStrips * (kTileBytes + sbt) + (tail ? x_tail_rows(M, BM) * 128 : C::kBox)));
+      const uint32_t tx =
+          (uint32_t)(ks * (C::kStrips * (kTileBytes + sbt) + (tail ? x_tail_rows(M, BM) * 128 : C::kBox)));
       auto issue_w = [&](int i) {
         const int slot = i % C::kStages, t = group_of(i) * ks;
         uint8_t* st = smem + slot * C::kStage;
@@ -847,38 +627,31 @@ int choose_split(K kern, int tiles, int KT, int sms) {
   return 1;
 }
 
-// The dynamic shared-memory opt-in of kernel `kern` on the current device (once a device and kernel).
-cudaError_t smem_opt_in(const void* kern, int smem) {
-  static std::mutex mu;
-  static std::vector<std::pair<int, const void*>> done;
+// One launch of kernel `kern` with configuration C (BM tokens x C::kBN rows a CTA).
+template <typename T, int BM, typename C, typename Kern, typename... Extra>
+cudaError_t launch_wgmma_cfg(Kern kern, const void* x, int64_t xs, const void* qw, const void* sc, const float* ts,
+                             const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K, int wblock,
+                             cudaStream_t stream, Extra... extra) {
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return cudaErrorInvalidDevice;
-  std::lock_guard<std::mutex> lock(mu);
-  for (const auto& d : done)
-    if (d.first == dev && d.second == kern) return cudaSuccess;
-  const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (e == cudaSuccess) done.emplace_back(dev, kern);
-  return e;
-}
-
-// The tensor maps of a launch with configuration C: x_hat boxes of C::kXRows rows and, for the last
-// box of the tokens, of x_tail_rows(M, C::kXRows) (maps.xt), C::kStrips strips of weights and scales a box.
-template <typename T, typename C>
-cudaError_t encode_maps(WgMaps& maps, const void* x, int64_t xs, const void* qw, const void* sc, int M, int N, int K,
-                        int wblock) {
-  const int tail_rows = x_tail_rows(M, C::kXRows);
+  static bool configured[kMaxDevices] = {};  // the shared-memory opt-in is per device
+  if (!configured[dev]) {
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
+    if (e != cudaSuccess) return e;
+    configured[dev] = true;
+  }
   PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
   if (encode == nullptr) return cudaErrorNotSupported;
   const int nstrips = N / 16, KT = K / 64, sbt = wblock == 32 ? 32 : 64;
-  for (int which = 0; which < 2; ++which) {  // maps.x, then maps.xt
-    const int rows = which == 0 ? C::kXRows : tail_rows;
+  WgMaps maps;
+  for (int tail = 0; tail < 2; ++tail) {  // maps.x, then maps.xt (the tokens' last box: x_tail_rows)
     const cuuint64_t gdim[2] = {(cuuint64_t)K, (cuuint64_t)M};
     const cuuint64_t gstride[1] = {(cuuint64_t)xs * sizeof(T)};
-    const cuuint32_t box[2] = {64, (cuuint32_t)rows};
+    const cuuint32_t box[2] = {64, (cuuint32_t)(tail ? x_tail_rows(M, C::kXRows) : C::kXRows)};
     const cuuint32_t estride[2] = {1, 1};
     const CUtensorMapDataType dt =
         std::is_same<T, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
-    if (encode(which == 0 ? &maps.x : &maps.xt, dt, 2, const_cast<void*>(x), gdim, gstride, box, estride,
+    if (encode(tail ? &maps.xt : &maps.x, dt, 2, const_cast<void*>(x), gdim, gstride, box, estride,
                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
       return cudaErrorInvalidValue;
@@ -903,22 +676,9 @@ cudaError_t encode_maps(WgMaps& maps, const void* x, int64_t xs, const void* qw,
                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
       return cudaErrorInvalidValue;
   }
-  return cudaSuccess;
-}
 
-// One launch of kernel `kern` with configuration C (BM tokens x C::kBN rows a CTA), split-K over
-// clusters where the tiles leave SMs idle (choose_split).
-template <typename T, int BM, typename C, typename Kern, typename... Extra>
-cudaError_t launch_wgmma_cfg(Kern kern, const void* x, int64_t xs, const void* qw, const void* sc, const float* ts,
-                             const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K, int wblock,
-                             cudaStream_t stream, Extra... extra) {
-  cudaError_t e = smem_opt_in(reinterpret_cast<const void*>(kern), C::kSmem);
-  if (e != cudaSuccess) return e;
-  WgMaps maps;
-  if ((e = encode_maps<T, C>(maps, x, xs, qw, sc, M, N, K, wblock)) != cudaSuccess) return e;
-  const int KT = K / 64, sbt = wblock == 32 ? 32 : 64;
   const int sms = sm_count();
-  const int ntiles = (N / 16 + C::kStrips - 1) / C::kStrips;
+  const int ntiles = (nstrips + C::kStrips - 1) / C::kStrips;
   const int mtiles = (M + BM - 1) / BM;
   const int split = choose_split<C>(kern, ntiles * mtiles, KT, sms);
 
@@ -927,104 +687,6 @@ cudaError_t launch_wgmma_cfg(Kern kern, const void* x, int64_t xs, const void* q
   cluster_launch(cfg, attr, dim3(ntiles, split, mtiles), C::kSmem, split, true, stream);
   return cudaLaunchKernelEx(&cfg, kern, maps, ts, static_cast<const T*>(bias), static_cast<T*>(y), ys, M, n_valid,
                             KT, sbt, wblock, extra...);
-}
-
-// ---- stream-K for the token-wide kernel (wide_stream_k) ----
-// Which form runs: SHARQ_WIDE_SK = 0 (default) never stream-K, 1 where the model below gives its
-// busiest CTA fewer k-tiles than the cluster split-K form's, 2 always. Measured on an H200 (session
-// 36, GEMM alone, kernels-H200-stream-k.json): correct (GPU tests, graph replay) but slower where the
-// model chose it: gate_up 114 vs 105 us at M = 256, qkv 37 vs 31; only qkv at M = 768 won (76 vs
-// 104). Its k-tiles run ~25% slower each than the cluster form's, not explained yet.
-// Model, in k-tiles of the busiest SM: cluster form = ceil(tiles x S / SMs) waves x ceil(KT / S)
-// (S from choose_split); stream-K = ceil(units / G) + kSkFixupTiles (the owner's wait and partial
-// reads, the extra epilogues), G = min(SMs, kSkCtasPerTile x tiles) CTAs so a tile has at most
-// ~kSkCtasPerTile pieces. E.g. Llama-3.1-8B gate_up at M = 256 (224 tiles, KT = 64, 132 SMs):
-// 2 x 64 = 128 against 109 + 2; qkv (48 tiles): 1 x 32 (S = 2) against 24 + 2; o (32 tiles): 16
-// (S = 4) against 16 + 2 (cluster form kept).
-#ifndef SHARQ_WIDE_SK
-#define SHARQ_WIDE_SK 0
-#endif
-constexpr int kSkFixupTiles = 2;
-constexpr int kSkCtasPerTile = 3;
-
-int wide_sk_ctas(int tiles, int KT, int split, int sms) {
-  const int units = tiles * KT;
-  const int G = std::min(SHARQ_WIDE_SK == 2 ? sms : std::min(sms, kSkCtasPerTile * tiles), units);
-  if (SHARQ_WIDE_SK == 0 || G < 1) return 0;
-  if (SHARQ_WIDE_SK == 2) return G;
-  const int64_t classic = (int64_t)((tiles * split + sms - 1) / sms) * ((KT + split - 1) / split);
-  const int64_t streamk = (units + G - 1) / G + kSkFixupTiles;
-  return streamk < classic ? G : 0;
-}
-
-// The device's stream-K workspace: a partial tile (2 warpgroups x 128 threads x 128 FP32) and a
-// flag a warpgroup for each of up to SMs CTAs, allocated and zeroed once (the flags clear
-// themselves: every raised flag is cleared by its owner in the same launch).
-struct SkWorkspace {
-  float* ws = nullptr;
-  unsigned* flags = nullptr;
-  int ctas = 0;
-};
-
-cudaError_t sk_workspace(SkWorkspace& out, cudaStream_t stream) {
-  static std::mutex mu;
-  static SkWorkspace dev_ws[kMaxDevices];
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return cudaErrorInvalidDevice;
-  std::lock_guard<std::mutex> lock(mu);
-  SkWorkspace& w = dev_ws[dev];
-  if (w.ws == nullptr) {
-    if (stream != nullptr) {  // no allocation inside a CUDA graph capture: reserve_gemm_workspace first
-      cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
-      if (cudaStreamIsCapturing(stream, &st) != cudaSuccess || st != cudaStreamCaptureStatusNone)
-        return cudaErrorStreamCaptureUnsupported;
-    }
-    const int ctas = sm_count();
-    float* ws = nullptr;
-    unsigned* flags = nullptr;
-    cudaError_t e = cudaMalloc(&ws, (size_t)ctas * 2 * 128 * 128 * sizeof(float));
-    if (e != cudaSuccess) return e;
-    if ((e = cudaMalloc(&flags, (size_t)ctas * 2 * sizeof(unsigned))) != cudaSuccess ||
-        (e = cudaMemset(flags, 0, (size_t)ctas * 2 * sizeof(unsigned))) != cudaSuccess) {
-      cudaFree(ws);
-      if (flags != nullptr) cudaFree(flags);
-      return e;
-    }
-    w = SkWorkspace{ws, flags, ctas};
-  }
-  out = w;
-  return cudaSuccess;
-}
-
-// The token-wide kernel (BM = 256): the cluster split-K form, or stream-K where wide_sk_ctas says so.
-template <typename T>
-cudaError_t launch_wide(const void* x, int64_t xs, const void* qw, const void* sc, const float* ts, const void* bias,
-                        void* y, int64_t ys, int M, int N, int n_valid, int K, int wblock, cudaStream_t stream) {
-  using C = WideCfg<256>;
-  const auto classic = gemm_wgmma_wide_kernel<T, 256, false>;
-  const auto streamk = gemm_wgmma_wide_kernel<T, 256, true>;
-  if (SHARQ_WIDE_SK != 0) {
-    cudaError_t e = smem_opt_in(reinterpret_cast<const void*>(classic), C::kSmem);
-    if (e != cudaSuccess) return e;
-    const int KT = K / 64, sms = sm_count();
-    const int ntiles = (N / 16 + C::kStrips - 1) / C::kStrips, tiles = ntiles * ((M + 255) / 256);
-    const int G = wide_sk_ctas(tiles, KT, choose_split<C>(classic, tiles, KT, sms), sms);
-    if (G > 0) {
-      SkWorkspace w;
-      if ((e = sk_workspace(w, stream)) != cudaSuccess) return e;
-      if ((e = smem_opt_in(reinterpret_cast<const void*>(streamk), C::kSmem)) != cudaSuccess) return e;
-      WgMaps maps;
-      if ((e = encode_maps<T, C>(maps, x, xs, qw, sc, M, N, K, wblock)) != cudaSuccess) return e;
-      cudaLaunchConfig_t cfg;
-      cudaLaunchAttribute attr[2];
-      cluster_launch(cfg, attr, dim3(std::min(G, w.ctas), 1, 1), C::kSmem, 1, true, stream);
-      return cudaLaunchKernelEx(&cfg, streamk, maps, ts, static_cast<const T*>(bias), static_cast<T*>(y), ys, M,
-                                n_valid, KT, wblock == 32 ? 32 : 64, wblock, C::kKs,
-                                WideArgs{w.ws, w.flags, ntiles});
-    }
-  }
-  return launch_wgmma_cfg<T, 256, C>(classic, x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream,
-                                     C::kKs, WideArgs{nullptr, nullptr, 0});
 }
 
 // The decoder-warp kernel with BM = 64 for M <= 64 and 128 up to kGemmWgmmaDecMaxM (one token
@@ -1063,7 +725,8 @@ cudaError_t launch_wgmma_dt(const void* x, int64_t xs, const void* qw, const voi
   if (M <= kGemmWgmmaDecMaxM)
     return launch_wgmma_cfg<T, 128, DecCfg<128>>(gemm_wgmma_dec_kernel<T, 128>, x, xs, qw, sc, ts, bias, y, ys, M, N,
                                                  n_valid, K, wblock, stream);
-  return launch_wide<T>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+  return launch_wgmma_cfg<T, 256, WideCfg<256>>(gemm_wgmma_wide_kernel<T, 256>, x, xs, qw, sc, ts, bias, y, ys, M, N,
+                                                 n_valid, K, wblock, stream, WideCfg<256>::kKs);
 }
 
 // TMA reads x: 16-byte aligned base and row stride (the bindings check both for every GEMM)
@@ -1088,11 +751,6 @@ cudaError_t launch_gemm_wgmma(const void* x, int64_t x_stride, const void* qweig
                                      K, wblock, stream);
     default: return cudaErrorInvalidValue;
   }
-}
-
-cudaError_t reserve_gemm_workspace() {
-  SkWorkspace w;
-  return sk_workspace(w, nullptr);
 }
 
 }  // namespace sharq

@@ -108,12 +108,6 @@ cudaError_t launch_gemm_wgmma(const void* x, int64_t x_stride, const void* qweig
                               const float* tensor_scale, const void* bias, void* y, int64_t y_stride, int M, int N,
                               int n_valid, int K, int wblock, int dtype, cudaStream_t stream);
 
-// The token-wide wgmma kernel's stream-K workspace on the current device (partial tiles and flags
-// for up to one CTA an SM, ~128 KB each, allocated and zeroed once; gemm_wgmma.cu, sk_workspace).
-// A GEMM allocates it at first use outside a CUDA graph capture; inside one it must exist already
-// (ops.pack_weight reserves it), else the launch returns cudaErrorStreamCaptureUnsupported.
-cudaError_t reserve_gemm_workspace();
-
 // The register-source wgmma kernel alone (gemm_wgmma_rs.cu; M <= kGemmWgmmaRsLimitM; x as above).
 // gemm_wgmma_rs_split: the cluster size that kernel splits K over for M rows of K (1, 2, 4, 8:
 // x_hat's share of K must fit a CTA's shared memory), 0 where no split fits (the launch refuses).

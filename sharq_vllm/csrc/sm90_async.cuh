@@ -11,10 +11,8 @@
 //   * clusters: barrier over the cluster's CTAs, loads from a peer CTA's shared memory and their
 //     rank-order sum (the split-K reductions).
 //   * programmatic dependent launch: wait for the preceding kernel's memory before reading it.
-//   * grid flags: a CTA publishes global-memory stores to another CTA of the same grid (the
-//     stream-K fix-up of the token-wide wgmma kernel).
 // Semantics: PTX ISA 8.x, "mbarrier", "cp.async.bulk.tensor", "wgmma", "setmaxnreg", "barrier.cluster",
-// "bar.sync", "griddepcontrol", "Memory Consistency Model" (release / acquire patterns).
+// "bar.sync", "griddepcontrol".
 #pragma once
 
 #include <cstdint>
@@ -153,22 +151,6 @@ __device__ __forceinline__ void named_sync(int id, int threads) {
 // Wait until the preceding kernel in the stream has completed and its writes are visible (a
 // no-op without programmatic dependent launch).
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
-
-// Grid flags. flag_release: sets *f = v after every global store this thread has made or observed
-// (the stores of the threads a bar.sync before it joined: the release is cumulative) at GPU scope.
-// flag_acquire: *f, ordered before this thread's later loads (and, through a bar.sync after it,
-// before the loads of the threads that barrier joins).
-__device__ __forceinline__ void flag_release(unsigned* f, unsigned v) {
-  asm volatile("fence.acq_rel.gpu;\nst.relaxed.gpu.global.u32 [%0], %1;\n" ::"l"(f), "r"(v) : "memory");
-}
-__device__ __forceinline__ unsigned flag_acquire(const unsigned* f) {
-  unsigned v;
-  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(f) : "memory");
-  return v;
-}
-__device__ __forceinline__ void flag_clear(unsigned* f) {
-  asm volatile("st.relaxed.gpu.global.u32 [%0], %1;\n" ::"l"(f), "r"(0u) : "memory");
-}
 
 }  // namespace async
 }  // namespace sharq

@@ -250,17 +250,15 @@ def test_gemm_wgmma(dtype, n, k, block, m):
         assert torch.equal(_auto(x, packed, bias, dtype), y), "the automatic kernel is not the wgmma kernel"
 
 
-# The token-wide kernel's stream-K form (gemm_wgmma.cu, wide_stream_k): taken where it gives the
-# busiest SM fewer k-tiles than the cluster split-K form (launch_wide, wide_sk_ctas); on 132 SMs
-# 6144 x 4096 (48 tiles of 128 rows: 24 + 2 k-tiles against 32 at S = 2 for M <= 256, 3 x 48 tiles
-# at 600) and 4000 x 1472 at M = 600 (96 tiles, the last one partial, 23 k-tiles a tile cut at
-# odd places). Each output is the owner's FP32 sum plus the partials of the CTAs before it in a
-# fixed order: against the reference and the tile kernel, bit-stable over launches and under
-# CUDA-graph replay (the flags clear themselves within a launch).
+# The tokens' last x_hat box brings only its rows (gemm_wgmma.cu, x_tail_rows: rows rounded up to
+# 8, the rest of the box stale shared memory that feeds only token columns past M): M = 129 / 300 /
+# 600 end the token-wide kernel's last 256-row tile short (136 / 48 / 88 rows), 256 does not; 6144 x
+# 4096 runs on 48 tiles (cluster split-K), 4000 x 1472 ends on a partial tile with K/64 = 23. Against
+# the reference and the tile kernel, bit-stable over launches and under CUDA-graph replay.
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,k,block", [(6144, 4096, 32), (4000, 1472, 16)])
 @pytest.mark.parametrize("m", [129, 256, 300, 600])
-def test_gemm_wide_stream_k(dtype, n, k, block, m):
+def test_gemm_wgmma_short_last_box(dtype, n, k, block, m):
     payload, packed = packed_weight(n, k, block=block)
     x = _x(m, k, dtype)
     bias = heavy(1, n, dtype).reshape(n) if m % 2 else None
