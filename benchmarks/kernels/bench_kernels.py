@@ -37,7 +37,8 @@ from sharq_vllm import ops
 from sharq_vllm.kernels import dispatch
 from sharq_vllm.reference import quantize_weight
 
-MODEL = "Llama-3.1-8B"
+DEFAULT_MODEL = "Llama-3.1-8B"
+MODEL = DEFAULT_MODEL
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "serving", "configs")
 
 
@@ -724,7 +725,7 @@ def main():
     ap.add_argument(
         "--model", default=MODEL,
         help="whose four linears to time: a folder of benchmarks/serving/configs (e.g. Qwen2.5-7B); "
-        "default Llama-3.1-8B",
+        f"default {DEFAULT_MODEL}",
     )
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--reps", type=int, default=20)
@@ -794,7 +795,7 @@ def main():
     res["table"] = table
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     # another model's run beside the Llama-3.1-8B one, not over it
-    stem = f"kernels-{res['card']}" + ("" if args.model == "Llama-3.1-8B" else f"-{args.model}")
+    stem = f"kernels-{res['card']}" + ("" if args.model == DEFAULT_MODEL else f"-{args.model}")
     names = [] if args.cpu_smoke or args.out_only else [os.path.join(root, "results", f"{stem}.json")]
     if args.out:
         names.append(os.path.join(args.out, f"{stem}.json"))

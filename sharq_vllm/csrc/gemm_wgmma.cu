@@ -97,8 +97,8 @@ struct WgMaps {
 #define SHARQ_XTAIL 1
 #endif
 __host__ __device__ __forceinline__ int x_tail_rows(int M, int box) {
-  const int last = M - (M - 1) / box * box;
-  return SHARQ_XTAIL ? ((last + 7) / 8 * 8 < box ? (last + 7) / 8 * 8 : box) : box;
+  const int rows = (M - (M - 1) / box * box + 7) / 8 * 8;  // the last box's rows, rounded up to 8
+  return SHARQ_XTAIL && rows < box ? rows : box;
 }
 
 // A CTA's k-tiles under split-K: [t0, t0 + nk) of KT, visited from a start rotated by the tile
