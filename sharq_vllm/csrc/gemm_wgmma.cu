@@ -32,11 +32,11 @@
 //
 // Token-wide kernel, M > 128: 256 tokens x 128 weight rows a CTA; weights are wgmma's M side (64
 // rows a consumer warpgroup), tokens its N side (256), so one decode serves 256 tokens. 2 consumer
-// warpgroups decode k-tile t + 2 of their 4 strips into the third of their three 64 x 64 A tiles
-// (same placement and swizzle) while the MMAs of t and t + 1 run, publish it with fence.proxy.async
-// + a warpgroup barrier and issue 4 x wgmma.m64n256k16 a k-tile; a producer warpgroup (two threads)
-// keeps two rings full: x_hat boxes [256 rows][64 k] (`xfull` / `xempty`, freed when the MMAs
-// retire) and weights + scales (`wfull` / `wempty`, freed once loaded; session 37). A stream-K form (persistent CTAs over tile x k-tile units, partial tiles
+// warpgroups decode k-tile t + 1 of their 4 strips into the other of their two 64 x 64 A tiles
+// (same placement and swizzle) while the MMAs of t run, publish it with fence.proxy.async + a
+// warpgroup barrier and issue 4 x wgmma.m64n256k16; a producer warpgroup (one thread) keeps the
+// ring full (x_hat box [256 rows][64 k], weights, scales on one `full` mbarrier; `empty`: one
+// arrival a consumer warp). A stream-K form (persistent CTAs over tile x k-tile units, partial tiles
 // through a global workspace with per-CTA flags, the owner adding them in CTA order) was built and
 // measured slower where it should have won (gate_up at M = 256: 114 vs 105 us; kernels-H200-stream-k.json,
 // the code: commit 61df8d3). A from registers instead (register-source wgmma, no A tiles) was
@@ -375,25 +375,16 @@ gemm_wgmma_dec_kernel(const __grid_constant__ WgMaps maps, const float* __restri
 // ============================== the token-wide kernel (M > 128) ==============================
 // 256 tokens x 128 weight rows a CTA: 2 consumer warpgroups, each decoding its own 64 weight rows
 // into shared memory between its MMAs (wgmma M = 64 rows, N = the 256 tokens: one decode serves
-// 256 tokens), and a producer warpgroup whose two leader threads keep two rings full: x_hat boxes
-// (kXStages x 32 KB: a box is read by the MMAs) and weight + scale tiles (kWStages x 4.5 KB: read
-// by the decode, two k-tiles before the MMAs). Separate rings because they are held for different
-// spans: a weight slot only until the warps have loaded their words, an x_hat slot until the MMAs
-// that read it retire.
-// Pipeline of a consumer warpgroup (3 A buffers; iteration j):
-//   issue(j + 1)  -> MMA groups j - 1 (maybe still running), j, j + 1 in flight
-//   wait_group 2  -> j - 1 retired: its x_hat slot goes back to the producer, its A buffer is free
-//   decode(j + 2) into that buffer, fence.proxy.async + warpgroup barrier (published for j + 2)
-// so the decode of a k-tile runs while two k-tiles of MMAs are queued on the tensor cores. Session
-// 37's profile of the form before (one decode ahead, one x_hat + weight ring: ncu, gate_up at M =
-// 1024, kernels-H200-wide-pipeline.json) had the tensor pipe 76% busy against cuBLAS BF16's 95%,
-// the consumers' samples on the fence + barrier that publish a tile (12% of all) while only one
-// k-tile of MMAs was queued.
+// 256 tokens), and a producer warpgroup (one thread works). The kernel every M used before the
+// decoder-warp kernel, kept as it was measured (same SASS as 8c3cb0a's BM = 256 instantiation):
+// hence BM as a template parameter, 1 sub-tile and 1 k-tile a slot as constants of its former
+// per-BM choices, and ks passed at run time. Instantiated at BM = 256 only.
 template <int BM>
 struct WideCfg {
-  static constexpr int kWGs = 2;                     // consumer warpgroups
-  static constexpr int kWarps = 4 * kWGs;            // consumer warps
-  static constexpr int kThreads = 128 * kWGs + 128;  // + the producer warpgroup (two threads work)
+  static constexpr int kSubs = 1;                  // 64-row sub-tiles a warpgroup
+  static constexpr int kWGs = 2;                   // consumer warpgroups
+  static constexpr int kWarps = 4 * kWGs;          // consumer warps
+  static constexpr int kThreads = 128 * kWGs + 128;  // + the producer warpgroup (one thread works)
   static_assert(kThreads == sharq::kThreads, "launch shape");
   // setmaxnreg moves registers from the producer to the consumers within the CTA's launch
   // allocation (the release must cover the increase, or setmaxnreg.inc waits forever); ptxas
@@ -401,160 +392,183 @@ struct WideCfg {
   static constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;
   static constexpr int kRegs = (kLaunchRegs * kThreads - 128 * kProducerRegs) / (128 * kWGs) / 8 * 8;
   static_assert(kWGs * 128 * kRegs + 128 * kProducerRegs <= kLaunchRegs * kThreads, "setmaxnreg pool");
-  static constexpr int kStrips = 4 * kWGs;  // 16-row strips a CTA, one a consumer warp
+  static constexpr int kStrips = 4 * kWGs * kSubs;  // 16-row strips a CTA, kSubs a consumer warp
   static constexpr int kBN = 16 * kStrips;
-  static constexpr int kXRows = BM;          // the x_hat box: all BM tokens
+  static constexpr int kXRows = BM;                 // the x_hat box: all BM tokens
+  static constexpr int kSlotUsers = kWarps;  // every consumer warp reads every slot
+  static constexpr int kKs = 1;              // k-tiles a ring slot
   static constexpr int kBox = BM * 128;      // one x_hat box: BM rows of 64 16-bit values
-  static constexpr int kXStages = 4;
-  static constexpr int kWBytes = kStrips * kTileBytes;  // [strip][512 B]
-  static constexpr int kWStage = kWBytes + kStrips * kScaleSlot;  // + [strip][sbt]
-  static constexpr int kWStages = 8;
-  static constexpr int kATile = 64 * 128;   // a warpgroup's decoded A tile: 64 rows x 64 k, 16-bit
-  static constexpr int kABufs = 3;          // per warpgroup: two k-tiles in the MMAs, one decoding
-  static constexpr int kXRing = kXStages * kBox;
-  static constexpr int kARing = kABufs * kWGs * kATile;  // [buffer][warpgroup][64 rows][128 B]
-  static constexpr int kWRing = kWStages * kWStage;
+  static constexpr int kXBytes = kKs * kBox;
+  static constexpr int kWBytes = kKs * kStrips * kTileBytes;  // [strip][ks][512 B]
+  static constexpr int kSBytes = kKs * kStrips * kScaleSlot;  // [strip][ks][sbt]
+  static constexpr int kStage = (kXBytes + kWBytes + kSBytes + 1023) / 1024 * 1024;
+  static constexpr int kATile = 64 * 128;  // a warpgroup's decoded A tile: 64 rows x 64 k, 16-bit
+  static constexpr int kABuf = kSubs * kATile;         // one A buffer of a warpgroup
+  static constexpr int kABytes = kWGs * 2 * kABuf;     // two buffers a warpgroup
+  static constexpr int kStages = (kSmemBudget - kABytes) / kStage < 8 ? (kSmemBudget - kABytes) / kStage : 8;
+  static constexpr int kRing = kStages * kStage;
   static constexpr int kPRow = kBN + 4;  // partial-tile row (floats), padded: no bank conflicts
   static constexpr int kPartial = BM * kPRow * 4;
-  static constexpr int kRings = kXRing + kARing + kWRing;
-  static constexpr int kSmem = (kRings > kPartial ? kRings : kPartial) + 1024;
-  static_assert(kRings <= kSmemBudget, "shared memory");
-  static_assert(kWStage % 128 == 0, "weight slots 128-byte aligned");
-  // the MMAs hold up to 3 x_hat slots (j - 1 .. j + 1) and the producer needs one to fill
-  static_assert(kXStages >= 4 && kWStages >= 4, "rings too shallow");
+  static constexpr int kSmem = (kRing + kABytes > kPartial ? kRing + kABytes : kPartial) + 1024;
+  // each consumer warpgroup holds at most 2 slots (the one its MMAs read, the one it decodes) while
+  // the producer needs one free: no deadlock with >= 2 x 2 + 1 slots
+  static_assert(kStages >= 5, "ring too shallow");
 };
 
 template <typename T, int BM>
 __global__ void __launch_bounds__(WideCfg<BM>::kThreads, 1)
 gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restrict__ tscale,
                        const T* __restrict__ bias, T* __restrict__ y, int64_t ys, int M, int n_valid, int KT,
-                       int sbt, int wblock) {
+                       int sbt, int wblock, int ks /* k-tiles a ring slot: WideCfg::kKs, passed at run time */) {
   using C = WideCfg<BM>;
   extern __shared__ uint8_t smem_raw[];
-  __shared__ __align__(8) uint64_t xfull[C::kXStages], xempty[C::kXStages], wfull[C::kWStages], wempty[C::kWStages];
+  __shared__ __align__(8) uint64_t full[C::kStages], empty[C::kStages];
   uint8_t* smem = smem_raw + ((1024 - (async::smem_u32(smem_raw) & 1023)) & 1023);
-  uint8_t* const aring = smem + C::kXRing;
-  uint8_t* const wring = aring + C::kARing;
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const KRange ktile(KT);
-  const int nk = ktile.nk;
+  // this CTA's k-groups (ks tiles each; KT % ks == 0)
+  const KRange group_of(KT / ks);
+  const int nk = group_of.nk;
   const int strip0 = blockIdx.x * C::kStrips;
   const int m0 = blockIdx.z * BM;
 
   if (threadIdx.x == 0) {
-    for (int s = 0; s < C::kXStages; ++s) {
-      async::mbar_init(&xfull[s], 1);
-      async::mbar_init(&xempty[s], C::kWarps);
-    }
-    for (int s = 0; s < C::kWStages; ++s) {
-      async::mbar_init(&wfull[s], 1);
-      async::mbar_init(&wempty[s], C::kWarps);
+    for (int s = 0; s < C::kStages; ++s) {
+      async::mbar_init(&full[s], 1);
+      async::mbar_init(&empty[s], C::kSlotUsers);
     }
     async::mbar_fence_init();
   }
   __syncthreads();
 
   if (warp >= C::kWarps) {
-    // ---- producer: warp kWarps' lane 0 the weight ring, the next warp's lane 0 the x_hat ring ----
+    // ---- producer: one thread, three TMA requests (+ ks - 1 for x) a slot ----
     async::setmaxnreg_dec<kProducerRegs>();
     if (warp == C::kWarps && lane == 0) {
-      const uint32_t tx = (uint32_t)(C::kStrips * (kTileBytes + sbt));
-      for (int i = 0; i < nk; ++i) {
-        const int slot = i % C::kWStages, t = ktile(i);
-        if (i >= C::kWStages) async::mbar_wait(&wempty[slot], ((i / C::kWStages) & 1) ^ 1);
-        uint8_t* st = wring + slot * C::kWStage;
-        async::mbar_arrive_expect_tx(&wfull[slot], tx);
-        async::tma_load_3d(st, &maps.w, 0, t, strip0, &wfull[slot]);
-        async::tma_load_3d(st + C::kWBytes, &maps.s, 0, t, strip0, &wfull[slot]);
-      }
-    } else if (warp == C::kWarps + 1 && lane == 0) {
       // the last m-tile, when it is short: boxes of x_tail_rows(M, BM) rows (maps.xt)
       const bool tail = blockIdx.z == gridDim.z - 1 && x_tail_rows(M, BM) < BM;
-      const uint32_t tx = tail ? (uint32_t)x_tail_rows(M, BM) * 128u : (uint32_t)C::kBox;
+      const uint32_t tx =
+          (uint32_t)(ks * (C::kStrips * (kTileBytes + sbt) + (tail ? x_tail_rows(M, BM) * 128 : C::kBox)));
+      auto issue_w = [&](int i) {
+        const int slot = i % C::kStages, t = group_of(i) * ks;
+        uint8_t* st = smem + slot * C::kStage;
+        async::mbar_arrive_expect_tx(&full[slot], tx);
+        async::tma_load_3d(st + C::kXBytes, &maps.w, 0, t, strip0, &full[slot]);
+        async::tma_load_3d(st + C::kXBytes + C::kWBytes, &maps.s, 0, t, strip0, &full[slot]);
+      };
+      auto issue_x = [&](int i) {
+        const int slot = i % C::kStages, t = group_of(i) * ks;
+        for (int kk = 0; kk < ks; ++kk)
+            async::tma_load_2d(smem + slot * C::kStage + kk * C::kBox, tail ? &maps.xt : &maps.x, 64 * (t + kk), m0,
+                               &full[slot]);
+      };
+      const int pro = min(nk, C::kStages);
+      for (int i = 0; i < pro; ++i) issue_w(i);
       async::pdl_wait();  // x_hat is written by the preceding kernel
-      for (int i = 0; i < nk; ++i) {
-        const int slot = i % C::kXStages;
-        if (i >= C::kXStages) async::mbar_wait(&xempty[slot], ((i / C::kXStages) & 1) ^ 1);
-        async::mbar_arrive_expect_tx(&xfull[slot], tx);
-        async::tma_load_2d(smem + slot * C::kBox, tail ? &maps.xt : &maps.x, 64 * ktile(i), m0, &xfull[slot]);
+      for (int i = 0; i < pro; ++i) issue_x(i);
+      for (int i = pro; i < nk; ++i) {
+        async::mbar_wait(&empty[i % C::kStages], ((i / C::kStages) & 1) ^ 1);
+        issue_w(i);
+        issue_x(i);
       }
     }
   } else {
     // ---- consumers ----
     async::setmaxnreg_inc<C::kRegs>();
+    constexpr int R = C::kSubs;
     const int wg = warp >> 2, wi = warp & 3, g = lane >> 2, q = lane & 3;
-    // the warp's strip (wg 4 + wi of the CTA's): byte offsets inside a weight slot of the lane's
-    // 16 code bytes and of its scale pair (s_g, s_g+8)
-    const uint32_t wofs = (uint32_t)(warp * kTileBytes + lane * 16);
-    const uint32_t sofs = (uint32_t)(C::kWBytes + warp * sbt + (wblock == 32 ? (q >> 1) : q) * 16 + 2 * g);
+    // byte offsets inside a ring slot of the lane's words and scale pair (s_g, s_g+8) of k-tile 0 of
+    // its strip in sub-tile r (strip (wg R + r) 4 + wi of the CTA's); k-tile kk: + kk 512 / + kk sbt
+    uint32_t wofs[R], sofs[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int strip = (wg * R + r) * 4 + wi;
+      wofs[r] = C::kXBytes + strip * ks * kTileBytes + lane * 16;
+      sofs[r] = C::kXBytes + C::kWBytes + strip * ks * sbt + (wblock == 32 ? (q >> 1) : q) * 16 + 2 * g;
+    }
     // the lane's word i (row g + 8 (i & 1), k 16q + 8 (i >> 1) .. +7) -> its 16-byte chunk of a
     // swizzled 64-row A tile (row 16 wi + g (+8): r % 8 = g)
     uint32_t aoff[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) aoff[i] = (16 * wi + g + 8 * (i & 1)) * 128 + (((2 * q + (i >> 1)) ^ g) * 16);
-    uint8_t* const abase = aring + wg * C::kATile;  // + b kWGs kATile: buffer b
+    // the warpgroup's two A buffers, R 64-row tiles each
+    uint8_t* const abase = smem + C::kRing + 2 * wg * C::kABuf;
     const uint64_t da0 = async::desc_sw128(abase), dx0 = async::desc_sw128(smem);
-    float acc[BM / 2];
+    float acc[R][BM / 2];
 #pragma unroll
-    for (int c = 0; c < BM / 2; ++c) acc[c] = 0.0f;
-    // k-tile i of the sequence -> A buffer i % 3 (e2m1 * s * 2^-7, exact); its weight slot goes
-    // back to the producer once the warp's words have been used (stored decoded)
-    auto decode = [&](int i) {
-      const int slot = i % C::kWStages;
-      async::mbar_wait(&wfull[slot], (i / C::kWStages) & 1);
-      const uint8_t* st = wring + slot * C::kWStage;
-      decode_strip<T>(*reinterpret_cast<const uint4*>(st + wofs), *reinterpret_cast<const uint16_t*>(st + sofs),
-                      abase + (i % C::kABufs) * (C::kWGs * C::kATile), aoff);
-      __syncwarp();
-      if (lane == 0) async::mbar_arrive(&wempty[slot]);
-    };
-    auto publish = [&]() {
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int c = 0; c < BM / 2; ++c) acc[r][c] = 0.0f;
+    // k-tile kk of the slot at st -> A buffer buf (e2m1 * s * 2^-7, exact), published to the
+    // warpgroup's MMAs
+    auto decode = [&](const uint8_t* st, int kk, int buf) {
+      uint8_t* dst = abase + buf * C::kABuf;
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        decode_strip<T>(*reinterpret_cast<const uint4*>(st + wofs[r] + kk * kTileBytes),
+                        *reinterpret_cast<const uint16_t*>(st + sofs[r] + kk * sbt), dst + r * C::kATile, aoff);
       async::fence_proxy_async_smem();
       async::named_sync(2 + wg, 128);
     };
-    // the MMAs of k-tile i (x_hat slot i % kXStages, A buffer i % 3), one commit group
-    auto issue = [&](int i) {
-      const int slot = i % C::kXStages;
-      async::mbar_wait(&xfull[slot], (i / C::kXStages) & 1);
+    // the MMAs of k-tile kk of ring slot `slot` on A buffer buf, one commit group
+    auto issue = [&](int slot, int kk, int buf) {
 #pragma unroll
-      for (int c = 0; c < BM / 2; ++c) async::fence_operand(acc[c]);
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int c = 0; c < BM / 2; ++c) async::fence_operand(acc[r][c]);
       async::wgmma_fence();
-      const uint64_t da = da0 + (((i % C::kABufs) * (C::kWGs * C::kATile)) >> 4);
-      const uint64_t dx = dx0 + ((slot * C::kBox) >> 4);
+      const uint64_t da = da0 + ((buf * C::kABuf) >> 4);
+      const uint64_t dx = dx0 + ((slot * C::kStage + kk * C::kBox) >> 4);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) wg::Wgmma<T, BM>::mma(acc, da + 2 * j, dx + 2 * j);
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int r = 0; r < R; ++r) wg::Wgmma<T, BM>::mma(acc[r], da + ((r * C::kATile) >> 4) + 2 * j, dx + 2 * j);
       async::wgmma_commit();
     };
     if (nk > 0) {
-      decode(0);
-      if (nk > 1) decode(1);
-      publish();
-      issue(0);
-      for (int j = 0; j + 1 < nk; ++j) {
-        issue(j + 1);
-        async::wgmma_wait<2>();  // k-tile j - 1's MMAs have completed
-        if (j >= 1 && lane == 0) async::mbar_arrive(&xempty[(j - 1) % C::kXStages]);
-        if (j + 2 < nk) {
-          decode(j + 2);  // into k-tile j - 1's A buffer
-          publish();
+      // position: slot i of this CTA's sequence = ring slot `slot`, `phase` = its fill parity
+      int i = 0, slot = 0, phase = 0, kk = 0, buf = 0;
+      int prev_slot = -1;  // a ring slot whose last k-tile's MMAs may still run
+      async::mbar_wait(&full[0], 0);
+      decode(smem, 0, 0);
+      for (;;) {
+        issue(slot, kk, buf);
+        async::wgmma_wait<1>();  // the previous k-tile's MMAs have completed: its A buffer is free
+        if (prev_slot >= 0 && lane == 0) async::mbar_arrive(&empty[prev_slot]);
+        prev_slot = -1;
+        if (++kk == ks) {  // k-tile (i, kk) was its slot's last
+          prev_slot = slot;
+          kk = 0;
+          if (++i == nk) break;
+          if (++slot == C::kStages) {
+            slot = 0;
+            phase ^= 1;
+          }
+          async::mbar_wait(&full[slot], phase);
         }
+        buf ^= 1;
+        decode(smem + slot * C::kStage, kk, buf);
       }
       async::wgmma_wait<0>();
+      if (prev_slot >= 0 && lane == 0) async::mbar_arrive(&empty[prev_slot]);
     }
 #pragma unroll
-    for (int c = 0; c < BM / 2; ++c) async::fence_operand(acc[c]);
-    // the partial tile [BM tokens][BN rows] (FP32) over the rings: every slot has been consumed
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int c = 0; c < BM / 2; ++c) async::fence_operand(acc[r][c]);
+    // the partial tile [BM tokens][BN rows] (FP32) over the ring: every slot has been consumed
     async::named_sync(1, C::kWarps * 32);
     float* part = reinterpret_cast<float*>(smem);
 #pragma unroll
-    for (int nb = 0; nb < BM / 8; ++nb)
+    for (int r = 0; r < R; ++r)
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int n = 64 * wg + 16 * wi + g + 8 * (c >> 1);
-        const int m = 8 * nb + 2 * q + (c & 1);
-        part[m * C::kPRow + n] = acc[4 * nb + c];
-      }
+      for (int nb = 0; nb < BM / 8; ++nb)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const int n = 64 * (wg * R + r) + 16 * wi + g + 8 * (c >> 1);
+          const int m = 8 * nb + 2 * q + (c & 1);
+          part[m * C::kPRow + n] = acc[r][4 * nb + c];
+        }
   }
 
   reduce_store<T, BM, C::kBN, C::kPRow>(smem, M, m0, strip0 * 16, n_valid, tscale, bias, y, ys);
@@ -712,7 +726,7 @@ cudaError_t launch_wgmma_dt(const void* x, int64_t xs, const void* qw, const voi
     return launch_wgmma_cfg<T, 128, DecCfg<128>>(gemm_wgmma_dec_kernel<T, 128>, x, xs, qw, sc, ts, bias, y, ys, M, N,
                                                  n_valid, K, wblock, stream);
   return launch_wgmma_cfg<T, 256, WideCfg<256>>(gemm_wgmma_wide_kernel<T, 256>, x, xs, qw, sc, ts, bias, y, ys, M, N,
-                                                 n_valid, K, wblock, stream);
+                                                 n_valid, K, wblock, stream, WideCfg<256>::kKs);
 }
 
 // TMA reads x: 16-byte aligned base and row stride (the bindings check both for every GEMM)
