@@ -102,15 +102,14 @@ __host__ __device__ __forceinline__ int x_tail_rows(int M, int box) {
 }
 
 // A CTA's k-tiles under split-K: [t0, t0 + nk) of KT, visited from a start rotated by the tile
-// index (CTAs that run at the same time then read different k; the CTAs of an x_hat multicast
-// pair pass their pair's index, as they must read the same k at the same time).
+// index (CTAs that run at the same time then read different k).
 struct KRange {
   int t0, nk, rot;
-  __device__ KRange(int KT, unsigned xtile = blockIdx.x) {
+  __device__ KRange(int KT) {
     const int rank = blockIdx.y, nsplit = gridDim.y;  // cluster (1, S, 1): rank = blockIdx.y
     t0 = (int)((int64_t)KT * rank / nsplit);
     nk = (int)((int64_t)KT * (rank + 1) / nsplit) - t0;
-    rot = nk > 0 ? (int)((xtile * 7u + blockIdx.z * 3u) % (unsigned)nk) : 0;
+    rot = nk > 0 ? (int)((blockIdx.x * 7u + blockIdx.z * 3u) % (unsigned)nk) : 0;
   }
   __device__ int operator()(int i) const { return t0 + (i + rot >= nk ? i + rot - nk : i + rot); }
 };
@@ -119,19 +118,11 @@ struct KRange {
 // at smem: rank r of the cluster reduces token rows [r rows / S, (r+1) rows / S) over the ranks in
 // a fixed order (rank 0, 1, ...) through distributed shared memory (deterministic, no workspace,
 // no atomics), then * tensor_scale * 2^7, + bias, one rounding.
-// A quad of 4 outputs goes out as one 8-byte store where it is whole and aligned (y rows of an even
-// number of 4-column groups: every Llama / Qwen layer); -DSHARQ_VEC_STORE=0: 4 scalar stores
-// (the A/B's baseline). Same bits either way.
-#ifndef SHARQ_VEC_STORE
-#define SHARQ_VEC_STORE 1
-#endif
-// `cluster`: the CTA is in a cluster of more than one (split-K, or an x_hat multicast pair, whose
-// peer must not exit while this CTA's consumers may still arrive on its barriers).
 template <typename T, int BM, int BN, int PROW>
 __device__ __forceinline__ void reduce_store(const uint8_t* smem, int M, int m0, int n_base, int n_valid,
-                                             const float* tscale, const T* bias, T* y, int64_t ys, bool cluster) {
+                                             const float* tscale, const T* bias, T* y, int64_t ys) {
   const int rank = blockIdx.y, nsplit = gridDim.y;
-  if (cluster) async::cluster_sync();
+  if (nsplit > 1) async::cluster_sync();
   else __syncthreads();
   const float* part = reinterpret_cast<const float*>(smem);
   const int rows = min(BM, M - m0);
@@ -144,21 +135,15 @@ __device__ __forceinline__ void reduce_store(const uint8_t* smem, int M, int m0,
     const float4 s = async::add_peers_f4(nsplit > 1 ? async::ld_peer_f4(p, 0) : *reinterpret_cast<const float4*>(p),
                                          p, nsplit);
     const float sv[4] = {s.x, s.y, s.z, s.w};
-    T* yr = y + (int64_t)(m0 + m) * ys + n_base + n;
-    const int left = n_valid - (n_base + n);  // valid columns from this quad's first
-    __align__(8) T o[4];
+    T* yr = y + (int64_t)(m0 + m) * ys;
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
-      float v = __fmul_rn(sv[u], ts);
-      if (bias != nullptr && u < left) v = __fadd_rn(v, Elem<T>::to_float(bias[n_base + n + u]));
-      o[u] = Elem<T>::from_float(v);
-    }
-    if (SHARQ_VEC_STORE && left >= 4 && (reinterpret_cast<uintptr_t>(yr) & 7) == 0) {
-      *reinterpret_cast<uint2*>(yr) = *reinterpret_cast<const uint2*>(o);  // one 8-byte store
-    } else {
-#pragma unroll
-      for (int u = 0; u < 4; ++u)
-        if (u < left) yr[u] = o[u];
+      const int col = n_base + n + u;
+      if (col < n_valid) {
+        float v = __fmul_rn(sv[u], ts);
+        if (bias != nullptr) v = __fadd_rn(v, Elem<T>::to_float(bias[col]));
+        yr[col] = Elem<T>::from_float(v);
+      }
     }
   }
   if (nsplit > 1) async::cluster_sync();  // peers may still read this CTA's partial tile
@@ -384,7 +369,7 @@ gemm_wgmma_dec_kernel(const __grid_constant__ WgMaps maps, const float* __restri
         *reinterpret_cast<float2*>(part + m * C::kPRow + n) = make_float2(acc[4 * nb + 2 * h], acc[4 * nb + 2 * h + 1]);
       }
   }
-  reduce_store<T, BM, C::kBN, C::kPRow>(smem, M, m0, strip0 * 16, n_valid, tscale, bias, y, ys, gridDim.y > 1);
+  reduce_store<T, BM, C::kBN, C::kPRow>(smem, M, m0, strip0 * 16, n_valid, tscale, bias, y, ys);
 }
 
 // ============================== the token-wide kernel (M > 128) ==============================
@@ -430,26 +415,19 @@ struct WideCfg {
   static_assert(kStages >= 5, "ring too shallow");
 };
 
-// MC = 2: x_hat multicast. The CTAs 2c, 2c + 1 along x (a 2 x 1 x 1 cluster, no split-K) share the
-// token tile: each issues one half of the 256-row x_hat box (rows 128 r .. +127, rank r) to both,
-// so a CTA pulls 16 KB of x_hat a k-tile from L2 instead of 32 KB. Both wait for the whole box on
-// their own `full` barrier; a slot is refilled only when the consumers of both CTAs are done with
-// it (`empty` counts both CTAs' consumer warps: each arrives on its own and on its peer's), and
-// both visit the k-tiles in the same order (KRange rotated by the pair's index).
-template <typename T, int BM, int MC>
+template <typename T, int BM>
 __global__ void __launch_bounds__(WideCfg<BM>::kThreads, 1)
 gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restrict__ tscale,
                        const T* __restrict__ bias, T* __restrict__ y, int64_t ys, int M, int n_valid, int KT,
                        int sbt, int wblock, int ks /* k-tiles a ring slot: WideCfg::kKs, passed at run time */) {
   using C = WideCfg<BM>;
-  static_assert(MC == 1 || MC == 2, "x_hat multicast over 1 or 2 CTAs");
   extern __shared__ uint8_t smem_raw[];
   __shared__ __align__(8) uint64_t full[C::kStages], empty[C::kStages];
   uint8_t* smem = smem_raw + ((1024 - (async::smem_u32(smem_raw) & 1023)) & 1023);
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   // this CTA's k-groups (ks tiles each; KT % ks == 0)
-  const KRange group_of(KT / ks, blockIdx.x / MC);
+  const KRange group_of(KT / ks);
   const int nk = group_of.nk;
   const int strip0 = blockIdx.x * C::kStrips;
   const int m0 = blockIdx.z * BM;
@@ -457,53 +435,16 @@ gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restr
   if (threadIdx.x == 0) {
     for (int s = 0; s < C::kStages; ++s) {
       async::mbar_init(&full[s], 1);
-      async::mbar_init(&empty[s], C::kSlotUsers * MC);
+      async::mbar_init(&empty[s], C::kSlotUsers);
     }
     async::mbar_fence_init();
   }
-  if (MC > 1) async::cluster_sync();  // the peer's copies and arrivals find initialized barriers
-  else __syncthreads();
+  __syncthreads();
 
   if (warp >= C::kWarps) {
     // ---- producer: one thread, three TMA requests (+ ks - 1 for x) a slot ----
     async::setmaxnreg_dec<kProducerRegs>();
-    if (MC > 1 && warp == C::kWarps && lane == 0) {
-      // x_hat boxes of BM / 2 rows (maps.x; maps.xt: x_tail_rows(M, BM / 2) rows, the tokens' last),
-      // half h = rows m0 + h BM / 2 .. of the tile, at h BM / 2 rows into the slot's box
-      constexpr int kHalf = BM / 2;
-      const int rank = (int)async::cluster_rank();
-      auto half_rows = [&](int h) { return min(max(M - (m0 + h * kHalf), 0), kHalf); };
-      auto half_bytes = [&](int h) {
-        const int r = half_rows(h);
-        return r == kHalf ? kHalf * 128 : r > 0 ? x_tail_rows(M, kHalf) * 128 : 0;
-      };
-      const uint32_t tx = (uint32_t)(ks * (C::kStrips * (kTileBytes + sbt) + half_bytes(0) + half_bytes(1)));
-      const int mine = half_rows(rank);
-      const CUtensorMap* xmap = mine == kHalf ? &maps.x : &maps.xt;
-      auto issue_w = [&](int i) {
-        const int slot = i % C::kStages, t = group_of(i) * ks;
-        uint8_t* st = smem + slot * C::kStage;
-        async::mbar_arrive_expect_tx(&full[slot], tx);
-        async::tma_load_3d(st + C::kXBytes, &maps.w, 0, t, strip0, &full[slot]);
-        async::tma_load_3d(st + C::kXBytes + C::kWBytes, &maps.s, 0, t, strip0, &full[slot]);
-      };
-      auto issue_x = [&](int i) {
-        if (mine == 0) return;  // this half of the tile is past M: nothing to bring
-        const int slot = i % C::kStages, t = group_of(i) * ks;
-        for (int kk = 0; kk < ks; ++kk)
-          async::tma_load_2d_multicast(smem + slot * C::kStage + kk * C::kBox + rank * kHalf * 128, xmap,
-                                       64 * (t + kk), m0 + rank * kHalf, &full[slot], 0x3);
-      };
-      const int pro = min(nk, C::kStages);
-      for (int i = 0; i < pro; ++i) issue_w(i);
-      async::pdl_wait();  // x_hat is written by the preceding kernel
-      for (int i = 0; i < pro; ++i) issue_x(i);
-      for (int i = pro; i < nk; ++i) {
-        async::mbar_wait(&empty[i % C::kStages], ((i / C::kStages) & 1) ^ 1);
-        issue_w(i);
-        issue_x(i);
-      }
-    } else if (MC == 1 && warp == C::kWarps && lane == 0) {
+    if (warp == C::kWarps && lane == 0) {
       // the last m-tile, when it is short: boxes of x_tail_rows(M, BM) rows (maps.xt)
       const bool tail = blockIdx.z == gridDim.z - 1 && x_tail_rows(M, BM) < BM;
       const uint32_t tx =
@@ -569,11 +510,6 @@ gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restr
       async::fence_proxy_async_smem();
       async::named_sync(2 + wg, 128);
     };
-    // this warp is done with ring slot `slot` (its own CTA's and, under multicast, the peer's copy)
-    auto release = [&](int slot) {
-      async::mbar_arrive(&empty[slot]);
-      if (MC > 1) async::mbar_arrive_peer(&empty[slot], async::cluster_rank() ^ 1u);
-    };
     // the MMAs of k-tile kk of ring slot `slot` on A buffer buf, one commit group
     auto issue = [&](int slot, int kk, int buf) {
 #pragma unroll
@@ -598,7 +534,7 @@ gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restr
       for (;;) {
         issue(slot, kk, buf);
         async::wgmma_wait<1>();  // the previous k-tile's MMAs have completed: its A buffer is free
-        if (prev_slot >= 0 && lane == 0) release(prev_slot);
+        if (prev_slot >= 0 && lane == 0) async::mbar_arrive(&empty[prev_slot]);
         prev_slot = -1;
         if (++kk == ks) {  // k-tile (i, kk) was its slot's last
           prev_slot = slot;
@@ -614,7 +550,7 @@ gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restr
         decode(smem + slot * C::kStage, kk, buf);
       }
       async::wgmma_wait<0>();
-      if (prev_slot >= 0 && lane == 0) release(prev_slot);
+      if (prev_slot >= 0 && lane == 0) async::mbar_arrive(&empty[prev_slot]);
     }
 #pragma unroll
     for (int r = 0; r < R; ++r)
@@ -635,7 +571,7 @@ gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restr
         }
   }
 
-  reduce_store<T, BM, C::kBN, C::kPRow>(smem, M, m0, strip0 * 16, n_valid, tscale, bias, y, ys, gridDim.y > 1 || MC > 1);
+  reduce_store<T, BM, C::kBN, C::kPRow>(smem, M, m0, strip0 * 16, n_valid, tscale, bias, y, ys);
 }
 
 
@@ -652,18 +588,17 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return fn;
 }
 
-// A launch of kThreads-thread CTAs with `smem` dynamic shared memory as clusters of MC x S x 1
-// (MC: the token-wide kernel's x_hat multicast pairs; S: split-K), optionally with programmatic
-// dependent launch; attr must outlive cfg.
+// A launch of kThreads-thread CTAs with `smem` dynamic shared memory as clusters of 1 x S x 1
+// (split-K), optionally with programmatic dependent launch; attr must outlive cfg.
 void cluster_launch(cudaLaunchConfig_t& cfg, cudaLaunchAttribute (&attr)[2], dim3 grid, int smem, int S, bool pdl,
-                    cudaStream_t stream, int MC = 1) {
+                    cudaStream_t stream) {
   cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = MC;
+  attr[0].val.clusterDim.x = 1;
   attr[0].val.clusterDim.y = S;
   attr[0].val.clusterDim.z = 1;
   attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -692,21 +627,18 @@ int choose_split(K kern, int tiles, int KT, int sms) {
   return 1;
 }
 
-// One launch of kernel `kern` with configuration C (BM tokens x C::kBN rows a CTA); mc = 2: the
-// token-wide kernel's x_hat multicast form (pairs of CTAs along x, no split-K).
+// One launch of kernel `kern` with configuration C (BM tokens x C::kBN rows a CTA).
 template <typename T, int BM, typename C, typename Kern, typename... Extra>
-cudaError_t launch_wgmma_cfg(Kern kern, int mc, const void* x, int64_t xs, const void* qw, const void* sc,
-                             const float* ts, const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K,
-                             int wblock, cudaStream_t stream, Extra... extra) {
+cudaError_t launch_wgmma_cfg(Kern kern, const void* x, int64_t xs, const void* qw, const void* sc, const float* ts,
+                             const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K, int wblock,
+                             cudaStream_t stream, Extra... extra) {
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return cudaErrorInvalidDevice;
-  // the shared-memory opt-in is per device and kernel (mc = 1 / 2 are two kernels of one type here:
-  // the measured build kept one flag for both, so whichever launched second failed)
-  static bool configured[kMaxDevices][2] = {};
-  if (!configured[dev][mc - 1]) {
+  static bool configured[kMaxDevices] = {};  // the shared-memory opt-in is per device
+  if (!configured[dev]) {
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
     if (e != cudaSuccess) return e;
-    configured[dev][mc - 1] = true;
+    configured[dev] = true;
   }
   PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
   if (encode == nullptr) return cudaErrorNotSupported;
@@ -715,8 +647,7 @@ cudaError_t launch_wgmma_cfg(Kern kern, int mc, const void* x, int64_t xs, const
   for (int tail = 0; tail < 2; ++tail) {  // maps.x, then maps.xt (the tokens' last box: x_tail_rows)
     const cuuint64_t gdim[2] = {(cuuint64_t)K, (cuuint64_t)M};
     const cuuint64_t gstride[1] = {(cuuint64_t)xs * sizeof(T)};
-    const int rows = C::kXRows / mc;  // a multicast pair's CTA brings half of the box
-    const cuuint32_t box[2] = {64, (cuuint32_t)(tail ? x_tail_rows(M, rows) : rows)};
+    const cuuint32_t box[2] = {64, (cuuint32_t)(tail ? x_tail_rows(M, C::kXRows) : C::kXRows)};
     const cuuint32_t estride[2] = {1, 1};
     const CUtensorMapDataType dt =
         std::is_same<T, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
@@ -749,12 +680,11 @@ cudaError_t launch_wgmma_cfg(Kern kern, int mc, const void* x, int64_t xs, const
   const int sms = sm_count();
   const int ntiles = (nstrips + C::kStrips - 1) / C::kStrips;
   const int mtiles = (M + BM - 1) / BM;
-  const int split = mc > 1 ? 1 : choose_split<C>(kern, ntiles * mtiles, KT, sms);
+  const int split = choose_split<C>(kern, ntiles * mtiles, KT, sms);
 
   cudaLaunchConfig_t cfg;
   cudaLaunchAttribute attr[2];
-  // multicast pairs: an odd last tile's partner runs on strips past N (zeros, nothing stored)
-  cluster_launch(cfg, attr, dim3((ntiles + mc - 1) / mc * mc, split, mtiles), C::kSmem, split, true, stream, mc);
+  cluster_launch(cfg, attr, dim3(ntiles, split, mtiles), C::kSmem, split, true, stream);
   return cudaLaunchKernelEx(&cfg, kern, maps, ts, static_cast<const T*>(bias), static_cast<T*>(y), ys, M, n_valid,
                             KT, sbt, wblock, extra...);
 }
@@ -782,35 +712,21 @@ int dec_bn(int nstrips, int sms) {
   return SHARQ_WG_BN224 && 2 * t256 > sms && t224 <= sms && t224 > t256 ? 224 : 256;
 }
 
-// The token-wide kernel's x_hat multicast pairs (MC = 2) wherever it runs without split-K (its
-// tiles fill the SMs: every layer from M = 513, gate_up from 129). EXTRA_NVFLAGS=-DSHARQ_XMC=0
-// builds the A/B's baseline (MC = 1 always).
-#ifndef SHARQ_XMC
-#define SHARQ_XMC 1
-#endif
-bool wide_multicast() { return SHARQ_XMC != 0; }
-
 template <typename T>
 cudaError_t launch_wgmma_dt(const void* x, int64_t xs, const void* qw, const void* sc, const float* ts,
                             const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K, int wblock,
                             cudaStream_t stream) {
   if (M <= 64 && dec_bn(N / 16, sm_count()) == 224)
-    return launch_wgmma_cfg<T, 64, DecCfg<64, 224>>(gemm_wgmma_dec_kernel<T, 64, 224>, 1, x, xs, qw, sc, ts, bias, y,
-                                                    ys, M, N, n_valid, K, wblock, stream);
+    return launch_wgmma_cfg<T, 64, DecCfg<64, 224>>(gemm_wgmma_dec_kernel<T, 64, 224>, x, xs, qw, sc, ts, bias, y, ys,
+                                                    M, N, n_valid, K, wblock, stream);
   if (M <= 64)
-    return launch_wgmma_cfg<T, 64, DecCfg<64>>(gemm_wgmma_dec_kernel<T, 64>, 1, x, xs, qw, sc, ts, bias, y, ys, M, N,
+    return launch_wgmma_cfg<T, 64, DecCfg<64>>(gemm_wgmma_dec_kernel<T, 64>, x, xs, qw, sc, ts, bias, y, ys, M, N,
                                                n_valid, K, wblock, stream);
   if (M <= kGemmWgmmaDecMaxM)
-    return launch_wgmma_cfg<T, 128, DecCfg<128>>(gemm_wgmma_dec_kernel<T, 128>, 1, x, xs, qw, sc, ts, bias, y, ys, M,
-                                                 N, n_valid, K, wblock, stream);
-  using W = WideCfg<256>;
-  const int ntiles = (N / 16 + W::kStrips - 1) / W::kStrips, mtiles = (M + 255) / 256;
-  if (wide_multicast() && ntiles >= 2 &&
-      choose_split<W>(gemm_wgmma_wide_kernel<T, 256, 1>, ntiles * mtiles, K / 64, sm_count()) == 1)
-    return launch_wgmma_cfg<T, 256, W>(gemm_wgmma_wide_kernel<T, 256, 2>, 2, x, xs, qw, sc, ts, bias, y, ys, M, N,
-                                       n_valid, K, wblock, stream, W::kKs);
-  return launch_wgmma_cfg<T, 256, W>(gemm_wgmma_wide_kernel<T, 256, 1>, 1, x, xs, qw, sc, ts, bias, y, ys, M, N,
-                                     n_valid, K, wblock, stream, W::kKs);
+    return launch_wgmma_cfg<T, 128, DecCfg<128>>(gemm_wgmma_dec_kernel<T, 128>, x, xs, qw, sc, ts, bias, y, ys, M, N,
+                                                 n_valid, K, wblock, stream);
+  return launch_wgmma_cfg<T, 256, WideCfg<256>>(gemm_wgmma_wide_kernel<T, 256>, x, xs, qw, sc, ts, bias, y, ys, M, N,
+                                                 n_valid, K, wblock, stream, WideCfg<256>::kKs);
 }
 
 // TMA reads x: 16-byte aligned base and row stride (the bindings check both for every GEMM)

@@ -62,17 +62,6 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const void* tmap, int c0,
       : "memory");
 }
 
-// The same box delivered to every CTA of the cluster named in `mask` (bit r = cluster rank r): it
-// lands at dst's offset in each and completes its bytes on the mbarrier at bar's offset in each.
-__device__ __forceinline__ void tma_load_2d_multicast(void* dst, const void* tmap, int c0, int c1, uint64_t* bar,
-                                                      uint16_t mask) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%2, "
-      "%3}], [%4], %5;\n" ::"r"(smem_u32(dst)),
-      "l"(tmap), "r"(c0), "r"(c1), "r"(smem_u32(bar)), "h"(mask)
-      : "memory");
-}
-
 // Box {c0, c1, c2} of a 3-D tensor map -> dst (16-byte aligned, dense in box order).
 __device__ __forceinline__ void tma_load_3d(void* dst, const void* tmap, int c0, int c1, int c2, uint64_t* bar) {
   asm volatile(
@@ -121,19 +110,6 @@ __device__ __forceinline__ uint64_t desc_interleave(uint32_t saddr, uint32_t lbo
 __device__ __forceinline__ void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
   asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-// This CTA's rank in its cluster.
-__device__ __forceinline__ uint32_t cluster_rank() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-  return r;
-}
-// Arrive on the mbarrier at bar's offset in cluster CTA `rank` (release: this thread's earlier
-// accesses, e.g. the reads that freed a buffer the peer refills, happen before the arrival).
-__device__ __forceinline__ void mbar_arrive_peer(uint64_t* bar, uint32_t rank) {
-  uint32_t ra;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(ra) : "r"(smem_u32(bar)), "r"(rank));
-  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(ra) : "memory");
 }
 // 16 bytes at this CTA's shared address `p`, read from the same offset in cluster CTA `rank`.
 __device__ __forceinline__ float4 ld_peer_f4(const void* p, uint32_t rank) {

@@ -281,38 +281,6 @@ def test_gemm_wgmma_short_last_box(dtype, n, k, block, m):
         assert torch.equal(static_y, y), "graph replay differs from eager"
 
 
-# The token-wide kernel's x_hat multicast pairs (gemm_wgmma.cu, MC = 2: wherever it runs without
-# split-K, i.e. its tiles x 2 exceed the SMs): each CTA of a pair brings one 128-row half of the
-# 256-row box to both. 28672 x 4096 at M = 129: the second half is one row (an 8-row box);
-# 6144 x 4096 at M = 456: the last m-tile's second half 72 rows; 1042 x 576 at M = 2000: 9 weight
-# tiles (the last pair's second CTA entirely past N), K/64 = 9, N not a multiple of 4 and odd y
-# rows unaligned for the epilogue's 8-byte stores. Against the reference and the tile kernel,
-# bit-stable over launches and under CUDA-graph replay.
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n,k,block,m", [(28672, 4096, 32, 129), (6144, 4096, 16, 456), (1042, 576, 16, 2000)])
-def test_gemm_wgmma_multicast_pairs(dtype, n, k, block, m):
-    payload, packed = packed_weight(n, k, block=block)
-    x = _x(m, k, dtype)
-    bias = heavy(1, n, dtype).reshape(n) if m % 2 else None
-    ref = x.float() @ dequantize_weight(payload).cuda().T + (bias.float() if bias is not None else 0)
-    y = _forced(x, packed, bias, FORCED["wgmma"], dtype)
-    assert torch.isfinite(y).all(), "unwritten (NaN-poisoned) or non-finite outputs"
-    assert rel(y, ref) < 1e-2, rel(y, ref)
-    assert rel(y, _forced(x, packed, bias, FORCED["tile"], dtype)) < 4e-3
-    for _ in range(5):
-        assert torch.equal(_forced(x, packed, bias, FORCED["wgmma"], dtype), y), "launches differ"
-    static_y = torch.full_like(y, float("nan"))
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        torch.ops.sharq_C.gemm_mma_cfg(x, packed.qweight, packed.scales, packed.tensor_scale, bias, static_y,
-                                       packed.n_pad, packed.block, FORCED["wgmma"])
-    for _ in range(3):
-        static_y.fill_(float("nan"))
-        graph.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(static_y, y), "graph replay differs from eager"
-
-
 # The register-source wgmma kernel (gemm_wgmma_rs.cu, forced; M <= 64): x_hat's share of K a CTA
 # in shared memory, split over a cluster of S = 1 / 2 / 4 / 8 CTAs where it does not fit (the rule
 # of rs_split, restated: NT token columns = M rounded up to 16 / 32 / 64, 128 bytes a token a
