@@ -43,6 +43,9 @@
 // measured twice on an H200 and lost both times: 6% at M = 256 as the first version of this kernel
 // (kernels-H200-wgmma-ss.json, t0), 1-8% with 2 fragment sets and 0-3% with 4 in natural k order
 // from 64-byte-swizzled weight tiles (kernels-H200-wide-rs-ab.json; the code: commit c59c6c2).
+// Also measured slower (kernels-H200-wide-profile.json: ncu, tensor pipe 76% busy here against
+// cuBLAS BF16's 95% on the same tile): x_hat multicast over 2-CTA clusters (commit f6c141f) and
+// decoding two k-tiles ahead with separate x_hat and weight rings (commit 3be107d).
 //
 // x_hat boxes, both kernels: 64 rows a decoder-warp MMA warpgroup, 256 a token-wide CTA; the tokens'
 // last box brings only its rows rounded up to 8 (maps.xt, x_tail_rows), not a box zero-filled past M.
