@@ -4,6 +4,9 @@ dump where the kernels do not run."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +72,26 @@ def test_missing_case_fails(tmp_path, capsys):
 def test_dump_refuses_without_the_kernels(tmp_path):
     with pytest.raises(SystemExit, match="do not run here"):
         _tool().main(["dump", str(tmp_path / "x.pt"), "--shapes", "odd_n", "--ms", "1"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no CUDA device is")
+def test_ab_libraries_bits_gemm_times_nothing_that_was_not_compared(tmp_path):
+    """tools/gpu/ab_libraries.sh BITS=gemm: each library's outputs are dumped before any timing; a
+    library whose dump or comparison fails (here: no kernels on this machine) is not timed and the
+    script exits 1."""
+    root = Path(__file__).resolve().parents[1]
+    libs = []
+    for name in ("v0", "v1"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "libsharq_C.so").write_bytes(b"not a library")
+        libs.append(f"{name}={tmp_path / name / 'libsharq_C.so'}")
+    out = tmp_path / "ab"
+    env = {**os.environ, "BITS": "gemm", "ROUNDS": "1",  # the script's python3: this interpreter
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    r = subprocess.run(["bash", str(root / "tools" / "gpu" / "ab_libraries.sh"), str(out), *libs],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "v0: GEMM outputs against v0's rc=1" in r.stdout, r.stdout
+    assert "not timed" in r.stderr and "v0" in r.stderr and "v1" in r.stderr
+    assert not list(out.glob("run-*")), "a library was timed"
+    assert "do not run here" in (out / "bits-v0.log").read_text()

@@ -10,8 +10,9 @@
 # and compare their machine code with python3 tools/cubin_diff.py (which kernels changed).
 # Per library, before any timing, the GPU test that holds the mma.sync kernels to the same bits
 # (tests/gpu/test_gemm_gpu.py::test_gemm_variants_same_bits; BITS=0 skips it, for a variant that
-# changes the summation order on purpose; a library that fails it is not timed and the script
-# exits 1). Then, per round and library,
+# changes the summation order on purpose; BITS=gemm instead compares every library's GEMM outputs
+# bitwise with the first library's, tools/gpu/gemm_bits.py, for a variant meant to compute the same
+# function; a library that fails is not timed and the script exits 1). Then, per round and library,
 # benchmarks/kernels/bench_kernels.py --methods $METHODS --ms $MS --no-prep-sweep.
 # Env: MS (default 1,8,16,32), ROUNDS (2), METHODS (sharq,sharq_gemm), BITS (1), BENCH_ARGS (more
 # bench_kernels arguments, e.g. "--gemm-sweep --gemm-variants auto,wgmmars --gemm-sweep-ms 8,16,32"
@@ -34,7 +35,20 @@ MS=${MS:-1,8,16,32} ROUNDS=${ROUNDS:-2} METHODS=${METHODS:-sharq,sharq_gemm}
 read -r -a BENCH_EXTRA <<< "${BENCH_ARGS:-}"
 log() { echo "[$(date -u +%T)] $*"; }
 declare -A BAD=()  # libraries that failed the bit test: not timed, exit status 1
-if [ "${BITS:-1}" != 0 ]; then
+if [ "${BITS:-1}" = gemm ]; then
+  for i in "${!NAMES[@]}"; do
+    SHARQ_EXT_LIB=${LIBS[$i]} timeout 600 python3 tools/gpu/gemm_bits.py dump "$OUT/bits-${NAMES[$i]}.pt" \
+      > "$OUT/bits-${NAMES[$i]}.log" 2>&1
+    rc=$?
+    if [ $rc = 0 ] && [ "$i" != 0 ]; then
+      python3 tools/gpu/gemm_bits.py compare "$OUT/bits-${NAMES[0]}.pt" "$OUT/bits-${NAMES[$i]}.pt" \
+        >> "$OUT/bits-${NAMES[$i]}.log" 2>&1
+      rc=$?
+    fi
+    log "${NAMES[$i]}: GEMM outputs against ${NAMES[0]}'s rc=$rc ($(tail -1 "$OUT/bits-${NAMES[$i]}.log"))"
+    [ $rc = 0 ] || BAD[$i]=1
+  done
+elif [ "${BITS:-1}" != 0 ]; then
   for i in "${!NAMES[@]}"; do
     SHARQ_EXT_LIB=${LIBS[$i]} timeout 600 python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts= \
       "tests/gpu/test_gemm_gpu.py::test_gemm_variants_same_bits" > "$OUT/bits-${NAMES[$i]}.log" 2>&1
