@@ -578,6 +578,171 @@ gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restr
 }
 
 
+// ===================== the token-wide kernel, persistent (M > 128 without split-K) =====================
+// WIP (session 37, not measured): gridDim.x = min(tiles, SMs) CTAs; CTA b takes tiles b, b + G, ...
+// (tile t: weight tile t % ntiles, token tile t / ntiles). The producer runs through the CTA's
+// tiles' k-tiles as one ring sequence, so the next tile's first slots load while the consumers
+// finish the last one, whose outputs go from registers to y (no partial tile in shared memory,
+// which would overwrite the ring): each lane trades one value with lane ^ 4 (the neighbouring
+// weight row) so it stores two adjacent outputs of one token as one 4-byte word. The consumers
+// decode the next tile's first k-tile while the last MMAs of the current one run. Same sums and
+// the same two roundings as gemm_wgmma_wide_kernel: a tile's k order is the KRange rotation of
+// its own indices, the epilogue * tensor_scale * 2^7, + bias, one rounding (so the outputs must be
+// bitwise equal to it). Why: session 37's K sweep put ~3.2 us a tile (6-7% at K = 4096) in the
+// one-tile-a-CTA form's prologue and epilogue (kernels-H200-wide-profile.json).
+template <typename T, int BM>
+__global__ void __launch_bounds__(WideCfg<BM>::kThreads, 1)
+gemm_wgmma_wide_persistent_kernel(const __grid_constant__ WgMaps maps, const float* __restrict__ tscale,
+                                  const T* __restrict__ bias, T* __restrict__ y, int64_t ys, int M, int n_valid,
+                                  int KT, int sbt, int wblock, int ntiles, int tiles) {
+  using C = WideCfg<BM>;
+  static_assert(C::kSubs == 1 && C::kKs == 1, "one 64-row sub-tile a warp, one k-tile a slot");
+  extern __shared__ uint8_t smem_raw[];
+  __shared__ __align__(8) uint64_t full[C::kStages], empty[C::kStages];
+  uint8_t* smem = smem_raw + ((1024 - (async::smem_u32(smem_raw) & 1023)) & 1023);
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int nk = KT;
+  const int G = gridDim.x;
+  const int my_tiles = (tiles - (int)blockIdx.x + G - 1) / G;
+  const int total = my_tiles * nk;  // this CTA's k-tiles over all its tiles: one ring sequence
+  const int mtiles = (tiles + ntiles - 1) / ntiles;
+  // tile of sequence position s, and the k-tile it reads (KRange's rotation of that tile's indices)
+  auto tile_of = [&](int s) { return (int)blockIdx.x + (s / nk) * G; };
+  auto ktile_of = [&](int t, int kk) {
+    const int rot = (int)(((unsigned)(t % ntiles) * 7u + (unsigned)(t / ntiles) * 3u) % (unsigned)nk);
+    return kk + rot >= nk ? kk + rot - nk : kk + rot;
+  };
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < C::kStages; ++s) {
+      async::mbar_init(&full[s], 1);
+      async::mbar_init(&empty[s], C::kSlotUsers);
+    }
+    async::mbar_fence_init();
+  }
+  __syncthreads();
+
+  if (warp >= C::kWarps) {
+    async::setmaxnreg_dec<kProducerRegs>();
+    if (warp == C::kWarps && lane == 0) {
+      const bool short_tail = x_tail_rows(M, BM) < BM;
+      auto tx_of = [&](int t) {
+        const bool tail = short_tail && t / ntiles == mtiles - 1;
+        return (uint32_t)(C::kStrips * (kTileBytes + sbt) + (tail ? x_tail_rows(M, BM) * 128 : C::kBox));
+      };
+      auto issue_w = [&](int s) {
+        const int slot = s % C::kStages, t = tile_of(s), kt = ktile_of(t, s % nk);
+        uint8_t* st = smem + slot * C::kStage;
+        async::mbar_arrive_expect_tx(&full[slot], tx_of(t));
+        async::tma_load_3d(st + C::kXBytes, &maps.w, 0, kt, (t % ntiles) * C::kStrips, &full[slot]);
+        async::tma_load_3d(st + C::kXBytes + C::kWBytes, &maps.s, 0, kt, (t % ntiles) * C::kStrips, &full[slot]);
+      };
+      auto issue_x = [&](int s) {
+        const int slot = s % C::kStages, t = tile_of(s), kt = ktile_of(t, s % nk);
+        const bool tail = short_tail && t / ntiles == mtiles - 1;
+        async::tma_load_2d(smem + slot * C::kStage, tail ? &maps.xt : &maps.x, 64 * kt, (t / ntiles) * BM, &full[slot]);
+      };
+      const int pro = min(total, C::kStages);
+      for (int s = 0; s < pro; ++s) issue_w(s);
+      async::pdl_wait();  // x_hat is written by the preceding kernel
+      for (int s = 0; s < pro; ++s) issue_x(s);
+      for (int s = pro; s < total; ++s) {
+        async::mbar_wait(&empty[s % C::kStages], ((s / C::kStages) & 1) ^ 1);
+        issue_w(s);
+        issue_x(s);
+      }
+    }
+  } else {
+    async::setmaxnreg_inc<C::kRegs>();
+    const int wg = warp >> 2, wi = warp & 3, g = lane >> 2, q = lane & 3;
+    const int strip = wg * 4 + wi;  // the warp's strip of the CTA's 8
+    const uint32_t wofs = C::kXBytes + strip * kTileBytes + lane * 16;
+    const uint32_t sofs = C::kXBytes + C::kWBytes + strip * sbt + (wblock == 32 ? (q >> 1) : q) * 16 + 2 * g;
+    uint32_t aoff[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) aoff[i] = (16 * wi + g + 8 * (i & 1)) * 128 + (((2 * q + (i >> 1)) ^ g) * 16);
+    uint8_t* const abase = smem + C::kRing + 2 * wg * C::kABuf;
+    const uint64_t da0 = async::desc_sw128(abase), dx0 = async::desc_sw128(smem);
+    float acc[BM / 2];
+    // sequence position s: ring slot s % kStages (fill parity (s / kStages) & 1), A buffer s & 1
+    auto decode = [&](int s) {
+      const int slot = s % C::kStages;
+      async::mbar_wait(&full[slot], (s / C::kStages) & 1);
+      const uint8_t* st = smem + slot * C::kStage;
+      decode_strip<T>(*reinterpret_cast<const uint4*>(st + wofs), *reinterpret_cast<const uint16_t*>(st + sofs),
+                      abase + (s & 1) * C::kABuf, aoff);
+      async::fence_proxy_async_smem();
+      async::named_sync(2 + wg, 128);
+    };
+    auto issue = [&](int s) {
+#pragma unroll
+      for (int c = 0; c < BM / 2; ++c) async::fence_operand(acc[c]);
+      async::wgmma_fence();
+      const uint64_t da = da0 + (((s & 1) * C::kABuf) >> 4);
+      const uint64_t dx = dx0 + (((s % C::kStages) * C::kStage) >> 4);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) wg::Wgmma<T, BM>::mma(acc, da + 2 * j, dx + 2 * j);
+      async::wgmma_commit();
+    };
+    auto release = [&](int s) {
+      if (lane == 0) async::mbar_arrive(&empty[s % C::kStages]);
+    };
+    const float ts = __fmul_rn(tscale[0], 128.0f);
+    if (total > 0) decode(0);
+    int s = 0;
+    for (int j = 0; j < my_tiles; ++j) {
+#pragma unroll
+      for (int c = 0; c < BM / 2; ++c) acc[c] = 0.0f;
+      for (int kk = 0; kk < nk; ++kk, ++s) {
+        issue(s);
+        async::wgmma_wait<1>();  // s - 1's MMAs have completed: its A buffer and slot are free
+        if (kk >= 1) release(s - 1);
+        if (s + 1 < total) decode(s + 1);  // the next tile's first k-tile after a tile's last
+      }
+      async::wgmma_wait<0>();
+      release(s - 1);
+#pragma unroll
+      for (int c = 0; c < BM / 2; ++c) async::fence_operand(acc[c]);
+      // tile j's outputs: acc[4 nb + 2 h + e] = token 8 nb + 2 q + e, weight row 16 wi + g + 8 h of
+      // the warpgroup's 64. Lanes g, g ^ 1 trade: even g stores token 2 q, rows (r, r + 1); odd g
+      // token 2 q + 1, rows (r - 1, r).
+      const int t = tile_of(s - 1);
+      const int m0 = (t / ntiles) * BM, n_base = (t % ntiles) * C::kBN;
+      const bool odd = g & 1;
+#pragma unroll
+      for (int nb = 0; nb < BM / 8; ++nb)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const float v0 = acc[4 * nb + 2 * h], v1 = acc[4 * nb + 2 * h + 1];
+          const float other = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
+          const int m = m0 + 8 * nb + 2 * q + (odd ? 1 : 0);
+          const int col = n_base + 64 * wg + 16 * wi + 8 * h + (g & ~1);
+          if (m >= M) continue;
+          float lo = __fmul_rn(odd ? other : v0, ts), hi = __fmul_rn(odd ? v1 : other, ts);
+          if (bias != nullptr) {
+            if (col < n_valid) lo = __fadd_rn(lo, Elem<T>::to_float(bias[col]));
+            if (col + 1 < n_valid) hi = __fadd_rn(hi, Elem<T>::to_float(bias[col + 1]));
+          }
+          T* yp = y + (int64_t)m * ys + col;
+          if (col + 1 < n_valid && (reinterpret_cast<uintptr_t>(yp) & 3) == 0) {
+            __align__(4) T pair[2] = {Elem<T>::from_float(lo), Elem<T>::from_float(hi)};
+            *reinterpret_cast<uint32_t*>(yp) = *reinterpret_cast<const uint32_t*>(pair);
+          } else {
+            if (col < n_valid) yp[0] = Elem<T>::from_float(lo);
+            if (col + 1 < n_valid) yp[1] = Elem<T>::from_float(hi);
+          }
+        }
+    }
+  }
+}
+
+// The persistent token-wide kernel wherever the tiles run without split-K (WIP, session 37:
+// -DSHARQ_WIDE_PERSISTENT=0 builds the one-tile-a-CTA form, the A/B's baseline).
+#ifndef SHARQ_WIDE_PERSISTENT
+#define SHARQ_WIDE_PERSISTENT 1
+#endif
+
 // cuTensorMapEncodeTiled through the runtime's driver entry point (no libcuda link needed).
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   static PFN_cuTensorMapEncodeTiled_v12000 fn = nullptr;
@@ -630,18 +795,34 @@ int choose_split(K kern, int tiles, int KT, int sms) {
   return 1;
 }
 
-// One launch of kernel `kern` with configuration C (BM tokens x C::kBN rows a CTA).
-template <typename T, int BM, typename C, typename Kern, typename... Extra>
-cudaError_t launch_wgmma_cfg(Kern kern, const void* x, int64_t xs, const void* qw, const void* sc, const float* ts,
-                             const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K, int wblock,
-                             cudaStream_t stream, Extra... extra) {
+// The shared-memory opt-in of kernel k on device dev, once (per kernel and device: two kernels of
+// one C++ type must not share a flag).
+cudaError_t smem_opt_in(const void* k, int smem, int dev) {
+  static const void* keys[64] = {};
+  static uint64_t devs[64] = {};
+  int i = 0;
+  while (i < 64 && keys[i] != nullptr && keys[i] != k) ++i;
+  if (i == 64) return cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (keys[i] == k && (devs[i] >> dev & 1)) return cudaSuccess;
+  const cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (e == cudaSuccess) {
+    keys[i] = k;
+    devs[i] |= 1ull << dev;
+  }
+  return e;
+}
+
+// One launch of kernel `kern` with configuration C (BM tokens x C::kBN rows a CTA); where the
+// tiles run without split-K and a persistent form `pkern` is given, that one instead.
+template <typename T, int BM, typename C, typename Kern, typename PKern = std::nullptr_t, typename... Extra>
+cudaError_t launch_wgmma_cfg(Kern kern, PKern pkern, const void* x, int64_t xs, const void* qw, const void* sc,
+                             const float* ts, const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K,
+                             int wblock, cudaStream_t stream, Extra... extra) {
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return cudaErrorInvalidDevice;
-  static bool configured[kMaxDevices] = {};  // the shared-memory opt-in is per device
-  if (!configured[dev]) {
-    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
+  {
+    const cudaError_t e = smem_opt_in(reinterpret_cast<const void*>(kern), C::kSmem, dev);
     if (e != cudaSuccess) return e;
-    configured[dev] = true;
   }
   PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
   if (encode == nullptr) return cudaErrorNotSupported;
@@ -687,6 +868,16 @@ cudaError_t launch_wgmma_cfg(Kern kern, const void* x, int64_t xs, const void* q
 
   cudaLaunchConfig_t cfg;
   cudaLaunchAttribute attr[2];
+  if constexpr (!std::is_same<PKern, std::nullptr_t>::value) {
+    if (split == 1 && SHARQ_WIDE_PERSISTENT) {
+      const cudaError_t e = smem_opt_in(reinterpret_cast<const void*>(pkern), C::kSmem, dev);
+      if (e != cudaSuccess) return e;
+      const int tiles = ntiles * mtiles;
+      cluster_launch(cfg, attr, dim3(std::min(tiles, sms), 1, 1), C::kSmem, 1, true, stream);
+      return cudaLaunchKernelEx(&cfg, pkern, maps, ts, static_cast<const T*>(bias), static_cast<T*>(y), ys, M,
+                                n_valid, KT, sbt, wblock, ntiles, tiles);
+    }
+  }
   cluster_launch(cfg, attr, dim3(ntiles, split, mtiles), C::kSmem, split, true, stream);
   return cudaLaunchKernelEx(&cfg, kern, maps, ts, static_cast<const T*>(bias), static_cast<T*>(y), ys, M, n_valid,
                             KT, sbt, wblock, extra...);
@@ -720,15 +911,15 @@ cudaError_t launch_wgmma_dt(const void* x, int64_t xs, const void* qw, const voi
                             const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K, int wblock,
                             cudaStream_t stream) {
   if (M <= 64 && dec_bn(N / 16, sm_count()) == 224)
-    return launch_wgmma_cfg<T, 64, DecCfg<64, 224>>(gemm_wgmma_dec_kernel<T, 64, 224>, x, xs, qw, sc, ts, bias, y, ys,
+    return launch_wgmma_cfg<T, 64, DecCfg<64, 224>>(gemm_wgmma_dec_kernel<T, 64, 224>, nullptr, x, xs, qw, sc, ts, bias, y, ys,
                                                     M, N, n_valid, K, wblock, stream);
   if (M <= 64)
-    return launch_wgmma_cfg<T, 64, DecCfg<64>>(gemm_wgmma_dec_kernel<T, 64>, x, xs, qw, sc, ts, bias, y, ys, M, N,
+    return launch_wgmma_cfg<T, 64, DecCfg<64>>(gemm_wgmma_dec_kernel<T, 64>, nullptr, x, xs, qw, sc, ts, bias, y, ys, M, N,
                                                n_valid, K, wblock, stream);
   if (M <= kGemmWgmmaDecMaxM)
-    return launch_wgmma_cfg<T, 128, DecCfg<128>>(gemm_wgmma_dec_kernel<T, 128>, x, xs, qw, sc, ts, bias, y, ys, M, N,
+    return launch_wgmma_cfg<T, 128, DecCfg<128>>(gemm_wgmma_dec_kernel<T, 128>, nullptr, x, xs, qw, sc, ts, bias, y, ys, M, N,
                                                  n_valid, K, wblock, stream);
-  return launch_wgmma_cfg<T, 256, WideCfg<256>>(gemm_wgmma_wide_kernel<T, 256>, x, xs, qw, sc, ts, bias, y, ys, M, N,
+  return launch_wgmma_cfg<T, 256, WideCfg<256>>(gemm_wgmma_wide_kernel<T, 256>, gemm_wgmma_wide_persistent_kernel<T, 256>, x, xs, qw, sc, ts, bias, y, ys, M, N,
                                                  n_valid, K, wblock, stream, WideCfg<256>::kKs);
 }
 
