@@ -59,6 +59,13 @@ def _record(y: torch.Tensor) -> dict:
             "head": y.flatten()[:4096].clone()}
 
 
+def _meta(lib: str, device: str, seed: int) -> dict:
+    """A dump's provenance, in plain types only: `compare` loads dumps with torch.load's default
+    weights_only=True, which refuses other classes (torch.__version__ is a TorchVersion)."""
+    md5 = hashlib.md5(Path(lib).read_bytes()).hexdigest() if lib and Path(lib).is_file() else None
+    return {"library": lib, "library_md5": md5, "device": str(device), "torch": str(torch.__version__), "seed": seed}
+
+
 def dump(out: Path, shapes: list[str], ms: list[int], seed: int) -> None:
     from sharq_vllm import ops
 
@@ -75,8 +82,7 @@ def dump(out: Path, shapes: list[str], ms: list[int], seed: int) -> None:
             results[f"{name} M={m} auto"] = _record(ops.sharq_gemm(x, packed, bias))
             results[f"{name} M={m} mma"] = _record(ops.run_gemm_kernel("mma", x, packed, bias))
         print(f"{name}: {len(ms)} M values", flush=True)
-    meta = {"library": lib, "library_md5": hashlib.md5(Path(lib).read_bytes()).hexdigest() if lib and Path(lib).is_file() else None,
-            "device": torch.cuda.get_device_name(), "torch": torch.__version__, "seed": seed}
+    meta = _meta(lib, torch.cuda.get_device_name(), seed)
     torch.save({"meta": meta, "outputs": results}, out)
     print(f"wrote {out}: {len(results)} outputs ({meta['device']}, {lib or 'JIT build'})")
 
