@@ -65,6 +65,7 @@
 #include <cudaTypedefs.h>
 
 #include <algorithm>
+#include <atomic>
 #include <type_traits>
 
 namespace sharq {
@@ -106,6 +107,10 @@ __host__ __device__ __forceinline__ int x_tail_rows(int M, int box) {
 
 // A CTA's k-tiles under split-K: [t0, t0 + nk) of KT, visited from a start rotated by the tile
 // index (CTAs that run at the same time then read different k).
+// SHARQ_WIDE_NOSTORE: a diagnostic build (see SHARQ_WIDE_TRACE)
+#ifndef SHARQ_WIDE_NOSTORE
+#define SHARQ_WIDE_NOSTORE 0
+#endif
 struct KRange {
   int t0, nk, rot;
   __device__ KRange(int KT) {
@@ -142,7 +147,7 @@ __device__ __forceinline__ void reduce_store(const uint8_t* smem, int M, int m0,
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
       const int col = n_base + n + u;
-      if (col < n_valid) {
+      if (col < n_valid && !(SHARQ_WIDE_NOSTORE && ys != -12345)) {
         float v = __fmul_rn(sv[u], ts);
         if (bias != nullptr) v = __fadd_rn(v, Elem<T>::to_float(bias[col]));
         yr[col] = Elem<T>::from_float(v);
@@ -382,6 +387,25 @@ gemm_wgmma_dec_kernel(const __grid_constant__ WgMaps maps, const float* __restri
 // decoder-warp kernel, kept as it was measured (same SASS as 8c3cb0a's BM = 256 instantiation):
 // hence BM as a template parameter, 1 sub-tile and 1 k-tile a slot as constants of its former
 // per-BM choices, and ks passed at run time. Instantiated at BM = 256 only.
+// Diagnostic builds only. SHARQ_WIDE_TRACE 1: thread 0 of each tile writes {CTA start, tile start,
+// tile end (%globaltimer ns), SM} as 4 int64 over the tile's first output row, first 16 columns
+// (the outputs are garbage there). SHARQ_WIDE_NOSTORE 1: the outputs are computed, never stored.
+#ifndef SHARQ_WIDE_TRACE
+#define SHARQ_WIDE_TRACE 0
+#endif
+#if SHARQ_WIDE_TRACE
+__device__ __forceinline__ unsigned long long trace_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+__device__ __forceinline__ int trace_smid() {
+  int v;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(v));
+  return v;
+}
+#endif
+
 template <int BM>
 struct WideCfg {
   static constexpr int kSubs = 1;                  // 64-row sub-tiles a warpgroup
@@ -434,6 +458,9 @@ gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restr
   const int nk = group_of.nk;
   const int strip0 = blockIdx.x * C::kStrips;
   const int m0 = blockIdx.z * BM;
+#if SHARQ_WIDE_TRACE
+  const unsigned long long t_in = trace_ns();
+#endif
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < C::kStages; ++s) {
@@ -575,6 +602,14 @@ gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restr
   }
 
   reduce_store<T, BM, C::kBN, C::kPRow>(smem, M, m0, strip0 * 16, n_valid, tscale, bias, y, ys);
+#if SHARQ_WIDE_TRACE
+  const unsigned long long t_end = trace_ns();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned long long* tr = reinterpret_cast<unsigned long long*>(y + (int64_t)m0 * ys + strip0 * 16);
+    tr[0] = t_in, tr[1] = t_in, tr[2] = t_end, tr[3] = trace_smid();
+  }
+#endif
 }
 
 
@@ -590,29 +625,50 @@ gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restr
 // its own indices, the epilogue * tensor_scale * 2^7, + bias, one rounding (so the outputs must be
 // bitwise equal to it). Why: session 37's K sweep put ~3.2 us a tile (6-7% at K = 4096) in the
 // one-tile-a-CTA form's prologue and epilogue (kernels-H200-wide-profile.json).
+#ifndef SHARQ_WIDE_ORDER
+#define SHARQ_WIDE_ORDER 0
+#endif
+// SHARQ_WIDE_DYNAMIC 1: after its first tile (blockIdx.x) a CTA takes tiles from a counter
+// (gridDim.x + atomicAdd), so SMs that run faster take more tiles; 0: tiles b, b + G, ...
+#ifndef SHARQ_WIDE_DYNAMIC
+#define SHARQ_WIDE_DYNAMIC 1
+#endif
+// The tile counters of the dynamic schedule: a pair {next ticket, CTAs done} per slot; a launch
+// uses one slot (the host rotates them, so launches on two streams do not share one), and the last
+// CTA of a launch to run out of tiles sets the pair back to 0 for the slot's next launch.
+constexpr int kWideCounterSlots = 256;
+__device__ int g_wide_counters[kWideCounterSlots][2];
+
 template <typename T, int BM>
 __global__ void __launch_bounds__(WideCfg<BM>::kThreads, 1)
 gemm_wgmma_wide_persistent_kernel(const __grid_constant__ WgMaps maps, const float* __restrict__ tscale,
                                   const T* __restrict__ bias, T* __restrict__ y, int64_t ys, int M, int n_valid,
-                                  int KT, int sbt, int wblock, int ntiles, int tiles) {
+                                  int KT, int sbt, int wblock, int ntiles, int tiles, int* counter) {
   using C = WideCfg<BM>;
   static_assert(C::kSubs == 1 && C::kKs == 1, "one 64-row sub-tile a warp, one k-tile a slot");
   extern __shared__ uint8_t smem_raw[];
   __shared__ __align__(8) uint64_t full[C::kStages], empty[C::kStages];
+  // the tile whose first k-tile a slot holds (-1: no more tiles), written by the producer before
+  // the slot's full barrier is armed, read by the consumers after it completes
+  __shared__ int slot_tile[C::kStages];
   uint8_t* smem = smem_raw + ((1024 - (async::smem_u32(smem_raw) & 1023)) & 1023);
+#if SHARQ_WIDE_TRACE
+  const unsigned long long t_in = trace_ns();
+#endif
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int nk = KT;
   const int G = gridDim.x;
-  const int my_tiles = (tiles - (int)blockIdx.x + G - 1) / G;
-  const int total = my_tiles * nk;  // this CTA's k-tiles over all its tiles: one ring sequence
-  const int mtiles = (tiles + ntiles - 1) / ntiles;
-  // tile of sequence position s, and the k-tile it reads (KRange's rotation of that tile's indices)
-  auto tile_of = [&](int s) { return (int)blockIdx.x + (s / nk) * G; };
-  auto ktile_of = [&](int t, int kk) {
-    const int rot = (int)(((unsigned)(t % ntiles) * 7u + (unsigned)(t / ntiles) * 3u) % (unsigned)nk);
-    return kk + rot >= nk ? kk + rot - nk : kk + rot;
-  };
+  const int mtiles = tiles / ntiles;
+  // tile t's weight tile and token tile (SHARQ_WIDE_ORDER 1: the token tiles of one weight tile
+  // run next to each other, so each weight tile leaves HBM once)
+#if SHARQ_WIDE_ORDER
+  auto wtile = [&](int t) { return t / mtiles; };
+  auto mtile = [&](int t) { return t % mtiles; };
+#else
+  auto wtile = [&](int t) { return t % ntiles; };
+  auto mtile = [&](int t) { return t / ntiles; };
+#endif
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < C::kStages; ++s) {
@@ -627,31 +683,68 @@ gemm_wgmma_wide_persistent_kernel(const __grid_constant__ WgMaps maps, const flo
     async::setmaxnreg_dec<kProducerRegs>();
     if (warp == C::kWarps && lane == 0) {
       const bool short_tail = x_tail_rows(M, BM) < BM;
-      auto tx_of = [&](int t) {
-        const bool tail = short_tail && t / ntiles == mtiles - 1;
-        return (uint32_t)(C::kStrips * (kTileBytes + sbt) + (tail ? x_tail_rows(M, BM) * 128 : C::kBox));
+      // the tile after the current one (asked for at a tile's start, used at its end)
+      auto next_tile = [&](int t) {
+#if SHARQ_WIDE_DYNAMIC
+        (void)t;
+        return G + atomicAdd(&counter[0], 1);
+#else
+        return t + G;
+#endif
+      };
+      int t = blockIdx.x, kk = 0, rot = 0, tn = 0;
+      auto start_tile = [&](int s) {
+        slot_tile[s % C::kStages] = t;
+        rot = (int)(((unsigned)wtile(t) * 7u + (unsigned)mtile(t) * 3u) % (unsigned)nk);
       };
       auto issue_w = [&](int s) {
-        const int slot = s % C::kStages, t = tile_of(s), kt = ktile_of(t, s % nk);
+        const int slot = s % C::kStages, kt = kk + rot >= nk ? kk + rot - nk : kk + rot;
+        const bool tail = short_tail && mtile(t) == mtiles - 1;
         uint8_t* st = smem + slot * C::kStage;
-        async::mbar_arrive_expect_tx(&full[slot], tx_of(t));
-        async::tma_load_3d(st + C::kXBytes, &maps.w, 0, kt, (t % ntiles) * C::kStrips, &full[slot]);
-        async::tma_load_3d(st + C::kXBytes + C::kWBytes, &maps.s, 0, kt, (t % ntiles) * C::kStrips, &full[slot]);
+        async::mbar_arrive_expect_tx(
+            &full[slot], (uint32_t)(C::kStrips * (kTileBytes + sbt) + (tail ? x_tail_rows(M, BM) * 128 : C::kBox)));
+        async::tma_load_3d(st + C::kXBytes, &maps.w, 0, kt, wtile(t) * C::kStrips, &full[slot]);
+        async::tma_load_3d(st + C::kXBytes + C::kWBytes, &maps.s, 0, kt, wtile(t) * C::kStrips, &full[slot]);
       };
-      auto issue_x = [&](int s) {
-        const int slot = s % C::kStages, t = tile_of(s), kt = ktile_of(t, s % nk);
-        const bool tail = short_tail && t / ntiles == mtiles - 1;
-        async::tma_load_2d(smem + slot * C::kStage, tail ? &maps.xt : &maps.x, 64 * kt, (t / ntiles) * BM, &full[slot]);
+      auto issue_x = [&](int s, int kx) {
+        const int slot = s % C::kStages, kt = kx + rot >= nk ? kx + rot - nk : kx + rot;
+        const bool tail = short_tail && mtile(t) == mtiles - 1;
+        async::tma_load_2d(smem + slot * C::kStage, tail ? &maps.xt : &maps.x, 64 * kt, mtile(t) * BM, &full[slot]);
       };
-      const int pro = min(total, C::kStages);
-      for (int s = 0; s < pro; ++s) issue_w(s);
+      // the first tile's first slots: weights before the dependency wait, x_hat after it
+      const int pro = min(nk, C::kStages);
+      start_tile(0);
+      for (int s = 0; s < pro; ++s, ++kk) issue_w(s);
       async::pdl_wait();  // x_hat is written by the preceding kernel
-      for (int s = 0; s < pro; ++s) issue_x(s);
-      for (int s = pro; s < total; ++s) {
+      for (int s = 0; s < pro; ++s) issue_x(s, s);
+      tn = next_tile(t);
+      int s = pro;
+      for (;; ++s) {
+        if (kk == nk) {  // the tile's last slot is out: on to the next tile
+          t = tn;
+          kk = 0;
+        }
         async::mbar_wait(&empty[s % C::kStages], ((s / C::kStages) & 1) ^ 1);
+        if (kk == 0) {
+          if (t >= tiles) {  // no more tiles: tell the consumers through this slot
+            slot_tile[s % C::kStages] = -1;
+            async::mbar_arrive(&full[s % C::kStages]);
+            break;
+          }
+          start_tile(s);
+          tn = next_tile(t);
+        }
         issue_w(s);
-        issue_x(s);
+        issue_x(s, kk);
+        ++kk;
       }
+#if SHARQ_WIDE_DYNAMIC
+      // every CTA has taken its last ticket once all G have counted themselves here
+      if (atomicAdd(&counter[1], 1) == G - 1) {
+        atomicExch(&counter[0], 0);
+        atomicExch(&counter[1], 0);
+      }
+#endif
     }
   } else {
     async::setmaxnreg_inc<C::kRegs>();
@@ -666,10 +759,9 @@ gemm_wgmma_wide_persistent_kernel(const __grid_constant__ WgMaps maps, const flo
     const uint64_t da0 = async::desc_sw128(abase), dx0 = async::desc_sw128(smem);
     float acc[BM / 2];
     // sequence position s: ring slot s % kStages (fill parity (s / kStages) & 1), A buffer s & 1
+    auto wait_full = [&](int s) { async::mbar_wait(&full[s % C::kStages], (s / C::kStages) & 1); };
     auto decode = [&](int s) {
-      const int slot = s % C::kStages;
-      async::mbar_wait(&full[slot], (s / C::kStages) & 1);
-      const uint8_t* st = smem + slot * C::kStage;
+      const uint8_t* st = smem + (s % C::kStages) * C::kStage;
       decode_strip<T>(*reinterpret_cast<const uint4*>(st + wofs), *reinterpret_cast<const uint16_t*>(st + sofs),
                       abase + (s & 1) * C::kABuf, aoff);
       async::fence_proxy_async_smem();
@@ -689,26 +781,37 @@ gemm_wgmma_wide_persistent_kernel(const __grid_constant__ WgMaps maps, const flo
       if (lane == 0) async::mbar_arrive(&empty[s % C::kStages]);
     };
     const float ts = __fmul_rn(tscale[0], 128.0f);
-    if (total > 0) decode(0);
     int s = 0;
-    for (int j = 0; j < my_tiles; ++j) {
+    wait_full(0);
+    int t = slot_tile[0];  // >= 0: the grid has at most `tiles` CTAs
+    decode(0);
+    while (t >= 0) {
+#if SHARQ_WIDE_TRACE
+      const unsigned long long t_start = trace_ns();
+#endif
 #pragma unroll
       for (int c = 0; c < BM / 2; ++c) acc[c] = 0.0f;
+      int tn = -1;
       for (int kk = 0; kk < nk; ++kk, ++s) {
         issue(s);
         async::wgmma_wait<1>();  // s - 1's MMAs have completed: its A buffer and slot are free
         if (kk >= 1) release(s - 1);
-        if (s + 1 < total) decode(s + 1);  // the next tile's first k-tile after a tile's last
+        wait_full(s + 1);
+        if (kk + 1 < nk) {
+          decode(s + 1);
+        } else {  // the next tile's first k-tile (or the end) after a tile's last
+          tn = slot_tile[(s + 1) % C::kStages];
+          if (tn >= 0) decode(s + 1);
+        }
       }
       async::wgmma_wait<0>();
       release(s - 1);
 #pragma unroll
       for (int c = 0; c < BM / 2; ++c) async::fence_operand(acc[c]);
-      // tile j's outputs: acc[4 nb + 2 h + e] = token 8 nb + 2 q + e, weight row 16 wi + g + 8 h of
+      // tile t's outputs: acc[4 nb + 2 h + e] = token 8 nb + 2 q + e, weight row 16 wi + g + 8 h of
       // the warpgroup's 64. Lanes g, g ^ 1 trade: even g stores token 2 q, rows (r, r + 1); odd g
       // token 2 q + 1, rows (r - 1, r).
-      const int t = tile_of(s - 1);
-      const int m0 = (t / ntiles) * BM, n_base = (t % ntiles) * C::kBN;
+      const int m0 = mtile(t) * BM, n_base = wtile(t) * C::kBN;
       const bool odd = g & 1;
 #pragma unroll
       for (int nb = 0; nb < BM / 8; ++nb)
@@ -718,7 +821,7 @@ gemm_wgmma_wide_persistent_kernel(const __grid_constant__ WgMaps maps, const flo
           const float other = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
           const int m = m0 + 8 * nb + 2 * q + (odd ? 1 : 0);
           const int col = n_base + 64 * wg + 16 * wi + 8 * h + (g & ~1);
-          if (m >= M) continue;
+          if (m >= M || (SHARQ_WIDE_NOSTORE && ys != -12345)) continue;
           float lo = __fmul_rn(odd ? other : v0, ts), hi = __fmul_rn(odd ? v1 : other, ts);
           if (bias != nullptr) {
             if (col < n_valid) lo = __fadd_rn(lo, Elem<T>::to_float(bias[col]));
@@ -733,6 +836,15 @@ gemm_wgmma_wide_persistent_kernel(const __grid_constant__ WgMaps maps, const flo
             if (col + 1 < n_valid) yp[1] = Elem<T>::from_float(hi);
           }
         }
+#if SHARQ_WIDE_TRACE
+      const unsigned long long t_end = trace_ns();
+      __syncwarp();  // warp 0 wrote these outputs
+      if (threadIdx.x == 0) {
+        unsigned long long* tr = reinterpret_cast<unsigned long long*>(y + (int64_t)m0 * ys + n_base);
+        tr[0] = t_in, tr[1] = t_start, tr[2] = t_end, tr[3] = trace_smid();
+      }
+#endif
+      t = tn;
     }
   }
 }
@@ -812,6 +924,18 @@ cudaError_t smem_opt_in(const void* k, int smem, int dev) {
   return e;
 }
 
+// The next launch's pair of tile counters on device dev (the slots rotate: see g_wide_counters).
+int* wide_counter_slot(int dev) {
+  static int* base[kMaxDevices] = {};
+  static std::atomic<unsigned> next{0};
+  if (base[dev] == nullptr) {
+    void* p = nullptr;
+    if (cudaGetSymbolAddress(&p, g_wide_counters) != cudaSuccess) return nullptr;
+    base[dev] = static_cast<int*>(p);
+  }
+  return base[dev] + 2 * (next.fetch_add(1, std::memory_order_relaxed) % kWideCounterSlots);
+}
+
 // One launch of kernel `kern` with configuration C (BM tokens x C::kBN rows a CTA); where the
 // tiles run without split-K and a persistent form `pkern` is given, that one instead.
 template <typename T, int BM, typename C, typename Kern, typename PKern = std::nullptr_t, typename... Extra>
@@ -873,9 +997,11 @@ cudaError_t launch_wgmma_cfg(Kern kern, PKern pkern, const void* x, int64_t xs, 
       const cudaError_t e = smem_opt_in(reinterpret_cast<const void*>(pkern), C::kSmem, dev);
       if (e != cudaSuccess) return e;
       const int tiles = ntiles * mtiles;
+      int* counter = wide_counter_slot(dev);
+      if (counter == nullptr) return cudaErrorInvalidSymbol;
       cluster_launch(cfg, attr, dim3(std::min(tiles, sms), 1, 1), C::kSmem, 1, true, stream);
       return cudaLaunchKernelEx(&cfg, pkern, maps, ts, static_cast<const T*>(bias), static_cast<T*>(y), ys, M,
-                                n_valid, KT, sbt, wblock, ntiles, tiles);
+                                n_valid, KT, sbt, wblock, ntiles, tiles, counter);
     }
   }
   cluster_launch(cfg, attr, dim3(ntiles, split, mtiles), C::kSmem, split, true, stream);
