@@ -65,7 +65,6 @@
 #include <cudaTypedefs.h>
 
 #include <algorithm>
-#include <atomic>
 #include <type_traits>
 
 namespace sharq {
@@ -107,10 +106,6 @@ __host__ __device__ __forceinline__ int x_tail_rows(int M, int box) {
 
 // A CTA's k-tiles under split-K: [t0, t0 + nk) of KT, visited from a start rotated by the tile
 // index (CTAs that run at the same time then read different k).
-// SHARQ_WIDE_NOSTORE: a diagnostic build (see SHARQ_WIDE_TRACE)
-#ifndef SHARQ_WIDE_NOSTORE
-#define SHARQ_WIDE_NOSTORE 0
-#endif
 struct KRange {
   int t0, nk, rot;
   __device__ KRange(int KT) {
@@ -147,7 +142,7 @@ __device__ __forceinline__ void reduce_store(const uint8_t* smem, int M, int m0,
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
       const int col = n_base + n + u;
-      if (col < n_valid && !(SHARQ_WIDE_NOSTORE && ys != -12345)) {
+      if (col < n_valid) {
         float v = __fmul_rn(sv[u], ts);
         if (bias != nullptr) v = __fadd_rn(v, Elem<T>::to_float(bias[col]));
         yr[col] = Elem<T>::from_float(v);
@@ -387,25 +382,6 @@ gemm_wgmma_dec_kernel(const __grid_constant__ WgMaps maps, const float* __restri
 // decoder-warp kernel, kept as it was measured (same SASS as 8c3cb0a's BM = 256 instantiation):
 // hence BM as a template parameter, 1 sub-tile and 1 k-tile a slot as constants of its former
 // per-BM choices, and ks passed at run time. Instantiated at BM = 256 only.
-// Diagnostic builds only. SHARQ_WIDE_TRACE 1: thread 0 of each tile writes {CTA start, tile start,
-// tile end (%globaltimer ns), SM} as 4 int64 over the tile's first output row, first 16 columns
-// (the outputs are garbage there). SHARQ_WIDE_NOSTORE 1: the outputs are computed, never stored.
-#ifndef SHARQ_WIDE_TRACE
-#define SHARQ_WIDE_TRACE 0
-#endif
-#if SHARQ_WIDE_TRACE
-__device__ __forceinline__ unsigned long long trace_ns() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
-__device__ __forceinline__ int trace_smid() {
-  int v;
-  asm volatile("mov.u32 %0, %%smid;" : "=r"(v));
-  return v;
-}
-#endif
-
 template <int BM>
 struct WideCfg {
   static constexpr int kSubs = 1;                  // 64-row sub-tiles a warpgroup
@@ -458,9 +434,6 @@ gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restr
   const int nk = group_of.nk;
   const int strip0 = blockIdx.x * C::kStrips;
   const int m0 = blockIdx.z * BM;
-#if SHARQ_WIDE_TRACE
-  const unsigned long long t_in = trace_ns();
-#endif
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < C::kStages; ++s) {
@@ -602,258 +575,8 @@ gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restr
   }
 
   reduce_store<T, BM, C::kBN, C::kPRow>(smem, M, m0, strip0 * 16, n_valid, tscale, bias, y, ys);
-#if SHARQ_WIDE_TRACE
-  const unsigned long long t_end = trace_ns();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    unsigned long long* tr = reinterpret_cast<unsigned long long*>(y + (int64_t)m0 * ys + strip0 * 16);
-    tr[0] = t_in, tr[1] = t_in, tr[2] = t_end, tr[3] = trace_smid();
-  }
-#endif
 }
 
-
-// ===================== the token-wide kernel, persistent (M > 128 without split-K) =====================
-// WIP (session 37, not measured): gridDim.x = min(tiles, SMs) CTAs; CTA b takes tiles b, b + G, ...
-// (tile t: weight tile t % ntiles, token tile t / ntiles). The producer runs through the CTA's
-// tiles' k-tiles as one ring sequence, so the next tile's first slots load while the consumers
-// finish the last one, whose outputs go from registers to y (no partial tile in shared memory,
-// which would overwrite the ring): each lane trades one value with lane ^ 4 (the neighbouring
-// weight row) so it stores two adjacent outputs of one token as one 4-byte word. The consumers
-// decode the next tile's first k-tile while the last MMAs of the current one run. Same sums and
-// the same two roundings as gemm_wgmma_wide_kernel: a tile's k order is the KRange rotation of
-// its own indices, the epilogue * tensor_scale * 2^7, + bias, one rounding (so the outputs must be
-// bitwise equal to it). Why: session 37's K sweep put ~3.2 us a tile (6-7% at K = 4096) in the
-// one-tile-a-CTA form's prologue and epilogue (kernels-H200-wide-profile.json).
-#ifndef SHARQ_WIDE_ORDER
-#define SHARQ_WIDE_ORDER 0
-#endif
-// SHARQ_WIDE_DYNAMIC 1: after its first tile (blockIdx.x) a CTA takes tiles from a counter
-// (gridDim.x + atomicAdd), so SMs that run faster take more tiles; 0: tiles b, b + G, ...
-#ifndef SHARQ_WIDE_DYNAMIC
-#define SHARQ_WIDE_DYNAMIC 1
-#endif
-// The tile counters of the dynamic schedule: a pair {next ticket, CTAs done} per slot; a launch
-// uses one slot (the host rotates them, so launches on two streams do not share one), and the last
-// CTA of a launch to run out of tiles sets the pair back to 0 for the slot's next launch.
-constexpr int kWideCounterSlots = 256;
-__device__ int g_wide_counters[kWideCounterSlots][2];
-
-template <typename T, int BM>
-__global__ void __launch_bounds__(WideCfg<BM>::kThreads, 1)
-gemm_wgmma_wide_persistent_kernel(const __grid_constant__ WgMaps maps, const float* __restrict__ tscale,
-                                  const T* __restrict__ bias, T* __restrict__ y, int64_t ys, int M, int n_valid,
-                                  int KT, int sbt, int wblock, int ntiles, int tiles, int* counter) {
-  using C = WideCfg<BM>;
-  static_assert(C::kSubs == 1 && C::kKs == 1, "one 64-row sub-tile a warp, one k-tile a slot");
-  extern __shared__ uint8_t smem_raw[];
-  __shared__ __align__(8) uint64_t full[C::kStages], empty[C::kStages];
-  // the tile whose first k-tile a slot holds (-1: no more tiles), written by the producer before
-  // the slot's full barrier is armed, read by the consumers after it completes
-  __shared__ int slot_tile[C::kStages];
-  uint8_t* smem = smem_raw + ((1024 - (async::smem_u32(smem_raw) & 1023)) & 1023);
-#if SHARQ_WIDE_TRACE
-  const unsigned long long t_in = trace_ns();
-#endif
-
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int nk = KT;
-  const int G = gridDim.x;
-  const int mtiles = tiles / ntiles;
-  // tile t's weight tile and token tile (SHARQ_WIDE_ORDER 1: the token tiles of one weight tile
-  // run next to each other, so each weight tile leaves HBM once)
-#if SHARQ_WIDE_ORDER
-  auto wtile = [&](int t) { return t / mtiles; };
-  auto mtile = [&](int t) { return t % mtiles; };
-#else
-  auto wtile = [&](int t) { return t % ntiles; };
-  auto mtile = [&](int t) { return t / ntiles; };
-#endif
-
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < C::kStages; ++s) {
-      async::mbar_init(&full[s], 1);
-      async::mbar_init(&empty[s], C::kSlotUsers);
-    }
-    async::mbar_fence_init();
-  }
-  __syncthreads();
-
-  if (warp >= C::kWarps) {
-    async::setmaxnreg_dec<kProducerRegs>();
-    if (warp == C::kWarps && lane == 0) {
-      const bool short_tail = x_tail_rows(M, BM) < BM;
-      // the tile after the current one (asked for at a tile's start, used at its end)
-      auto next_tile = [&](int t) {
-#if SHARQ_WIDE_DYNAMIC
-        (void)t;
-        return G + atomicAdd(&counter[0], 1);
-#else
-        return t + G;
-#endif
-      };
-      int t = blockIdx.x, kk = 0, rot = 0, tn = 0;
-      auto start_tile = [&](int s) {
-        slot_tile[s % C::kStages] = t;
-        rot = (int)(((unsigned)wtile(t) * 7u + (unsigned)mtile(t) * 3u) % (unsigned)nk);
-      };
-      auto issue_w = [&](int s) {
-        const int slot = s % C::kStages, kt = kk + rot >= nk ? kk + rot - nk : kk + rot;
-        const bool tail = short_tail && mtile(t) == mtiles - 1;
-        uint8_t* st = smem + slot * C::kStage;
-        async::mbar_arrive_expect_tx(
-            &full[slot], (uint32_t)(C::kStrips * (kTileBytes + sbt) + (tail ? x_tail_rows(M, BM) * 128 : C::kBox)));
-        async::tma_load_3d(st + C::kXBytes, &maps.w, 0, kt, wtile(t) * C::kStrips, &full[slot]);
-        async::tma_load_3d(st + C::kXBytes + C::kWBytes, &maps.s, 0, kt, wtile(t) * C::kStrips, &full[slot]);
-      };
-      auto issue_x = [&](int s, int kx) {
-        const int slot = s % C::kStages, kt = kx + rot >= nk ? kx + rot - nk : kx + rot;
-        const bool tail = short_tail && mtile(t) == mtiles - 1;
-        async::tma_load_2d(smem + slot * C::kStage, tail ? &maps.xt : &maps.x, 64 * kt, mtile(t) * BM, &full[slot]);
-      };
-      // the first tile's first slots: weights before the dependency wait, x_hat after it
-      const int pro = min(nk, C::kStages);
-      start_tile(0);
-      for (int s = 0; s < pro; ++s, ++kk) issue_w(s);
-      async::pdl_wait();  // x_hat is written by the preceding kernel
-      for (int s = 0; s < pro; ++s) issue_x(s, s);
-      tn = next_tile(t);
-      int s = pro;
-      for (;; ++s) {
-        if (kk == nk) {  // the tile's last slot is out: on to the next tile
-          t = tn;
-          kk = 0;
-        }
-        async::mbar_wait(&empty[s % C::kStages], ((s / C::kStages) & 1) ^ 1);
-        if (kk == 0) {
-          if (t >= tiles) {  // no more tiles: tell the consumers through this slot
-            slot_tile[s % C::kStages] = -1;
-            async::mbar_arrive(&full[s % C::kStages]);
-            break;
-          }
-          start_tile(s);
-          tn = next_tile(t);
-        }
-        issue_w(s);
-        issue_x(s, kk);
-        ++kk;
-      }
-#if SHARQ_WIDE_DYNAMIC
-      // every CTA has taken its last ticket once all G have counted themselves here
-      if (atomicAdd(&counter[1], 1) == G - 1) {
-        atomicExch(&counter[0], 0);
-        atomicExch(&counter[1], 0);
-      }
-#endif
-    }
-  } else {
-    async::setmaxnreg_inc<C::kRegs>();
-    const int wg = warp >> 2, wi = warp & 3, g = lane >> 2, q = lane & 3;
-    const int strip = wg * 4 + wi;  // the warp's strip of the CTA's 8
-    const uint32_t wofs = C::kXBytes + strip * kTileBytes + lane * 16;
-    const uint32_t sofs = C::kXBytes + C::kWBytes + strip * sbt + (wblock == 32 ? (q >> 1) : q) * 16 + 2 * g;
-    uint32_t aoff[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) aoff[i] = (16 * wi + g + 8 * (i & 1)) * 128 + (((2 * q + (i >> 1)) ^ g) * 16);
-    uint8_t* const abase = smem + C::kRing + 2 * wg * C::kABuf;
-    const uint64_t da0 = async::desc_sw128(abase), dx0 = async::desc_sw128(smem);
-    float acc[BM / 2];
-    // sequence position s: ring slot s % kStages (fill parity (s / kStages) & 1), A buffer s & 1
-    auto wait_full = [&](int s) { async::mbar_wait(&full[s % C::kStages], (s / C::kStages) & 1); };
-    auto decode = [&](int s) {
-      const uint8_t* st = smem + (s % C::kStages) * C::kStage;
-      decode_strip<T>(*reinterpret_cast<const uint4*>(st + wofs), *reinterpret_cast<const uint16_t*>(st + sofs),
-                      abase + (s & 1) * C::kABuf, aoff);
-      async::fence_proxy_async_smem();
-      async::named_sync(2 + wg, 128);
-    };
-    auto issue = [&](int s) {
-#pragma unroll
-      for (int c = 0; c < BM / 2; ++c) async::fence_operand(acc[c]);
-      async::wgmma_fence();
-      const uint64_t da = da0 + (((s & 1) * C::kABuf) >> 4);
-      const uint64_t dx = dx0 + (((s % C::kStages) * C::kStage) >> 4);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) wg::Wgmma<T, BM>::mma(acc, da + 2 * j, dx + 2 * j);
-      async::wgmma_commit();
-    };
-    auto release = [&](int s) {
-      if (lane == 0) async::mbar_arrive(&empty[s % C::kStages]);
-    };
-    const float ts = __fmul_rn(tscale[0], 128.0f);
-    int s = 0;
-    wait_full(0);
-    int t = slot_tile[0];  // >= 0: the grid has at most `tiles` CTAs
-    decode(0);
-    while (t >= 0) {
-#if SHARQ_WIDE_TRACE
-      const unsigned long long t_start = trace_ns();
-#endif
-#pragma unroll
-      for (int c = 0; c < BM / 2; ++c) acc[c] = 0.0f;
-      int tn = -1;
-      for (int kk = 0; kk < nk; ++kk, ++s) {
-        issue(s);
-        async::wgmma_wait<1>();  // s - 1's MMAs have completed: its A buffer and slot are free
-        if (kk >= 1) release(s - 1);
-        wait_full(s + 1);
-        if (kk + 1 < nk) {
-          decode(s + 1);
-        } else {  // the next tile's first k-tile (or the end) after a tile's last
-          tn = slot_tile[(s + 1) % C::kStages];
-          if (tn >= 0) decode(s + 1);
-        }
-      }
-      async::wgmma_wait<0>();
-      release(s - 1);
-#pragma unroll
-      for (int c = 0; c < BM / 2; ++c) async::fence_operand(acc[c]);
-      // tile t's outputs: acc[4 nb + 2 h + e] = token 8 nb + 2 q + e, weight row 16 wi + g + 8 h of
-      // the warpgroup's 64. Lanes g, g ^ 1 trade: even g stores token 2 q, rows (r, r + 1); odd g
-      // token 2 q + 1, rows (r - 1, r).
-      const int m0 = mtile(t) * BM, n_base = wtile(t) * C::kBN;
-      const bool odd = g & 1;
-#pragma unroll
-      for (int nb = 0; nb < BM / 8; ++nb)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const float v0 = acc[4 * nb + 2 * h], v1 = acc[4 * nb + 2 * h + 1];
-          const float other = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
-          const int m = m0 + 8 * nb + 2 * q + (odd ? 1 : 0);
-          const int col = n_base + 64 * wg + 16 * wi + 8 * h + (g & ~1);
-          if (m >= M || (SHARQ_WIDE_NOSTORE && ys != -12345)) continue;
-          float lo = __fmul_rn(odd ? other : v0, ts), hi = __fmul_rn(odd ? v1 : other, ts);
-          if (bias != nullptr) {
-            if (col < n_valid) lo = __fadd_rn(lo, Elem<T>::to_float(bias[col]));
-            if (col + 1 < n_valid) hi = __fadd_rn(hi, Elem<T>::to_float(bias[col + 1]));
-          }
-          T* yp = y + (int64_t)m * ys + col;
-          if (col + 1 < n_valid && (reinterpret_cast<uintptr_t>(yp) & 3) == 0) {
-            __align__(4) T pair[2] = {Elem<T>::from_float(lo), Elem<T>::from_float(hi)};
-            *reinterpret_cast<uint32_t*>(yp) = *reinterpret_cast<const uint32_t*>(pair);
-          } else {
-            if (col < n_valid) yp[0] = Elem<T>::from_float(lo);
-            if (col + 1 < n_valid) yp[1] = Elem<T>::from_float(hi);
-          }
-        }
-#if SHARQ_WIDE_TRACE
-      const unsigned long long t_end = trace_ns();
-      __syncwarp();  // warp 0 wrote these outputs
-      if (threadIdx.x == 0) {
-        unsigned long long* tr = reinterpret_cast<unsigned long long*>(y + (int64_t)m0 * ys + n_base);
-        tr[0] = t_in, tr[1] = t_start, tr[2] = t_end, tr[3] = trace_smid();
-      }
-#endif
-      t = tn;
-    }
-  }
-}
-
-// The persistent token-wide kernel wherever the tiles run without split-K (WIP, session 37:
-// -DSHARQ_WIDE_PERSISTENT=0 builds the one-tile-a-CTA form, the A/B's baseline).
-#ifndef SHARQ_WIDE_PERSISTENT
-#define SHARQ_WIDE_PERSISTENT 1
-#endif
 
 // cuTensorMapEncodeTiled through the runtime's driver entry point (no libcuda link needed).
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
@@ -907,46 +630,18 @@ int choose_split(K kern, int tiles, int KT, int sms) {
   return 1;
 }
 
-// The shared-memory opt-in of kernel k on device dev, once (per kernel and device: two kernels of
-// one C++ type must not share a flag).
-cudaError_t smem_opt_in(const void* k, int smem, int dev) {
-  static const void* keys[64] = {};
-  static uint64_t devs[64] = {};
-  int i = 0;
-  while (i < 64 && keys[i] != nullptr && keys[i] != k) ++i;
-  if (i == 64) return cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (keys[i] == k && (devs[i] >> dev & 1)) return cudaSuccess;
-  const cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (e == cudaSuccess) {
-    keys[i] = k;
-    devs[i] |= 1ull << dev;
-  }
-  return e;
-}
-
-// The next launch's pair of tile counters on device dev (the slots rotate: see g_wide_counters).
-int* wide_counter_slot(int dev) {
-  static int* base[kMaxDevices] = {};
-  static std::atomic<unsigned> next{0};
-  if (base[dev] == nullptr) {
-    void* p = nullptr;
-    if (cudaGetSymbolAddress(&p, g_wide_counters) != cudaSuccess) return nullptr;
-    base[dev] = static_cast<int*>(p);
-  }
-  return base[dev] + 2 * (next.fetch_add(1, std::memory_order_relaxed) % kWideCounterSlots);
-}
-
-// One launch of kernel `kern` with configuration C (BM tokens x C::kBN rows a CTA); where the
-// tiles run without split-K and a persistent form `pkern` is given, that one instead.
-template <typename T, int BM, typename C, typename Kern, typename PKern = std::nullptr_t, typename... Extra>
-cudaError_t launch_wgmma_cfg(Kern kern, PKern pkern, const void* x, int64_t xs, const void* qw, const void* sc,
-                             const float* ts, const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K,
-                             int wblock, cudaStream_t stream, Extra... extra) {
+// One launch of kernel `kern` with configuration C (BM tokens x C::kBN rows a CTA).
+template <typename T, int BM, typename C, typename Kern, typename... Extra>
+cudaError_t launch_wgmma_cfg(Kern kern, const void* x, int64_t xs, const void* qw, const void* sc, const float* ts,
+                             const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K, int wblock,
+                             cudaStream_t stream, Extra... extra) {
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return cudaErrorInvalidDevice;
-  {
-    const cudaError_t e = smem_opt_in(reinterpret_cast<const void*>(kern), C::kSmem, dev);
+  static bool configured[kMaxDevices] = {};  // the shared-memory opt-in is per device
+  if (!configured[dev]) {
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
     if (e != cudaSuccess) return e;
+    configured[dev] = true;
   }
   PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
   if (encode == nullptr) return cudaErrorNotSupported;
@@ -992,18 +687,6 @@ cudaError_t launch_wgmma_cfg(Kern kern, PKern pkern, const void* x, int64_t xs, 
 
   cudaLaunchConfig_t cfg;
   cudaLaunchAttribute attr[2];
-  if constexpr (!std::is_same<PKern, std::nullptr_t>::value) {
-    if (split == 1 && SHARQ_WIDE_PERSISTENT) {
-      const cudaError_t e = smem_opt_in(reinterpret_cast<const void*>(pkern), C::kSmem, dev);
-      if (e != cudaSuccess) return e;
-      const int tiles = ntiles * mtiles;
-      int* counter = wide_counter_slot(dev);
-      if (counter == nullptr) return cudaErrorInvalidSymbol;
-      cluster_launch(cfg, attr, dim3(std::min(tiles, sms), 1, 1), C::kSmem, 1, true, stream);
-      return cudaLaunchKernelEx(&cfg, pkern, maps, ts, static_cast<const T*>(bias), static_cast<T*>(y), ys, M,
-                                n_valid, KT, sbt, wblock, ntiles, tiles, counter);
-    }
-  }
   cluster_launch(cfg, attr, dim3(ntiles, split, mtiles), C::kSmem, split, true, stream);
   return cudaLaunchKernelEx(&cfg, kern, maps, ts, static_cast<const T*>(bias), static_cast<T*>(y), ys, M, n_valid,
                             KT, sbt, wblock, extra...);
@@ -1037,15 +720,15 @@ cudaError_t launch_wgmma_dt(const void* x, int64_t xs, const void* qw, const voi
                             const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K, int wblock,
                             cudaStream_t stream) {
   if (M <= 64 && dec_bn(N / 16, sm_count()) == 224)
-    return launch_wgmma_cfg<T, 64, DecCfg<64, 224>>(gemm_wgmma_dec_kernel<T, 64, 224>, nullptr, x, xs, qw, sc, ts, bias, y, ys,
+    return launch_wgmma_cfg<T, 64, DecCfg<64, 224>>(gemm_wgmma_dec_kernel<T, 64, 224>, x, xs, qw, sc, ts, bias, y, ys,
                                                     M, N, n_valid, K, wblock, stream);
   if (M <= 64)
-    return launch_wgmma_cfg<T, 64, DecCfg<64>>(gemm_wgmma_dec_kernel<T, 64>, nullptr, x, xs, qw, sc, ts, bias, y, ys, M, N,
+    return launch_wgmma_cfg<T, 64, DecCfg<64>>(gemm_wgmma_dec_kernel<T, 64>, x, xs, qw, sc, ts, bias, y, ys, M, N,
                                                n_valid, K, wblock, stream);
   if (M <= kGemmWgmmaDecMaxM)
-    return launch_wgmma_cfg<T, 128, DecCfg<128>>(gemm_wgmma_dec_kernel<T, 128>, nullptr, x, xs, qw, sc, ts, bias, y, ys, M, N,
+    return launch_wgmma_cfg<T, 128, DecCfg<128>>(gemm_wgmma_dec_kernel<T, 128>, x, xs, qw, sc, ts, bias, y, ys, M, N,
                                                  n_valid, K, wblock, stream);
-  return launch_wgmma_cfg<T, 256, WideCfg<256>>(gemm_wgmma_wide_kernel<T, 256>, gemm_wgmma_wide_persistent_kernel<T, 256>, x, xs, qw, sc, ts, bias, y, ys, M, N,
+  return launch_wgmma_cfg<T, 256, WideCfg<256>>(gemm_wgmma_wide_kernel<T, 256>, x, xs, qw, sc, ts, bias, y, ys, M, N,
                                                  n_valid, K, wblock, stream, WideCfg<256>::kKs);
 }
 
