@@ -45,7 +45,10 @@
 // from 64-byte-swizzled weight tiles (kernels-H200-wide-rs-ab.json; the code: commit c59c6c2).
 // Also measured slower (kernels-H200-wide-profile.json: ncu, tensor pipe 76% busy here against
 // cuBLAS BF16's 95% on the same tile): x_hat multicast over 2-CTA clusters (commit f6c141f) and
-// decoding two k-tiles ahead with separate x_hat and weight rings (commit 3be107d).
+// decoding two k-tiles ahead with separate x_hat and weight rings (commit 3be107d). And a
+// persistent form (the next tile's loads under the epilogue, outputs from registers; bitwise equal
+// to this kernel): 8-10% slower at M = 1024 with a static tile schedule, 4% with a dynamic one
+// (kernels-H200-wide-persistent.json; the code: commit c7be86e).
 //
 // x_hat boxes, both kernels: 64 rows a decoder-warp MMA warpgroup, 256 a token-wide CTA; the tokens'
 // last box brings only its rows rounded up to 8 (maps.xt, x_tail_rows), not a box zero-filled past M.
