@@ -421,11 +421,6 @@ struct WideCfg {
   static_assert(kStages >= 5, "ring too shallow");
 };
 
-// SHARQ_WIDE_DIAG (timing diagnostics, wrong outputs): 1 no decode, 2 no publishing fence +
-// barrier, 3 neither
-#ifndef SHARQ_WIDE_DIAG
-#define SHARQ_WIDE_DIAG 0
-#endif
 template <typename T, int BM>
 __global__ void __launch_bounds__(WideCfg<BM>::kThreads, 1)
 gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restrict__ tscale,
@@ -514,18 +509,12 @@ gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restr
     // warpgroup's MMAs
     auto decode = [&](const uint8_t* st, int kk, int buf) {
       uint8_t* dst = abase + buf * C::kABuf;
-#if SHARQ_WIDE_DIAG != 1 && SHARQ_WIDE_DIAG != 3
 #pragma unroll
       for (int r = 0; r < R; ++r)
         decode_strip<T>(*reinterpret_cast<const uint4*>(st + wofs[r] + kk * kTileBytes),
                         *reinterpret_cast<const uint16_t*>(st + sofs[r] + kk * sbt), dst + r * C::kATile, aoff);
-#else
-      (void)dst, (void)st, (void)kk;
-#endif
-#if SHARQ_WIDE_DIAG != 2 && SHARQ_WIDE_DIAG != 3
       async::fence_proxy_async_smem();
       async::named_sync(2 + wg, 128);
-#endif
     };
     // the MMAs of k-tile kk of ring slot `slot` on A buffer buf, one commit group
     auto issue = [&](int slot, int kk, int buf) {
