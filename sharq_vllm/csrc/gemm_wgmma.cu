@@ -421,9 +421,6 @@ struct WideCfg {
   static_assert(kStages >= 5, "ring too shallow");
 };
 
-#ifndef SHARQ_WIDE_PIN
-#define SHARQ_WIDE_PIN 0
-#endif
 template <typename T, int BM>
 __global__ void __launch_bounds__(WideCfg<BM>::kThreads, 1)
 gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restrict__ tscale,
@@ -511,11 +508,6 @@ gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restr
     // k-tile kk of the slot at st -> A buffer buf (e2m1 * s * 2^-7, exact), published to the
     // warpgroup's MMAs
     auto decode = [&](const uint8_t* st, int kk, int buf) {
-#if SHARQ_WIDE_PIN
-      // the lane's offsets stay in registers (ptxas otherwise recomputes them from the thread
-      // index at every k-tile: ~40 instructions, the consumers being held to 168 registers)
-      asm volatile("" : "+r"(wofs[0]), "+r"(sofs[0]), "+r"(aoff[0]), "+r"(aoff[1]), "+r"(aoff[2]), "+r"(aoff[3]));
-#endif
       uint8_t* dst = abase + buf * C::kABuf;
 #pragma unroll
       for (int r = 0; r < R; ++r)
