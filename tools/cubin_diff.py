@@ -21,8 +21,8 @@ An entry that cannot be read is named in a note and fails --expect-same: its ker
 compared, so nothing may be claimed about them.
 
 `--sass` adds, under every kernel that differs, its instruction count in both builds and the
-opcodes whose counts changed most (e.g. `STG +254, R2UR +807`): what a change did to the machine
-code, read without a GPU. It disassembles with nvdisasm (the `nvidia-cuda-nvdisasm` wheel of the
+opcodes whose counts changed most (e.g. `instructions 6368 -> 5056: R2UR -1037, UIADD3 -142`):
+what a change did to the machine code, read without a GPU. It disassembles with nvdisasm (the `nvidia-cuda-nvdisasm` wheel of the
 test extra, or one on PATH / in $CUDA_HOME/bin / named by $NVDISASM); for a whole listing run
 `nvdisasm -c` on a cubin, or `cuobjdump -sass -fun MANGLED lib.so` with both tools in one folder.
 
