@@ -117,11 +117,12 @@ def device_cubins(lib: str, unread: list[str] | None = None) -> list[bytes]:
 def kernel_digests(lib: str, unread: list[str] | None = None) -> dict[str, str]:
     """Kernel name (demangled: the anonymous namespace carries no per-build hash) -> md5 of its
     machine code; entries of the device code that could not be read are appended to `unread`."""
+    notes: list[str] = []
+    cubins = device_cubins(lib, notes)  # first: it says how to get pyelftools where it is missing
     from elftools.elf.elffile import ELFFile
 
     code: dict[str, str] = {}
-    notes: list[str] = []
-    for data in device_cubins(lib, notes):
+    for data in cubins:
         for sec in ELFFile(io.BytesIO(data)).iter_sections():
             if sec.name.startswith(".text."):
                 code[sec.name[len(".text."):]] = hashlib.md5(sec.data()).hexdigest()

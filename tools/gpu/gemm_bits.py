@@ -13,9 +13,10 @@ mma.sync kernels to each other inside one build; this compares two builds.
 
 `dump` runs the automatic GEMM path (`ops.sharq_gemm`: stream, wgmma or dequantize + cuBLAS by M)
 and the `mma` path forced (`ops.run_gemm_kernel`) on fixed-seed heavy-tailed inputs, with a bias
-on odd M, for Llama-3.1-8B's four linears and three odd shapes (a partial weight tile, K/64 odd,
-N not a multiple of 4) at M = 1..4096 across the bucket edges, and stores each output's SHA-256
-and first 4096 values with the library's path and checksum. Needs a GPU where the kernels run (sm_90).
+on odd M, for the kernel benchmark's model's four linears (Llama-3.1-8B) and three odd shapes (a
+partial weight tile, K/64 odd, N not a multiple of 4) at M = 1..4096 across the bucket edges, and
+stores each output's SHA-256 and first 4096 values with the library's path and checksum. Needs a
+GPU where the kernels run (sm_90).
 `compare` names every case whose outputs differ (and how, in the stored values).
 """
 
@@ -29,10 +30,11 @@ from pathlib import Path
 
 import torch
 
-SHAPES = {
-    "qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
-    "odd_tile": (4000, 1472), "odd_k": (1552, 1472), "odd_n": (1042, 576),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks/
+from benchmarks.kernels.bench_kernels import DEFAULT_MODEL, model_shapes
+
+# the benchmark's model's four linears (N, K), and three odd shapes
+SHAPES = {**model_shapes(DEFAULT_MODEL), "odd_tile": (4000, 1472), "odd_k": (1552, 1472), "odd_n": (1042, 576)}
 MS = (1, 8, 16, 17, 32, 33, 64, 65, 128, 129, 200, 256, 300, 512, 513, 768, 1024, 1025, 2048, 4096)
 
 
