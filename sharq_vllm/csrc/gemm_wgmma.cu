@@ -421,12 +421,6 @@ struct WideCfg {
   static_assert(kStages >= 5, "ring too shallow");
 };
 
-#ifndef SHARQ_WIDE_DESC32
-#define SHARQ_WIDE_DESC32 0
-#endif
-#ifndef SHARQ_WIDE_PIN
-#define SHARQ_WIDE_PIN 0
-#endif
 template <typename T, int BM>
 __global__ void __launch_bounds__(WideCfg<BM>::kThreads, 1)
 gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restrict__ tscale,
@@ -514,11 +508,6 @@ gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restr
     // k-tile kk of the slot at st -> A buffer buf (e2m1 * s * 2^-7, exact), published to the
     // warpgroup's MMAs
     auto decode = [&](const uint8_t* st, int kk, int buf) {
-#if SHARQ_WIDE_PIN
-      // the lane's offsets stay in registers (ptxas otherwise recomputes them from the thread
-      // index at every k-tile: ~40 instructions, the consumers being held to 168 registers)
-      asm volatile("" : "+r"(wofs[0]), "+r"(sofs[0]), "+r"(aoff[0]), "+r"(aoff[1]), "+r"(aoff[2]), "+r"(aoff[3]));
-#endif
       uint8_t* dst = abase + buf * C::kABuf;
 #pragma unroll
       for (int r = 0; r < R; ++r)
@@ -534,25 +523,12 @@ gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restr
 #pragma unroll
         for (int c = 0; c < BM / 2; ++c) async::fence_operand(acc[r][c]);
       async::wgmma_fence();
-#if SHARQ_WIDE_DESC32
-      // start addresses in the descriptors' low words (no carry: shared memory < 256 KB), the high
-      // word (stride, swizzle mode) a constant
-      const uint32_t alo = (uint32_t)da0 + ((buf * C::kABuf) >> 4);
-      const uint32_t xlo = (uint32_t)dx0 + ((slot * C::kStage + kk * C::kBox) >> 4);
-      constexpr uint64_t hi = ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int r = 0; r < R; ++r)
-          wg::Wgmma<T, BM>::mma(acc[r], hi | (alo + ((r * C::kATile) >> 4) + 2 * j), hi | (xlo + 2 * j));
-#else
       const uint64_t da = da0 + ((buf * C::kABuf) >> 4);
       const uint64_t dx = dx0 + ((slot * C::kStage + kk * C::kBox) >> 4);
 #pragma unroll
       for (int j = 0; j < 4; ++j)
 #pragma unroll
         for (int r = 0; r < R; ++r) wg::Wgmma<T, BM>::mma(acc[r], da + ((r * C::kATile) >> 4) + 2 * j, dx + 2 * j);
-#endif
       async::wgmma_commit();
     };
     if (nk > 0) {
