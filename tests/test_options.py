@@ -168,3 +168,13 @@ def test_prep_norm_bound_matches_the_cuda_header() -> None:
     header = (Path(__file__).resolve().parents[1] / "sharq_vllm" / "csrc" / "sharq_kernels.h").read_text()
     m = re.search(r"constexpr int kPrepNormMaxK = (\d+) \* (\d+);", header)
     assert m is not None and int(m.group(1)) * int(m.group(2)) == PREP_NORM_MAX_K
+
+
+def test_prep_cta_bounds_match_the_cuda_header() -> None:
+    """kernels.dispatch.PREP_MAX_THREADS mirrors sharq::kPrepMaxThreads (V = 1, 2, 4, 8)."""
+    from sharq_vllm.kernels.dispatch import PREP_MAX_THREADS
+
+    header = (Path(__file__).resolve().parents[1] / "sharq_vllm" / "csrc" / "sharq_kernels.h").read_text()
+    m = re.search(r"constexpr int kPrepMaxThreads\[4\] = \{(\d+), (\d+), (\d+), (\d+)\};", header)
+    assert m is not None
+    assert dict(zip((1, 2, 4, 8), map(int, m.groups()), strict=True)) == PREP_MAX_THREADS

@@ -34,8 +34,10 @@
 //     up to 8 CTAs (8 SMs; prep_cluster_size); the two row maxima are exchanged through
 //     distributed shared memory (mapa + ld.shared::cluster, barrier.cluster).
 //   64 < M <= 256: one CTA a row, V = 1 (K <= 8192), 2 (K <= 16384), 8.
-//   M > 256: V = 2 (2 independent chunks a thread; V = 8 above K = 16384). The RMSNorm variants
-//     too, on a CTA of half the padded chunk count (launch_norm; -18% at 4096 x 4096).
+//   M > 256: V = 2 (2 independent chunks a thread) up to K = 8192; V = 4 on CTAs of at most 448
+//     threads, two an SM, for K = 8200..14336 (-17% at 1024 x 14336); V = 2 up to K = 16384, V = 8
+//     above. The RMSNorm variants (K <= 8192) V = 2 on a CTA of half the padded chunk count
+//     (launch_norm; -18% at 4096 x 4096).
 // Block encoding (NUMERICS.md): one correctly rounded FP32 reciprocal per block (__frcp_rn),
 // one __fmul_rn per value, then rounding to the E2M1 grid; no per-element division.
 // Programmatic dependent launch on both sides: the kernel is launched with the attribute and
@@ -350,8 +352,17 @@ __device__ __forceinline__ uint4 silu_mul_chunk(uint4 g, uint4 u) {
 // kPrepAddNorm (prep_norm; V <= 2 and cl == 1 only, launch_norm): the row normalized by
 // rms_norm_row above. kPrepSiluMul (prep_silu_mul; any configuration, it is elementwise):
 // silu(gate) * up of x's two halves, silu_mul_chunk above.
+// kPrepMaxThreads' entry for V chunks a thread, and the CTAs an SM its launch bounds promise
+template <int V>
+constexpr int prep_max_threads() {
+  return kPrepMaxThreads[V == 1 ? 0 : V == 2 ? 1 : V == 4 ? 2 : 3];
+}
+template <int V>
+constexpr int prep_min_ctas() {
+  return V == 4 ? 2 : 1;
+}
 template <typename T, int V, bool kDebug, int kProd = kPrepPlain>
-__global__ void __launch_bounds__(V <= 2 ? 1024 : 512)
+__global__ void __launch_bounds__(prep_max_threads<V>(), prep_min_ctas<V>())
 prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int K, int fmt,
             int pattern, int bb_lanes, int rb_lanes, PrepDebug dbg, int cl, PrepNorm nrm) {
   constexpr bool kNorm2 = (kProd == kPrepNorm || kProd == kPrepAddNorm) && V == 2;
@@ -540,7 +551,7 @@ cudaError_t launch_v(const T* xp, int64_t x_stride, T* yp, int M, int K, int fmt
                      const PrepNorm& nrm = PrepNorm{}, int threads = 0) {
   const int nchunks = K / 8 / cl;
   if (threads == 0) threads = ((nchunks + V - 1) / V + 31) / 32 * 32;
-  if (threads > (V <= 2 ? 1024 : 512)) return cudaErrorInvalidValue;
+  if (threads > prep_max_threads<V>()) return cudaErrorInvalidValue;
   auto kernel = prep_kernel<T, V, false, kProd>;
   if constexpr (kProd == kPrepPlain)  // debug outputs: the plain preparation only (prep_debug)
     if (dbg.any()) kernel = prep_kernel<T, V, true, kProd>;
@@ -645,10 +656,15 @@ cudaError_t launch_prep_t(const void* x, int64_t x_stride, void* xhat, int M, in
       default: return cudaErrorInvalidValue;
     }
   }
-  // Large M: 2 chunks a thread. The H100 sweep (benchmarks/results/kernels-H100.json,
-  // prep_configs_us) measured V=2 20-25% faster than V=4 at M >= 1024 for K = 4096 and 14336
-  // (V=4's 100 registers cap residency at 5 CTAs/SM for K=4096, 1 CTA/SM for K=14336).
-  // (V = 4 would fit K <= 16384 only, where V = 2 does; above, one CTA needs V = 8.)
+  // Large M: 2 chunks a thread while a row fits 1024 chunks (K <= 8192: 4 CTAs of 256 threads an
+  // SM at K = 4096). Longer rows (1025..1792 chunks, K <= 14336) take 4 chunks a thread on CTAs
+  // bounded to 448 threads, two an SM: at 2 chunks a thread such a row needs more than 512 threads
+  // of 64 registers, so one CTA (one row) held the SM and its two row reductions idled it.
+  // H200, K = 14336, bf16 (kernels-H200-prep-2cta.json): 48.5 -> 40.4 us at M = 1024, 179 -> 146
+  // at 4096, 692 -> 564 at 16384 (SiLU * mul in front: 64.6 -> 57.4, 249 -> 213, 964 -> 814).
+  // (The H100 sweep, kernels-H100.json, had V = 4 at 100 registers, one CTA an SM: 20-25% slower.)
+  if (M > kPrepLargeM && nchunks > 1024 && nchunks <= 4 * prep_max_threads<4>())
+    return launch_v<T, 4, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
   if (M > kPrepLargeM && nchunks <= 2 * 1024)
     return launch_v<T, 2, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
   if (nchunks <= 1024) return launch_v<T, 1, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
@@ -664,7 +680,7 @@ bool prep_args_ok(int fmt, int pattern, int backbone_block, int residual_block, 
   // holds whole residual blocks
   const auto lanes_ok = [](int block) { return block == 16 || block == 32 || block == 64; };
   if (!lanes_ok(backbone_block) || !lanes_ok(residual_block) || backbone_block % residual_block) return false;
-  return K > 0 && K % backbone_block == 0 && K % 8 == 0 && K <= 8 * 8 * 512;
+  return K > 0 && K % backbone_block == 0 && K % 8 == 0 && K <= 8 * 8 * kPrepMaxThreads[3];
 }
 
 }  // namespace

@@ -54,6 +54,11 @@ cudaError_t launch_prep(const void* x, int64_t x_stride, void* xhat, int M, int 
 // residual add), or SiLU * mul of the row's two halves (launch_prep_silu_mul below).
 enum PrepProducer : int { kPrepPlain = 0, kPrepNorm = 1, kPrepAddNorm = 2, kPrepSiluMul = 3 };
 constexpr int kPrepNormMaxK = 8 * 1024;
+// CTA size bound of the preparation kernel at V = 1, 2, 4, 8 chunks of 8 channels a thread (its
+// __launch_bounds__; launch_prep refuses a row needing more). V = 4 is bounded to 448 threads so
+// that two CTAs share an SM (72 registers a thread): prep.cu's throughput configuration for rows of
+// 1025..1792 chunks. Mirrored by kernels.dispatch.PREP_MAX_THREADS (tests/test_options.py).
+constexpr int kPrepMaxThreads[4] = {1024, 1024, 448, 512};
 struct PrepNorm {
   const void* residual = nullptr;  // [M, K], row stride res_stride elements; null: no add
   int64_t res_stride = 0;

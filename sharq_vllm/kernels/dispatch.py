@@ -37,6 +37,7 @@ __all__ = [
     "GEMM_VARIANT_MAX_M",
     "GEMM_WIDE_TILE",
     "KERNEL_CAPABILITY",
+    "PREP_MAX_THREADS",
     "PREP_NORM_MAX_K",
     "GemmKernel",
     "auto_variant",
@@ -58,7 +59,10 @@ __all__ = [
 KERNEL_CAPABILITY = (9, 0)
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 KERNEL_WEIGHT_BLOCKS = (16, 32)  # the tiled layout's scale blocks (layout.py)
-PREP_MAX_K = 8 * 8 * 512  # sharq_vllm/csrc/prep.cu: at most 8 chunks of 8 channels for each of 512 threads
+# sharq_kernels.h, kPrepMaxThreads: the preparation kernel's CTA size bound at V chunks of 8
+# channels a thread (V = 4: 448, two CTAs an SM); benchmarks and tests skip what a CTA cannot hold
+PREP_MAX_THREADS = {1: 1024, 2: 1024, 4: 448, 8: 512}
+PREP_MAX_K = 8 * 8 * PREP_MAX_THREADS[8]  # prep.cu: at most 8 chunks of 8 channels for each thread of a CTA
 PREP_ACT_SCALES = ("token",)  # the preparation kernel computes per-row tensor scales only
 PREP_NORM_MAX_K = 8 * 1024  # sharq_kernels.h, kPrepNormMaxK: the norm + preparation kernel holds a row in one CTA
 

@@ -47,8 +47,9 @@ def _run_prep_debug_poisoned(x, fmt, pattern):
 # The automatic configurations (prep.cu launch_prep_t / prep_cluster_size): one CTA a row for
 # K <= 8192; at M <= 64 longer rows over a cluster: 8 CTAs a row (M <= 16, (2, 28672)), 7
 # ((5, 8960): Qwen2.5-1.5B's down projection), the smallest giving a chunk a thread above
-# M = 16 ((17, 14336): 2, (40, 8960): 2); M > 256 the throughput configuration (2 chunks a thread,
-# 8 above K = 16384: (300, 28672))
+# M = 16 ((17, 14336): 2, (40, 8960): 2); M > 256 the throughput configuration (2 chunks a thread
+# up to K = 8192: (513, 4096); 4 on CTAs of <= 448 threads, two an SM, up to K = 14336: (260,
+# 14336), (300, 8960); 8 above K = 16384: (300, 28672))
 PREP_SHAPES = [
     (1, 4096),
     (3, 64),
@@ -62,6 +63,7 @@ PREP_SHAPES = [
     (32, 4096),
     (5, 8960),
     (40, 8960),
+    (300, 8960),
     (300, 28672),
 ]
 
@@ -137,7 +139,7 @@ def test_prep_repeatable():
 
 
 @pytest.mark.parametrize("fmt", FMTS)
-@pytest.mark.parametrize("m,k", [(5, 4096), (300, 4096), (9, 14336), (40, 28672)])
+@pytest.mark.parametrize("m,k", [(5, 4096), (300, 4096), (9, 14336), (300, 14336), (40, 28672)])
 def test_prep_configurations_identical(fmt, m, k):
     # every (chunks a thread, CTAs a row) configuration the dispatcher may pick gives the bits
     # of the automatic one (which the tests above pin to the reference)
@@ -150,7 +152,7 @@ def test_prep_configurations_identical(fmt, m, k):
             if k % (64 * cl):
                 continue
             threads = -(-(k // 8 // cl) // v)
-            if threads > (1024 if v <= 2 else 512):
+            if threads > dispatch.PREP_MAX_THREADS[v]:
                 continue
             out = torch.full_like(x, float("nan"))
             torch.ops.sharq_C.prep_cfg(x, out, *dispatch.prep_values(fmt, "4:8-pairs"), v, cl)
@@ -321,13 +323,13 @@ def test_prep_silu_mul_bit_exact(fmt, pattern, dtype, m, k):
     _same_bits(out, _silu_reference(gu, fmt, pattern), "x_hat")
 
 
-@pytest.mark.parametrize("v,cl", [(1, 1), (2, 1), (8, 1), (1, 2), (1, 7), (2, 4)])
+@pytest.mark.parametrize("v,cl", [(1, 1), (2, 1), (4, 1), (8, 1), (1, 2), (1, 7), (2, 4)])
 def test_prep_silu_mul_configurations_identical(v, cl):
     m, k = 9, 8960
     gu = _gate_up(m, k, torch.bfloat16)
     want = torch.empty((m, k), dtype=torch.bfloat16, device="cuda")
     torch.ops.sharq_C.prep_silu_mul(gu, want, *dispatch.prep_values("nvfp4", "4:8-pairs"), 0, 0)
-    if (k // 8 + v - 1) // v > 1024 * cl or k % (64 * cl):
+    if -(-(k // 8 // cl) // v) > dispatch.PREP_MAX_THREADS[v] or k % (64 * cl):
         pytest.skip("configuration does not hold this row")
     got = torch.full_like(want, float("nan"))
     torch.ops.sharq_C.prep_silu_mul(gu, got, *dispatch.prep_values("nvfp4", "4:8-pairs"), v, cl)
