@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 HEADER = Path(__file__).resolve().parents[1] / "sharq_vllm" / "csrc" / "wgmma_ops.cuh"
-NS = (256, 224, 128, 112)  # the N gemm_wgmma.cu instantiates (weight rows a CTA, or an MMA warpgroup's half)
+NS = (256, 224)  # the N (weight rows a CTA) gemm_wgmma.cu instantiates
 RS_NS = (16, 32, 64)  # the N (token columns) gemm_wgmma_rs.cu instantiates
 TYPES = (("__nv_bfloat16", "bf16"), ("__half", "f16"))
 

@@ -124,7 +124,7 @@ struct KRange {
 // at smem: rank r of the cluster reduces token rows [r rows / S, (r+1) rows / S) over the ranks in
 // a fixed order (rank 0, 1, ...) through distributed shared memory (deterministic, no workspace,
 // no atomics), then * tensor_scale * 2^7, + bias, one rounding.
-template <typename T, int BM, int BN, int PROW, int THREADS = kThreads>
+template <typename T, int BM, int BN, int PROW>
 __device__ __forceinline__ void reduce_store(const uint8_t* smem, int M, int m0, int n_base, int n_valid,
                                              const float* tscale, const T* bias, T* y, int64_t ys) {
   const int rank = blockIdx.y, nsplit = gridDim.y;
@@ -135,7 +135,7 @@ __device__ __forceinline__ void reduce_store(const uint8_t* smem, int M, int m0,
   const int r0 = rows * rank / nsplit, r1 = rows * (rank + 1) / nsplit;
   const float ts = __fmul_rn(tscale[0], 128.0f);
   constexpr int kQuads = BN / 4;
-  for (int e = threadIdx.x; e < (r1 - r0) * kQuads; e += THREADS) {
+  for (int e = threadIdx.x; e < (r1 - r0) * kQuads; e += kThreads) {
     const int m = r0 + e / kQuads, n = 4 * (e % kQuads);
     const float* p = part + m * PROW + n;
     const float4 s = async::add_peers_f4(nsplit > 1 ? async::ld_peer_f4(p, 0) : *reinterpret_cast<const float4*>(p),
@@ -178,28 +178,22 @@ __device__ __forceinline__ void decode_strip(const uint4& w, uint32_t s16, uint8
 // BM (64 / 128) tokens x BN (256, or 224 at BM = 64: dec_bn) weight rows a CTA: BM / 64 MMA
 // warpgroups (64 tokens each, BN / 2 FP32 accumulators a thread) and the rest of the 3
 // warpgroups decoding.
-template <int BM, int BN = 256, int NSPLIT = 1>
+template <int BM, int BN = 256>
 struct DecCfg {
-  static constexpr int kBN = BN;            // weight rows a CTA
-  static constexpr int kNSplit = NSPLIT;    // MMA warpgroups a token group (each kBN / NSPLIT rows)
-  static constexpr int kWN = BN / NSPLIT;   // wgmma's N: weight rows an MMA warpgroup
+  static constexpr int kBN = BN;            // weight rows a CTA: wgmma's N
   static constexpr int kStrips = kBN / 16;  // 16-row strips a CTA
-  static constexpr int kXRows = 64;         // x_hat box rows: one token group's tokens
-  static constexpr int kTokWGs = BM / 64;   // token groups (x_hat boxes a slot)
-  static constexpr int kMmaWGs = kTokWGs * NSPLIT;
-  // Registers: an MMA thread needs kWN / 2 accumulators + ~25, and ptxas compiles the whole kernel
-  // to what 1 CTA can have (setmaxnreg cannot raise it): 168 a thread with 3 warpgroups (each SM
-  // sub-partition's 16K registers hold 3 warps of 168; a 13th warp would leave 128). NSPLIT = 2:
-  // 4 warpgroups of 128 registers, two of them MMA warpgroups of kBN / 2 rows (64 accumulators).
-  static constexpr int kWGs = NSPLIT == 1 ? 3 : 4;
-  static constexpr int kThreadsC = 128 * kWGs;
-  static constexpr int kDecWarps = 4 * (kWGs - kMmaWGs);  // warpgroups 0 (and 1 at BM = 64)
+  static constexpr int kXRows = 64;         // x_hat box rows: one MMA warpgroup's tokens
+  static constexpr int kMmaWGs = BM / 64;
+  // Registers: an MMA thread needs 128 accumulators + ~25, and ptxas compiles the whole kernel to
+  // what 1 CTA can have (setmaxnreg cannot raise it): 168 a thread with 3 warpgroups (each SM
+  // sub-partition's 16K registers hold 3 warps of 168; a 13th warp would leave 128).
+  static constexpr int kDecWarps = 4 * (3 - kMmaWGs);  // warpgroups 0 (and 1 at BM = 64)
   static constexpr int kDecThreads = 32 * kDecWarps;
   static constexpr int kStripsPerWarp = (kStrips + kDecWarps - 1) / kDecWarps;
   static constexpr bool kEvenStrips = kStrips % kDecWarps == 0;  // else the last warps hold one fewer
   static constexpr int kMma0 = kDecWarps;  // the first MMA warp
   static constexpr int kBox = kXRows * 128;              // one x_hat box: 64 rows of 64 16-bit values
-  static constexpr int kXBytes = kTokWGs * kBox;         // [token group][64 rows][128 B]
+  static constexpr int kXBytes = kMmaWGs * kBox;         // [warpgroup][64 rows][128 B]
   static constexpr int kWBytes = kStrips * kTileBytes;   // [strip][512 B]
   static constexpr int kSBytes = kStrips * kScaleSlot;   // [strip][sbt]
   static constexpr int kStage = (kXBytes + kWBytes + kSBytes + 1023) / 1024 * 1024;
@@ -213,22 +207,19 @@ struct DecCfg {
   static constexpr int kSmem = (kRing + kBStages * kBTile > kPartial ? kRing + kBStages * kBTile : kPartial) + 1024;
   static_assert(BM == 64 || BM == 128, "token tile");
   static_assert(BN == 256 || (BN == 224 && BM == 64), "weight rows a CTA (wgmma_ops.cuh's N)");
-  static_assert(NSPLIT == 1 || (NSPLIT == 2 && BM == 64), "split rows: one token group");
-  static_assert(kWN % 8 == 0 && (kWN * 128) % 1024 == 0, "an MMA warpgroup's rows: whole swizzle atoms");
   // the decoders work up to kBStages - 1 k-tiles ahead of the MMAs, in slots filled ahead
   static_assert(kStages >= kBStages + 2, "ring too shallow");
 };
 static_assert(DecCfg<64>::kBN == kGemmDecTileRows, "gemm.cu's 17..32-row rule counts these tiles (sharq_kernels.h)");
 
-template <typename T, int BM, int BN = 256, int NSPLIT = 1>
-__global__ void __launch_bounds__(DecCfg<BM, BN, NSPLIT>::kThreadsC, 1)
+template <typename T, int BM, int BN = 256>
+__global__ void __launch_bounds__(kThreads, 1)
 gemm_wgmma_dec_kernel(const __grid_constant__ WgMaps maps, const float* __restrict__ tscale,
                       const T* __restrict__ bias, T* __restrict__ y, int64_t ys, int M, int n_valid, int KT,
                       int sbt, int wblock) {
-  using C = DecCfg<BM, BN, NSPLIT>;
+  using C = DecCfg<BM, BN>;
   extern __shared__ uint8_t smem_raw[];
-  __shared__ __align__(8) uint64_t wfull[C::kStages], xfull[C::kTokWGs][C::kStages];
-  __shared__ int retired[NSPLIT > 1 ? C::kStages : 1];  // NSPLIT > 1: MMA warpgroups done with a slot
+  __shared__ __align__(8) uint64_t wfull[C::kStages], xfull[C::kMmaWGs][C::kStages];
   __shared__ __align__(8) uint64_t bfull[C::kBStages], bempty[C::kBStages];
   uint8_t* smem = smem_raw + ((1024 - (async::smem_u32(smem_raw) & 1023)) & 1023);
   uint8_t* const btiles = smem + C::kRing;
@@ -241,8 +232,7 @@ gemm_wgmma_dec_kernel(const __grid_constant__ WgMaps maps, const float* __restri
   if (threadIdx.x == 0) {
     for (int s = 0; s < C::kStages; ++s) {
       async::mbar_init(&wfull[s], 1);
-      for (int w = 0; w < C::kTokWGs; ++w) async::mbar_init(&xfull[w][s], 1);
-      if (NSPLIT > 1) retired[s] = 0;
+      for (int w = 0; w < C::kMmaWGs; ++w) async::mbar_init(&xfull[w][s], 1);
     }
     for (int b = 0; b < C::kBStages; ++b) {
       async::mbar_init(&bfull[b], C::kDecThreads);
@@ -279,10 +269,6 @@ gemm_wgmma_dec_kernel(const __grid_constant__ WgMaps maps, const float* __restri
       // compiler, which would otherwise load strip j + 1 only after strip j's stores)
       uint4 w[R];
       uint32_t s16[R];
-#ifndef SHARQ_DEC_DIAG
-#define SHARQ_DEC_DIAG 0
-#endif
-      if (SHARQ_DEC_DIAG != 1 && SHARQ_DEC_DIAG < 3) {
 #pragma unroll
       for (int j = 0; j < R; ++j) {
         if (!C::kEvenStrips && warp + C::kDecWarps * j >= C::kStrips) continue;  // BN = 224: 14 strips on 8 warps
@@ -292,7 +278,6 @@ gemm_wgmma_dec_kernel(const __grid_constant__ WgMaps maps, const float* __restri
 #pragma unroll
       for (int j = 0; j < R; ++j)
         if (C::kEvenStrips || warp + C::kDecWarps * j < C::kStrips) decode_strip<T>(w[j], s16[j], bt, boff[j]);
-      }
       async::fence_proxy_async_smem();  // this thread's stores -> the MMAs' async-proxy reads
       async::mbar_arrive(&bfull[b]);
       if (++slot == C::kStages) {
@@ -308,70 +293,59 @@ gemm_wgmma_dec_kernel(const __grid_constant__ WgMaps maps, const float* __restri
     // ---- MMA warpgroups; each one's leader thread issues its own x_hat boxes, the first one's
     // also the weights and scales ----
     const int mw = (warp - C::kMma0) >> 2, wi = warp & 3, g = lane >> 2, q = lane & 3;
-    const int tw = mw / NSPLIT, nh = mw % NSPLIT;  // the warpgroup's token group and row part
     const bool leader = (threadIdx.x & 127) == 0;
     const uint32_t wtx = (uint32_t)(C::kStrips * (kTileBytes + sbt));
     // k-tile i of this CTA's sequence into ring slot i % kStages
     auto issue_w = [&](int i) {
       const int slot = i % C::kStages, t = ktile(i);
       uint8_t* st = smem + slot * C::kStage;
-      if (SHARQ_DEC_DIAG == 4 || (SHARQ_DEC_DIAG == 6 && (i & 1))) { async::mbar_arrive(&wfull[slot]); return; }
-      if (SHARQ_DEC_DIAG == 6) {
-        async::mbar_arrive_expect_tx(&wfull[slot], 2 * C::kStrips * kTileBytes);
-        async::tma_load_3d(st, &maps.w, 0, t & ~1, strip0, &wfull[slot]);
-        return;
-      }
       async::mbar_arrive_expect_tx(&wfull[slot], wtx);
       async::tma_load_3d(st + C::kXBytes, &maps.w, 0, t, strip0, &wfull[slot]);
       async::tma_load_3d(st + C::kXBytes + C::kWBytes, &maps.s, 0, t, strip0, &wfull[slot]);
     };
-    uint8_t* const xbox = smem + tw * C::kBox;  // the token group's x_hat box in slot 0
-    uint64_t* const xbar = xfull[tw];
-    const int xrow = m0 + 64 * tw;
+    uint8_t* const xbox = smem + mw * C::kBox;  // the warpgroup's x_hat box in slot 0
+    uint64_t* const xbar = xfull[mw];
+    const int xrow = m0 + 64 * mw;
     // the tokens' last box when it is short (this warpgroup's rows end before 64): x_tail_rows(M, 64)
     // rows (maps.xt)
     const bool xtail = M - xrow < 64;
     const uint32_t xtx = xtail ? (uint32_t)x_tail_rows(M, 64) * 128u : (uint32_t)C::kBox;
     auto issue_x = [&](int i) {
       const int slot = i % C::kStages;
-      if (SHARQ_DEC_DIAG >= 5) { async::mbar_arrive(&xbar[slot]); return; }
       async::mbar_arrive_expect_tx(&xbar[slot], xtx);
       async::tma_load_2d(xbox + slot * C::kStage, xtail ? &maps.xt : &maps.x, 64 * ktile(i), xrow, &xbar[slot]);
     };
-    if (leader && nh == 0) {
+    if (leader) {
       const int pro = min(nk, C::kStages);
       if (mw == 0)
         for (int i = 0; i < pro; ++i) issue_w(i);
       async::pdl_wait();  // x_hat is written by the preceding kernel
       for (int i = 0; i < pro; ++i) issue_x(i);
     }
-    float acc[C::kWN / 2];
+    float acc[C::kBN / 2];
 #pragma unroll
-    for (int c = 0; c < C::kWN / 2; ++c) acc[c] = 0.0f;
-    // A: the token group's x_hat box of the slot; B: the warpgroup's rows of the decoded tile
-    const uint64_t dx0 = async::desc_sw128(xbox), db0 = async::desc_sw128(btiles + nh * C::kWN * 128);
+    for (int c = 0; c < C::kBN / 2; ++c) acc[c] = 0.0f;
+    // A: the warpgroup's x_hat box of the slot; B: the decoded tile
+    const uint64_t dx0 = async::desc_sw128(xbox), db0 = async::desc_sw128(btiles);
     int slot = 0, phase = 0, b = 0, bphase = 0, prev_b = -1;
     for (int i = 0; i < nk; ++i) {
       async::mbar_wait(&xbar[slot], phase);
       async::mbar_wait(&bfull[b], bphase);
 #pragma unroll
-      for (int c = 0; c < C::kWN / 2; ++c) async::fence_operand(acc[c]);
+      for (int c = 0; c < C::kBN / 2; ++c) async::fence_operand(acc[c]);
       async::wgmma_fence();
       const uint64_t dx = dx0 + ((slot * C::kStage) >> 4), db = db0 + ((b * C::kBTile) >> 4);
 #pragma unroll
-      if (SHARQ_DEC_DIAG != 2 && SHARQ_DEC_DIAG < 3)
-      for (int j = 0; j < 4; ++j) wg::Wgmma<T, C::kWN>::mma(acc, dx + 2 * j, db + 2 * j);
+      for (int j = 0; j < 4; ++j) wg::Wgmma<T, C::kBN>::mma(acc, dx + 2 * j, db + 2 * j);
       async::wgmma_commit();
       async::wgmma_wait<1>();  // k-tile i - 1's MMAs have completed: its B tile and slot are free
       if (prev_b >= 0 && leader) {
         async::mbar_arrive(&bempty[prev_b]);
         // refill k-tile i - 1's slot: the decoders were done with its weights when they filled
-        // its B tile, and this warpgroup is done with its x_hat box (NSPLIT > 1: the last of the
-        // token group's warpgroups to retire it refills it)
+        // its B tile, and this warpgroup is done with its x_hat box
         const int next = i - 1 + C::kStages;
-        const int pslot = slot == 0 ? C::kStages - 1 : slot - 1;
-        if (next < nk && (NSPLIT == 1 || atomicAdd(&retired[pslot], 1) % NSPLIT == NSPLIT - 1)) {
-          if (tw == 0) issue_w(next);
+        if (next < nk) {
+          if (mw == 0) issue_w(next);
           issue_x(next);
         }
       }
@@ -387,21 +361,21 @@ gemm_wgmma_dec_kernel(const __grid_constant__ WgMaps maps, const float* __restri
     }
     async::wgmma_wait<0>();
 #pragma unroll
-    for (int c = 0; c < C::kWN / 2; ++c) async::fence_operand(acc[c]);
+    for (int c = 0; c < C::kBN / 2; ++c) async::fence_operand(acc[c]);
     // the partial tile [BM tokens][BN rows] (FP32) over the ring: every slot and B tile has been
     // consumed (the decoders finished before the last MMAs could start); the other MMA
     // warpgroup's MMAs may still read them until this barrier
     if (C::kMmaWGs > 1) async::named_sync(1, 128 * C::kMmaWGs);
     float* part = reinterpret_cast<float*>(smem);
 #pragma unroll
-    for (int nb = 0; nb < C::kWN / 8; ++nb)
+    for (int nb = 0; nb < C::kBN / 8; ++nb)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int m = 64 * tw + 16 * wi + g + 8 * h, n = C::kWN * nh + 8 * nb + 2 * q;
+        const int m = 64 * mw + 16 * wi + g + 8 * h, n = 8 * nb + 2 * q;
         *reinterpret_cast<float2*>(part + m * C::kPRow + n) = make_float2(acc[4 * nb + 2 * h], acc[4 * nb + 2 * h + 1]);
       }
   }
-  reduce_store<T, BM, C::kBN, C::kPRow, C::kThreadsC>(smem, M, m0, strip0 * 16, n_valid, tscale, bias, y, ys);
+  reduce_store<T, BM, C::kBN, C::kPRow>(smem, M, m0, strip0 * 16, n_valid, tscale, bias, y, ys);
 }
 
 // ============================== the token-wide kernel (M > 128) ==============================
@@ -418,7 +392,6 @@ struct WideCfg {
   static constexpr int kWarps = 4 * kWGs;          // consumer warps
   static constexpr int kThreads = 128 * kWGs + 128;  // + the producer warpgroup (one thread works)
   static_assert(kThreads == sharq::kThreads, "launch shape");
-  static constexpr int kThreadsC = kThreads;
   // setmaxnreg moves registers from the producer to the consumers within the CTA's launch
   // allocation (the release must cover the increase, or setmaxnreg.inc waits forever); ptxas
   // compiles the kernel to the launch allocation (168) all the same.
@@ -623,11 +596,11 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 
 // A launch of kThreads-thread CTAs with `smem` dynamic shared memory as clusters of 1 x S x 1
 // (split-K), optionally with programmatic dependent launch; attr must outlive cfg.
-void cluster_launch(cudaLaunchConfig_t& cfg, cudaLaunchAttribute (&attr)[2], dim3 grid, int threads, int smem, int S,
-                    bool pdl, cudaStream_t stream) {
+void cluster_launch(cudaLaunchConfig_t& cfg, cudaLaunchAttribute (&attr)[2], dim3 grid, int smem, int S, bool pdl,
+                    cudaStream_t stream) {
   cfg = {};
   cfg.gridDim = grid;
-  cfg.blockDim = dim3(threads);
+  cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   attr[0].id = cudaLaunchAttributeClusterDimension;
@@ -651,7 +624,7 @@ int choose_split(K kern, int tiles, int KT, int sms) {
     if (active[S] == 0) {
       cudaLaunchConfig_t cfg;
       cudaLaunchAttribute attr[2];
-      cluster_launch(cfg, attr, dim3(1, S, 1), C::kThreadsC, C::kSmem, S, false, nullptr);
+      cluster_launch(cfg, attr, dim3(1, S, 1), C::kSmem, S, false, nullptr);
       int n = 0;
       active[S] = cudaOccupancyMaxActiveClusters(&n, kern, &cfg) == cudaSuccess && n > 0 ? n : -1;
     }
@@ -692,7 +665,7 @@ cudaError_t launch_wgmma_cfg(Kern kern, const void* x, int64_t xs, const void* q
   {
     const cuuint64_t gdim[3] = {kTileBytes / 4, (cuuint64_t)KT, (cuuint64_t)nstrips};
     const cuuint64_t gstride[2] = {kTileBytes, (cuuint64_t)KT * kTileBytes};
-    const cuuint32_t box[3] = {kTileBytes / 4, SHARQ_DEC_DIAG == 6 && C::kXRows == 64 ? 2u : 1u, C::kStrips};
+    const cuuint32_t box[3] = {kTileBytes / 4, 1, C::kStrips};
     const cuuint32_t estride[3] = {1, 1, 1};
     if (encode(&maps.w, CU_TENSOR_MAP_DATA_TYPE_UINT32, 3, const_cast<void*>(qw), gdim, gstride, box, estride,
                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
@@ -717,7 +690,7 @@ cudaError_t launch_wgmma_cfg(Kern kern, const void* x, int64_t xs, const void* q
 
   cudaLaunchConfig_t cfg;
   cudaLaunchAttribute attr[2];
-  cluster_launch(cfg, attr, dim3(ntiles, split, mtiles), C::kThreadsC, C::kSmem, split, true, stream);
+  cluster_launch(cfg, attr, dim3(ntiles, split, mtiles), C::kSmem, split, true, stream);
   return cudaLaunchKernelEx(&cfg, kern, maps, ts, static_cast<const T*>(bias), static_cast<T*>(y), ys, M, n_valid,
                             KT, sbt, wblock, extra...);
 }
@@ -740,9 +713,6 @@ cudaError_t launch_wgmma_cfg(Kern kern, const void* x, int64_t xs, const void* q
 #ifndef SHARQ_WG_BN224
 #define SHARQ_WG_BN224 1
 #endif
-#ifndef SHARQ_DEC_NSPLIT
-#define SHARQ_DEC_NSPLIT 1
-#endif
 int dec_bn(int nstrips, int sms) {
   const int t256 = (nstrips + 15) / 16, t224 = (nstrips + 13) / 14;
   return SHARQ_WG_BN224 && 2 * t256 > sms && t224 <= sms && t224 > t256 ? 224 : 256;
@@ -752,13 +722,12 @@ template <typename T>
 cudaError_t launch_wgmma_dt(const void* x, int64_t xs, const void* qw, const void* sc, const float* ts,
                             const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K, int wblock,
                             cudaStream_t stream) {
-  constexpr int S = SHARQ_DEC_NSPLIT;
   if (M <= 64 && dec_bn(N / 16, sm_count()) == 224)
-    return launch_wgmma_cfg<T, 64, DecCfg<64, 224, S>>(gemm_wgmma_dec_kernel<T, 64, 224, S>, x, xs, qw, sc, ts, bias,
-                                                       y, ys, M, N, n_valid, K, wblock, stream);
+    return launch_wgmma_cfg<T, 64, DecCfg<64, 224>>(gemm_wgmma_dec_kernel<T, 64, 224>, x, xs, qw, sc, ts, bias, y, ys,
+                                                    M, N, n_valid, K, wblock, stream);
   if (M <= 64)
-    return launch_wgmma_cfg<T, 64, DecCfg<64, 256, S>>(gemm_wgmma_dec_kernel<T, 64, 256, S>, x, xs, qw, sc, ts, bias,
-                                                       y, ys, M, N, n_valid, K, wblock, stream);
+    return launch_wgmma_cfg<T, 64, DecCfg<64>>(gemm_wgmma_dec_kernel<T, 64>, x, xs, qw, sc, ts, bias, y, ys, M, N,
+                                               n_valid, K, wblock, stream);
   if (M <= kGemmWgmmaDecMaxM)
     return launch_wgmma_cfg<T, 128, DecCfg<128>>(gemm_wgmma_dec_kernel<T, 128>, x, xs, qw, sc, ts, bias, y, ys, M, N,
                                                  n_valid, K, wblock, stream);
