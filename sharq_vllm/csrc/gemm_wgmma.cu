@@ -83,9 +83,6 @@ constexpr int kThreads = 384;            // 3 warpgroups: 168 registers a thread
 constexpr int kMaxSplit = 8;             // portable cluster size
 constexpr int kMinTilesPerSplit = 2;     // k-tiles a split at least
 constexpr int kMaxDevices = 64;          // devices a process may launch on (per-device opt-ins)
-#ifndef SHARQ_DEC_MAX_STAGES
-#define SHARQ_DEC_MAX_STAGES 8
-#endif
 
 // The three tensor maps of a launch (host-encoded): x_hat [M][K] boxes {64, kXRows} (128-byte
 // swizzle), weights [strips][KT][128 u32] boxes {128, 1, kStrips}, scales [strips][KT][sbt] boxes
@@ -181,14 +178,11 @@ __device__ __forceinline__ void decode_strip(const uint4& w, uint32_t s16, uint8
 // BM (64 / 128) tokens x BN (256, or 224 at BM = 64: dec_bn) weight rows a CTA: BM / 64 MMA
 // warpgroups (64 tokens each, BN / 2 FP32 accumulators a thread) and the rest of the 3
 // warpgroups decoding.
-template <int BM, int BN = 256, int XROWS = 64>
+template <int BM, int BN = 256>
 struct DecCfg {
   static constexpr int kBN = BN;            // weight rows a CTA: wgmma's N
   static constexpr int kStrips = kBN / 16;  // 16-row strips a CTA
-  // x_hat box rows: one MMA warpgroup's tokens (64), or 32 for M <= 32 (XROWS: a slot then holds
-  // a 32-row box and the wgmma's A rows 32..63 read the slot's weight bytes, feeding token columns
-  // that are never stored; the smaller slots make the ring deeper)
-  static constexpr int kXRows = XROWS;
+  static constexpr int kXRows = 64;         // x_hat box rows: one MMA warpgroup's tokens
   static constexpr int kMmaWGs = BM / 64;
   // Registers: an MMA thread needs 128 accumulators + ~25, and ptxas compiles the whole kernel to
   // what 1 CTA can have (setmaxnreg cannot raise it): 168 a thread with 3 warpgroups (each SM
@@ -206,28 +200,24 @@ struct DecCfg {
   static constexpr int kBTile = kBN * 128;  // a decoded B tile: BN rows x 64 k, 16-bit
   static constexpr int kBStages = 3;        // decoded tiles in flight: the decoders' lead
   static constexpr int kStages0 = (kSmemBudget - kBStages * kBTile) / kStage;
-  static constexpr int kMaxStages = SHARQ_DEC_MAX_STAGES;
-  static constexpr int kStages = kStages0 < kMaxStages ? kStages0 : kMaxStages;
+  static constexpr int kStages = kStages0 < 8 ? kStages0 : 8;
   static constexpr int kRing = kStages * kStage;
   static constexpr int kPRow = kBN + 8;  // partial-tile row (floats), padded: float2 stores conflict-free
   static constexpr int kPartial = BM * kPRow * 4;
   static constexpr int kSmem = (kRing + kBStages * kBTile > kPartial ? kRing + kBStages * kBTile : kPartial) + 1024;
   static_assert(BM == 64 || BM == 128, "token tile");
   static_assert(BN == 256 || (BN == 224 && BM == 64), "weight rows a CTA (wgmma_ops.cuh's N)");
-  static_assert(XROWS == 64 || (XROWS == 32 && BM == 64), "a 32-row box: one MMA warpgroup");
-  // a 32-row box's A reads run 4 KB past it, into the same slot's weights
-  static_assert(XROWS == 64 || kStage >= 64 * 128, "A's 64 rows inside the slot");
   // the decoders work up to kBStages - 1 k-tiles ahead of the MMAs, in slots filled ahead
   static_assert(kStages >= kBStages + 2, "ring too shallow");
 };
 static_assert(DecCfg<64>::kBN == kGemmDecTileRows, "gemm.cu's 17..32-row rule counts these tiles (sharq_kernels.h)");
 
-template <typename T, int BM, int BN = 256, int XROWS = 64>
+template <typename T, int BM, int BN = 256>
 __global__ void __launch_bounds__(kThreads, 1)
 gemm_wgmma_dec_kernel(const __grid_constant__ WgMaps maps, const float* __restrict__ tscale,
                       const T* __restrict__ bias, T* __restrict__ y, int64_t ys, int M, int n_valid, int KT,
                       int sbt, int wblock) {
-  using C = DecCfg<BM, BN, XROWS>;
+  using C = DecCfg<BM, BN>;
   extern __shared__ uint8_t smem_raw[];
   __shared__ __align__(8) uint64_t wfull[C::kStages], xfull[C::kMmaWGs][C::kStages];
   __shared__ __align__(8) uint64_t bfull[C::kBStages], bempty[C::kBStages];
@@ -318,8 +308,8 @@ gemm_wgmma_dec_kernel(const __grid_constant__ WgMaps maps, const float* __restri
     const int xrow = m0 + 64 * mw;
     // the tokens' last box when it is short (this warpgroup's rows end before 64): x_tail_rows(M, 64)
     // rows (maps.xt)
-    const bool xtail = M - xrow < C::kXRows;
-    const uint32_t xtx = xtail ? (uint32_t)x_tail_rows(M, C::kXRows) * 128u : (uint32_t)C::kBox;
+    const bool xtail = M - xrow < 64;
+    const uint32_t xtx = xtail ? (uint32_t)x_tail_rows(M, 64) * 128u : (uint32_t)C::kBox;
     auto issue_x = [&](int i) {
       const int slot = i % C::kStages;
       async::mbar_arrive_expect_tx(&xbar[slot], xtx);
@@ -723,9 +713,6 @@ cudaError_t launch_wgmma_cfg(Kern kern, const void* x, int64_t xs, const void* q
 #ifndef SHARQ_WG_BN224
 #define SHARQ_WG_BN224 1
 #endif
-#ifndef SHARQ_DEC_X32
-#define SHARQ_DEC_X32 0
-#endif
 int dec_bn(int nstrips, int sms) {
   const int t256 = (nstrips + 15) / 16, t224 = (nstrips + 13) / 14;
   return SHARQ_WG_BN224 && 2 * t256 > sms && t224 <= sms && t224 > t256 ? 224 : 256;
@@ -735,12 +722,6 @@ template <typename T>
 cudaError_t launch_wgmma_dt(const void* x, int64_t xs, const void* qw, const void* sc, const float* ts,
                             const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K, int wblock,
                             cudaStream_t stream) {
-  if (SHARQ_DEC_X32 && M <= 32 && dec_bn(N / 16, sm_count()) == 224)
-    return launch_wgmma_cfg<T, 64, DecCfg<64, 224, 32>>(gemm_wgmma_dec_kernel<T, 64, 224, 32>, x, xs, qw, sc, ts, bias,
-                                                        y, ys, M, N, n_valid, K, wblock, stream);
-  if (SHARQ_DEC_X32 && M <= 32)
-    return launch_wgmma_cfg<T, 64, DecCfg<64, 256, 32>>(gemm_wgmma_dec_kernel<T, 64, 256, 32>, x, xs, qw, sc, ts, bias,
-                                                        y, ys, M, N, n_valid, K, wblock, stream);
   if (M <= 64 && dec_bn(N / 16, sm_count()) == 224)
     return launch_wgmma_cfg<T, 64, DecCfg<64, 224>>(gemm_wgmma_dec_kernel<T, 64, 224>, x, xs, qw, sc, ts, bias, y, ys,
                                                     M, N, n_valid, K, wblock, stream);
