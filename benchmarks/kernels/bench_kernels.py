@@ -488,7 +488,7 @@ def prep_sweep(args, t_start) -> dict:
             for name, cfg in PREP_CONFIGS.items():
                 if cfg is not None:
                     v, cl = cfg
-                    if (cl > 1 and (m > 256 or k % (64 * cl))) or -(-(k // 8 // cl) // v) > dispatch.PREP_MAX_THREADS[v]:
+                    if (cl > 1 and m > 256) or not dispatch.prep_config_holds(k, v, cl):
                         continue
 
                 def fn(i, cfg=cfg, xs=xs, outs=outs):

@@ -45,6 +45,7 @@ __all__ = [
     "gemm_kernel",
     "kernels_for",
     "layer_label",
+    "prep_config_holds",
     "prep_norm_on_kernel",
     "prep_norm_takes",
     "prep_on_kernel",
@@ -245,6 +246,16 @@ def prep_silu_mul_on_kernel(x: torch.Tensor, fmt: str, pattern: str, act_scale: 
     producers.silu_and_mul, then the preparation (the same bits on the GPU)."""
     k2 = x.shape[-1]
     return k2 % 2 == 0 and prep_takes(k2 // 2, x.dtype, fmt, pattern, act_scale) and kernels_for(x.device)[0]
+
+
+def prep_config_holds(k: int, v: int, cl: int) -> bool:
+    """Whether a forced preparation configuration (``v`` chunks of 8 channels a thread, rows over
+    clusters of ``cl`` CTAs: ``sharq_C.prep_cfg``) holds rows of ``k`` channels: prep.cu's
+    launch_prep_t refuses a cluster that does not split K into whole 64-channel pieces and a CTA
+    over its V's thread bound (PREP_MAX_THREADS)."""
+    if cl < 1 or cl > 8 or (cl > 1 and k % (64 * cl)):
+        return False
+    return -(-(k // 8 // cl) // v) <= PREP_MAX_THREADS[v]
 
 
 def prep_values(fmt: str, pattern: str) -> tuple[int, int, int, int]:

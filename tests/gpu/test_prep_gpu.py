@@ -149,10 +149,7 @@ def test_prep_configurations_identical(fmt, m, k):
     ran = 0
     for v in (1, 2, 4, 8):
         for cl in (1, 2, 4, 8):
-            if k % (64 * cl):
-                continue
-            threads = -(-(k // 8 // cl) // v)
-            if threads > dispatch.PREP_MAX_THREADS[v]:
+            if not dispatch.prep_config_holds(k, v, cl):
                 continue
             out = torch.full_like(x, float("nan"))
             torch.ops.sharq_C.prep_cfg(x, out, *dispatch.prep_values(fmt, "4:8-pairs"), v, cl)
@@ -329,7 +326,7 @@ def test_prep_silu_mul_configurations_identical(v, cl):
     gu = _gate_up(m, k, torch.bfloat16)
     want = torch.empty((m, k), dtype=torch.bfloat16, device="cuda")
     torch.ops.sharq_C.prep_silu_mul(gu, want, *dispatch.prep_values("nvfp4", "4:8-pairs"), 0, 0)
-    if -(-(k // 8 // cl) // v) > dispatch.PREP_MAX_THREADS[v] or k % (64 * cl):
+    if not dispatch.prep_config_holds(k, v, cl):
         pytest.skip("configuration does not hold this row")
     got = torch.full_like(want, float("nan"))
     torch.ops.sharq_C.prep_silu_mul(gu, got, *dispatch.prep_values("nvfp4", "4:8-pairs"), v, cl)

@@ -196,6 +196,29 @@ def test_kernel_path_reports_cpu():
     assert "reference" in ops.describe_kernel("cpu")
 
 
+# prep.cu's launch_prep_t refuses a forced configuration whose cluster does not split K into whole
+# 64-channel pieces or whose CTA exceeds its V's thread bound (sharq_kernels.h kPrepMaxThreads:
+# 1024 / 1024 / 448 / 512 at V = 1 / 2 / 4 / 8); the cases worked out by hand from that rule
+@pytest.mark.parametrize(
+    "k,v,cl,holds",
+    [
+        (8192, 1, 1, True),  # 1024 chunks, 1024 threads
+        (8200, 1, 1, False),  # 1025 threads
+        (14336, 2, 1, True),  # 896 threads
+        (14336, 4, 1, True),  # 448 threads: the two-CTA bound exactly
+        (14400, 4, 1, False),  # 450 threads
+        (28672, 8, 1, True),  # 448 threads of 512
+        (32776, 8, 1, False),  # 513 threads
+        (28672, 1, 4, True),  # 896 chunks a CTA
+        (8960, 1, 7, True),  # 8960 = 7 x 1280
+        (4160, 1, 2, False),  # 4160 % 128: not whole 64-channel pieces a CTA
+        (4096, 1, 16, False),  # clusters of at most 8
+    ],
+)
+def test_prep_config_holds_is_the_kernels_refusal_rule(k, v, cl, holds):
+    assert dispatch.prep_config_holds(k, v, cl) is holds
+
+
 def test_dispatch_refuses_other_gpus_with_one_warning(monkeypatch):
     """The kernels are built for sm_90a: any other capability runs the reference, and the
     reason is logged once per device (and is what describe() and the load label say)."""
