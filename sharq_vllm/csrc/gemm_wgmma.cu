@@ -19,13 +19,14 @@
 //    k16 step), one commit group; wgmma.wait_group 1 after issuing k-tile t retires t - 1 and
 //    frees its B buffer (`bempty`). 128 FP32 accumulators a thread.
 //  * TMA requests come from the MMA warpgroups' leader threads (a producer warp would cost the
-//    registers: see DecCfg): a ring slot holds one 64-k tile, the CTA's strips' weight tiles (3-D
-//    map [strips][KT][512 B] -> [16][512 B]) and scale bytes on `wfull` (first warpgroup's
-//    leader), and each warpgroup's x_hat box [64 rows][64 k] (128-byte swizzle) on its `xfull`.
-//    The first kStages slots' weights go out before griddepcontrol.wait (they do not depend on the
-//    preparation kernel that writes x_hat). A warpgroup refills its part of t - 1's slot once it
-//    retired t - 1: the decoders were done with the slot when they filled t - 1's B tile, so no
-//    barrier is needed for it.
+//    registers: see DecCfg): a ring slot holds kKP consecutive 64-k tiles (2 at BM = 64, 1 at
+//    128), the CTA's strips' weight tiles (3-D map [strips][KT][512 B] -> [16][kKP][512 B]) and
+//    scale bytes on `wfull` (first warpgroup's leader), and each warpgroup's kKP x_hat boxes
+//    [64 rows][64 k] (128-byte swizzle) on its `xfull`. The first kStages slots' weights go out
+//    before griddepcontrol.wait (they do not depend on the preparation kernel that writes x_hat).
+//    A warpgroup refills its part of a slot once it retired the slot's last k-tile: the decoders
+//    were done with the slot when they filled that k-tile's B tile, so no barrier is needed for it.
+//    Why 2 k-tiles a slot: see DecCfg (a TMA ring's cost is per mbarrier phase as much as per byte).
 //  Why (benchmarks/results/kernels-H200-wgmma-dec.json): the token-wide design below, used at
 //  every M before, decodes inside the MMA warpgroups and publishes each tile with a warpgroup
 //  barrier; at M <= 64 its warps issued an instruction every 9 cycles and the GEMM moved 1.2 TB/s.
@@ -85,8 +86,9 @@ constexpr int kMinTilesPerSplit = 2;     // k-tiles a split at least
 constexpr int kMaxDevices = 64;          // devices a process may launch on (per-device opt-ins)
 
 // The three tensor maps of a launch (host-encoded): x_hat [M][K] boxes {64, kXRows} (128-byte
-// swizzle), weights [strips][KT][128 u32] boxes {128, 1, kStrips}, scales [strips][KT][sbt] boxes
-// {sbt, 1, kStrips}; strips past N and rows past M arrive as zeros.
+// swizzle), weights [strips][KT][128 u32] boxes {128, kKP, kStrips}, scales [strips][KT][sbt] boxes
+// {sbt, kKP, kStrips} (kKP k-tiles a ring slot); strips past N, k-tiles past KT and rows past M
+// arrive as zeros.
 struct WgMaps {
   CUtensorMap x, w, s;
   CUtensorMap xt;  // the last x_hat box of the tokens: x_tail_rows(M, box) rows
@@ -107,15 +109,23 @@ __host__ __device__ __forceinline__ int x_tail_rows(int M, int box) {
   return SHARQ_XTAIL && rows < box ? rows : box;
 }
 
-// A CTA's k-tiles under split-K: [t0, t0 + nk) of KT, visited from a start rotated by the tile
-// index (CTAs that run at the same time then read different k).
+// A CTA's k-tiles under split-K, in groups of G consecutive k-tiles (the decoder-warp kernel's
+// DecCfg::kKGroup, a multiple of its k-tiles a ring slot; the token-wide kernel 1): groups [g0, g0 + ng) of
+// ceil(KT / G), visited from a start rotated by the tile index (CTAs that run at the same time
+// then read different k); k-tile i of the CTA's sequence is k-tile i % G of its group i / G.
+// nk = ng * G k-tiles: when G does not divide KT, the last group's k-tiles past KT are read by
+// the TMA unit as zeros (weights, scales and x_hat alike) and add exact zeros.
+template <int G>
 struct KRange {
   int t0, nk, rot;
   __device__ KRange(int KT) {
     const int rank = blockIdx.y, nsplit = gridDim.y;  // cluster (1, S, 1): rank = blockIdx.y
-    t0 = (int)((int64_t)KT * rank / nsplit);
-    nk = (int)((int64_t)KT * (rank + 1) / nsplit) - t0;
-    rot = nk > 0 ? (int)((blockIdx.x * 7u + blockIdx.z * 3u) % (unsigned)nk) : 0;
+    const int groups = (KT + G - 1) / G;
+    const int g0 = (int)((int64_t)groups * rank / nsplit);
+    const int ng = (int)((int64_t)groups * (rank + 1) / nsplit) - g0;
+    t0 = g0 * G;
+    nk = ng * G;
+    rot = ng > 0 ? (int)((blockIdx.x * 7u + blockIdx.z * 3u) % (unsigned)ng) * G : 0;
   }
   __device__ int operator()(int i) const { return t0 + (i + rot >= nk ? i + rot - nk : i + rot); }
 };
@@ -178,8 +188,23 @@ __device__ __forceinline__ void decode_strip(const uint4& w, uint32_t s16, uint8
 // BM (64 / 128) tokens x BN (256, or 224 at BM = 64: dec_bn) weight rows a CTA: BM / 64 MMA
 // warpgroups (64 tokens each, BN / 2 FP32 accumulators a thread) and the rest of the 3
 // warpgroups decoding.
+#ifndef SHARQ_DEC_KP
+#define SHARQ_DEC_KP 2
+#endif
+#ifndef SHARQ_DEC_KGROUP
+#define SHARQ_DEC_KGROUP SHARQ_DEC_KP
+#endif
 template <int BM, int BN = 256>
 struct DecCfg {
+  // k-tiles a ring slot: 2 at BM = 64 (BM = 128's two x_hat boxes a k-tile leave room for 1).
+  // A TMA ring alone moves gate_up's bytes at 224 rows a CTA in 20.3 us with 2 k-tiles behind each
+  // mbarrier phase against 32.8 with 1, at any depth (tools/gpu/tma_ring_bench.cu, H200); the
+  // kernel gains 3% at 64 rows (docs/KERNELS.md, session 41). kKGroup: the k-tiles the split and
+  // the rotation keep together (KRange); SHARQ_DEC_KP=1 SHARQ_DEC_KGROUP=2 builds 1-k-tile slots
+  // in the same k order (the bitwise A/B of this change).
+  static constexpr int kKP = BM == 64 ? SHARQ_DEC_KP : 1;
+  static constexpr int kKGroup = BM == 64 ? SHARQ_DEC_KGROUP : 1;
+  static_assert(kKGroup % kKP == 0, "a slot's k-tiles are consecutive");
   static constexpr int kBN = BN;            // weight rows a CTA: wgmma's N
   static constexpr int kStrips = kBN / 16;  // 16-row strips a CTA
   static constexpr int kXRows = 64;         // x_hat box rows: one MMA warpgroup's tokens
@@ -193,9 +218,11 @@ struct DecCfg {
   static constexpr bool kEvenStrips = kStrips % kDecWarps == 0;  // else the last warps hold one fewer
   static constexpr int kMma0 = kDecWarps;  // the first MMA warp
   static constexpr int kBox = kXRows * 128;              // one x_hat box: 64 rows of 64 16-bit values
-  static constexpr int kXBytes = kMmaWGs * kBox;         // [warpgroup][64 rows][128 B]
-  static constexpr int kWBytes = kStrips * kTileBytes;   // [strip][512 B]
-  static constexpr int kSBytes = kStrips * kScaleSlot;   // [strip][sbt]
+  // a slot: x_hat [kKP][warpgroup][64 rows][128 B], weights [strip][kKP][512 B], scales
+  // [strip][kKP][sbt] (the 3-D boxes {128 u32, kKP, strips} and {sbt, kKP, strips})
+  static constexpr int kXBytes = kKP * kMmaWGs * kBox;
+  static constexpr int kWBytes = kKP * kStrips * kTileBytes;
+  static constexpr int kSBytes = kKP * kStrips * kScaleSlot;
   static constexpr int kStage = (kXBytes + kWBytes + kSBytes + 1023) / 1024 * 1024;
   static constexpr int kBTile = kBN * 128;  // a decoded B tile: BN rows x 64 k, 16-bit
   static constexpr int kBStages = 3;        // decoded tiles in flight: the decoders' lead
@@ -208,7 +235,7 @@ struct DecCfg {
   static_assert(BM == 64 || BM == 128, "token tile");
   static_assert(BN == 256 || (BN == 224 && BM == 64), "weight rows a CTA (wgmma_ops.cuh's N)");
   // the decoders work up to kBStages - 1 k-tiles ahead of the MMAs, in slots filled ahead
-  static_assert(kStages >= kBStages + 2, "ring too shallow");
+  static_assert(kStages * kKP >= kBStages + 2, "ring too shallow");
 };
 static_assert(DecCfg<64>::kBN == kGemmDecTileRows, "gemm.cu's 17..32-row rule counts these tiles (sharq_kernels.h)");
 
@@ -224,7 +251,7 @@ gemm_wgmma_dec_kernel(const __grid_constant__ WgMaps maps, const float* __restri
   uint8_t* smem = smem_raw + ((1024 - (async::smem_u32(smem_raw) & 1023)) & 1023);
   uint8_t* const btiles = smem + C::kRing;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const KRange ktile(KT);
+  const KRange<C::kKGroup> ktile(KT);
   const int nk = ktile.nk;
   const int strip0 = blockIdx.x * C::kStrips;
   const int m0 = blockIdx.z * BM;
@@ -254,16 +281,18 @@ gemm_wgmma_dec_kernel(const __grid_constant__ WgMaps maps, const float* __restri
 #pragma unroll
     for (int j = 0; j < R; ++j) {
       const int s = warp + C::kDecWarps * j;
-      wofs[j] = C::kXBytes + s * kTileBytes + lane * 16;
-      sofs[j] = C::kXBytes + C::kWBytes + s * sbt + (wblock == 32 ? (q >> 1) : q) * 16 + 2 * g;
+      wofs[j] = C::kXBytes + s * C::kKP * kTileBytes + lane * 16;
+      sofs[j] = C::kXBytes + C::kWBytes + s * C::kKP * sbt + (wblock == 32 ? (q >> 1) : q) * 16 + 2 * g;
 #pragma unroll
       for (int i = 0; i < 4; ++i) boff[j][i] = (16 * s + g + 8 * (i & 1)) * 128 + (((2 * q + (i >> 1)) ^ g) * 16);
     }
-    int slot = 0, phase = 0, b = 0, bphase = 0;
+    int slot = 0, phase = 0, b = 0, bphase = 0, sub = 0;
     for (int i = 0; i < nk; ++i) {
-      async::mbar_wait(&wfull[slot], phase);
+      if (sub == 0) async::mbar_wait(&wfull[slot], phase);
       async::mbar_wait(&bempty[b], bphase ^ 1);
-      const uint8_t* st = smem + slot * C::kStage;
+      // k-tile `sub` of the slot: its weight tiles at sub * 512 B, its scale bytes at sub * sbt
+      const uint8_t* stw = smem + slot * C::kStage + sub * kTileBytes;
+      const uint8_t* sts = smem + slot * C::kStage + sub * sbt;
       uint8_t* bt = btiles + b * C::kBTile;
       // all of the lane's code words and scales first (the stores below could alias them for the
       // compiler, which would otherwise load strip j + 1 only after strip j's stores)
@@ -272,17 +301,20 @@ gemm_wgmma_dec_kernel(const __grid_constant__ WgMaps maps, const float* __restri
 #pragma unroll
       for (int j = 0; j < R; ++j) {
         if (!C::kEvenStrips && warp + C::kDecWarps * j >= C::kStrips) continue;  // BN = 224: 14 strips on 8 warps
-        w[j] = *reinterpret_cast<const uint4*>(st + wofs[j]);
-        s16[j] = *reinterpret_cast<const uint16_t*>(st + sofs[j]);
+        w[j] = *reinterpret_cast<const uint4*>(stw + wofs[j]);
+        s16[j] = *reinterpret_cast<const uint16_t*>(sts + sofs[j]);
       }
 #pragma unroll
       for (int j = 0; j < R; ++j)
         if (C::kEvenStrips || warp + C::kDecWarps * j < C::kStrips) decode_strip<T>(w[j], s16[j], bt, boff[j]);
       async::fence_proxy_async_smem();  // this thread's stores -> the MMAs' async-proxy reads
       async::mbar_arrive(&bfull[b]);
-      if (++slot == C::kStages) {
-        slot = 0;
-        phase ^= 1;
+      if (++sub == C::kKP) {
+        sub = 0;
+        if (++slot == C::kStages) {
+          slot = 0;
+          phase ^= 1;
+        }
       }
       if (++b == C::kBStages) {
         b = 0;
@@ -294,10 +326,10 @@ gemm_wgmma_dec_kernel(const __grid_constant__ WgMaps maps, const float* __restri
     // also the weights and scales ----
     const int mw = (warp - C::kMma0) >> 2, wi = warp & 3, g = lane >> 2, q = lane & 3;
     const bool leader = (threadIdx.x & 127) == 0;
-    const uint32_t wtx = (uint32_t)(C::kStrips * (kTileBytes + sbt));
-    // k-tile i of this CTA's sequence into ring slot i % kStages
-    auto issue_w = [&](int i) {
-      const int slot = i % C::kStages, t = ktile(i);
+    const uint32_t wtx = (uint32_t)(C::kKP * C::kStrips * (kTileBytes + sbt));
+    // slot group u of this CTA's sequence (its k-tiles u kKP ..) into ring slot u % kStages
+    auto issue_w = [&](int u) {
+      const int slot = u % C::kStages, t = ktile(u * C::kKP);
       uint8_t* st = smem + slot * C::kStage;
       async::mbar_arrive_expect_tx(&wfull[slot], wtx);
       async::tma_load_3d(st + C::kXBytes, &maps.w, 0, t, strip0, &wfull[slot]);
@@ -310,13 +342,17 @@ gemm_wgmma_dec_kernel(const __grid_constant__ WgMaps maps, const float* __restri
     // rows (maps.xt)
     const bool xtail = M - xrow < 64;
     const uint32_t xtx = xtail ? (uint32_t)x_tail_rows(M, 64) * 128u : (uint32_t)C::kBox;
-    auto issue_x = [&](int i) {
-      const int slot = i % C::kStages;
-      async::mbar_arrive_expect_tx(&xbar[slot], xtx);
-      async::tma_load_2d(xbox + slot * C::kStage, xtail ? &maps.xt : &maps.x, 64 * ktile(i), xrow, &xbar[slot]);
+    auto issue_x = [&](int u) {
+      const int slot = u % C::kStages;
+      async::mbar_arrive_expect_tx(&xbar[slot], C::kKP * xtx);
+#pragma unroll
+      for (int sub = 0; sub < C::kKP; ++sub)
+        async::tma_load_2d(xbox + slot * C::kStage + sub * C::kMmaWGs * C::kBox, xtail ? &maps.xt : &maps.x,
+                           64 * ktile(u * C::kKP + sub), xrow, &xbar[slot]);
     };
+    const int ng = nk / C::kKP;  // slot groups
     if (leader) {
-      const int pro = min(nk, C::kStages);
+      const int pro = min(ng, C::kStages);
       if (mw == 0)
         for (int i = 0; i < pro; ++i) issue_w(i);
       async::pdl_wait();  // x_hat is written by the preceding kernel
@@ -327,32 +363,38 @@ gemm_wgmma_dec_kernel(const __grid_constant__ WgMaps maps, const float* __restri
     for (int c = 0; c < C::kBN / 2; ++c) acc[c] = 0.0f;
     // A: the warpgroup's x_hat box of the slot; B: the decoded tile
     const uint64_t dx0 = async::desc_sw128(xbox), db0 = async::desc_sw128(btiles);
-    int slot = 0, phase = 0, b = 0, bphase = 0, prev_b = -1;
+    int slot = 0, phase = 0, b = 0, bphase = 0, prev_b = -1, sub = 0;
     for (int i = 0; i < nk; ++i) {
-      async::mbar_wait(&xbar[slot], phase);
+      if (sub == 0) async::mbar_wait(&xbar[slot], phase);
       async::mbar_wait(&bfull[b], bphase);
 #pragma unroll
       for (int c = 0; c < C::kBN / 2; ++c) async::fence_operand(acc[c]);
       async::wgmma_fence();
-      const uint64_t dx = dx0 + ((slot * C::kStage) >> 4), db = db0 + ((b * C::kBTile) >> 4);
+      const uint64_t dx = dx0 + ((slot * C::kStage + sub * C::kMmaWGs * C::kBox) >> 4),
+                     db = db0 + ((b * C::kBTile) >> 4);
 #pragma unroll
       for (int j = 0; j < 4; ++j) wg::Wgmma<T, C::kBN>::mma(acc, dx + 2 * j, db + 2 * j);
       async::wgmma_commit();
       async::wgmma_wait<1>();  // k-tile i - 1's MMAs have completed: its B tile and slot are free
       if (prev_b >= 0 && leader) {
         async::mbar_arrive(&bempty[prev_b]);
-        // refill k-tile i - 1's slot: the decoders were done with its weights when they filled
-        // its B tile, and this warpgroup is done with its x_hat box
-        const int next = i - 1 + C::kStages;
-        if (next < nk) {
-          if (mw == 0) issue_w(next);
-          issue_x(next);
+        // k-tile i - 1 was its slot's last: refill the slot (the decoders were done with its
+        // weights when they filled its B tile, and this warpgroup is done with its x_hat boxes)
+        if (sub == 0) {
+          const int next = (i - 1) / C::kKP + C::kStages;
+          if (next < ng) {
+            if (mw == 0) issue_w(next);
+            issue_x(next);
+          }
         }
       }
       prev_b = b;
-      if (++slot == C::kStages) {
-        slot = 0;
-        phase ^= 1;
+      if (++sub == C::kKP) {
+        sub = 0;
+        if (++slot == C::kStages) {
+          slot = 0;
+          phase ^= 1;
+        }
       }
       if (++b == C::kBStages) {
         b = 0;
@@ -387,6 +429,7 @@ gemm_wgmma_dec_kernel(const __grid_constant__ WgMaps maps, const float* __restri
 // per-BM choices, and ks passed at run time. Instantiated at BM = 256 only.
 template <int BM>
 struct WideCfg {
+  static constexpr int kKP = 1;                    // k-tiles a ring slot (the weight and scale boxes)
   static constexpr int kSubs = 1;                  // 64-row sub-tiles a warpgroup
   static constexpr int kWGs = 2;                   // consumer warpgroups
   static constexpr int kWarps = 4 * kWGs;          // consumer warps
@@ -433,7 +476,7 @@ gemm_wgmma_wide_kernel(const __grid_constant__ WgMaps maps, const float* __restr
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   // this CTA's k-groups (ks tiles each; KT % ks == 0)
-  const KRange group_of(KT / ks);
+  const KRange<1> group_of(KT / ks);
   const int nk = group_of.nk;
   const int strip0 = blockIdx.x * C::kStrips;
   const int m0 = blockIdx.z * BM;
@@ -665,7 +708,7 @@ cudaError_t launch_wgmma_cfg(Kern kern, const void* x, int64_t xs, const void* q
   {
     const cuuint64_t gdim[3] = {kTileBytes / 4, (cuuint64_t)KT, (cuuint64_t)nstrips};
     const cuuint64_t gstride[2] = {kTileBytes, (cuuint64_t)KT * kTileBytes};
-    const cuuint32_t box[3] = {kTileBytes / 4, 1, C::kStrips};
+    const cuuint32_t box[3] = {kTileBytes / 4, (cuuint32_t)C::kKP, C::kStrips};
     const cuuint32_t estride[3] = {1, 1, 1};
     if (encode(&maps.w, CU_TENSOR_MAP_DATA_TYPE_UINT32, 3, const_cast<void*>(qw), gdim, gstride, box, estride,
                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
@@ -675,7 +718,7 @@ cudaError_t launch_wgmma_cfg(Kern kern, const void* x, int64_t xs, const void* q
   {
     const cuuint64_t gdim[3] = {(cuuint64_t)sbt, (cuuint64_t)KT, (cuuint64_t)nstrips};
     const cuuint64_t gstride[2] = {(cuuint64_t)sbt, (cuuint64_t)KT * sbt};
-    const cuuint32_t box[3] = {(cuuint32_t)sbt, 1, C::kStrips};
+    const cuuint32_t box[3] = {(cuuint32_t)sbt, (cuuint32_t)C::kKP, C::kStrips};
     const cuuint32_t estride[3] = {1, 1, 1};
     if (encode(&maps.s, CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, const_cast<void*>(sc), gdim, gstride, box, estride,
                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_NONE,
