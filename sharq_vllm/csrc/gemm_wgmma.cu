@@ -26,7 +26,7 @@
 //    before griddepcontrol.wait (they do not depend on the preparation kernel that writes x_hat).
 //    A warpgroup refills its part of a slot once it retired the slot's last k-tile: the decoders
 //    were done with the slot when they filled that k-tile's B tile, so no barrier is needed for it.
-//    Why 2 k-tiles a slot: see DecCfg (a TMA ring's cost is per mbarrier phase as much as per byte).
+//    Why 2 k-tiles a slot: see DecCfg (a TMA ring's time goes with its slot cycles, not its bytes).
 //  Why (benchmarks/results/kernels-H200-wgmma-dec.json): the token-wide design below, used at
 //  every M before, decodes inside the MMA warpgroups and publishes each tile with a warpgroup
 //  barrier; at M <= 64 its warps issued an instruction every 9 cycles and the GEMM moved 1.2 TB/s.

@@ -12,6 +12,8 @@
 // (cudaEvent, 20 launches after 3 warm-ups, L2 evicted by a read of 256 MB before each) and the
 // weights' bytes a second. Grid: `ctas` CTAs x `strips` strips (gate_up at 224 rows a CTA:
 // 128 x 14), KT = 64 (K = 4096), slots visited from a start rotated by the CTA (as the kernel).
+// Then, with no data at all, an empty ring ("empty") and the kernel's B-tile handshake alone
+// (handshake_kernel). Results and their reading: benchmarks/results/kernels-H200-dec-kp2.json.
 //
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I sharq_vllm/csrc \
 //     tools/gpu/tma_ring_bench.cu -o /tmp/tma_ring_bench && /tmp/tma_ring_bench
@@ -149,6 +151,49 @@ ring_kernel(const __grid_constant__ Maps maps, const uint8_t* __restrict__ wraw,
   }
 }
 
+// No data at all: the decoder-warp kernel's per-k-tile B-tile handshake alone. `dec` threads
+// (the decoders) wait for a free B buffer (bempty) and arrive on bfull (one arrival a thread, or
+// one a warp after __syncwarp when `per_warp`); one thread (the MMA warpgroup's) waits on bfull and
+// arrives on bempty; nb buffers, nk k-tiles.
+__global__ void handshake_kernel(int nk, int nb, int dec, int per_warp, unsigned* sink) {
+  __shared__ __align__(8) uint64_t bfull[4], bempty[4];
+  const int lane = threadIdx.x & 31;
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < nb; ++i) {
+      mbar_init(&bfull[i], per_warp ? dec / 32 : dec);
+      mbar_init(&bempty[i], 1);
+    }
+    mbar_fence_init();
+  }
+  __syncthreads();
+  int b = 0, bphase = 0;
+  if ((int)threadIdx.x < dec) {
+    for (int i = 0; i < nk; ++i) {
+      mbar_wait(&bempty[b], bphase ^ 1);
+      if (per_warp) {
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&bfull[b]);
+      } else {
+        mbar_arrive(&bfull[b]);
+      }
+      if (++b == nb) {
+        b = 0;
+        bphase ^= 1;
+      }
+    }
+  } else if ((int)threadIdx.x == dec) {
+    for (int i = 0; i < nk; ++i) {
+      mbar_wait(&bfull[b], bphase);
+      mbar_arrive(&bempty[b]);
+      if (++b == nb) {
+        b = 0;
+        bphase ^= 1;
+      }
+    }
+    if (nk < 0) sink[0] = 1;
+  }
+}
+
 // Reads `n` words (evicts L2 before each timed launch without leaving dirty lines in it).
 __global__ void scrub_kernel(const uint4* __restrict__ p, size_t n, unsigned* sink) {
   unsigned acc = 0;
@@ -250,7 +295,8 @@ int main(int argc, char** argv) {
       {"W2box.spin", {2, 2, 0, 0, 0}, 1}, {"W2x1", {2, 1, 0, 0, 0}, 0},      {"W4box", {4, 2, 0, 0, 0}, 0},
       {"X2", {2, 0, 0, 1, 0}, 0},        {"X2.spin", {2, 0, 0, 1, 0}, 1},    {"WSX2box", {2, 2, 2, 1, 0}, 0},
       {"WSX2box.spin", {2, 2, 2, 1, 0}, 1}, {"WSX4box", {4, 2, 2, 1, 0}, 0}, {"bulk1", {1, 3, 0, 0, 0}, 0},
-      {"contig1", {1, 4, 0, 0, 0}, 0},   {"contig2", {2, 4, 0, 0, 0}, 0},    {"contig4", {4, 4, 0, 0, 0}, 0}};
+      {"contig1", {1, 4, 0, 0, 0}, 0},   {"contig2", {2, 4, 0, 0, 0}, 0},    {"contig4", {4, 4, 0, 0, 0}, 0},
+      {"empty", {1, 0, 0, 0, 0}, 0}};  // no copies: the ring's mbarrier handshakes alone
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));
   CK(cudaEventCreate(&e1));
@@ -286,6 +332,27 @@ int main(int argc, char** argv) {
                   first ? " " : ",\n ", c.name, S, slot_bytes, med, ts.front(), wgb);
       std::fflush(stdout);
       first = false;
+    }
+  }
+  // the B-tile handshake alone, KT = 64 k-tiles a CTA, 3 buffers (the kernel's), on the same grid
+  for (int dec : {32, 256}) {
+    for (int per_warp = 0; per_warp < 2; ++per_warp) {
+      if (dec == 32 && per_warp) continue;
+      std::vector<float> ts;
+      for (int r = 0; r < 23; ++r) {
+        CK(cudaEventRecord(e0));
+        handshake_kernel<<<ctas, dec + 32>>>(KT, 3, dec, per_warp, sink);
+        CK(cudaEventRecord(e1));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaGetLastError());
+        float ms = 0;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        if (r >= 3) ts.push_back(ms * 1000.0f);
+      }
+      std::sort(ts.begin(), ts.end());
+      std::printf(",\n {\"cfg\": \"handshake\", \"decoder_threads\": %d, \"per_warp\": %d, \"k_tiles\": %d, "
+                  "\"us\": %.2f, \"min_us\": %.2f}",
+                  dec, per_warp, KT, ts[ts.size() / 2], ts.front());
     }
   }
   std::printf("\n]}\n");
