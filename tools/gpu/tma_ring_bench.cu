@@ -222,6 +222,25 @@ static PFN_cuTensorMapEncodeTiled_v12000 encoder() {
     }                                                                                          \
   } while (0)
 
+// 23 launches of `launch`, each after `before` (outside the timed span): the last 20, in us, sorted.
+template <typename Before, typename Launch>
+static std::vector<float> time_us(cudaEvent_t e0, cudaEvent_t e1, Before before, Launch launch) {
+  std::vector<float> ts;
+  for (int r = 0; r < 23; ++r) {
+    before();
+    CK(cudaEventRecord(e0));
+    launch();
+    CK(cudaEventRecord(e1));
+    CK(cudaEventSynchronize(e1));
+    CK(cudaGetLastError());
+    float ms = 0;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    if (r >= 3) ts.push_back(ms * 1000.0f);
+  }
+  std::sort(ts.begin(), ts.end());
+  return ts;
+}
+
 int main(int argc, char** argv) {
   const int KT = 64, M = 64, K = KT * 64;
   const int ctas = argc > 1 ? std::atoi(argv[1]) : 128, strips = argc > 2 ? std::atoi(argv[2]) : 14;
@@ -311,20 +330,13 @@ int main(int argc, char** argv) {
       if (S > max_slots) continue;
       if (S == max_slots && (S == 2 || S == 4 || S == 7)) continue;
       const int smem = 1024 + S * slot_bytes;
-      std::vector<float> ts;
-      for (int r = 0; r < 23; ++r) {
-        scrub_kernel<<<prop.multiProcessorCount * 4, 512>>>(reinterpret_cast<const uint4*>(scrub), scrub_size / 16,
-                                                             sink);
-        CK(cudaEventRecord(e0));
-        kern<<<ctas, 64, smem>>>(maps, w, c.r, KT, strips, nstrips, S, slot_bytes, sink);
-        CK(cudaEventRecord(e1));
-        CK(cudaEventSynchronize(e1));
-        CK(cudaGetLastError());
-        float ms = 0;
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        if (r >= 3) ts.push_back(ms * 1000.0f);
-      }
-      std::sort(ts.begin(), ts.end());
+      const std::vector<float> ts = time_us(
+          e0, e1,
+          [&] {
+            scrub_kernel<<<prop.multiProcessorCount * 4, 512>>>(reinterpret_cast<const uint4*>(scrub),
+                                                                 scrub_size / 16, sink);
+          },
+          [&] { kern<<<ctas, 64, smem>>>(maps, w, c.r, KT, strips, nstrips, S, slot_bytes, sink); });
       const float med = ts[ts.size() / 2];
       const double wgb = c.r.w ? (double)(ctas * strips) * KT * 512 / (med * 1e3) : 0.0;
       std::printf("%s {\"cfg\": \"%s\", \"slots\": %d, \"slot_bytes\": %d, \"us\": %.2f, \"min_us\": %.2f, "
@@ -338,18 +350,8 @@ int main(int argc, char** argv) {
   for (int dec : {32, 256}) {
     for (int per_warp = 0; per_warp < 2; ++per_warp) {
       if (dec == 32 && per_warp) continue;
-      std::vector<float> ts;
-      for (int r = 0; r < 23; ++r) {
-        CK(cudaEventRecord(e0));
-        handshake_kernel<<<ctas, dec + 32>>>(KT, 3, dec, per_warp, sink);
-        CK(cudaEventRecord(e1));
-        CK(cudaEventSynchronize(e1));
-        CK(cudaGetLastError());
-        float ms = 0;
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        if (r >= 3) ts.push_back(ms * 1000.0f);
-      }
-      std::sort(ts.begin(), ts.end());
+      const std::vector<float> ts =
+          time_us(e0, e1, [] {}, [&] { handshake_kernel<<<ctas, dec + 32>>>(KT, 3, dec, per_warp, sink); });
       std::printf(",\n {\"cfg\": \"handshake\", \"decoder_threads\": %d, \"per_warp\": %d, \"k_tiles\": %d, "
                   "\"us\": %.2f, \"min_us\": %.2f}",
                   dec, per_warp, KT, ts[ts.size() / 2], ts.front());
