@@ -20,10 +20,11 @@ import statistics
 
 import torch
 
+from benchmarks.kernels import bench_kernels
 from sharq_vllm import ops
 from sharq_vllm.reference import quantize_weight
 
-SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+SHAPES = bench_kernels.SHAPES  # the kernel benchmark's model (Llama-3.1-8B): name -> (N, K)
 
 
 def measure(p: ops.PackedWeight, x: torch.Tensor, scrub: torch.Tensor, fracs: list[float], reps: int) -> dict:

@@ -15,10 +15,11 @@ import argparse
 
 import torch
 
+from benchmarks.kernels import bench_kernels
 from sharq_vllm import ops
 from sharq_vllm.reference import quantize_weight
 
-SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+SHAPES = bench_kernels.SHAPES  # the kernel benchmark's model (Llama-3.1-8B): name -> (N, K)
 
 
 def main() -> None:
