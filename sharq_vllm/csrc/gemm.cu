@@ -151,6 +151,13 @@ constexpr bool kAcc2Small = SHARQ_STREAM_ACC2;
 template <int MT>
 constexpr int kStreamRedBufs = MT == 1 ? 2 : 1;
 
+// Both register stages' weight loads before griddepcontrol.wait at MT >= 2 too (as at MT = 1;
+// the kernel's prologue below says why).
+#ifndef SHARQ_STREAM_PRE2
+#define SHARQ_STREAM_PRE2 1
+#endif
+constexpr bool kStreamPre2 = SHARQ_STREAM_PRE2;
+
 template <typename T, int MT, int U>
 struct StreamStage {
   uint4 q[U];
@@ -274,61 +281,54 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
   at_strip(cp, (int)blockIdx.x);
   // Programmatic dependent launch: the weights do not depend on the previous kernel (the
   // preparation writing x_hat), so weight loads are issued before waiting for it (a no-op when
-  // launched without the PDL attribute or when the previous kernel has completed); then step
-  // s+1's loads are issued before step s is computed (at MT = 1: step s+2's right after step s is
-  // computed, before the strip epilogue). MT = 1 issues both register stages before
-  // the wait (twice the bytes requested while the preparation runs: -3.2 us over the four
-  // Llama-8B layers at M = 1 with the preparation); MT = 2 issues one (two made M = 16 5-9%
-  // slower in the same run: benchmarks/results/kernels-H200-pdl-prologue.json).
-  if constexpr (MT == 1) {
-    if (total > 0) {
+  // launched without the PDL attribute or when the previous kernel has completed): both register
+  // stages, i.e. steps 0 and 1. At MT = 1 since commit ab37fb4 (-3.2 us over the four Llama-8B
+  // layers at M = 1 with the preparation); at MT = 2 / 4 since session 42 (the preparation's
+  // exposed time over the four layers 9.2 -> 5.2-5.8 us at M = 16; preparation + GEMM -4.4% /
+  // -3.0% / -0.8% / -1.2% at M = 9 / 16 / 24 / 32, the GEMM alone +1.9% / +1.5% / +0.9% / +0.4%:
+  // benchmarks/results/kernels-H200-pre2.json; on 2026-11-30's kernel two stages had made M = 16
+  // 5-9% slower: kernels-H200-pdl-prologue.json). Then each stage is reloaded (step s + 2) right
+  // after its step s is computed: at MT = 1 before the strip epilogue, at MT = 2 / 4 after it (the
+  // order each measured faster: kernels-H200-stream-epilogue.json).
+  // EXTRA_NVFLAGS=-DSHARQ_STREAM_PRE2=0 issues step 1's loads after the wait at MT >= 2 (the A/B's
+  // baseline: the kernel before session 42).
+  constexpr bool kPre2 = MT == 1 || kStreamPre2;
+  if (total > 0) {
+    load(A, lp);
+    advance(lp);
+  }
+  if (kPre2 && total > 1) {
+    load(B, lp);
+    advance(lp);
+  }
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  if (!kPre2 && total > 1) {
+    load(B, lp);
+    advance(lp);
+  }
+  for (int i = 0; i < total; i += 2) {
+    compute(A, cp);
+    if (MT == 1 && i + 2 < total) {
       load(A, lp);
       advance(lp);
     }
-    if (total > 1) {
+    finish(cp);
+    advance(cp);
+    if (MT > 1 && i + 2 < total) {
+      load(A, lp);
+      advance(lp);
+    }
+    if (i + 1 >= total) break;
+    compute(B, cp);
+    if (MT == 1 && i + 3 < total) {
       load(B, lp);
       advance(lp);
     }
-    asm volatile("griddepcontrol.wait;\n" ::: "memory");
-    for (int i = 0; i < total; i += 2) {
-      compute(A, cp);
-      if (i + 2 < total) {
-        load(A, lp);
-        advance(lp);
-      }
-      finish(cp);
-      advance(cp);
-      if (i + 1 >= total) break;
-      compute(B, cp);
-      if (i + 3 < total) {
-        load(B, lp);
-        advance(lp);
-      }
-      finish(cp);
-      advance(cp);
-    }
-  } else {
-    if (total > 0) {
-      load(A, lp);
+    finish(cp);
+    advance(cp);
+    if (MT > 1 && i + 3 < total) {
+      load(B, lp);
       advance(lp);
-    }
-    asm volatile("griddepcontrol.wait;\n" ::: "memory");
-    for (int i = 0; i < total; i += 2) {
-      if (i + 1 < total) {
-        load(B, lp);
-        advance(lp);
-      }
-      compute(A, cp);
-      finish(cp);
-      advance(cp);
-      if (i + 1 >= total) break;
-      if (i + 2 < total) {
-        load(A, lp);
-        advance(lp);
-      }
-      compute(B, cp);
-      finish(cp);
-      advance(cp);
     }
   }
 }

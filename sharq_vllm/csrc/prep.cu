@@ -544,6 +544,15 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
 #define SHARQ_PREP_PDL 1
 #endif
 constexpr bool kPrepPdl = SHARQ_PREP_PDL;
+// Diagnostic, off: the preparation kernels' preferred shared-memory carveout in percent
+// (EXTRA_NVFLAGS=-DSHARQ_PREP_CARVEOUT=100: the most shared memory, as the wgmma GEMMs take).
+// Measured with tools/gpu/probe_prep_overlap.py (kernels-H200-pre2.json): no gain before the
+// wgmma GEMMs (M = 64 / 128), and before the stream GEMM (whose carveout stays the driver's
+// choice) the preparation's exposed time grows by 1-8 us a layer at M = 16: an SM switches
+// carveouts only once idle, so a mismatch between consecutive kernels undoes the PDL overlap.
+#ifndef SHARQ_PREP_CARVEOUT
+#define SHARQ_PREP_CARVEOUT -1
+#endif
 
 template <typename T, int V, int kProd = kPrepPlain>
 cudaError_t launch_v(const T* xp, int64_t x_stride, T* yp, int M, int K, int fmt, int pattern,
@@ -572,6 +581,10 @@ cudaError_t launch_v(const T* xp, int64_t x_stride, T* yp, int M, int K, int fmt
   }
   cfg.attrs = attr;
   cfg.numAttrs = na;
+  if constexpr (SHARQ_PREP_CARVEOUT >= 0) {
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, SHARQ_PREP_CARVEOUT);
+    if (e != cudaSuccess) return e;
+  }
   return cudaLaunchKernelEx(&cfg, kernel, xp, x_stride, yp, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, nrm);
 }
 

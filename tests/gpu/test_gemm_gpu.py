@@ -339,6 +339,10 @@ def test_gemm_wgmma_224_row_tiles(dtype, m):
     n_wide, n, k = 1856 * 16, 1848 * 16, 256
     w = heavy(n_wide, k, torch.float32, device="cuda")
     w[0, 0] = w.abs().max() * 2
+    # fp16: weights 64x smaller too (as _x's rows), or output column 0 (the doubled maximum) exceeds
+    # fp16's 65504 in ~7% of draws at M = 65 (a legitimate inf, which failed the NaN-poison check
+    # once on an H200: session 42); the codes do not change with the scale
+    w = w / 64 if dtype == torch.float16 else w
     wide = ops.pack_weight(quantize_weight(w, block=16), "cuda")
     payload = quantize_weight(w[:n], block=16)
     narrow = ops.pack_weight(payload, "cuda")

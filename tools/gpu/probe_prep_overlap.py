@@ -1,0 +1,119 @@
+"""How much of the preparation stays exposed in front of a decode-row GEMM, per preparation
+configuration?
+
+The preparation kernel triggers its dependents at its start and the GEMM kernels start under it
+(programmatic dependent launch), loading weights until `griddepcontrol.wait`. Yet the op (prep +
+GEMM) takes 2.0 / 7.9 / 8.3 us longer than its GEMM alone at M = 1 / 16 / 64 over the four
+Llama-3.1-8B linears (kernels-H200.json), i.e. more than the weight loads hide. A preparation CTA
+holds an SM's registers, so the GEMM CTAs meant for that SM (2 stream CTAs or 1 wgmma CTA fill
+its register file) start only when it exits, and a split-K cluster needs all of its SMs free at
+once. This times, in one CUDA graph of R calls over R weight / input copies (bench_kernels'
+method), for each layer and M:
+
+  gemm          the op's GEMM kernel alone on a prepared x_hat (`run_gemm_kernel("mma")`)
+  prep[cfg]     the preparation alone in configuration cfg (chunks a thread, CTAs a row)
+  pair[cfg]     that preparation, then the GEMM on its output (the op's sequence)
+  exposed[cfg]  pair - gemm
+
+    python3 tools/gpu/probe_prep_overlap.py [--m 1,8,16,32,64,128] [--reps 20] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import torch
+
+from benchmarks.kernels import bench_kernels as bk
+from sharq_vllm import ops
+from sharq_vllm.kernels import dispatch
+from sharq_vllm.reference import quantize_weight
+
+FMT, PATTERN = "nvfp4", "4:8-pairs"
+
+
+def configs(k: int, m: int, only: str = "") -> dict[str, tuple[int, int] | None]:
+    """The preparation configurations that hold rows of k channels (cl > 1 only up to 64 rows,
+    the kernel's cluster range); `only`: a comma-separated subset of their names."""
+    out: dict[str, tuple[int, int] | None] = {"auto": None}
+    for name, cfg in bk.PREP_CONFIGS.items():
+        if cfg is None or (cfg[1] > 1 and m > 64) or cfg[0] > 2:
+            continue
+        if dispatch.prep_config_holds(k, *cfg):
+            out[name] = cfg
+    return {c: v for c, v in out.items() if not only or c in only.split(",")}
+
+
+def measure(
+    n: int, k: int, m: int, base: ops.PackedWeight, reps: int, only: str = ""
+) -> dict[str, float]:
+    """gemm, prep[cfg], pair[cfg], exposed[cfg] (us) for one layer of n x k weights at m rows."""
+    vals = dispatch.prep_values(FMT, PATTERN)
+    copies = max(
+        1, min(bk.MAX_COPIES, math.ceil(bk.L2_ROTATE_BYTES / (base.nbytes + 4 * m * (n + k))))
+    )
+    ps = [base] + [
+        ops.pack_weight(quantize_weight(torch.randn(n, k, device="cuda") * 0.02, 32), "cuda")
+        for _ in range(copies - 1)
+    ]
+    xs = [bk.heavy(m, k) for _ in range(copies)]
+    hats = [torch.ops.sharq.prepare(x, FMT, PATTERN) for x in xs]
+    outs = [torch.empty_like(x) for x in xs]
+    row = {
+        "copies": copies,
+        "gemm": round(
+            bk.time_graph(lambda i: ops.run_gemm_kernel("mma", hats[i], ps[i]), copies, reps), 2
+        ),
+    }
+    for cname, cfg in configs(k, m, only).items():
+
+        def prep(i, cfg=cfg):
+            if cfg is None:
+                return torch.ops.sharq.prepare(xs[i], FMT, PATTERN)
+            torch.ops.sharq_C.prep_cfg(xs[i], outs[i], *vals, *cfg)
+            return outs[i]
+
+        row[f"prep[{cname}]"] = round(bk.time_graph(prep, copies, reps), 2)
+        row[f"pair[{cname}]"] = round(
+            bk.time_graph(
+                lambda i, prep=prep: ops.run_gemm_kernel("mma", prep(i), ps[i]), copies, reps
+            ),
+            2,
+        )
+        row[f"exposed[{cname}]"] = round(row[f"pair[{cname}]"] - row["gemm"], 2)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--m", default="1,8,16,32,64,128")
+    ap.add_argument("--layers", default=",".join(bk.SHAPES))
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--configs", default="", help="only these configurations (e.g. auto)")
+    ap.add_argument("--json", default="")
+    a = ap.parse_args()
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    out: dict = {"card": props.name, "torch": torch.__version__, "shapes": bk.SHAPES, "us": {}}
+    for name in a.layers.split(","):
+        n, k = bk.SHAPES[name]
+        base = ops.pack_weight(quantize_weight(torch.randn(n, k, device="cuda") * 0.02, 32), "cuda")
+        for m in [int(v) for v in a.m.split(",")]:
+            row = measure(n, k, m, base, a.reps, a.configs)
+            out["us"][f"{name}/M={m}"] = row
+            print(
+                f"{name:8s} M={m:4d} R={row['copies']:2d} gemm={row['gemm']:7.2f}  "
+                + "  ".join(
+                    f"{c}: {row[f'prep[{c}]']:.2f}/{row[f'exposed[{c}]']:+.2f}"
+                    for c in configs(k, m, a.configs)
+                ),
+                flush=True,
+            )
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(out, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
