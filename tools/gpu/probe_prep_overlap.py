@@ -15,7 +15,12 @@ method), for each layer and M:
   pair[cfg]     that preparation, then the GEMM on its output (the op's sequence)
   exposed[cfg]  pair - gemm
 
+With --producers serving, the preparation is the op serving runs before each linear instead
+(only the automatic configuration): qkv and gate_up after the residual add + RMSNorm
+(`sharq::prepare_add_rms_norm`), down after SiLU * mul (`sharq::prepare_silu_mul`), o plain.
+
     python3 tools/gpu/probe_prep_overlap.py [--m 1,8,16,32,64,128] [--reps 20] [--json OUT]
+        [--configs auto,v1,...] [--producers plain|serving]
 """
 
 from __future__ import annotations
@@ -46,10 +51,25 @@ def configs(k: int, m: int, only: str = "") -> dict[str, tuple[int, int] | None]
     return {c: v for c, v in out.items() if not only or c in only.split(",")}
 
 
+def serving_producer(name: str, m: int, k: int, copies: int):
+    """The preparation serving runs before layer `name` (prep(i) -> x_hat), on fresh inputs."""
+    if name == "down":  # [gate | up] rows, 2k wide
+        gus = [bk.heavy(m, 2 * k) for _ in range(copies)]
+        return lambda i: torch.ops.sharq.prepare_silu_mul(gus[i], FMT, PATTERN)
+    xs = [bk.heavy(m, k) for _ in range(copies)]
+    if name == "o":
+        return lambda i: torch.ops.sharq.prepare(xs[i], FMT, PATTERN)
+    rs = [bk.heavy(m, k) for _ in range(copies)]
+    w = bk.heavy(1, k).reshape(k)
+    return lambda i: torch.ops.sharq.prepare_add_rms_norm(xs[i], rs[i], w, 1e-5, FMT, PATTERN)[0]
+
+
 def measure(
-    n: int, k: int, m: int, base: ops.PackedWeight, reps: int, only: str = ""
+    name: str, base: ops.PackedWeight, m: int, reps: int, only: str = "", producers: str = "plain"
 ) -> dict[str, float]:
-    """gemm, prep[cfg], pair[cfg], exposed[cfg] (us) for one layer of n x k weights at m rows."""
+    """gemm, prep[cfg], pair[cfg], exposed[cfg] (us) for layer `name` (base: its packed weight)
+    at m rows; producers "serving": one configuration, "serving", the op serving runs."""
+    n, k = bk.SHAPES[name]
     vals = dispatch.prep_values(FMT, PATTERN)
     copies = max(
         1, min(bk.MAX_COPIES, math.ceil(bk.L2_ROTATE_BYTES / (base.nbytes + 4 * m * (n + k))))
@@ -61,20 +81,27 @@ def measure(
     xs = [bk.heavy(m, k) for _ in range(copies)]
     hats = [torch.ops.sharq.prepare(x, FMT, PATTERN) for x in xs]
     outs = [torch.empty_like(x) for x in xs]
+
+    def forced(cfg):
+        def prep(i):
+            if cfg is None:
+                return torch.ops.sharq.prepare(xs[i], FMT, PATTERN)
+            torch.ops.sharq_C.prep_cfg(xs[i], outs[i], *vals, *cfg)
+            return outs[i]
+
+        return prep
+
+    if producers == "serving":
+        preps = {"serving": serving_producer(name, m, k, copies)}
+    else:
+        preps = {c: forced(cfg) for c, cfg in configs(k, m, only).items()}
     row = {
         "copies": copies,
         "gemm": round(
             bk.time_graph(lambda i: ops.run_gemm_kernel("mma", hats[i], ps[i]), copies, reps), 2
         ),
     }
-    for cname, cfg in configs(k, m, only).items():
-
-        def prep(i, cfg=cfg):
-            if cfg is None:
-                return torch.ops.sharq.prepare(xs[i], FMT, PATTERN)
-            torch.ops.sharq_C.prep_cfg(xs[i], outs[i], *vals, *cfg)
-            return outs[i]
-
+    for cname, prep in preps.items():
         row[f"prep[{cname}]"] = round(bk.time_graph(prep, copies, reps), 2)
         row[f"pair[{cname}]"] = round(
             bk.time_graph(
@@ -92,21 +119,30 @@ def main() -> None:
     ap.add_argument("--layers", default=",".join(bk.SHAPES))
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--configs", default="", help="only these configurations (e.g. auto)")
+    ap.add_argument("--producers", choices=("plain", "serving"), default="plain")
     ap.add_argument("--json", default="")
     a = ap.parse_args()
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
-    out: dict = {"card": props.name, "torch": torch.__version__, "shapes": bk.SHAPES, "us": {}}
+    out: dict = {
+        "card": props.name,
+        "torch": torch.__version__,
+        "shapes": bk.SHAPES,
+        "producers": a.producers,
+        "us": {},
+    }
     for name in a.layers.split(","):
         n, k = bk.SHAPES[name]
+        names = ["serving"] if a.producers == "serving" else list(configs(k, 1, a.configs))
         base = ops.pack_weight(quantize_weight(torch.randn(n, k, device="cuda") * 0.02, 32), "cuda")
         for m in [int(v) for v in a.m.split(",")]:
-            row = measure(n, k, m, base, a.reps, a.configs)
+            row = measure(name, base, m, a.reps, a.configs, a.producers)
             out["us"][f"{name}/M={m}"] = row
             print(
                 f"{name:8s} M={m:4d} R={row['copies']:2d} gemm={row['gemm']:7.2f}  "
                 + "  ".join(
                     f"{c}: {row[f'prep[{c}]']:.2f}/{row[f'exposed[{c}]']:+.2f}"
-                    for c in configs(k, m, a.configs)
+                    for c in names
+                    if f"prep[{c}]" in row
                 ),
                 flush=True,
             )
