@@ -16,8 +16,9 @@ method), for each layer and M:
   exposed[cfg]  pair - gemm
 
 With --producers serving, the preparation is the op serving runs before each linear instead
-(only the automatic configuration): qkv and gate_up after the residual add + RMSNorm
-(`sharq::prepare_add_rms_norm`), down after SiLU * mul (`sharq::prepare_silu_mul`), o plain.
+(its automatic configuration, "serving"): qkv and gate_up after the residual add + RMSNorm
+(`sharq::prepare_add_rms_norm`), down after SiLU * mul (`sharq::prepare_silu_mul`; with
+--configs also that kernel forced into each configuration), o plain.
 
     python3 tools/gpu/probe_prep_overlap.py [--m 1,8,16,32,64,128] [--reps 20] [--json OUT]
         [--configs auto,v1,...] [--producers plain|serving]
@@ -51,11 +52,21 @@ def configs(k: int, m: int, only: str = "") -> dict[str, tuple[int, int] | None]
     return {c: v for c, v in out.items() if not only or c in only.split(",")}
 
 
-def serving_producer(name: str, m: int, k: int, copies: int):
-    """The preparation serving runs before layer `name` (prep(i) -> x_hat), on fresh inputs."""
+def serving_producer(name: str, m: int, k: int, copies: int, cfg=None):
+    """The preparation serving runs before layer `name` (prep(i) -> x_hat), on fresh inputs;
+    cfg (chunks a thread, CTAs a row) forces the SiLU * mul kernel's configuration (down)."""
     if name == "down":  # [gate | up] rows, 2k wide
         gus = [bk.heavy(m, 2 * k) for _ in range(copies)]
-        return lambda i: torch.ops.sharq.prepare_silu_mul(gus[i], FMT, PATTERN)
+        if cfg is None:
+            return lambda i: torch.ops.sharq.prepare_silu_mul(gus[i], FMT, PATTERN)
+        outs = [torch.empty(m, k, dtype=g.dtype, device=g.device) for g in gus]
+        vals = dispatch.prep_values(FMT, PATTERN)
+
+        def forced(i):
+            torch.ops.sharq_C.prep_silu_mul(gus[i], outs[i], *vals, *cfg)
+            return outs[i]
+
+        return forced
     xs = [bk.heavy(m, k) for _ in range(copies)]
     if name == "o":
         return lambda i: torch.ops.sharq.prepare(xs[i], FMT, PATTERN)
@@ -93,6 +104,10 @@ def measure(
 
     if producers == "serving":
         preps = {"serving": serving_producer(name, m, k, copies)}
+        if name == "down":  # the SiLU * mul kernel's forced configurations too (--configs)
+            for c, cfg in configs(k, m, only).items():
+                if cfg is not None:
+                    preps[c] = serving_producer(name, m, k, copies, cfg)
     else:
         preps = {c: forced(cfg) for c, cfg in configs(k, m, only).items()}
     row = {
@@ -132,7 +147,7 @@ def main() -> None:
     }
     for name in a.layers.split(","):
         n, k = bk.SHAPES[name]
-        names = ["serving"] if a.producers == "serving" else list(configs(k, 1, a.configs))
+        names = (["serving"] if a.producers == "serving" else []) + list(configs(k, 1, a.configs))
         base = ops.pack_weight(quantize_weight(torch.randn(n, k, device="cuda") * 0.02, 32), "cuda")
         for m in [int(v) for v in a.m.split(",")]:
             row = measure(name, base, m, a.reps, a.configs, a.producers)
