@@ -290,8 +290,9 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
   // 5-9% slower: kernels-H200-pdl-prologue.json). Then each stage is reloaded (step s + 2) right
   // after its step s is computed: at MT = 1 before the strip epilogue, at MT = 2 / 4 after it (the
   // order each measured faster: kernels-H200-stream-epilogue.json).
-  // EXTRA_NVFLAGS=-DSHARQ_STREAM_PRE2=0 issues step 1's loads after the wait at MT >= 2 (the A/B's
-  // baseline: the kernel before session 42).
+  // EXTRA_NVFLAGS=-DSHARQ_STREAM_PRE2=0 issues step 1's loads after the wait at MT >= 2: the load
+  // order of the kernel before session 42, not its machine code (ptxas schedules the two MT = 2 / 4
+  // loops differently; the A/B of kernels-H200-pre2.json ran against bca153b's own build).
   constexpr bool kPre2 = MT == 1 || kStreamPre2;
   if (total > 0) {
     load(A, lp);
