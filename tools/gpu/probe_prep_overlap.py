@@ -3,8 +3,9 @@ configuration?
 
 The preparation kernel triggers its dependents at its start and the GEMM kernels start under it
 (programmatic dependent launch), loading weights until `griddepcontrol.wait`. Yet the op (prep +
-GEMM) takes 2.0 / 7.9 / 8.3 us longer than its GEMM alone at M = 1 / 16 / 64 over the four
-Llama-3.1-8B linears (kernels-H200.json), i.e. more than the weight loads hide. A preparation CTA
+GEMM) took 2.0 / 7.9 / 8.3 us longer than its GEMM alone at M = 1 / 16 / 64 over the four
+Llama-3.1-8B linears in session 39's benchmark (`git show bca153b:benchmarks/results/kernels-H200.json`),
+more than the weight loads hide; session 42's findings: kernels-H200-pre2.json. A preparation CTA
 holds an SM's registers, so the GEMM CTAs meant for that SM (2 stream CTAs or 1 wgmma CTA fill
 its register file) start only when it exits, and a split-K cluster needs all of its SMs free at
 once. This times, in one CUDA graph of R calls over R weight / input copies (bench_kernels'
@@ -41,8 +42,9 @@ FMT, PATTERN = "nvfp4", "4:8-pairs"
 
 
 def configs(k: int, m: int, only: str = "") -> dict[str, tuple[int, int] | None]:
-    """The preparation configurations that hold rows of k channels (cl > 1 only up to 64 rows,
-    the kernel's cluster range); `only`: a comma-separated subset of their names."""
+    """The preparation configurations that hold rows of k channels, at most 2 chunks a thread
+    (the decode-row range; cl > 1 only up to 64 rows, the kernel's cluster range); `only`: a
+    comma-separated subset of their names."""
     out: dict[str, tuple[int, int] | None] = {"auto": None}
     for name, cfg in bk.PREP_CONFIGS.items():
         if cfg is None or (cfg[1] > 1 and m > 64) or cfg[0] > 2:
@@ -147,7 +149,6 @@ def main() -> None:
     }
     for name in a.layers.split(","):
         n, k = bk.SHAPES[name]
-        names = (["serving"] if a.producers == "serving" else []) + list(configs(k, 1, a.configs))
         base = ops.pack_weight(quantize_weight(torch.randn(n, k, device="cuda") * 0.02, 32), "cuda")
         for m in [int(v) for v in a.m.split(",")]:
             row = measure(name, base, m, a.reps, a.configs, a.producers)
@@ -155,9 +156,9 @@ def main() -> None:
             print(
                 f"{name:8s} M={m:4d} R={row['copies']:2d} gemm={row['gemm']:7.2f}  "
                 + "  ".join(
-                    f"{c}: {row[f'prep[{c}]']:.2f}/{row[f'exposed[{c}]']:+.2f}"
-                    for c in names
-                    if f"prep[{c}]" in row
+                    f"{key[5:-1]}: {row[key]:.2f}/{row['exposed' + key[4:]]:+.2f}"
+                    for key in row
+                    if key.startswith("prep[")
                 ),
                 flush=True,
             )
