@@ -118,22 +118,37 @@ void prep_norm(const at::Tensor& x, const std::optional<at::Tensor>& residual,
              "prep_norm");
 }
 
-// SiLU * mul and the preparation in one kernel (launch_prep_silu_mul): x [M, 2K] = [gate | up]
-// rows (unit stride, 16-byte aligned), out [M, K]. v / cl: an explicit configuration (0: auto).
-void prep_silu_mul(const at::Tensor& x, at::Tensor& out, int64_t fmt, int64_t pattern, int64_t bb,
-                   int64_t rb, int64_t v, int64_t cl) {
+// x [M, 2K] = [gate | up] rows (unit stride, 16-byte aligned) and out [M, K] contiguous, one dtype
+void check_gate_up(const at::Tensor& x, const at::Tensor& out, const char* op) {
   TORCH_CHECK(x.is_cuda() && out.is_cuda() && x.dim() == 2 && out.dim() == 2 && x.stride(1) == 1 &&
                   out.is_contiguous() && x.scalar_type() == out.scalar_type(),
-              "sharq: prep_silu_mul takes [M, 2K] rows and a contiguous [M, K] output of one dtype");
+              "sharq: ", op, " takes [M, 2K] rows and a contiguous [M, K] output of one dtype");
   TORCH_CHECK(x.size(0) == out.size(0) && x.size(1) == 2 * out.size(1), "sharq: x must be [M, 2K] for out [M, K]");
   TORCH_CHECK((reinterpret_cast<uintptr_t>(x.data_ptr()) % 16) == 0 && (x.stride(0) * x.element_size()) % 16 == 0 &&
                   (out.size(1) * out.element_size()) % 16 == 0,
               "sharq: x rows and halves must be 16-byte aligned");
+}
+
+// SiLU * mul and the preparation in one kernel (launch_prep_silu_mul): x [M, 2K] = [gate | up]
+// rows (unit stride, 16-byte aligned), out [M, K]. v / cl: an explicit configuration (0: auto).
+void prep_silu_mul(const at::Tensor& x, at::Tensor& out, int64_t fmt, int64_t pattern, int64_t bb,
+                   int64_t rb, int64_t v, int64_t cl) {
+  check_gate_up(x, out, "prep_silu_mul");
   const c10::cuda::CUDAGuard guard(x.device());
   check_cuda(sharq::launch_prep_silu_mul(x.data_ptr(), x.stride(0), out.data_ptr(), (int)out.size(0),
                                          (int)out.size(1), dtype_code(x), (int)fmt, (int)pattern, (int)bb, (int)rb,
                                          c10::cuda::getCurrentCUDAStream().stream(), (int)v, (int)cl),
              "prep_silu_mul");
+}
+
+// SiLU * mul alone (launch_silu_mul; the tests' view of the fused kernel's producer), operands
+// as prep_silu_mul's.
+void silu_mul(const at::Tensor& x, at::Tensor& out) {
+  check_gate_up(x, out, "silu_mul");
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_cuda(sharq::launch_silu_mul(x.data_ptr(), x.stride(0), out.data_ptr(), (int)out.size(0), (int)out.size(1),
+                                    dtype_code(x), c10::cuda::getCurrentCUDAStream().stream()),
+             "silu_mul");
 }
 
 // Shared checks of the GEMM ops; returns the bias pointer (or null).
@@ -214,6 +229,7 @@ TORCH_LIBRARY(sharq_C, m) {
       "Tensor(d!) bb_scales, Tensor(e!) res_codes, Tensor(f!) res_scales, Tensor(g!) tscales, "
       "int fmt, int pattern, int bb, int rb) -> ()");
   m.def("prep_silu_mul(Tensor x, Tensor(a!) out, int fmt, int pattern, int bb, int rb, int v, int cl) -> ()");
+  m.def("silu_mul(Tensor x, Tensor(a!) out) -> ()");
   m.def(
       "prep_norm(Tensor x, Tensor? residual, Tensor(a!)? residual_out, Tensor weight, float eps, "
       "Tensor(b!) out, int fmt, int pattern, int bb, int rb, int v=0) -> ()");
@@ -232,6 +248,7 @@ TORCH_LIBRARY_IMPL(sharq_C, CUDA, m) {
   m.impl("prep_debug", &prep_debug);
   m.impl("prep_norm", &prep_norm);
   m.impl("prep_silu_mul", &prep_silu_mul);
+  m.impl("silu_mul", &silu_mul);
   m.impl("gemm_mma", &gemm_mma);
   m.impl("gemm_mma_cfg", &gemm_mma_cfg);
   m.impl("dequant", &dequant);

@@ -31,8 +31,9 @@
 // ~62 instructions an element (ncu), 16384 x 14336 in 739 us (1.27 TB/s, was 1561 us).
 // Configurations (launch_prep_t; all give identical bits, tests/gpu/test_prep_gpu.py):
 //   M <= 64 (decode, M < #SMs): rows longer than 8192 are split over a thread-block CLUSTER of
-//     up to 8 CTAs (8 SMs; prep_cluster_size); the two row maxima are exchanged through
-//     distributed shared memory (mapa + ld.shared::cluster, barrier.cluster).
+//     up to 8 CTAs (8 SMs; prep_cluster_size, with its own rule when SiLU * mul is in front);
+//     each CTA pushes its two row maxima into every peer's shared memory (st.async onto the
+//     peer's mbarrier: no cluster barrier, no GPU-scope fence; ClusterMax, row_max).
 //   64 < M <= 256: one CTA a row, V = 1 (K <= 8192), 2 (K <= 16384), 8.
 //   M > 256: V = 2 (2 independent chunks a thread) up to K = 8192; V = 4 on CTAs of at most 448
 //     threads, two an SM, for K = 8200..14336 (-17% at 1024 x 14336); V = 2 up to K = 16384, V = 8
@@ -46,6 +47,7 @@
 // kernel runs (it waits before reading x_hat).
 #include "sharq_common.cuh"
 #include "sharq_kernels.h"
+#include "sm90_async.cuh"
 
 namespace sharq {
 namespace {
@@ -184,20 +186,26 @@ __device__ __forceinline__ void store_chunk(T* p, const float (&v)[8]) {
 constexpr int kPrepLargeM = 256;      // rows above which the throughput configuration runs
 constexpr int kPrepClusterMaxM = 64;  // rows up to which a row is split over a CTA cluster
 
-// Cluster helpers (sm_90): a row split over `cl` CTAs of one thread-block cluster exchanges its
-// two row maxima through distributed shared memory.
-__device__ __forceinline__ void cluster_sync_all() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
-  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void cluster_arrive() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void cluster_wait() {
-  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ float ld_cluster_f32(const float* local, int rank) {
-  uint32_t a = (uint32_t)__cvta_generic_to_shared(local), ra;
+// Rows over a cluster (sm_90): each CTA's maximum is pushed into every CTA of the cluster
+// (st.async into slot `rank` of their slots, completing 4 bytes on their mbarrier) and each CTA
+// waits on its own mbarrier for the cl values (kPrepClusterPush). Before, a cluster barrier
+// ordered a shared-memory slot write before the peers' remote reads: its release / acquire
+// compiles to a GPU-scope memory fence (MEMBAR.ALL.GPU: ncu's "membar" stall, 1.1-1.6 warps an
+// issue in the K = 14336 kernels, kernels-H200-producers.json), and a CTA left only after a
+// final cluster barrier (its slot could still be read). Pushed values leave nothing to read
+// remotely, so no CTA waits for a peer at the end. The barriers are initialised before
+// griddepcontrol.wait (their one cluster barrier overlaps the kernel before). Same maxima, same
+// bits. EXTRA_NVFLAGS=-DSHARQ_PREP_CLUSTER_PUSH=0 builds the cluster-barrier exchange for A/B.
+#ifndef SHARQ_PREP_CLUSTER_PUSH
+#define SHARQ_PREP_CLUSTER_PUSH 1
+#endif
+constexpr bool kPrepClusterPush = SHARQ_PREP_CLUSTER_PUSH;
+struct ClusterMax {   // one exchange's shared words
+  uint64_t bar;       // kPrepClusterPush: its mbarrier (one phase, one arrival + 4 cl bytes)
+  float slots[8];     // the cluster CTAs' maxima, by rank (pull: slots[0] is this CTA's)
+};
+__device__ __forceinline__ float pull_peer_f32(const float* local, int rank) {
+  uint32_t a = async::smem_u32(local), ra;
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(ra) : "r"(a), "r"(rank));
   float v;
   asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(ra) : "memory");
@@ -205,16 +213,23 @@ __device__ __forceinline__ float ld_cluster_f32(const float* local, int rank) {
 }
 
 // Max over the row: the CTA's max, then (cl > 1) over the cl CTAs of the cluster. red (32 floats)
-// and slot are this reduction's own shared words (never reused in the kernel, so one CTA barrier
-// and one cluster barrier suffice).
-__device__ __forceinline__ float row_max(float v, float* red, float* slot, int cl) {
+// and x are this reduction's own shared words (never reused in the kernel, so one CTA barrier
+// and, pulling, one cluster barrier suffice).
+__device__ __forceinline__ float row_max(float v, float* red, ClusterMax& x, int cl, int rank) {
   v = block_max(v, red);
   if (cl > 1) {
-    if (threadIdx.x == 0) *slot = v;
-    cluster_sync_all();
-    const int lane = threadIdx.x & 31;
-    float r = lane < cl ? ld_cluster_f32(slot, lane) : 0.0f;
-    v = warp_max(r);
+    const int tid = threadIdx.x;
+    if constexpr (kPrepClusterPush) {
+      if (tid == 0) async::mbar_arrive_expect_tx(&x.bar, 4u * cl);
+      if (tid < cl) async::st_async_peer_u32(&x.slots[rank], tid, __float_as_uint(v), &x.bar);
+      async::mbar_wait(&x.bar, 0);
+      v = warp_max((tid & 31) < cl ? x.slots[tid & 31] : 0.0f);
+    } else {
+      if (tid == 0) x.slots[0] = v;
+      async::cluster_sync();
+      const int lane = tid & 31;
+      v = warp_max(lane < cl ? pull_peer_f32(&x.slots[0], lane) : 0.0f);
+    }
   }
   return v;
 }
@@ -244,13 +259,19 @@ __device__ __forceinline__ float warp_tree_sum(float v) {
   for (int o = 1; o < 32; o <<= 1) v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
-// Sum over the CTA in tree order (chunk = thread; absent chunks hold 0). red: 33 floats.
+// Sum over the CTA in tree order (chunk = thread; absent chunks hold 0). red: 32 floats used by
+// this sum only (written once a kernel: no barrier before the writes); after the one CTA barrier
+// every warp sums the warps' sums itself, in the same order (no second barrier to broadcast).
+#ifndef SHARQ_NORM_SYNC1
+#define SHARQ_NORM_SYNC1 1
+#endif
 __device__ __forceinline__ float block_tree_sum(float v, float* red) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   v = warp_tree_sum(v);
-  __syncthreads();
+  if constexpr (!SHARQ_NORM_SYNC1) __syncthreads();
   if (lane == 0) red[warp] = v;
   __syncthreads();
+  if constexpr (SHARQ_NORM_SYNC1) return warp_tree_sum(lane < nw ? red[lane] : 0.0f);
   if (warp == 0) {
     float w = lane < nw ? red[lane] : 0.0f;
     w = warp_tree_sum(w);
@@ -265,12 +286,14 @@ __device__ __forceinline__ float block_tree_sum2(float a, float b, float* red) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   a = warp_tree_sum(a);
   b = warp_tree_sum(b);
-  __syncthreads();
+  if constexpr (!SHARQ_NORM_SYNC1) __syncthreads();
   if (lane == 0) {
     red[warp] = a;
     red[33 + warp] = b;
   }
   __syncthreads();
+  if constexpr (SHARQ_NORM_SYNC1)
+    return __fadd_rn(warp_tree_sum(lane < nw ? red[lane] : 0.0f), warp_tree_sum(lane < nw ? red[33 + lane] : 0.0f));
   if (warp == 0) {
     float wa = lane < nw ? red[lane] : 0.0f, wb = lane < nw ? red[33 + lane] : 0.0f;
     wa = warp_tree_sum(wa);
@@ -283,7 +306,7 @@ __device__ __forceinline__ float block_tree_sum2(float a, float b, float* red) {
 
 // The row's V chunks (chunk v*blockDim + tid; absent ones past nchunks) normalized in place.
 template <typename T, int kProd, int V>
-__device__ __forceinline__ void rms_norm_row(uint4 (&xc)[V], int nchunks, int row, int K,
+__device__ __forceinline__ void rms_norm_row(uint4 (&xc)[V], const uint4 (&wc)[V], int nchunks, int row, int K,
                                              const PrepNorm& nrm, float* red) {
   static_assert(V == 1 || V == 2, "prep_norm: one or two chunks a thread");
   float s[V][8], part[V];
@@ -312,15 +335,13 @@ __device__ __forceinline__ void rms_norm_row(uint4 (&xc)[V], int nchunks, int ro
   for (int v = 0; v < V; ++v) {
     const int c = v * blockDim.x + threadIdx.x;
     const bool in_row = c < nchunks;
-    const uint4 wc = in_row ? *reinterpret_cast<const uint4*>(static_cast<const T*>(nrm.weight) + 8 * c)
-                            : make_uint4(0, 0, 0, 0);
     uint4 out = make_uint4(0, 0, 0, 0);  // chunks past the row stay 0 (inv may be Inf)
     T* o = reinterpret_cast<T*>(&out);
     if (in_row)
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const float y = Elem<T>::to_float(Elem<T>::from_float(__fmul_rn(s[v][i], inv)));
-      o[i] = Elem<T>::from_float(__fmul_rn(y, elem<T>(wc, i)));
+      o[i] = Elem<T>::from_float(__fmul_rn(y, elem<T>(wc[v], i)));
     }
     xc[v] = out;
   }
@@ -331,17 +352,83 @@ __device__ __forceinline__ void rms_norm_row(uint4 (&xc)[V], int nchunks, int ro
 // silu(g) = g / (1 + exp(-g)) in FP32 with CUDA's expf (PyTorch's own CUDA silu: eager
 // F.silu(g) * u, and vLLM's silu_and_mul kernel, compute exactly this): bit-exact with the
 // reference evaluated on the GPU; on the CPU, exp is another library's (documented there).
+// silu(a)'s division a / d (d = 1 + exp(-a) >= 1) as __fdiv_rn gives it, without a branch an
+// element: __fdiv_rn is nvcc's fast path (the reciprocal's approximation, one Newton step, the
+// quotient and one correction; read off its SASS) guarded by FCHK, which sends operands that could
+// over- or underflow in that path to a slow subroutine, a branch and a call an element that keep
+// the 8 elements of a chunk from overlapping. Where 2^-40 <= |a| <= 2^40 and a >= -40 every
+// operand and intermediate is far inside the normal range (d <= e^40 < 2^58, the quotient within
+// [2^-98, 2^40]), so the fast path is exact there (it is correctly rounded whenever nothing
+// over- or underflows) and runs unguarded; elements outside take __fdiv_rn itself, one branch a
+// chunk. Same bits either way (tests/gpu/test_prep_gpu.py::test_silu_mul_values_bit_exact:
+// gates on both sides of each bound).
+#ifndef SHARQ_SILU_FASTDIV
+#define SHARQ_SILU_FASTDIV 1
+#endif
+__device__ __forceinline__ float rcp_approx(float d) {
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d));
+  return r;
+}
+__device__ __forceinline__ bool silu_div_unguarded(float a) {
+  const float m = fabsf(a);
+  return a >= -40.0f && m >= 0x1p-40f && m <= 0x1p40f;  // false for NaN
+}
+__device__ __forceinline__ float silu_div_fast(float a, float d) {
+  const float r0 = rcp_approx(d);
+  const float r1 = __fmaf_rn(r0, __fmaf_rn(-d, r0, 1.0f), r0);
+  const float q0 = __fmul_rn(a, r1);
+  return __fmaf_rn(r1, __fmaf_rn(-d, q0, a), q0);
+}
+
 template <typename T>
 __device__ __forceinline__ uint4 silu_mul_chunk(uint4 g, uint4 u) {
   uint4 out;
   T* o = reinterpret_cast<T*>(&out);
+  float q[8];
+  if constexpr (SHARQ_SILU_FASTDIV) {
+    bool guarded = false;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const float a = elem<T>(g, i);
+      q[i] = silu_div_fast(a, __fadd_rn(1.0f, expf(-a)));
+      guarded |= !silu_div_unguarded(a);
+    }
+    if (guarded) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const float a = elem<T>(g, i);
+        if (!silu_div_unguarded(a)) q[i] = __fdiv_rn(a, __fadd_rn(1.0f, expf(-a)));
+      }
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const float a = elem<T>(g, i);
+      q[i] = __fdiv_rn(a, __fadd_rn(1.0f, expf(-a)));
+    }
+  }
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
-    const float a = elem<T>(g, i);
-    const float s = Elem<T>::to_float(Elem<T>::from_float(__fdiv_rn(a, __fadd_rn(1.0f, expf(-a)))));
+    const float s = Elem<T>::to_float(Elem<T>::from_float(q[i]));
     o[i] = Elem<T>::from_float(__fmul_rn(s, elem<T>(u, i)));
   }
   return out;
+}
+
+// The producer alone, for the tests (torch.ops.sharq_C.silu_mul): y [M, K] = silu_mul_chunk of
+// x's two halves, one chunk a thread: the values the fused kernel quantizes, held bit for bit to
+// producers.silu_and_mul on the GPU (the fused kernel's x_hat alone would hide a last-place
+// difference under the 4-bit quantization).
+template <typename T>
+__global__ void silu_mul_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ y, int M, int K) {
+  const int per_row = K >> 3;
+  const int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= (int64_t)M * per_row) return;
+  const int row = (int)(c / per_row), cc = (int)(c - (int64_t)row * per_row);
+  const T* xr = x + (int64_t)row * x_stride + 8 * cc;
+  *reinterpret_cast<uint4*>(y + (int64_t)row * K + 8 * cc) =
+      silu_mul_chunk<T>(*reinterpret_cast<const uint4*>(xr), *reinterpret_cast<const uint4*>(xr + K));
 }
 
 // One row per cluster of `cl` CTAs (cl = 1: plain launch, one row per CTA); CTA rank r of the
@@ -365,13 +452,35 @@ template <typename T, int V, bool kDebug, int kProd = kPrepPlain>
 __global__ void __launch_bounds__(prep_max_threads<V>(), prep_min_ctas<V>())
 prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int K, int fmt,
             int pattern, int bb_lanes, int rb_lanes, PrepDebug dbg, int cl, PrepNorm nrm) {
-  constexpr bool kNorm2 = (kProd == kPrepNorm || kProd == kPrepAddNorm) && V == 2;
+  constexpr bool kNorm = kProd == kPrepNorm || kProd == kPrepAddNorm;
+  constexpr bool kNorm2 = kNorm && V == 2;
   __shared__ float red[kNorm2 ? 66 : 33];  // the norm's block sums (its two halves at V = 2: 66)
   __shared__ float maxred[2][32];          // the two row maxima's warp maxima
-  __shared__ float cslot[2];
+  __shared__ ClusterMax cmax[2];          // the two row maxima's exchange over a cluster
   // Launched with programmatic dependent launch (kPrepPdl): wait for the kernel before (the
-  // norm or activation writing x) before any global memory access, read or write (x_hat's
-  // buffer may be one the previous kernel still reads). A no-op without the attribute.
+  // norm or activation writing x) before any access to memory it may write, read or write
+  // (x_hat's buffer may be one the previous kernel still reads). A no-op without the attribute.
+  // The norm's weight chunks are loaded before the wait: no kernel of the forward pass writes a
+  // model parameter, and so its load overlaps the kernel before instead of following the
+  // row's sum of squares (one memory latency off the critical path).
+  uint4 wraw[kNorm ? V : 1];
+  if constexpr (kNorm) {
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      const int c = v * blockDim.x + threadIdx.x;
+      wraw[v] = c < (K >> 3) ? *reinterpret_cast<const uint4*>(static_cast<const T*>(nrm.weight) + 8 * c)
+                             : make_uint4(0, 0, 0, 0);
+    }
+  }
+  if (kPrepClusterPush && cl > 1) {  // the exchange's barriers, ready before any peer signals them
+    if (threadIdx.x == 0) {
+      async::mbar_init(&cmax[0].bar, 1);
+      async::mbar_init(&cmax[1].bar, 1);
+      async::mbar_fence_init();
+    }
+    async::cluster_arrive_relaxed();
+    async::cluster_wait();
+  }
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
   // let a PDL-launched consumer (the stream GEMM) start its weight loads now; it still waits
   // for this grid's completion (griddepcontrol.wait) before it reads x_hat
@@ -394,7 +503,7 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
     else
       xraw[v] = c < nchunks ? *reinterpret_cast<const uint4*>(xr + 8 * c) : make_uint4(0, 0, 0, 0);
   }
-  if constexpr (kProd == kPrepNorm || kProd == kPrepAddNorm) rms_norm_row<T, kProd, V>(xraw, nchunks, row, K, nrm, red);
+  if constexpr (kNorm) rms_norm_row<T, kProd, V>(xraw, wraw, nchunks, row, K, nrm, red);
   uint32_t mag2 = 0;  // max |x| as 16-bit bits, two lanes (sign cleared: bits order like |x|)
 #pragma unroll
   for (int v = 0; v < V; ++v) {
@@ -407,7 +516,7 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
   // One reduction for both: a non-finite row (Inf or NaN bits) reduces to +Inf (a finite row's
   // max is finite). The reference zeroes a non-finite row before quantizing it (x_hat row NaN).
   float amax = mag >= Elem<T>::kInfBits ? __int_as_float(0x7f800000) : Elem<T>::bits_to_float(mag);
-  amax = row_max(amax, maxred[0], &cslot[0], cl);
+  amax = row_max(amax, maxred[0], cmax[0], cl, rank);
   const bool bad_row = isinf(amax);
   if (bad_row) {
     amax = 0.0f;
@@ -484,8 +593,9 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
         dbg.bb_scales[(int64_t)row * (K / (8 * bb_lanes)) + gc / bb_lanes] = (uint8_t)sbits;
     }
   }
-  ramax = row_max(ramax, maxred[1], &cslot[1], cl);
-  if (cl > 1) cluster_arrive();  // done reading the cluster's slots (waited for at the end)
+  ramax = row_max(ramax, maxred[1], cmax[1], cl, rank);
+  // pulling: done reading the peers' slots (waited for at the end)
+  if (!kPrepClusterPush && cl > 1) asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
   const float t_r = mx ? 0.0f : __fdiv_rn(ramax, 2688.0f);
   if (kDebug && dbg.tscales && tid == 0 && rank == 0) {
     dbg.tscales[2 * row + 0] = t_s;
@@ -532,7 +642,8 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
         dbg.res_scales[(int64_t)row * (K / (8 * rb_lanes)) + gc / rb_lanes] = (uint8_t)sbits;
     }
   }
-  if (cl > 1) cluster_wait();  // no CTA leaves while a peer may still read its cslot
+  // pulling: no CTA leaves while a peer may still read its slot
+  if (!kPrepClusterPush && cl > 1) asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 }
 
 // Programmatic dependent launch of the preparation: its CTAs are placed while the kernel before
@@ -627,11 +738,21 @@ cudaError_t launch_norm(const void* x, int64_t x_stride, void* xhat, int M, int 
 // Longer rows: the largest cluster up to M = kPrepWideClusterMaxM (K = 14336: 8 CTAs 4.3 / 5.0 us
 // at M = 1 / 16, one CTA at 2 chunks a thread 6.2 / 6.3 us; 4 CTAs 4.75 / 4.84), above it the
 // smallest cluster that gives one chunk a thread (M = 64: 2 CTAs 7.2 us, 8 CTAs 7.8 us).
+// SiLU * mul in front (down): the largest cluster up to M = 8, then 4 CTAs up to
+// kPrepSiluMidClusterMaxM, above it the rule of the preparation alone (M = 64: 2 CTAs). Measured
+// as the time left exposed before the down GEMM at K = 14336 (tools/gpu/probe_prep_overlap.py
+// --producers serving, kernels-H200-producers.json): M = 16 2.9 us on 4 CTAs against 3.7-3.8 on
+// 8 and 4.1-4.6 on 2 (three runs); M = 24 / 32 / 48 4.3 / 4.4-4.8 / 5.4 on 4 against 4.9-5.2 /
+// 4.8-5.4 / 5.7-5.9 on 2.
 constexpr int kPrepWideClusterMaxM = 16;
-inline int prep_cluster_size(int M, int K) {
+constexpr int kPrepSiluWideClusterMaxM = 8;
+constexpr int kPrepSiluMidClusterMaxM = 48;
+inline int prep_cluster_size(int M, int K, bool silu = false) {
   if (M > kPrepClusterMaxM || K % 64 || K / 8 <= 1024) return 1;
   const int groups = K / 64;
-  if (M <= kPrepWideClusterMaxM) {
+  if (silu && M > kPrepSiluWideClusterMaxM && M <= kPrepSiluMidClusterMaxM && groups % 4 == 0 && K / 8 / 4 <= 1024)
+    return 4;
+  if (M <= (silu ? kPrepSiluWideClusterMaxM : kPrepWideClusterMaxM)) {
     for (int cl = 8; cl >= 2; --cl)
       if (groups % cl == 0) return cl;
     return 1;
@@ -654,7 +775,7 @@ cudaError_t launch_prep_t(const void* x, int64_t x_stride, void* xhat, int M, in
   // Large M (> 256): throughput-bound, 2 chunks a thread (K=4096: 256 threads a row): fewer
   // barrier participants and shuffle rounds per element, 2 independent 16-byte loads a thread.
   // Every configuration does the same per-element arithmetic: identical bits (tested).
-  int cl = prep_cluster_size(M, K);
+  int cl = prep_cluster_size(M, K, kProd == kPrepSiluMul);
   if (force_cl > 0) {  // benchmarks / tests: an explicit configuration
     cl = force_cl;
     if (cl > 8 || (cl > 1 && K % (64 * cl))) return cudaErrorInvalidValue;
@@ -723,6 +844,23 @@ cudaError_t launch_prep_silu_mul(const void* x, int64_t x_stride, void* xhat, in
   switch (dtype) {
     case kBF16: return launch_prep_t<__nv_bfloat16, kPrepSiluMul>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, none, force_v, force_cl, stream);
     case kFP16: return launch_prep_t<__half, kPrepSiluMul>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, none, force_v, force_cl, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t launch_silu_mul(const void* x, int64_t x_stride, void* y, int M, int K, int dtype, cudaStream_t stream) {
+  if (M == 0) return cudaSuccess;
+  if (K <= 0 || K % 8) return cudaErrorInvalidValue;
+  const int64_t chunks = (int64_t)M * (K / 8);
+  const unsigned blocks = (unsigned)((chunks + 255) / 256);
+  switch (dtype) {
+    case kBF16:
+      silu_mul_kernel<__nv_bfloat16><<<blocks, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), x_stride,
+                                                                 static_cast<__nv_bfloat16*>(y), M, K);
+      return cudaGetLastError();
+    case kFP16:
+      silu_mul_kernel<__half><<<blocks, 256, 0, stream>>>(static_cast<const __half*>(x), x_stride, static_cast<__half*>(y), M, K);
+      return cudaGetLastError();
     default: return cudaErrorInvalidValue;
   }
 }

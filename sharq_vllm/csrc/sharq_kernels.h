@@ -76,6 +76,9 @@ cudaError_t launch_prep_norm(const void* x, int64_t x_stride, void* xhat, int M,
 cudaError_t launch_prep_silu_mul(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
                                  int fmt, int pattern, int backbone_block, int residual_block,
                                  cudaStream_t stream, int force_v = 0, int force_cl = 0);
+// SiLU * mul alone (tests): y [M, K] = round(round(silu(gate)) * up), the values
+// launch_prep_silu_mul quantizes.
+cudaError_t launch_silu_mul(const void* x, int64_t x_stride, void* y, int M, int K, int dtype, cudaStream_t stream);
 
 // Prepacked weight layout (see gemm.cu): qweight [N/16][K/64][32 lanes][16 B],
 // scales [N/16][K/64][scale_bytes_per_tile] with 32 (block 32) or 64 (block 16) bytes a tile.

@@ -9,7 +9,8 @@
 //   * wgmma: fence / commit / wait of warpgroup MMAs, the shared-memory matrix descriptors, and the
 //     proxy fence that publishes ordinary shared-memory stores to them.
 //   * clusters: barrier over the cluster's CTAs, loads from a peer CTA's shared memory and their
-//     rank-order sum (the split-K reductions).
+//     rank-order sum (the split-K reductions), asynchronous stores into a peer's shared memory
+//     completing on its mbarrier (the preparation's row maxima).
 //   * programmatic dependent launch: wait for the preceding kernel's memory before reading it.
 // Semantics: PTX ISA 8.x, "mbarrier", "cp.async.bulk.tensor", "wgmma", "setmaxnreg", "barrier.cluster",
 // "bar.sync", "griddepcontrol".
@@ -110,6 +111,22 @@ __device__ __forceinline__ uint64_t desc_interleave(uint32_t saddr, uint32_t lbo
 __device__ __forceinline__ void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
   asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+// The cluster barrier without ordering: after mbarrier initialisation (mbar_fence_init), before
+// peers signal those barriers (CUTLASS's order).
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory"); }
+// 4 bytes stored at this CTA's shared address `p` in cluster CTA `rank`, completing 4 bytes on
+// that CTA's mbarrier at this CTA's address `bar` (asynchronous: no wait here, visible to the
+// peer's threads once they observe the mbarrier phase complete).
+__device__ __forceinline__ void st_async_peer_u32(const void* p, uint32_t rank, uint32_t v, uint64_t* bar) {
+  uint32_t ra, rb;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(ra) : "r"(smem_u32(p)), "r"(rank));
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(rb) : "r"(smem_u32(bar)), "r"(rank));
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.u32 [%0], %1, [%2];\n" ::"r"(ra), "r"(v), "r"(rb)
+               : "memory");
 }
 // 16 bytes at this CTA's shared address `p`, read from the same offset in cluster CTA `rank`.
 __device__ __forceinline__ float4 ld_peer_f4(const void* p, uint32_t rank) {

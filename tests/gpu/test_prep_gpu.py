@@ -288,9 +288,21 @@ def test_prep_norm_repeatable_and_graph_replay():
 # SiLU * mul + preparation in one kernel: bit-exact vs producers.silu_and_mul evaluated on the
 # GPU (PyTorch's CUDA silu uses the same expf) and the reference preparation
 # ------------------------------------------------------------------------------------------
-# K = the down projection's input: Llama-3.1-8B 14336 (cluster of 8 at M <= 16, 2 above, 2 chunks
-# a thread above M = 256), Qwen2.5-1.5B 8960 (7 CTAs), small and odd shapes
-SILU_SHAPES = [(1, 14336), (17, 14336), (300, 14336), (5, 8960), (64, 1536), (3, 64), (255, 576), (2, 28672)]
+# K = the down projection's input: Llama-3.1-8B 14336 (cluster of 8 at M <= 8, 4 up to M = 48, 2
+# above, 2 chunks a thread above M = 256), Qwen2.5-1.5B 8960 (7 CTAs at M <= 8, 4 at 9..48), small
+# and odd shapes
+SILU_SHAPES = [
+    (1, 14336),
+    (9, 14336),
+    (17, 14336),
+    (49, 14336),
+    (300, 14336),
+    (5, 8960),
+    (64, 1536),
+    (3, 64),
+    (255, 576),
+    (2, 28672),
+]
 
 
 def _gate_up(m, k, dtype):
@@ -300,6 +312,35 @@ def _gate_up(m, k, dtype):
         gu[2, 5] = float("nan")  # non-finite row
         gu[3, : k // 2] = -200.0  # exp(-g) overflows: silu = -0
     return gu
+
+
+def _division_edges(k, dtype):
+    """Gate values on both sides of the range where prep.cu's SiLU division runs unguarded
+    (2^-40 <= |g| <= 2^40, g >= -40) and around exp(-g)'s overflow, cycled to k channels."""
+    e = torch.arange(-64, 65, dtype=torch.float32)
+    p = torch.cat([2.0**e, 2.0**e * 1.0078125, 2.0**e * 0.99609375])
+    near = torch.tensor([40.0, 39.75, 40.25, 44.0, 87.0, 88.5, 89.0, 104.0, 1e30, 3e38])
+    v = torch.cat([p, -p, near, -near, torch.tensor([0.0, -0.0])]).to(dtype)
+    v = v[torch.isfinite(v)]
+    return v.repeat(k // v.numel() + 1)[:k]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k", [(1, 14336), (6, 8960), (33, 1536), (3, 64)])
+def test_silu_mul_values_bit_exact(dtype, m, k):
+    # the fused kernel's producer alone (sharq_C.silu_mul runs the same device function) against
+    # producers.silu_and_mul on the GPU, value for value: x_hat alone would hide a last-place
+    # difference under the 4-bit quantization
+    from sharq_vllm.producers import silu_and_mul
+
+    gu = _gate_up(m, k, dtype)
+    gu[0, :k] = _division_edges(k, dtype).to(gu.device)
+    gu[-1, :k] = _division_edges(k, dtype).flip(0).to(gu.device)
+    out = torch.full((m, k), float("nan"), dtype=dtype, device="cuda")
+    torch.ops.sharq_C.silu_mul(gu, out)
+    want = silu_and_mul(gu)
+    same = (bits(out) == bits(want)) | (out.isnan() & want.isnan())  # a NaN's payload aside
+    assert bool(same.all()), f"{int((~same).sum())} values differ"
 
 
 def _silu_reference(gu, fmt, pattern):

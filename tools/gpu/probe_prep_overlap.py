@@ -73,8 +73,10 @@ def serving_producer(name: str, m: int, k: int, copies: int, cfg=None):
     if name == "o":
         return lambda i: torch.ops.sharq.prepare(xs[i], FMT, PATTERN)
     rs = [bk.heavy(m, k) for _ in range(copies)]
-    w = bk.heavy(1, k).reshape(k)
-    return lambda i: torch.ops.sharq.prepare_add_rms_norm(xs[i], rs[i], w, 1e-5, FMT, PATTERN)[0]
+    # a norm weight a copy: serving's 32 layers each read their own, out of L2 by then
+    ws = [bk.heavy(1, k).reshape(k) for _ in range(copies)]
+    norm = torch.ops.sharq.prepare_add_rms_norm
+    return lambda i: norm(xs[i], rs[i], ws[i], 1e-5, FMT, PATTERN)[0]
 
 
 def measure(

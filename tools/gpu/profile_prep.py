@@ -1,0 +1,69 @@
+"""Run the preparation op serving runs before one Llama-3.1-8B linear a few times, for a profiler:
+
+    ncu --clock-control none --kernel-name regex:prep_kernel --launch-skip 3 --launch-count 1 \
+        --section SpeedOfLight --section WarpStateStats --section Occupancy --section LaunchStats \
+        python3 tools/gpu/profile_prep.py [--layer down] [--m 1] [--producer serving|plain]
+
+producer "serving": qkv / gate_up after the residual add + RMSNorm (sharq::prepare_add_rms_norm),
+down after SiLU * mul (sharq::prepare_silu_mul), o plain; "plain": the preparation alone
+(sharq::prepare) on the layer's input width. --cfg V,CL forces the configuration (plain and
+SiLU * mul only: sharq_C.prep_cfg / prep_silu_mul). Each kernel runs alone under ncu (no
+programmatic-dependent-launch overlap): its own duration, not what it leaves exposed before the
+GEMM (tools/gpu/probe_prep_overlap.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from benchmarks.kernels import bench_kernels as bk
+from sharq_vllm import ops
+from sharq_vllm.kernels import dispatch
+
+FMT, PATTERN = "nvfp4", "4:8-pairs"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layer", default="down", choices=sorted(bk.SHAPES))
+    ap.add_argument("--m", type=int, default=1)
+    ap.add_argument("--producer", default="serving", choices=("serving", "plain"))
+    ap.add_argument("--cfg", default="", help="V,CL: an explicit configuration (0,0: auto)")
+    ap.add_argument("--runs", type=int, default=6)
+    a = ap.parse_args()
+    ok, why = ops.kernel_path_available("cuda")  # loads the library (sharq_C ops)
+    if not ok:
+        raise SystemExit(f"sharq: no kernel path: {why}")
+    k = bk.SHAPES[a.layer][1]
+    v, cl = (int(t) for t in a.cfg.split(",")) if a.cfg else (0, 0)
+    vals = dispatch.prep_values(FMT, PATTERN)
+    out = torch.empty(a.m, k, dtype=torch.bfloat16, device="cuda")
+    if a.producer == "serving" and a.layer == "down":
+        gu = bk.heavy(a.m, 2 * k)
+
+        def run() -> None:
+            torch.ops.sharq_C.prep_silu_mul(gu, out, *vals, v, cl)
+
+    elif a.producer == "serving" and a.layer in ("qkv", "gate_up"):
+        x, r, w = bk.heavy(a.m, k), bk.heavy(a.m, k), bk.heavy(1, k).reshape(k)
+        r_out = torch.empty_like(out)
+
+        def run() -> None:
+            torch.ops.sharq_C.prep_norm(x, r, r_out, w, 1e-5, out, *vals, v)
+
+    else:
+        x = bk.heavy(a.m, k)
+
+        def run() -> None:
+            torch.ops.sharq_C.prep_cfg(x, out, *vals, v, cl)
+
+    for _ in range(a.runs):
+        run()
+    torch.cuda.synchronize()
+    print(f"ran {a.runs}x {a.producer} {a.layer} M={a.m} cfg={v},{cl}")
+
+
+if __name__ == "__main__":
+    main()
