@@ -188,48 +188,28 @@ constexpr int kPrepClusterMaxM = 64;  // rows up to which a row is split over a 
 
 // Rows over a cluster (sm_90): each CTA's maximum is pushed into every CTA of the cluster
 // (st.async into slot `rank` of their slots, completing 4 bytes on their mbarrier) and each CTA
-// waits on its own mbarrier for the cl values (kPrepClusterPush). Before, a cluster barrier
-// ordered a shared-memory slot write before the peers' remote reads: its release / acquire
-// compiles to a GPU-scope memory fence (MEMBAR.ALL.GPU: ncu's "membar" stall, 1.1-1.6 warps an
-// issue in the K = 14336 kernels, kernels-H200-producers.json), and a CTA left only after a
-// final cluster barrier (its slot could still be read). Pushed values leave nothing to read
+// waits on its own mbarrier for the cl values. No cluster barrier: its release / acquire
+// compiles to a GPU-scope memory fence (MEMBAR.ALL.GPU, ncu's "membar" stall: 1.1-1.6 warps an
+// issue in the K = 14336 kernels that pulled the peers' slots behind one, and a CTA could leave
+// only after a final one; kernels-H200-producers.json). Pushed values leave nothing to read
 // remotely, so no CTA waits for a peer at the end. The barriers are initialised before
-// griddepcontrol.wait (their one cluster barrier overlaps the kernel before). Same maxima, same
-// bits. EXTRA_NVFLAGS=-DSHARQ_PREP_CLUSTER_PUSH=0 builds the cluster-barrier exchange for A/B.
-#ifndef SHARQ_PREP_CLUSTER_PUSH
-#define SHARQ_PREP_CLUSTER_PUSH 1
-#endif
-constexpr bool kPrepClusterPush = SHARQ_PREP_CLUSTER_PUSH;
+// griddepcontrol.wait (their one cluster barrier overlaps the kernel before).
 struct ClusterMax {   // one exchange's shared words
-  uint64_t bar;       // kPrepClusterPush: its mbarrier (one phase, one arrival + 4 cl bytes)
-  float slots[8];     // the cluster CTAs' maxima, by rank (pull: slots[0] is this CTA's)
+  uint64_t bar;       // its mbarrier (one phase: one arrival + 4 cl bytes)
+  float slots[8];     // the cluster CTAs' maxima, by rank
 };
-__device__ __forceinline__ float pull_peer_f32(const float* local, int rank) {
-  uint32_t a = async::smem_u32(local), ra;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(ra) : "r"(a), "r"(rank));
-  float v;
-  asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(ra) : "memory");
-  return v;
-}
 
 // Max over the row: the CTA's max, then (cl > 1) over the cl CTAs of the cluster. red (32 floats)
-// and x are this reduction's own shared words (never reused in the kernel, so one CTA barrier
-// and, pulling, one cluster barrier suffice).
+// and x are this reduction's own shared words (never reused in the kernel: one CTA barrier and
+// one mbarrier phase suffice).
 __device__ __forceinline__ float row_max(float v, float* red, ClusterMax& x, int cl, int rank) {
   v = block_max(v, red);
   if (cl > 1) {
     const int tid = threadIdx.x;
-    if constexpr (kPrepClusterPush) {
-      if (tid == 0) async::mbar_arrive_expect_tx(&x.bar, 4u * cl);
-      if (tid < cl) async::st_async_peer_u32(&x.slots[rank], tid, __float_as_uint(v), &x.bar);
-      async::mbar_wait(&x.bar, 0);
-      v = warp_max((tid & 31) < cl ? x.slots[tid & 31] : 0.0f);
-    } else {
-      if (tid == 0) x.slots[0] = v;
-      async::cluster_sync();
-      const int lane = tid & 31;
-      v = warp_max(lane < cl ? pull_peer_f32(&x.slots[0], lane) : 0.0f);
-    }
+    if (tid == 0) async::mbar_arrive_expect_tx(&x.bar, 4u * cl);
+    if (tid < cl) async::st_async_peer_u32(&x.slots[rank], tid, __float_as_uint(v), &x.bar);
+    async::mbar_wait(&x.bar, 0);
+    v = warp_max((tid & 31) < cl ? x.slots[tid & 31] : 0.0f);
   }
   return v;
 }
@@ -262,23 +242,12 @@ __device__ __forceinline__ float warp_tree_sum(float v) {
 // Sum over the CTA in tree order (chunk = thread; absent chunks hold 0). red: 32 floats used by
 // this sum only (written once a kernel: no barrier before the writes); after the one CTA barrier
 // every warp sums the warps' sums itself, in the same order (no second barrier to broadcast).
-#ifndef SHARQ_NORM_SYNC1
-#define SHARQ_NORM_SYNC1 1
-#endif
 __device__ __forceinline__ float block_tree_sum(float v, float* red) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   v = warp_tree_sum(v);
-  if constexpr (!SHARQ_NORM_SYNC1) __syncthreads();
   if (lane == 0) red[warp] = v;
   __syncthreads();
-  if constexpr (SHARQ_NORM_SYNC1) return warp_tree_sum(lane < nw ? red[lane] : 0.0f);
-  if (warp == 0) {
-    float w = lane < nw ? red[lane] : 0.0f;
-    w = warp_tree_sum(w);
-    if (lane == 0) red[32] = w;
-  }
-  __syncthreads();
-  return red[32];
+  return warp_tree_sum(lane < nw ? red[lane] : 0.0f);
 }
 
 // The two halves' tree sums in one pass over the CTA (V = 2; red: 66 floats), then the root.
@@ -286,22 +255,12 @@ __device__ __forceinline__ float block_tree_sum2(float a, float b, float* red) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   a = warp_tree_sum(a);
   b = warp_tree_sum(b);
-  if constexpr (!SHARQ_NORM_SYNC1) __syncthreads();
   if (lane == 0) {
     red[warp] = a;
     red[33 + warp] = b;
   }
   __syncthreads();
-  if constexpr (SHARQ_NORM_SYNC1)
-    return __fadd_rn(warp_tree_sum(lane < nw ? red[lane] : 0.0f), warp_tree_sum(lane < nw ? red[33 + lane] : 0.0f));
-  if (warp == 0) {
-    float wa = lane < nw ? red[lane] : 0.0f, wb = lane < nw ? red[33 + lane] : 0.0f;
-    wa = warp_tree_sum(wa);
-    wb = warp_tree_sum(wb);
-    if (lane == 0) red[32] = __fadd_rn(wa, wb);
-  }
-  __syncthreads();
-  return red[32];
+  return __fadd_rn(warp_tree_sum(lane < nw ? red[lane] : 0.0f), warp_tree_sum(lane < nw ? red[33 + lane] : 0.0f));
 }
 
 // The row's V chunks (chunk v*blockDim + tid; absent ones past nchunks) normalized in place.
@@ -361,10 +320,7 @@ __device__ __forceinline__ void rms_norm_row(uint4 (&xc)[V], const uint4 (&wc)[V
 // [2^-98, 2^40]), so the fast path is exact there (it is correctly rounded whenever nothing
 // over- or underflows) and runs unguarded; elements outside take __fdiv_rn itself, one branch a
 // chunk. Same bits either way (tests/gpu/test_prep_gpu.py::test_silu_mul_values_bit_exact:
-// gates on both sides of each bound).
-#ifndef SHARQ_SILU_FASTDIV
-#define SHARQ_SILU_FASTDIV 1
-#endif
+// gates on both sides of each bound; the plain __fdiv_rn version: git show 104bd39).
 __device__ __forceinline__ float rcp_approx(float d) {
   float r;
   asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d));
@@ -386,26 +342,18 @@ __device__ __forceinline__ uint4 silu_mul_chunk(uint4 g, uint4 u) {
   uint4 out;
   T* o = reinterpret_cast<T*>(&out);
   float q[8];
-  if constexpr (SHARQ_SILU_FASTDIV) {
-    bool guarded = false;
+  bool guarded = false;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const float a = elem<T>(g, i);
+    q[i] = silu_div_fast(a, __fadd_rn(1.0f, expf(-a)));
+    guarded |= !silu_div_unguarded(a);
+  }
+  if (guarded) {  // rare: recompute those elements with the guarded division
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const float a = elem<T>(g, i);
-      q[i] = silu_div_fast(a, __fadd_rn(1.0f, expf(-a)));
-      guarded |= !silu_div_unguarded(a);
-    }
-    if (guarded) {
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        const float a = elem<T>(g, i);
-        if (!silu_div_unguarded(a)) q[i] = __fdiv_rn(a, __fadd_rn(1.0f, expf(-a)));
-      }
-    }
-  } else {
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const float a = elem<T>(g, i);
-      q[i] = __fdiv_rn(a, __fadd_rn(1.0f, expf(-a)));
+      if (!silu_div_unguarded(a)) q[i] = __fdiv_rn(a, __fadd_rn(1.0f, expf(-a)));
     }
   }
 #pragma unroll
@@ -472,7 +420,7 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
                              : make_uint4(0, 0, 0, 0);
     }
   }
-  if (kPrepClusterPush && cl > 1) {  // the exchange's barriers, ready before any peer signals them
+  if (cl > 1) {  // the exchange's barriers, ready before any peer signals them
     if (threadIdx.x == 0) {
       async::mbar_init(&cmax[0].bar, 1);
       async::mbar_init(&cmax[1].bar, 1);
@@ -594,8 +542,6 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
     }
   }
   ramax = row_max(ramax, maxred[1], cmax[1], cl, rank);
-  // pulling: done reading the peers' slots (waited for at the end)
-  if (!kPrepClusterPush && cl > 1) asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
   const float t_r = mx ? 0.0f : __fdiv_rn(ramax, 2688.0f);
   if (kDebug && dbg.tscales && tid == 0 && rank == 0) {
     dbg.tscales[2 * row + 0] = t_s;
@@ -642,8 +588,6 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
         dbg.res_scales[(int64_t)row * (K / (8 * rb_lanes)) + gc / rb_lanes] = (uint8_t)sbits;
     }
   }
-  // pulling: no CTA leaves while a peer may still read its slot
-  if (!kPrepClusterPush && cl > 1) asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 }
 
 // Programmatic dependent launch of the preparation: its CTAs are placed while the kernel before

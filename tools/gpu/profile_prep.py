@@ -6,8 +6,9 @@
 
 producer "serving": qkv / gate_up after the residual add + RMSNorm (sharq::prepare_add_rms_norm),
 down after SiLU * mul (sharq::prepare_silu_mul), o plain; "plain": the preparation alone
-(sharq::prepare) on the layer's input width. --cfg V,CL forces the configuration (plain and
-SiLU * mul only: sharq_C.prep_cfg / prep_silu_mul). Each kernel runs alone under ncu (no
+(sharq::prepare) on the layer's input width. The serving inputs are probe_prep_overlap.py's
+(serving_producer). --cfg V,CL forces the configuration (plain and down only: sharq_C.prep_cfg /
+prep_silu_mul). Each kernel runs alone under ncu (no
 programmatic-dependent-launch overlap): its own duration, not what it leaves exposed before the
 GEMM (tools/gpu/probe_prep_overlap.py).
 """
@@ -17,12 +18,11 @@ from __future__ import annotations
 import argparse
 
 import torch
+from probe_prep_overlap import FMT, PATTERN, serving_producer  # this script's folder
 
 from benchmarks.kernels import bench_kernels as bk
 from sharq_vllm import ops
 from sharq_vllm.kernels import dispatch
-
-FMT, PATTERN = "nvfp4", "4:8-pairs"
 
 
 def main() -> None:
@@ -37,32 +37,20 @@ def main() -> None:
     if not ok:
         raise SystemExit(f"sharq: no kernel path: {why}")
     k = bk.SHAPES[a.layer][1]
-    v, cl = (int(t) for t in a.cfg.split(",")) if a.cfg else (0, 0)
-    vals = dispatch.prep_values(FMT, PATTERN)
-    out = torch.empty(a.m, k, dtype=torch.bfloat16, device="cuda")
-    if a.producer == "serving" and a.layer == "down":
-        gu = bk.heavy(a.m, 2 * k)
-
-        def run() -> None:
-            torch.ops.sharq_C.prep_silu_mul(gu, out, *vals, v, cl)
-
-    elif a.producer == "serving" and a.layer in ("qkv", "gate_up"):
-        x, r, w = bk.heavy(a.m, k), bk.heavy(a.m, k), bk.heavy(1, k).reshape(k)
-        r_out = torch.empty_like(out)
-
-        def run() -> None:
-            torch.ops.sharq_C.prep_norm(x, r, r_out, w, 1e-5, out, *vals, v)
-
+    cfg = tuple(int(t) for t in a.cfg.split(",")) if a.cfg else None
+    if a.producer == "serving":
+        prep = serving_producer(a.layer, a.m, k, 1, cfg)
     else:
-        x = bk.heavy(a.m, k)
+        x, out = bk.heavy(a.m, k), torch.empty(a.m, k, dtype=torch.bfloat16, device="cuda")
+        vals, (v, cl) = dispatch.prep_values(FMT, PATTERN), cfg or (0, 0)
 
-        def run() -> None:
+        def prep(_: int) -> None:
             torch.ops.sharq_C.prep_cfg(x, out, *vals, v, cl)
 
     for _ in range(a.runs):
-        run()
+        prep(0)
     torch.cuda.synchronize()
-    print(f"ran {a.runs}x {a.producer} {a.layer} M={a.m} cfg={v},{cl}")
+    print(f"ran {a.runs}x {a.producer} {a.layer} M={a.m} cfg={a.cfg or 'auto'}")
 
 
 if __name__ == "__main__":
