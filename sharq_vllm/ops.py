@@ -26,7 +26,6 @@ Public API: :func:`pack_weight`, :func:`sharq_linear`, :func:`sharq_gemm`, :func
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -356,119 +355,35 @@ def _(
     return x_hat.new_empty((*x_hat.shape[:-1], n))
 
 
-# The dequantized 16-bit weight is a bounded workspace (a 70B gate_up is 0.9 GiB in bf16: on a
-# card filled to 0.95 by vLLM's KV cache, one unbounded workspace ran out of memory). Strips of
-# 16 rows match the tiled layout.
+# The dequantized 16-bit weight is a transient workspace; bounding it keeps the large-M path's
+# peak memory small (a 70B gate_up is 0.9 GiB in bf16: on a card filled to 0.95 by vLLM's KV
+# cache, one unbounded workspace ran out of memory). Strips of 16 rows match the tiled layout.
 DEQUANT_WORKSPACE_BYTES = 128 << 20
-
-
-class _Workspace:
-    """A persistent dequantization buffer and the event after its last reader on the caller's
-    stream (``free``; ``free_capture``: the CUDA graph capture it was recorded in, 0 for none)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.buf = torch.empty(0, dtype=torch.uint8, device=device)
-        self.kept: list[torch.Tensor] = []  # earlier buffers that captured graphs still write
-        self.free: torch.cuda.Event | None = None
-        self.free_capture = 0
-
-
-class _DequantOverlap:
-    """The large-M path's dequantization on a side stream, off the critical path.
-
-    The dequantization reads only the weight, so it need not wait for x_hat: it waits only until
-    the previous cuBLAS call on the workspace is done (``free``, recorded on the caller's stream
-    right after that call), so it runs while the activation's producer (the add + RMSNorm /
-    SiLU * mul + preparation kernel, issue-bound at large M) still runs; the caller's stream waits
-    for it just before cuBLAS. Same kernels, same data: the bits do not change.
-
-    The workspace is persistent (at most DEQUANT_WORKSPACE_BYTES): memory from the caching
-    allocator is only safe on the stream that allocated it, and the side stream runs ahead of
-    that stream. Eager calls and CUDA graphs each have their own buffer (a graph's replay is
-    invisible here, so an eager call must not share its memory). Under capture the same fork and
-    join become graph edges; ``free`` counts only if it was recorded in the capture in progress
-    (a wait on an event from outside it is an error). New memory (and a capture's first call)
-    forks from the caller's current point: that call runs serially."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.stream = torch.cuda.Stream(device, priority=OVERLAP_PRIORITY)
-        self.eager, self.graph = _Workspace(device), _Workspace(device)
-
-    def workspace(self, rows: int, k: int, dtype: torch.dtype, capture: int) -> tuple[_Workspace, torch.Tensor]:
-        ws = self.graph if capture else self.eager
-        nbytes = rows * k * dtype.itemsize
-        if ws.buf.numel() < nbytes:
-            if capture:
-                ws.kept.append(ws.buf)
-            ws.buf = torch.empty(nbytes, dtype=torch.uint8, device=ws.buf.device)
-            ws.free = None
-        return ws, ws.buf[:nbytes].view(dtype).view(rows, k)
-
-    def dequant(
-        self, ws: _Workspace, qweight: torch.Tensor, scales: torch.Tensor, w: torch.Tensor, block: int, capture: int
-    ) -> None:
-        caller = torch.cuda.current_stream(w.device)
-        if ws.free is None or ws.free_capture != capture:
-            self.release(ws, capture)
-        assert ws.free is not None
-        self.stream.wait_event(ws.free)
-        with torch.cuda.stream(self.stream):
-            torch.ops.sharq_C.dequant(qweight, scales, w, block)
-        done = torch.cuda.Event()
-        done.record(self.stream)
-        caller.wait_event(done)
-
-    @staticmethod
-    def release(ws: _Workspace, capture: int) -> None:
-        """Record that the caller's stream is done with the workspace (after its cuBLAS call)."""
-        ws.free = torch.cuda.Event()
-        ws.free.record(torch.cuda.current_stream(ws.buf.device))
-        ws.free_capture = capture
-
-
-OVERLAP_PRIORITY = -1  # A/B knob (temporary)
-DEQUANT_SIDE_STREAM = os.environ.get("SHARQ_DEQUANT_SIDE_STREAM", "1") != "0"
-_overlaps: dict[torch.device, _DequantOverlap] = {}
-
-
-def _overlap_for(x: torch.Tensor) -> _DequantOverlap | None:
-    if not DEQUANT_SIDE_STREAM:
-        return None
-    ov = _overlaps.get(x.device)
-    if ov is None:
-        ov = _overlaps[x.device] = _DequantOverlap(x.device)
-    return ov
 
 
 def _dequant_mm(x2: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor:
     """The large-M path: dequantize (e2m1 * block scale, exact in 16 bits) a bounded number of
     rows at a time, then cuBLAS with the tensor scale as its epilogue alpha."""
     p, k = packed, packed.k
-    rows = min(p.n_pad, max(16, DEQUANT_WORKSPACE_BYTES // (k * x2.element_size()) // 16 * 16))
-    ov = _overlap_for(x2)
-    if ov is not None:
-        capture = int(torch.ops.sharq_C.capture_id(x2))
-        ws, w = ov.workspace(rows, k, x2.dtype, capture)
-    else:
-        w = torch.empty((rows, k), dtype=x2.dtype, device=x2.device)
+    rows = max(16, DEQUANT_WORKSPACE_BYTES // (k * x2.element_size()) // 16 * 16)
+    if rows >= p.n_pad:
+        w = torch.empty((p.n_pad, k), dtype=x2.dtype, device=x2.device)
+        torch.ops.sharq_C.dequant(p.qweight, p.scales, w, p.block)
+        wt = w[: p.n].t()
+        if bias is not None:
+            return torch.addmm(bias, x2, wt, alpha=p.alpha)
+        y = torch.empty((x2.shape[0], p.n), dtype=x2.dtype, device=x2.device)
+        return torch.addmm(y, x2, wt, beta=0, alpha=p.alpha, out=y)  # beta = 0: y is not read
     y = torch.empty((x2.shape[0], p.n), dtype=x2.dtype, device=x2.device)
+    w = torch.empty((rows, k), dtype=x2.dtype, device=x2.device)
     for r0 in range(0, p.n, rows):
         r1 = min(p.n, r0 + rows)
         s0, s1 = r0 // 16, (r1 + 15) // 16
         wc = w[: (s1 - s0) * 16]
-        if ov is not None:
-            ov.dequant(ws, p.qweight[s0:s1], p.scales[s0:s1], wc, p.block, capture)
-        else:
-            torch.ops.sharq_C.dequant(p.qweight[s0:s1], p.scales[s0:s1], wc, p.block)
-        wt = wc[: r1 - r0].t()
-        if r1 - r0 == p.n and bias is not None:
-            y = torch.addmm(bias, x2, wt, alpha=p.alpha)
-        else:  # row-major with ld = n: cuBLAS writes its columns in place; beta = 0: not read
-            out = y[:, r0:r1]
-            base = bias[r0:r1] if bias is not None else out
-            torch.addmm(base, x2, wt, beta=1 if bias is not None else 0, alpha=p.alpha, out=out)
-        if ov is not None:
-            ov.release(ws, capture)
+        torch.ops.sharq_C.dequant(p.qweight[s0:s1], p.scales[s0:s1], wc, p.block)
+        out = y[:, r0:r1]  # row-major with ld = n: cuBLAS writes it in place
+        base = bias[r0:r1] if bias is not None else out
+        torch.addmm(base, x2, wc[: r1 - r0].t(), beta=1 if bias is not None else 0, alpha=p.alpha, out=out)
     return y
 
 

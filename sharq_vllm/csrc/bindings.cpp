@@ -219,17 +219,6 @@ void dequant(const at::Tensor& qweight, const at::Tensor& scales, at::Tensor& w,
              "dequant");
 }
 
-// The id of the CUDA graph capture x's device's current stream takes part in (cudaStreamGetCaptureInfo),
-// 0 when it is not capturing. ops.py's side-stream dequantization waits only on events recorded in
-// the same capture (waiting on one from outside it is an error).
-int64_t capture_id(const at::Tensor& x) {
-  const c10::cuda::CUDAGuard guard(x.device());
-  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-  unsigned long long id = 0;
-  check_cuda(cudaStreamGetCaptureInfo(c10::cuda::getCurrentCUDAStream().stream(), &status, &id), "capture_id");
-  return status == cudaStreamCaptureStatusActive ? static_cast<int64_t>(id) : 0;
-}
-
 }  // namespace
 
 TORCH_LIBRARY(sharq_C, m) {
@@ -251,7 +240,6 @@ TORCH_LIBRARY(sharq_C, m) {
       "gemm_mma_cfg(Tensor x, Tensor qweight, Tensor scales, Tensor tensor_scale, Tensor? bias, "
       "Tensor(a!) out, int n_pad, int wblock, int variant) -> ()");
   m.def("dequant(Tensor qweight, Tensor scales, Tensor(a!) w, int wblock) -> ()");
-  m.def("capture_id(Tensor x) -> int");
 }
 
 TORCH_LIBRARY_IMPL(sharq_C, CUDA, m) {
@@ -264,7 +252,6 @@ TORCH_LIBRARY_IMPL(sharq_C, CUDA, m) {
   m.impl("gemm_mma", &gemm_mma);
   m.impl("gemm_mma_cfg", &gemm_mma_cfg);
   m.impl("dequant", &dequant);
-  m.impl("capture_id", &capture_id);
 }
 
 // `import sharq_vllm._C` (setup.py build) just loads the library; the ops register above.

@@ -58,7 +58,6 @@
 #include "sharq_kernels.h"
 
 #include <algorithm>
-#include <cstdlib>
 
 namespace sharq {
 namespace {
@@ -595,9 +594,7 @@ cudaError_t launch_dequant(const void* qweight, const void* scales, void* w, int
   // 8 resident CTAs an SM (18 KB smem, <= 64 regs); at most one pass of kDqU tiles a warp short
   const int sms = sm_count();
   const int64_t want = (ntiles + (int64_t)kWarps * kDqU - 1) / ((int64_t)kWarps * kDqU);
-  const char* knob = getenv("SHARQ_DQ_PER_SM");  // A/B knob (temporary)
-  const int per_sm = knob ? atoi(knob) : 8;
-  const int blocks = (int)std::max<int64_t>(1, std::min<int64_t>(want, (int64_t)sms * per_sm));
+  const int blocks = (int)std::max<int64_t>(1, std::min<int64_t>(want, (int64_t)sms * 8));
   switch (dtype) {
     case kBF16:
       dequant_kernel<__nv_bfloat16><<<blocks, threads, 0, stream>>>(

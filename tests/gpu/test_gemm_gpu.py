@@ -129,64 +129,6 @@ def test_dequant_mm_bounded_workspace_is_exact(monkeypatch, n, k, with_bias):
     assert rel(chunked, whole) < 4e-3
 
 
-def _dqmm_chain(x, layers):
-    """prepare -> dequant_mm, layer after layer (each layer's input from the last's output), as
-    a decoder layer's producers and large-M GEMMs alternate; every output kept."""
-    ys = []
-    for packed, bias in layers:
-        x_hat = torch.ops.sharq.prepare(x[:, : packed.k].contiguous(), "nvfp4", "4:8-pairs")
-        ys.append(ops.run_gemm_kernel("dequant_mm", x_hat, packed, bias))
-        x = torch.cat([ys[-1]] * (1 + 4096 // packed.n), dim=1) * 0.05
-    return ys
-
-
-def test_dequant_mm_side_stream_same_bits_eager_and_graph(monkeypatch):
-    """The large-M dequantization on the side stream (ops._DequantOverlap) changes no bit: eager
-    chains, chains captured in CUDA graphs and replayed between eager calls, chunked weights
-    (two chunks share the workspace inside one call) and a workspace that grows."""
-    torch.manual_seed(0)
-    layers = [
-        (packed_weight(n, k)[1], heavy(1, n, torch.bfloat16).reshape(n) if b else None)
-        for n, k, b in [(1024, 2048, False), (3072, 1024, True), (2048, 3072, False), (4096, 4096, True)]
-    ]
-    x = heavy(1040, 4096, torch.bfloat16)
-    monkeypatch.setattr(ops, "DEQUANT_SIDE_STREAM", False)
-    serial = _dqmm_chain(x, layers)
-    monkeypatch.setattr(ops, "DEQUANT_SIDE_STREAM", True)
-    monkeypatch.setattr(ops, "_overlaps", {})  # fresh buffers: the chain grows them
-    for _ in range(2):
-        eager = _dqmm_chain(x, layers)
-        assert all(torch.equal(a, b) for a, b in zip(eager, serial, strict=True))
-    # chunks of at most 1040 / 1376 rows for the 4096 x 4096 / 2048 x 3072 layers: the next
-    # chunk's dequantization waits for this chunk's cuBLAS call (one workspace)
-    monkeypatch.setattr(ops, "DEQUANT_WORKSPACE_BYTES", 1040 * 4096 * 2)
-    monkeypatch.setattr(ops, "DEQUANT_SIDE_STREAM", False)
-    chunked_serial = _dqmm_chain(x, layers)
-    monkeypatch.setattr(ops, "DEQUANT_SIDE_STREAM", True)
-    chunked = _dqmm_chain(x, layers)
-    assert all(torch.equal(a, b) for a, b in zip(chunked, chunked_serial, strict=True))
-    monkeypatch.setattr(ops, "DEQUANT_WORKSPACE_BYTES", 128 << 20)
-    graphs = []
-    for _ in range(2):  # two captures: each one's first call forks from its own start
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            _dqmm_chain(x, layers)  # warm-up (cuBLAS workspaces) outside the capture
-        torch.cuda.current_stream().wait_stream(side)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            outs = _dqmm_chain(x, layers)
-        graphs.append((g, outs))
-    for g, outs in graphs:
-        for o in outs:
-            o.fill_(float("nan"))  # poison: the replay must write every output
-        g.replay()
-        eager = _dqmm_chain(x, layers)  # right after the replay, on the eager buffer
-        torch.cuda.synchronize()
-        assert all(torch.equal(a, b) for a, b in zip(outs, serial, strict=True))
-        assert all(torch.equal(a, b) for a, b in zip(eager, serial, strict=True))
-
-
 @pytest.mark.parametrize("m", [1, 9, 33, 300])
 def test_gemm_row_blocks_with_own_tensor_scales(m):
     """Fused layers of NVFP4 checkpoints whose members carry different tensor scales
