@@ -11,7 +11,7 @@ build both libraries with `tools/gpu/prebuild_ext.sh` (EXTRA_NVFLAGS for a varia
 What it is for: a kernel change that must leave other kernels alone (say, one template
 instantiation) can show that every other kernel is byte-identical to a build whose GPU tests
 passed, and a committed kernel can be shown to be the exact one an A/B measured
-(docs/KERNELS.md, "Latest change"). The device code of the same source and flags is
+(docs/KERNELS.md, "Latest change", and docs/KERNELS-HISTORY.md). The device code of the same source and flags is
 deterministic; line information lives in other sections and does not count.
 
 The `.nv_fatbin` section is read as nvcc writes it: containers of entries, each a cubin, a PTX

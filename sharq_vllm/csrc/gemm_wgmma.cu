@@ -199,7 +199,7 @@ struct DecCfg {
   // k-tiles a ring slot: 2 at BM = 64 (BM = 128's two x_hat boxes a k-tile leave room for 1).
   // A TMA ring alone moves gate_up's bytes at 224 rows a CTA in 20.3 us with 2 k-tiles behind each
   // mbarrier phase against 32.8 with 1, at any depth (tools/gpu/tma_ring_bench.cu, H200); the
-  // kernel gains 3% at 64 rows (docs/KERNELS.md, session 41). kKGroup: the k-tiles the split and
+  // kernel gains 3% at 64 rows (docs/KERNELS-HISTORY.md, session 41). kKGroup: the k-tiles the split and
   // the rotation keep together (KRange); SHARQ_DEC_KP=1 SHARQ_DEC_KGROUP=2 builds 1-k-tile slots
   // in the same k order (the bitwise A/B of this change).
   static constexpr int kKP = BM == 64 ? SHARQ_DEC_KP : 1;

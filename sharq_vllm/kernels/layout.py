@@ -21,7 +21,7 @@ the header of sharq_vllm/csrc/gemm.cu, which also explains the k-permutation the
 Why this layout (and not one in natural k order): a lane's 16 k of a tile lie in one scale block,
 so it converts one scale pair a tile, and reads its 16 x_hat values with two 16-byte loads - the
 decode (M <= 16) kernel is instruction-bound, and a natural-order layout measured 25-40% slower
-there on an H200 (docs/KERNELS.md, "a kernel set that was measured and not made the default").
+there on an H200 (docs/KERNELS-HISTORY.md, "a kernel set that was measured and not made the default").
 """
 
 from __future__ import annotations
