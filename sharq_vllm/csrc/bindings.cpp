@@ -87,10 +87,11 @@ void prep_debug(const at::Tensor& x, at::Tensor& out, at::Tensor& mask, at::Tens
 // RMSNorm (+ residual add) and the preparation in one kernel (launch_prep_norm). residual and
 // residual_out: both given or both absent; x, residual: rows with unit stride (16-byte
 // aligned), residual_out, out: contiguous [M, K]; weight [K], all of x's dtype. v: chunks a
-// thread (1, 2; 0 = automatic), an explicit configuration for benchmarks and tests.
+// thread (1, 2), cl: CTAs a row (1..8, at v = 1); 0 = automatic; an explicit configuration for
+// benchmarks and tests.
 void prep_norm(const at::Tensor& x, const std::optional<at::Tensor>& residual,
                const std::optional<at::Tensor>& residual_out, const at::Tensor& weight, double eps,
-               at::Tensor& out, int64_t fmt, int64_t pattern, int64_t bb, int64_t rb, int64_t v) {
+               at::Tensor& out, int64_t fmt, int64_t pattern, int64_t bb, int64_t rb, int64_t v, int64_t cl) {
   check_rows(x, out);
   const int M = x.size(0), K = x.size(1);
   TORCH_CHECK(weight.is_cuda() && weight.is_contiguous() && weight.numel() == K &&
@@ -114,7 +115,7 @@ void prep_norm(const at::Tensor& x, const std::optional<at::Tensor>& residual,
   const c10::cuda::CUDAGuard guard(x.device());
   check_cuda(sharq::launch_prep_norm(x.data_ptr(), x.stride(0), out.data_ptr(), M, K, dtype_code(x), (int)fmt,
                                      (int)pattern, (int)bb, (int)rb, nrm,
-                                     c10::cuda::getCurrentCUDAStream().stream(), (int)v),
+                                     c10::cuda::getCurrentCUDAStream().stream(), (int)v, (int)cl),
              "prep_norm");
 }
 
@@ -232,7 +233,7 @@ TORCH_LIBRARY(sharq_C, m) {
   m.def("silu_mul(Tensor x, Tensor(a!) out) -> ()");
   m.def(
       "prep_norm(Tensor x, Tensor? residual, Tensor(a!)? residual_out, Tensor weight, float eps, "
-      "Tensor(b!) out, int fmt, int pattern, int bb, int rb, int v=0) -> ()");
+      "Tensor(b!) out, int fmt, int pattern, int bb, int rb, int v=0, int cl=0) -> ()");
   m.def(
       "gemm_mma(Tensor x, Tensor qweight, Tensor scales, Tensor tensor_scale, Tensor? bias, "
       "Tensor(a!) out, int n_pad, int wblock) -> ()");

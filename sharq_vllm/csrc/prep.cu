@@ -196,8 +196,17 @@ constexpr int kPrepClusterMaxM = 64;  // rows up to which a row is split over a 
 // griddepcontrol.wait (their one cluster barrier overlaps the kernel before).
 struct ClusterMax {   // one exchange's shared words
   uint64_t bar;       // its mbarrier (one phase: one arrival + 4 cl bytes)
-  float slots[8];     // the cluster CTAs' maxima, by rank
+  float slots[8];     // the cluster CTAs' values (maxima, or the norm's partial sums), by rank
 };
+
+// Every CTA of the cluster pushes its value v into slot `rank` of every CTA's x and waits for
+// the cl values of its own x (one mbarrier phase: each exchange has its own words).
+__device__ __forceinline__ void cluster_exchange(float v, ClusterMax& x, int cl, int rank) {
+  const int tid = threadIdx.x;
+  if (tid == 0) async::mbar_arrive_expect_tx(&x.bar, 4u * cl);
+  if (tid < cl) async::st_async_peer_u32(&x.slots[rank], tid, __float_as_uint(v), &x.bar);
+  async::mbar_wait(&x.bar, 0);
+}
 
 // Max over the row: the CTA's max, then (cl > 1) over the cl CTAs of the cluster. red (32 floats)
 // and x are this reduction's own shared words (never reused in the kernel: one CTA barrier and
@@ -205,11 +214,8 @@ struct ClusterMax {   // one exchange's shared words
 __device__ __forceinline__ float row_max(float v, float* red, ClusterMax& x, int cl, int rank) {
   v = block_max(v, red);
   if (cl > 1) {
-    const int tid = threadIdx.x;
-    if (tid == 0) async::mbar_arrive_expect_tx(&x.bar, 4u * cl);
-    if (tid < cl) async::st_async_peer_u32(&x.slots[rank], tid, __float_as_uint(v), &x.bar);
-    async::mbar_wait(&x.bar, 0);
-    v = warp_max((tid & 31) < cl ? x.slots[tid & 31] : 0.0f);
+    cluster_exchange(v, x, cl, rank);
+    v = warp_max((threadIdx.x & 31) < cl ? x.slots[threadIdx.x & 31] : 0.0f);
   }
   return v;
 }
@@ -263,10 +269,26 @@ __device__ __forceinline__ float block_tree_sum2(float a, float b, float* red) {
   return __fadd_rn(warp_tree_sum(lane < nw ? red[lane] : 0.0f), warp_tree_sum(lane < nw ? red[33 + lane] : 0.0f));
 }
 
-// The row's V chunks (chunk v*blockDim + tid; absent ones past nchunks) normalized in place.
+// The row's sum over a cluster (V = 1, cl > 1: launch_norm): CTA r holds chunks
+// [r * n, (r + 1) * n) with n a power of two, an aligned subtree of the row's padded tree, so its
+// block_tree_sum is that subtree's root and the cl roots combine as the tree's top levels: the
+// lanes' butterfly over the slots (zeros past cl, which leave the non-negative sums exact) is
+// that tree, the same in every CTA.
+__device__ __forceinline__ float row_tree_sum(float v, float* red, ClusterMax& x, int cl, int rank) {
+  v = block_tree_sum(v, red);
+  if (cl > 1) {
+    cluster_exchange(v, x, cl, rank);
+    v = warp_tree_sum((threadIdx.x & 31) < cl ? x.slots[threadIdx.x & 31] : 0.0f);
+  }
+  return v;
+}
+
+// The row's V chunks (chunk v*blockDim + tid of this CTA, i.e. cbase + that of the row; absent
+// ones past nchunks) normalized in place. cl > 1 (V = 1): the row's sum over the cluster (xs).
 template <typename T, int kProd, int V>
-__device__ __forceinline__ void rms_norm_row(uint4 (&xc)[V], const uint4 (&wc)[V], int nchunks, int row, int K,
-                                             const PrepNorm& nrm, float* red) {
+__device__ __forceinline__ void rms_norm_row(uint4 (&xc)[V], const uint4 (&wc)[V], int nchunks, int cbase, int row,
+                                             int K, const PrepNorm& nrm, float* red, ClusterMax& xs, int cl,
+                                             int rank) {
   static_assert(V == 1 || V == 2, "prep_norm: one or two chunks a thread");
   float s[V][8], part[V];
 #pragma unroll
@@ -277,18 +299,18 @@ __device__ __forceinline__ void rms_norm_row(uint4 (&xc)[V], const uint4 (&wc)[V
     for (int i = 0; i < 8; ++i) s[v][i] = elem<T>(xc[v], i);
     if constexpr (kProd == kPrepAddNorm) {
       const uint4 rc = in_row ? *reinterpret_cast<const uint4*>(static_cast<const T*>(nrm.residual) +
-                                                                (int64_t)row * nrm.res_stride + 8 * c)
+                                                                (int64_t)row * nrm.res_stride + 8 * (cbase + c))
                               : make_uint4(0, 0, 0, 0);
 #pragma unroll
       for (int i = 0; i < 8; ++i) s[v][i] = __fadd_rn(s[v][i], elem<T>(rc, i));
-      if (in_row) store_chunk<T>(static_cast<T*>(nrm.residual_out) + (int64_t)row * K + 8 * c, s[v]);
+      if (in_row) store_chunk<T>(static_cast<T*>(nrm.residual_out) + (int64_t)row * K + 8 * (cbase + c), s[v]);
     }
     float sq[8];
 #pragma unroll
     for (int i = 0; i < 8; ++i) sq[i] = __fmul_rn(s[v][i], s[v][i]);
     part[v] = in_row ? tree8(sq) : 0.0f;
   }
-  const float ss = V == 1 ? block_tree_sum(part[0], red) : block_tree_sum2(part[0], part[V - 1], red);
+  const float ss = V == 1 ? row_tree_sum(part[0], red, xs, cl, rank) : block_tree_sum2(part[0], part[V - 1], red);
   const float inv = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, (float)K), nrm.eps)));
 #pragma unroll
   for (int v = 0; v < V; ++v) {
@@ -384,7 +406,7 @@ __global__ void silu_mul_kernel(const T* __restrict__ x, int64_t x_stride, T* __
 // scale blocks never straddle CTAs).
 // kDebug: the debug outputs are written (prep_debug); the serving kernel has no debug code.
 // kProd: what produces the row the preparation takes. kPrepPlain: x itself. kPrepNorm /
-// kPrepAddNorm (prep_norm; V <= 2 and cl == 1 only, launch_norm): the row normalized by
+// kPrepAddNorm (prep_norm; V <= 2, and cl > 1 at V = 1 only, launch_norm): the row normalized by
 // rms_norm_row above. kPrepSiluMul (prep_silu_mul; any configuration, it is elementwise):
 // silu(gate) * up of x's two halves, silu_mul_chunk above.
 // kPrepMaxThreads' entry for V chunks a thread, and the CTAs an SM its launch bounds promise
@@ -404,7 +426,8 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
   constexpr bool kNorm2 = kNorm && V == 2;
   __shared__ float red[kNorm2 ? 66 : 33];  // the norm's block sums (its two halves at V = 2: 66)
   __shared__ float maxred[2][32];          // the two row maxima's warp maxima
-  __shared__ ClusterMax cmax[2];          // the two row maxima's exchange over a cluster
+  __shared__ ClusterMax cmax[kNorm ? 3 : 2];  // the exchanges over a cluster: the two row maxima
+                                              // (and the norm's sum of squares: cmax[2])
   // Launched with programmatic dependent launch (kPrepPdl): wait for the kernel before (the
   // norm or activation writing x) before any access to memory it may write, read or write
   // (x_hat's buffer may be one the previous kernel still reads). A no-op without the attribute.
@@ -412,18 +435,22 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
   // model parameter, and so its load overlaps the kernel before instead of following the
   // row's sum of squares (one memory latency off the critical path).
   uint4 wraw[kNorm ? V : 1];
-  if constexpr (kNorm) {
+  if constexpr (kNorm) {  // this CTA's chunks of the weight (cl > 1, V = 1 only: from its rank's first chunk)
+    const bool split = V == 1 && cl > 1;
+    const int wchunks = split ? (K >> 3) / cl : K >> 3;
+    const int wbase = split ? (int)(blockIdx.x % cl) * wchunks : 0;
 #pragma unroll
     for (int v = 0; v < V; ++v) {
       const int c = v * blockDim.x + threadIdx.x;
-      wraw[v] = c < (K >> 3) ? *reinterpret_cast<const uint4*>(static_cast<const T*>(nrm.weight) + 8 * c)
-                             : make_uint4(0, 0, 0, 0);
+      wraw[v] = c < wchunks ? *reinterpret_cast<const uint4*>(static_cast<const T*>(nrm.weight) + 8 * (wbase + c))
+                            : make_uint4(0, 0, 0, 0);
     }
   }
-  if (cl > 1) {  // the exchange's barriers, ready before any peer signals them
+  if (cl > 1) {  // the exchanges' barriers, ready before any peer signals them
     if (threadIdx.x == 0) {
       async::mbar_init(&cmax[0].bar, 1);
       async::mbar_init(&cmax[1].bar, 1);
+      if constexpr (kNorm) async::mbar_init(&cmax[2].bar, 1);
       async::mbar_fence_init();
     }
     async::cluster_arrive_relaxed();
@@ -451,7 +478,7 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
     else
       xraw[v] = c < nchunks ? *reinterpret_cast<const uint4*>(xr + 8 * c) : make_uint4(0, 0, 0, 0);
   }
-  if constexpr (kNorm) rms_norm_row<T, kProd, V>(xraw, wraw, nchunks, row, K, nrm, red);
+  if constexpr (kNorm) rms_norm_row<T, kProd, V>(xraw, wraw, nchunks, cbase, row, K, nrm, red, cmax[2], cl, rank);
   uint32_t mag2 = 0;  // max |x| as 16-bit bits, two lanes (sign cleared: bits order like |x|)
 #pragma unroll
   for (int v = 0; v < V; ++v) {
@@ -646,26 +673,57 @@ cudaError_t launch_v(const T* xp, int64_t x_stride, T* yp, int M, int K, int fmt
 // RMSNorm + preparation: one CTA a row, launched like the preparation (PDL). One chunk a thread
 // up to kPrepLargeM rows; above, two (the preparation's throughput configuration) on a CTA of
 // half the padded chunk count, which keeps the norm's tree order (rms_norm_row).
-// force_v: 1 or 2 (benchmarks, tests), 0 = that rule.
+// force_v: 1 or 2, force_cl: CTAs a row at one chunk a thread (benchmarks, tests), 0 = the rule.
 inline int pow2_ceil(int n) {
   int p = 1;
   while (p < n) p <<= 1;
   return p;
 }
+// Rows of at most 8192 channels (one CTA holds them at a chunk a thread) at decode rows
+// (M <= kPrepShortClusterMaxM), plain and RMSNorm preparations alike: kPrepShortCluster CTAs a
+// row. 1, one CTA a row: splitting such rows over 2 / 4 / 8 CTAs makes the preparation alone
+// faster (the three 4096-channel ones of a layer: 9.3 -> 8.4-8.6 us at M = 1) but leaves more
+// of it exposed before the GEMM at every M, since each SM a preparation CTA holds delays the
+// GEMM CTAs meant for it (sum over qkv, o, gate_up: 3.2 -> 3.5-3.7 us at M = 1, 4.0 -> 4.5-5.0
+// at 16, 5.5 -> 6.8-8.1 at 32, 6.9-7.1 -> 10.4-11.3 at 64; kernels-H200-short-row-clusters.json).
+// Build knobs for that A/B: -DSHARQ_PREP_SHORT_CL=cl, -DSHARQ_PREP_SHORT_CL_MAXM=M. A forced
+// cluster (force_cl) needs K % (64 cl) == 0 (scale blocks inside a CTA) and, with the RMSNorm,
+// each CTA's chunks a power of two (rms_norm_row: an aligned subtree of the row's tree).
+#ifndef SHARQ_PREP_SHORT_CL
+#define SHARQ_PREP_SHORT_CL 1
+#endif
+#ifndef SHARQ_PREP_SHORT_CL_MAXM
+#define SHARQ_PREP_SHORT_CL_MAXM 16
+#endif
+constexpr int kPrepShortCluster = SHARQ_PREP_SHORT_CL;
+constexpr int kPrepShortClusterMaxM = SHARQ_PREP_SHORT_CL_MAXM;
+inline bool prep_norm_cluster_holds(int K, int cl) {
+  if (cl == 1) return true;
+  const int n = K / 8 / cl;
+  return cl >= 2 && cl <= 8 && K % (64 * cl) == 0 && (n & (n - 1)) == 0;
+}
+
 template <typename T>
 cudaError_t launch_norm(const void* x, int64_t x_stride, void* xhat, int M, int K, int fmt, int pattern,
-                        int bb_lanes, int rb_lanes, const PrepNorm& nrm, int force_v, cudaStream_t stream) {
+                        int bb_lanes, int rb_lanes, const PrepNorm& nrm, int force_v, int force_cl,
+                        cudaStream_t stream) {
   const T* xp = static_cast<const T*>(x);
   T* yp = static_cast<T*>(xhat);
   const int half = pow2_ceil(K / 8) / 2;  // the V = 2 CTA: half the padded chunks (>= one warp)
   const int v = force_v > 0 ? force_v : (M > kPrepLargeM && half >= 32 ? 2 : 1);
   if (v == 2 && half < 32) return cudaErrorInvalidValue;
+  int cl = 1;
+  if (force_cl > 0)
+    cl = force_cl;
+  else if (v == 1 && M <= kPrepShortClusterMaxM && prep_norm_cluster_holds(K, kPrepShortCluster))
+    cl = kPrepShortCluster;
+  if (cl > 1 && (v != 1 || !prep_norm_cluster_holds(K, cl))) return cudaErrorInvalidValue;
   const bool add = nrm.residual != nullptr;
   const PrepDebug none{};
   switch (v) {
     case 1:
-      return add ? launch_v<T, 1, kPrepAddNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, none, 1, stream, nrm)
-                 : launch_v<T, 1, kPrepNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, none, 1, stream, nrm);
+      return add ? launch_v<T, 1, kPrepAddNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, none, cl, stream, nrm)
+                 : launch_v<T, 1, kPrepNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, none, cl, stream, nrm);
     case 2:
       return add ? launch_v<T, 2, kPrepAddNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, none, 1, stream, nrm, half)
                  : launch_v<T, 2, kPrepNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, none, 1, stream, nrm, half);
@@ -676,9 +734,9 @@ cudaError_t launch_norm(const void* x, int64_t x_stride, void* xhat, int M, int 
 
 // Rows split over a thread-block cluster (M <= kPrepClusterMaxM). K/(8 cl) must be a whole
 // number of 8-chunk (64-channel) groups, so scale blocks (<= 64 channels) stay inside one CTA.
-// A row that one CTA holds at one chunk a thread (K <= 8192) is not split: at ~60 instructions
-// an element one 512-thread CTA is the fastest (H200 prep_configs_us in kernels-H200.json,
-// K = 4096: 3.8 / 3.5 / 3.7 us at M = 1 / 16 / 64 against 4.0 / 4.1 / 4.7 us on clusters of 8).
+// A row that one CTA holds at one chunk a thread (K <= 8192) is not split (kPrepShortCluster
+// above: faster alone since the pushed maxima, K = 4096 in prep_configs_us of kernels-H200.json,
+// but more exposed before the GEMM).
 // Longer rows: the largest cluster up to M = kPrepWideClusterMaxM (K = 14336: 8 CTAs 4.3 / 5.0 us
 // at M = 1 / 16, one CTA at 2 chunks a thread 6.2 / 6.3 us; 4 CTAs 4.75 / 4.84), above it the
 // smallest cluster that gives one chunk a thread (M = 64: 2 CTAs 7.2 us, 8 CTAs 7.8 us).
@@ -692,6 +750,8 @@ constexpr int kPrepWideClusterMaxM = 16;
 constexpr int kPrepSiluWideClusterMaxM = 8;
 constexpr int kPrepSiluMidClusterMaxM = 48;
 inline int prep_cluster_size(int M, int K, bool silu = false) {
+  if (!silu && M <= kPrepShortClusterMaxM && K / 8 <= 1024 && K % (64 * kPrepShortCluster) == 0)
+    return kPrepShortCluster;
   if (M > kPrepClusterMaxM || K % 64 || K / 8 <= 1024) return 1;
   const int groups = K / 64;
   if (silu && M > kPrepSiluWideClusterMaxM && M <= kPrepSiluMidClusterMaxM && groups % 4 == 0 && K / 8 / 4 <= 1024)
@@ -765,15 +825,15 @@ bool prep_args_ok(int fmt, int pattern, int backbone_block, int residual_block, 
 
 cudaError_t launch_prep_norm(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
                              int fmt, int pattern, int backbone_block, int residual_block,
-                             const PrepNorm& norm, cudaStream_t stream, int force_v) {
+                             const PrepNorm& norm, cudaStream_t stream, int force_v, int force_cl) {
   if (M == 0) return cudaSuccess;
   if (!prep_args_ok(fmt, pattern, backbone_block, residual_block, K) || K > kPrepNormMaxK || !norm.weight ||
       (norm.residual != nullptr) != (norm.residual_out != nullptr))
     return cudaErrorInvalidValue;
   const int bb_lanes = backbone_block / 8, rb_lanes = residual_block / 8;
   switch (dtype) {
-    case kBF16: return launch_norm<__nv_bfloat16>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, force_v, stream);
-    case kFP16: return launch_norm<__half>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, force_v, stream);
+    case kBF16: return launch_norm<__nv_bfloat16>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, force_v, force_cl, stream);
+    case kFP16: return launch_norm<__half>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, force_v, force_cl, stream);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -48,8 +48,10 @@ cudaError_t launch_prep(const void* x, int64_t x_stride, void* xhat, int M, int 
 // RMSNorm (+ residual add) in front of the preparation (launch_prep_norm, prep.cu's
 // rms_norm_row): x_hat = prepare(rms_norm(x (+ residual))) in one pass over the row; with a
 // residual, residual_out [M, K] (contiguous) receives x + residual rounded to the dtype. weight
-// [K] has the activations' dtype. One CTA a row, so K <= kPrepNormMaxK. force_v (0 = automatic:
-// 2 above 256 rows): chunks a thread, 1 or 2, for benchmarks and tests (identical bits).
+// [K] has the activations' dtype. One CTA (or, at one chunk a thread, a cluster of 2..8 CTAs) a
+// row, so K <= kPrepNormMaxK. force_v (0 = automatic: 2 above 256 rows): chunks a thread, 1 or 2;
+// force_cl (0 = automatic): CTAs a row, whose chunk counts K / (8 cl) must be a power of two
+// (the norm's summation tree) and K % (64 cl) == 0; for benchmarks and tests (identical bits).
 // What produces the row the preparation takes (prep.cu's kProd): the row itself, RMSNorm (+ the
 // residual add), or SiLU * mul of the row's two halves (launch_prep_silu_mul below).
 enum PrepProducer : int { kPrepPlain = 0, kPrepNorm = 1, kPrepAddNorm = 2, kPrepSiluMul = 3 };
@@ -68,7 +70,7 @@ struct PrepNorm {
 };
 cudaError_t launch_prep_norm(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
                              int fmt, int pattern, int backbone_block, int residual_block,
-                             const PrepNorm& norm, cudaStream_t stream, int force_v = 0);
+                             const PrepNorm& norm, cudaStream_t stream, int force_v = 0, int force_cl = 0);
 
 // SiLU * mul in front of the preparation: x [M, 2K] rows [gate | up] (row stride x_stride),
 // x_hat [M, K] = prepare(round(round(silu(gate)) * up)) (prep.cu, silu_mul_chunk). Any K the

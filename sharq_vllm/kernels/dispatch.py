@@ -46,6 +46,7 @@ __all__ = [
     "kernels_for",
     "layer_label",
     "prep_config_holds",
+    "prep_norm_config_holds",
     "prep_norm_on_kernel",
     "prep_norm_takes",
     "prep_on_kernel",
@@ -256,6 +257,20 @@ def prep_config_holds(k: int, v: int, cl: int) -> bool:
     if cl < 1 or cl > 8 or (cl > 1 and k % (64 * cl)):
         return False
     return -(-(k // 8 // cl) // v) <= PREP_MAX_THREADS[v]
+
+
+def prep_norm_config_holds(k: int, v: int, cl: int) -> bool:
+    """Whether a forced configuration of the RMSNorm + preparation kernel (``sharq_C.prep_norm``)
+    holds rows of ``k`` channels (``k`` <= PREP_NORM_MAX_K): prep.cu's prep_norm_cluster_holds.
+    A row over a cluster only at one chunk a thread, each CTA's chunk count a power of two (an
+    aligned subtree of the norm's summation tree) and whole 64-channel pieces; one CTA a row at
+    two chunks a thread needs at least a warp (half the padded chunk count >= 32)."""
+    if k > PREP_NORM_MAX_K or v not in (1, 2) or cl < 1 or cl > 8:
+        return False
+    if v == 2:
+        return cl == 1 and 1 << max(0, (k // 8 - 1).bit_length() - 1) >= 32
+    n = k // 8 // cl
+    return cl == 1 or (k % (64 * cl) == 0 and n & (n - 1) == 0)
 
 
 def prep_values(fmt: str, pattern: str) -> tuple[int, int, int, int]:

@@ -237,6 +237,52 @@ def test_prep_norm_forced_config_bit_exact(fmt, pattern, dtype, m, k, v):
     _same_bits(r_out, want_r, f"residual_out (v={v})")
 
 
+# A row over a cluster of CTAs (launch_norm at decode rows; forced here): each CTA's chunk count
+# is a power of two, so its tree sum is an aligned subtree of the row's and the cluster combines
+# the roots (rms_norm_row). 2 / 4 / 8 CTAs a row of 2048 / 4096 / 8192 channels; 5 of 5120 (128
+# chunks a CTA: the padded tree's top 8 nodes, 3 of them zero) and 7 of 3584 (64 chunks a CTA);
+# the hostile rows of _norm_inputs from M = 5 (zero, NaN, overflowing and tiny sums).
+NORM_CLUSTER_CASES = [(1, 4096, 2), (5, 4096, 4), (16, 4096, 8), (6, 8192, 8), (9, 5120, 5), (7, 3584, 7),
+                      (64, 2048, 4)]
+
+
+@pytest.mark.parametrize("fmt,pattern", [("nvfp4", "4:8-pairs"), ("mxfp4", "2:4"), ("nvfp4", "dense")])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k,cl", NORM_CLUSTER_CASES)
+@pytest.mark.parametrize("add", [True, False], ids=["add", "noadd"])
+def test_prep_norm_cluster_bit_exact(fmt, pattern, dtype, m, k, cl, add):
+    assert dispatch.prep_norm_config_holds(k, 1, cl)
+    x, r, w = _norm_inputs(m, k, dtype)
+    if not add:
+        r = None
+    out = torch.full_like(x, float("nan"))
+    r_out = torch.full_like(x, float("nan")) if add else None
+    torch.ops.sharq_C.prep_norm(x, r, r_out, w, EPS, out, *dispatch.prep_values(fmt, pattern), 1, cl)
+    want, want_r = _norm_reference(x, r, w, fmt, pattern)
+    _same_bits(out, want, f"x_hat (cl={cl})")
+    if add:
+        _same_bits(r_out, want_r, f"residual_out (cl={cl})")
+
+
+@pytest.mark.parametrize("k", [4096, 3584, 5120, 256])
+def test_prep_norm_refusals_are_dispatch_rule(k):
+    # every forced configuration runs (the automatic one's bits) exactly where
+    # dispatch.prep_norm_config_holds says so, and is refused otherwise
+    x, r, w = _norm_inputs(3, k, torch.bfloat16)
+    codes = dispatch.prep_values("nvfp4", "4:8-pairs")
+    want = torch.empty_like(x)
+    torch.ops.sharq_C.prep_norm(x, r, torch.empty_like(x), w, EPS, want, *codes)
+    for v in (1, 2):
+        for cl in range(1, 9):
+            out = torch.full_like(x, float("nan"))
+            if dispatch.prep_norm_config_holds(k, v, cl):
+                torch.ops.sharq_C.prep_norm(x, r, torch.empty_like(x), w, EPS, out, *codes, v, cl)
+                assert torch.equal(bits(out), bits(want)), f"v={v} cl={cl}"
+            else:
+                with pytest.raises(RuntimeError, match="prep_norm"):
+                    torch.ops.sharq_C.prep_norm(x, r, torch.empty_like(x), w, EPS, out, *codes, v, cl)
+
+
 def test_prep_norm_two_chunks_needs_a_warp():
     # K = 256: 32 chunks, a CTA of 16 threads would break the lane tree: refused, not wrong
     x, r, w = _norm_inputs(4, 256, torch.bfloat16)

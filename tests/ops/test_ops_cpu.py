@@ -219,6 +219,26 @@ def test_prep_config_holds_is_the_kernels_refusal_rule(k, v, cl, holds):
     assert dispatch.prep_config_holds(k, v, cl) is holds
 
 
+@pytest.mark.parametrize(
+    "k,v,cl,holds",
+    [
+        (4096, 1, 1, True),
+        (4096, 1, 2, True),  # 256 chunks a CTA
+        (4096, 1, 8, True),  # 64 chunks a CTA
+        (4096, 2, 2, False),  # a cluster at one chunk a thread only
+        (4096, 2, 1, True),  # a CTA of 256 threads
+        (256, 2, 1, False),  # 32 chunks: a CTA of 16 threads would break the lane tree
+        (3584, 1, 2, False),  # 224 chunks a CTA: not a subtree of the norm's sum
+        (3584, 1, 7, True),  # 64 chunks a CTA (448 = 7 x 64)
+        (5120, 1, 5, True),  # 128 chunks a CTA (640 = 5 x 128)
+        (256, 1, 8, False),  # 4 chunks a CTA: a 64-channel scale block across CTAs
+        (8200, 1, 1, False),  # above PREP_NORM_MAX_K
+    ],
+)
+def test_prep_norm_config_holds_is_the_kernels_refusal_rule(k, v, cl, holds):
+    assert dispatch.prep_norm_config_holds(k, v, cl) is holds
+
+
 def test_dispatch_refuses_other_gpus_with_one_warning(monkeypatch):
     """The kernels are built for sm_90a: any other capability runs the reference, and the
     reason is logged once per device (and is what describe() and the load label say)."""

@@ -18,8 +18,9 @@ method), for each layer and M:
 
 With --producers serving, the preparation is the op serving runs before each linear instead
 (its automatic configuration, "serving"): qkv and gate_up after the residual add + RMSNorm
-(`sharq::prepare_add_rms_norm`), down after SiLU * mul (`sharq::prepare_silu_mul`; with
---configs also that kernel forced into each configuration), o plain.
+(`sharq::prepare_add_rms_norm`), down after SiLU * mul (`sharq::prepare_silu_mul`), o plain;
+with --configs also each of those kernels forced into each configuration (the RMSNorm kernel
+only where its chunks a CTA are a power of two: prep.cu's prep_norm_cluster_holds).
 
     python3 tools/gpu/probe_prep_overlap.py [--m 1,8,16,32,64,128] [--reps 20] [--json OUT]
         [--configs auto,v1,...] [--producers plain|serving]
@@ -54,15 +55,22 @@ def configs(k: int, m: int, only: str = "") -> dict[str, tuple[int, int] | None]
     return {c: v for c, v in out.items() if not only or c in only.split(",")}
 
 
+def norm_config_holds(k: int, v: int, cl: int) -> bool:
+    """prep.cu's prep_norm_cluster_holds: a cluster only at one chunk a thread, its CTAs' chunk
+    counts a power of two (the RMSNorm's summation tree)."""
+    n = k // 8 // cl
+    return cl == 1 or (v == 1 and k % (64 * cl) == 0 and n & (n - 1) == 0)
+
+
 def serving_producer(name: str, m: int, k: int, copies: int, cfg=None):
     """The preparation serving runs before layer `name` (prep(i) -> x_hat), on fresh inputs;
-    cfg (chunks a thread, CTAs a row) forces the SiLU * mul kernel's configuration (down)."""
+    cfg (chunks a thread, CTAs a row) forces the kernel's configuration."""
+    vals = dispatch.prep_values(FMT, PATTERN)
     if name == "down":  # [gate | up] rows, 2k wide
         gus = [bk.heavy(m, 2 * k) for _ in range(copies)]
         if cfg is None:
             return lambda i: torch.ops.sharq.prepare_silu_mul(gus[i], FMT, PATTERN)
         outs = [torch.empty(m, k, dtype=g.dtype, device=g.device) for g in gus]
-        vals = dispatch.prep_values(FMT, PATTERN)
 
         def forced(i):
             torch.ops.sharq_C.prep_silu_mul(gus[i], outs[i], *vals, *cfg)
@@ -70,13 +78,29 @@ def serving_producer(name: str, m: int, k: int, copies: int, cfg=None):
 
         return forced
     xs = [bk.heavy(m, k) for _ in range(copies)]
+    outs = [torch.empty_like(x) for x in xs]
     if name == "o":
-        return lambda i: torch.ops.sharq.prepare(xs[i], FMT, PATTERN)
+        if cfg is None:
+            return lambda i: torch.ops.sharq.prepare(xs[i], FMT, PATTERN)
+
+        def plain(i):
+            torch.ops.sharq_C.prep_cfg(xs[i], outs[i], *vals, *cfg)
+            return outs[i]
+
+        return plain
     rs = [bk.heavy(m, k) for _ in range(copies)]
     # a norm weight a copy: serving's 32 layers each read their own, out of L2 by then
     ws = [bk.heavy(1, k).reshape(k) for _ in range(copies)]
-    norm = torch.ops.sharq.prepare_add_rms_norm
-    return lambda i: norm(xs[i], rs[i], ws[i], 1e-5, FMT, PATTERN)[0]
+    if cfg is None:
+        norm = torch.ops.sharq.prepare_add_rms_norm
+        return lambda i: norm(xs[i], rs[i], ws[i], 1e-5, FMT, PATTERN)[0]
+    routs = [torch.empty_like(x) for x in xs]
+
+    def norm_forced(i):
+        torch.ops.sharq_C.prep_norm(xs[i], rs[i], routs[i], ws[i], 1e-5, outs[i], *vals, *cfg)
+        return outs[i]
+
+    return norm_forced
 
 
 def measure(
@@ -108,10 +132,9 @@ def measure(
 
     if producers == "serving":
         preps = {"serving": serving_producer(name, m, k, copies)}
-        if name == "down":  # the SiLU * mul kernel's forced configurations too (--configs)
-            for c, cfg in configs(k, m, only).items():
-                if cfg is not None:
-                    preps[c] = serving_producer(name, m, k, copies, cfg)
+        for c, cfg in configs(k, m, only).items():  # the kernel's forced configurations (--configs)
+            if cfg is not None and (name not in ("qkv", "gate_up") or norm_config_holds(k, *cfg)):
+                preps[c] = serving_producer(name, m, k, copies, cfg)
     else:
         preps = {c: forced(cfg) for c, cfg in configs(k, m, only).items()}
     row = {
