@@ -20,7 +20,7 @@ With --producers serving, the preparation is the op serving runs before each lin
 (its automatic configuration, "serving"): qkv and gate_up after the residual add + RMSNorm
 (`sharq::prepare_add_rms_norm`), down after SiLU * mul (`sharq::prepare_silu_mul`), o plain;
 with --configs also each of those kernels forced into each configuration (the RMSNorm kernel
-only where its chunks a CTA are a power of two: prep.cu's prep_norm_cluster_holds).
+only where dispatch.prep_norm_config_holds says it holds the row).
 
     python3 tools/gpu/probe_prep_overlap.py [--m 1,8,16,32,64,128] [--reps 20] [--json OUT]
         [--configs auto,v1,...] [--producers plain|serving]
@@ -53,13 +53,6 @@ def configs(k: int, m: int, only: str = "") -> dict[str, tuple[int, int] | None]
         if dispatch.prep_config_holds(k, *cfg):
             out[name] = cfg
     return {c: v for c, v in out.items() if not only or c in only.split(",")}
-
-
-def norm_config_holds(k: int, v: int, cl: int) -> bool:
-    """prep.cu's prep_norm_cluster_holds: a cluster only at one chunk a thread, its CTAs' chunk
-    counts a power of two (the RMSNorm's summation tree)."""
-    n = k // 8 // cl
-    return cl == 1 or (v == 1 and k % (64 * cl) == 0 and n & (n - 1) == 0)
 
 
 def serving_producer(name: str, m: int, k: int, copies: int, cfg=None):
@@ -133,7 +126,7 @@ def measure(
     if producers == "serving":
         preps = {"serving": serving_producer(name, m, k, copies)}
         for c, cfg in configs(k, m, only).items():  # the kernel's forced configurations (--configs)
-            if cfg is not None and (name not in ("qkv", "gate_up") or norm_config_holds(k, *cfg)):
+            if cfg is not None and (name not in ("qkv", "gate_up") or dispatch.prep_norm_config_holds(k, *cfg)):
                 preps[c] = serving_producer(name, m, k, copies, cfg)
     else:
         preps = {c: forced(cfg) for c, cfg in configs(k, m, only).items()}
