@@ -43,7 +43,7 @@
 //    (-4% at M = 1..8 with the preparation: kernels-H200-stream-epilogue.json).
 //    17..32 rows run MT = 4, or MT = 2 on two 16-row tiles (grid.y = 2) where the wave rule holds.
 //    ~63 instructions a tile (MT = 1); 113 / 128 / 128 regs (MT = 1 / 2 / 4; MT = 4 takes 2 tiles a
-//    step and keeps <= 20 bytes on the stack in its FULL instantiations), 2 CTAs an SM.
+//    step and keeps <= 24 bytes on the stack in its FULL instantiations), 2 CTAs an SM.
 //  * gemm_mma_kernel (forced only: the bit-exact twin the tests hold the stream kernel to; MT = 4,
 //    8): one CTA (8 warps) per 16-row strip, U tiles' loads before use.
 //  Both: warp w takes k-tiles w, w+8, ... (its j-th tile: w + 8j); for M <= 8 it sums tiles of
