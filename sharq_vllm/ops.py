@@ -17,6 +17,11 @@ they are CUDA-graph capturable):
 ``torch.ops.sharq.gemm(x_hat, qweight, scales, tensor_scale, bias, n, n_pad, k, block, layout,
     alpha) -> y``: y = x_hat @ deQ(W)^T + bias with the weight from :func:`pack_weight`.
 
+The preparation ops and ``gemm`` take ``x_frag`` (default False): x_hat in fragment order
+(kernels/layout.py, ``xhat_to_fragments``) where its rows are ``dispatch.XHAT_FRAGMENT_ROWS``,
+row-major otherwise; the stream GEMM reads it faster. A producer and its GEMM must agree (the vLLM
+plugin passes True to both); every path (kernel or reference) honours it.
+
 CPU: the reference in plain PyTorch. CUDA: the kernels in sharq_vllm/csrc/ (``torch.ops.sharq_C``) where
 :mod:`sharq_vllm.kernels.dispatch` says they serve the call, the reference otherwise.
 
@@ -33,7 +38,7 @@ import torch
 
 from .formats import WEIGHT_FORMATS, QuantizedBlocks
 from .kernels import dispatch
-from .kernels.layout import tile_weight, untile_weight
+from .kernels.layout import tile_weight, untile_weight, xhat_from_fragments, xhat_to_fragments
 from .producers import rms_norm, silu_and_mul
 from .reference import (
     WeightPayload,
@@ -130,39 +135,58 @@ def _rows(x: torch.Tensor, k: int) -> torch.Tensor:
     return x2
 
 
+def _fragments(x_hat: torch.Tensor, x_frag: bool) -> bool:
+    """Whether ``x_hat`` (rows of its last dim) is in fragment order (see the module docstring)."""
+    return x_frag and dispatch.xhat_fragment_rows(x_hat.numel() // x_hat.shape[-1] if x_hat.shape[-1] else 0)
+
+
+def _to_order(x_hat: torch.Tensor, x_frag: bool) -> torch.Tensor:
+    """Row-major x_hat as the caller asked for it (the reference paths)."""
+    if not _fragments(x_hat, x_frag):
+        return x_hat
+    return xhat_to_fragments(x_hat.reshape(-1, x_hat.shape[-1])).reshape(x_hat.shape)
+
+
+def _from_order(x_hat: torch.Tensor, x_frag: bool) -> torch.Tensor:
+    """x_hat as the caller gave it -> row-major (the reference paths)."""
+    if not _fragments(x_hat, x_frag):
+        return x_hat
+    return xhat_from_fragments(x_hat.reshape(-1, x_hat.shape[-1])).reshape(x_hat.shape)
+
+
 # ----------------------------------------------------------------------------------------
 # sharq::prepare
 # ----------------------------------------------------------------------------------------
-def _prepare_reference(x: torch.Tensor, fmt: str, pattern: str, act_scale: str) -> torch.Tensor:
-    return prepare_activation(x, fmt, pattern, act_scale=act_scale).x_hat
+def _prepare_reference(x: torch.Tensor, fmt: str, pattern: str, act_scale: str, x_frag: bool = False) -> torch.Tensor:
+    return _to_order(prepare_activation(x, fmt, pattern, act_scale=act_scale).x_hat, x_frag)
 
 
 @torch.library.custom_op("sharq::prepare", mutates_args=())
-def prepare(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> torch.Tensor:
-    return _prepare_reference(x, fmt, pattern, act_scale)
+def prepare(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token", x_frag: bool = False) -> torch.Tensor:
+    return _prepare_reference(x, fmt, pattern, act_scale, x_frag)
 
 
 @prepare.register_fake
-def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> torch.Tensor:
+def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token", x_frag: bool = False) -> torch.Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-def run_prep(x: torch.Tensor, codes: tuple[int, int, int, int]) -> torch.Tensor:
+def run_prep(x: torch.Tensor, codes: tuple[int, int, int, int], x_frag: bool = False) -> torch.Tensor:
     """The preparation kernel on ``x`` (``codes``: dispatch.prep_values) where
     dispatch.prep_on_kernel holds: the body of the op's CUDA impl, also called directly by the
     vLLM plugin's ops (which decide that once a layer, not once a call)."""
     k = x.shape[-1]
     x2 = _rows(x, k)
     out = torch.empty((x2.shape[0], k), dtype=x.dtype, device=x.device)
-    torch.ops.sharq_C.prep(x2, out, *codes)
+    torch.ops.sharq_C.prep(x2, out, *codes, x_frag)
     return out if x.dim() == 2 else out.reshape(x.shape)
 
 
 @prepare.register_kernel("cuda")
-def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> torch.Tensor:
+def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token", x_frag: bool = False) -> torch.Tensor:
     if not dispatch.prep_on_kernel(x, fmt, pattern, act_scale):
-        return _prepare_reference(x, fmt, pattern, act_scale)
-    return run_prep(x, dispatch.prep_values(fmt, pattern))
+        return _prepare_reference(x, fmt, pattern, act_scale, x_frag)
+    return run_prep(x, dispatch.prep_values(fmt, pattern), x_frag)
 
 
 # ----------------------------------------------------------------------------------------
@@ -170,7 +194,8 @@ def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> torc
 # the preparation, sharq_vllm/producers.py)
 # ----------------------------------------------------------------------------------------
 def run_prep_norm(
-    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float, codes: tuple[int, int, int, int]
+    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float, codes: tuple[int, int, int, int],
+    x_frag: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The RMSNorm (+ residual add) + preparation kernel where dispatch.prep_norm_on_kernel
     holds (see :func:`run_prep`): (x_hat, residual_out or None)."""
@@ -179,7 +204,7 @@ def run_prep_norm(
     r2 = None if residual is None else _rows(residual, k)
     out = torch.empty((x2.shape[0], k), dtype=x.dtype, device=x.device)
     r_out = None if residual is None else torch.empty_like(out)
-    torch.ops.sharq_C.prep_norm(x2, r2, r_out, weight.contiguous(), eps, out, *codes)
+    torch.ops.sharq_C.prep_norm(x2, r2, r_out, weight.contiguous(), eps, out, *codes, 0, 0, x_frag)
     if x.dim() == 2:
         return out, r_out
     return out.reshape(x.shape), None if r_out is None else r_out.reshape(x.shape)
@@ -187,34 +212,38 @@ def run_prep_norm(
 
 def _prepare_norm(
     x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float, fmt: str, pattern: str,
-    act_scale: str,
+    act_scale: str, x_frag: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The fused kernel where it serves the call; elsewhere producers.rms_norm, then the
     preparation (kernel or reference): the same bits either way."""
     if dispatch.prep_norm_on_kernel(x, weight, fmt, pattern, act_scale):
-        return run_prep_norm(x, residual, weight, eps, dispatch.prep_values(fmt, pattern))
+        return run_prep_norm(x, residual, weight, eps, dispatch.prep_values(fmt, pattern), x_frag)
     y, r_out = rms_norm(x, weight, eps, residual)
-    return torch.ops.sharq.prepare(y, fmt, pattern, act_scale), r_out
+    return torch.ops.sharq.prepare(y, fmt, pattern, act_scale, x_frag), r_out
 
 
 @torch.library.custom_op("sharq::prepare_rms_norm", mutates_args=())
 def prepare_rms_norm(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, fmt: str, pattern: str, act_scale: str = "token"
+    x: torch.Tensor, weight: torch.Tensor, eps: float, fmt: str, pattern: str, act_scale: str = "token",
+    x_frag: bool = False,
 ) -> torch.Tensor:
-    return _prepare_norm(x, None, weight, eps, fmt, pattern, act_scale)[0]
+    return _prepare_norm(x, None, weight, eps, fmt, pattern, act_scale, x_frag)[0]
 
 
 @prepare_rms_norm.register_fake
-def _(x: torch.Tensor, weight: torch.Tensor, eps: float, fmt: str, pattern: str, act_scale: str = "token") -> torch.Tensor:
+def _(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, fmt: str, pattern: str, act_scale: str = "token",
+    x_frag: bool = False,
+) -> torch.Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 @torch.library.custom_op("sharq::prepare_add_rms_norm", mutates_args=())
 def prepare_add_rms_norm(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, fmt: str, pattern: str,
-    act_scale: str = "token",
+    act_scale: str = "token", x_frag: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    x_hat, r_out = _prepare_norm(x, residual, weight, eps, fmt, pattern, act_scale)
+    x_hat, r_out = _prepare_norm(x, residual, weight, eps, fmt, pattern, act_scale, x_frag)
     assert r_out is not None
     return x_hat, r_out
 
@@ -222,36 +251,38 @@ def prepare_add_rms_norm(
 @prepare_add_rms_norm.register_fake
 def _(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, fmt: str, pattern: str,
-    act_scale: str = "token",
+    act_scale: str = "token", x_frag: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return (torch.empty_like(x, memory_format=torch.contiguous_format),
             torch.empty_like(x, memory_format=torch.contiguous_format))
 
 
 @torch.library.custom_op("sharq::prepare_silu_mul", mutates_args=())
-def prepare_silu_mul(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> torch.Tensor:
-    return _prepare_reference(silu_and_mul(x), fmt, pattern, act_scale)
+def prepare_silu_mul(
+    x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token", x_frag: bool = False
+) -> torch.Tensor:
+    return _prepare_reference(silu_and_mul(x), fmt, pattern, act_scale, x_frag)
 
 
 @prepare_silu_mul.register_fake
-def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> torch.Tensor:
+def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token", x_frag: bool = False) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
 
 
 @prepare_silu_mul.register_kernel("cuda")
-def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token") -> torch.Tensor:
+def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token", x_frag: bool = False) -> torch.Tensor:
     if not dispatch.prep_silu_mul_on_kernel(x, fmt, pattern, act_scale):
-        return torch.ops.sharq.prepare(silu_and_mul(x), fmt, pattern, act_scale)  # type: ignore[no-any-return]
-    return run_prep_silu_mul(x, dispatch.prep_values(fmt, pattern))
+        return torch.ops.sharq.prepare(silu_and_mul(x), fmt, pattern, act_scale, x_frag)  # type: ignore[no-any-return]
+    return run_prep_silu_mul(x, dispatch.prep_values(fmt, pattern), x_frag)
 
 
-def run_prep_silu_mul(x: torch.Tensor, codes: tuple[int, int, int, int]) -> torch.Tensor:
+def run_prep_silu_mul(x: torch.Tensor, codes: tuple[int, int, int, int], x_frag: bool = False) -> torch.Tensor:
     """The SiLU * mul + preparation kernel on x = [..., gate | up] where
     dispatch.prep_silu_mul_on_kernel holds (see :func:`run_prep`)."""
     x2 = _rows(x, x.shape[-1])
     k = x2.shape[1] // 2
     out = torch.empty((x2.shape[0], k), dtype=x.dtype, device=x.device)
-    torch.ops.sharq_C.prep_silu_mul(x2, out, *codes, 0, 0)
+    torch.ops.sharq_C.prep_silu_mul(x2, out, *codes, 0, 0, x_frag)
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], k)
 
 
@@ -343,14 +374,16 @@ def gemm(
     block: int,
     layout: int,
     alpha: float,
+    x_frag: bool = False,
 ) -> torch.Tensor:
-    return _gemm_reference(x_hat, qweight, scales, tensor_scale, bias, n, k, block, layout)
+    return _gemm_reference(_from_order(x_hat, x_frag), qweight, scales, tensor_scale, bias, n, k, block, layout)
 
 
 @gemm.register_fake
 def _(
     x_hat: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor,
     bias: torch.Tensor | None, n: int, n_pad: int, k: int, block: int, layout: int, alpha: float,
+    x_frag: bool = False,
 ) -> torch.Tensor:
     return x_hat.new_empty((*x_hat.shape[:-1], n))
 
@@ -388,17 +421,20 @@ def _dequant_mm(x2: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | Non
 
 
 def run_gemm_kernel(
-    kernel: str, x2: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None
+    kernel: str, x2: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None, x_frag: bool = False
 ) -> torch.Tensor:
     """One CUDA GEMM path (``mma`` or ``dequant_mm``, dispatch.GEMM_KERNELS) on rows ``x2``
     [M, K] and a tiled weight (benchmarks and tests force a path through this; the op chooses
-    by M)."""
+    by M). ``x_frag``: x2 as the preparation wrote it when asked for fragment order."""
+    if _fragments(x2, x_frag) and kernel != "mma":
+        x2, x_frag = xhat_from_fragments(x2), False  # only gemm_mma's stream kernel reads fragments
     if kernel == "dequant_mm":
         return _dequant_mm(x2, packed, bias)
     if kernel != "mma":
         raise ValueError(f"sharq: unknown GEMM kernel {kernel!r}; known: {[g.name for g in dispatch.GEMM_KERNELS]}")
     out = torch.empty((x2.shape[0], packed.n), dtype=x2.dtype, device=x2.device)
-    torch.ops.sharq_C.gemm_mma(x2, packed.qweight, packed.scales, packed.tensor_scale, bias, out, packed.n_pad, packed.block)
+    torch.ops.sharq_C.gemm_mma(
+        x2, packed.qweight, packed.scales, packed.tensor_scale, bias, out, packed.n_pad, packed.block, x_frag)
     return out
 
 
@@ -406,33 +442,38 @@ def run_gemm_kernel(
 def _(
     x_hat: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor,
     bias: torch.Tensor | None, n: int, n_pad: int, k: int, block: int, layout: int, alpha: float,
+    x_frag: bool = False,
 ) -> torch.Tensor:
     if not dispatch.gemm_on_kernel(x_hat, layout == LAYOUT_TILED):
-        return _gemm_reference(x_hat, qweight, scales, tensor_scale, bias, n, k, block, layout)
-    return run_gemm(x_hat, PackedWeight(qweight, scales, tensor_scale, n, n_pad, k, block, layout, alpha), bias)
+        return _gemm_reference(_from_order(x_hat, x_frag), qweight, scales, tensor_scale, bias, n, k, block, layout)
+    return run_gemm(x_hat, PackedWeight(qweight, scales, tensor_scale, n, n_pad, k, block, layout, alpha), bias, x_frag)
 
 
-def run_gemm(x_hat: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor:
+def run_gemm(
+    x_hat: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None, x_frag: bool = False
+) -> torch.Tensor:
     """The GEMM kernel dispatch picks for x_hat's rows, where dispatch.gemm_on_kernel holds (see
     :func:`run_prep`): y [..., N]."""
     x2 = _rows(x_hat, packed.k)
     if bias is not None and bias.dtype != x2.dtype:
         bias = bias.to(x2.dtype)
     kernel = dispatch.gemm_kernel(x2.shape[0], packed.n_pad, dispatch.sm_count(x2.device))
-    y = run_gemm_kernel(kernel.name, x2, packed, bias)
+    y = run_gemm_kernel(kernel.name, x2, packed, bias, x_frag)
     return y if x_hat.dim() == 2 else y.reshape(*x_hat.shape[:-1], packed.n)
 
 
 # ----------------------------------------------------------------------------------------
 # public API
 # ----------------------------------------------------------------------------------------
-def sharq_gemm(x_hat: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+def sharq_gemm(
+    x_hat: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None, x_frag: bool = False
+) -> torch.Tensor:
     p = packed
-    return torch.ops.sharq.gemm(x_hat, p.qweight, p.scales, p.tensor_scale, bias, *p.geometry)  # type: ignore[no-any-return]
+    return torch.ops.sharq.gemm(x_hat, p.qweight, p.scales, p.tensor_scale, bias, *p.geometry, x_frag)  # type: ignore[no-any-return]
 
 
 def sharq_gemm_rows(
-    x_hat: torch.Tensor, parts: Sequence[PackedWeight], bias: torch.Tensor | None = None
+    x_hat: torch.Tensor, parts: Sequence[PackedWeight], bias: torch.Tensor | None = None, x_frag: bool = False
 ) -> torch.Tensor:
     """y = x_hat @ [deQ(W_0); deQ(W_1); ...]^T + bias for a weight stored as row blocks that
     each carry their own FP32 tensor scale (the members of a fused qkv / gate_up layer whose
@@ -440,10 +481,10 @@ def sharq_gemm_rows(
     Exact on every path (a row's output depends only on that row's payload), and the kernels
     take any N, so nothing kernel-side changes; one block is exactly :func:`sharq_gemm`."""
     if len(parts) == 1:
-        return sharq_gemm(x_hat, parts[0], bias)
+        return sharq_gemm(x_hat, parts[0], bias, x_frag)
     ys, r0 = [], 0
     for p in parts:
-        ys.append(sharq_gemm(x_hat, p, None if bias is None else bias[r0 : r0 + p.n]))
+        ys.append(sharq_gemm(x_hat, p, None if bias is None else bias[r0 : r0 + p.n], x_frag))
         r0 += p.n
     return torch.cat(ys, dim=-1)
 
@@ -457,18 +498,20 @@ def sharq_linear(
     x_hat: torch.Tensor | None = None,
     *,
     act_scale: str = "token",
+    x_frag: bool = False,
 ) -> torch.Tensor:
     """y = sharq_activation(x) @ deQ(W)^T + bias. Pass ``x_hat`` (from ``torch.ops.sharq.prepare``)
     to share one preparation between layers that read the same input (q/k/v, gate/up).
     ``packed``: one weight, or row blocks with their own tensor scales (:func:`sharq_gemm_rows`;
-    the activations are prepared once for all of them).
+    the activations are prepared once for all of them). ``x_frag``: x_hat (given or prepared here)
+    in fragment order at dispatch.XHAT_FRAGMENT_ROWS rows (module docstring).
     ``act_scale="tensor"`` (one activation tensor scale, the paper's setting) prepares in PyTorch
     (the preparation kernel has per-token scales only); the GEMM is the same either way."""
     if x_hat is None:
-        x_hat = torch.ops.sharq.prepare(x, fmt, pattern, act_scale=act_scale)
+        x_hat = torch.ops.sharq.prepare(x, fmt, pattern, act_scale=act_scale, x_frag=x_frag)
     if isinstance(packed, PackedWeight):
-        return sharq_gemm(x_hat, packed, bias)
-    return sharq_gemm_rows(x_hat, packed, bias)
+        return sharq_gemm(x_hat, packed, bias, x_frag)
+    return sharq_gemm_rows(x_hat, packed, bias, x_frag)
 
 
 def kernel_path_available(device: torch.device | str | None = None) -> tuple[bool, str]:

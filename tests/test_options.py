@@ -153,6 +153,16 @@ def test_gemm_variant_limits_match_the_cuda_header() -> None:
     assert GEMM_VARIANT_MAX_M == {k.removeprefix("kGemm").removesuffix("LimitM").lower(): v for k, v in got.items()}
 
 
+def test_xhat_fragment_rows_match_the_cuda_header() -> None:
+    """kernels.dispatch.XHAT_FRAGMENT_ROWS mirrors sharq::XhatFragmentRows, and they are whole 8-row
+    groups the stream kernel serves for every layer."""
+    from sharq_vllm.kernels.dispatch import GEMM_AUTO_MAX_M, XHAT_FRAGMENT_ROWS
+
+    header = (Path(__file__).resolve().parents[1] / "sharq_vllm" / "csrc" / "sharq_kernels.h").read_text()
+    assert tuple(sorted(_header_enum(header, "XhatFragmentRows").values())) == XHAT_FRAGMENT_ROWS
+    assert all(m % 8 == 0 and m <= GEMM_AUTO_MAX_M["streamwide"] for m in XHAT_FRAGMENT_ROWS)
+
+
 def test_deprecated_plugin_location_reexports() -> None:
     import sharq_vllm.options as new
     import sharq_vllm.vllm_plugin.options as old

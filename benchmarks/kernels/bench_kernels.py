@@ -213,12 +213,17 @@ def build_sharq(w, payload16, payload32):
     return {"p": ops.pack_weight(payload32, DEVICE)}
 
 
+# x_hat in the order the vLLM plugin asks for (fragment order at dispatch.XHAT_FRAGMENT_ROWS rows);
+# SHARQ_BENCH_X_FRAG=0 / 1 overrides it (the A/B of kernels-H200-xhat-frag.json: one library, both orders)
+X_FRAG = bool(int(os.environ.get("SHARQ_BENCH_X_FRAG", int(dispatch.SERVING_X_FRAG))))
+
+
 def call_sharq(x, st):
-    return ops.sharq_linear(x, st["p"], None, "nvfp4", "4:8-pairs")
+    return ops.sharq_linear(x, st["p"], None, "nvfp4", "4:8-pairs", x_frag=X_FRAG)
 
 
-def call_sharq_gemm(x, st):  # x is already x_hat
-    return ops.sharq_gemm(x, st["p"])
+def call_sharq_gemm(x, st):  # x is already x_hat (prepared with x_frag=X_FRAG)
+    return ops.sharq_gemm(x, st["p"], x_frag=X_FRAG)
 
 
 def call_sharq_prep(x, st):
@@ -365,7 +370,8 @@ def run(args) -> dict:
                         states = [base] + [clone_state(base) for _ in range(copies - 1)]
                     xs = [heavy(m, k, dtype) for _ in range(copies)]
                     if meth in ("sharq_gemm", "sharq_mma", "sharq_dqmm"):
-                        xs = [torch.ops.sharq.prepare(x, "nvfp4", "4:8-pairs") for x in xs]
+                        frag = X_FRAG and meth == "sharq_gemm"
+                        xs = [torch.ops.sharq.prepare(x, "nvfp4", "4:8-pairs", x_frag=frag) for x in xs]
                     us = time_graph(
                         lambda i, c=caller, xs=xs, st=states: c(xs[i], st[i]),
                         copies,

@@ -45,15 +45,22 @@ void check_rows(const at::Tensor& x, const at::Tensor& out) {
 
 // fmt / pattern: sharq::Format / sharq::Pattern codes; bb / rb: backbone / residual block
 // (channels per scale), derived from them in Python (sharq_vllm/reference.py)
+// x_frag: x_hat in fragment order at the row counts sharq::xhat_fragment_rows names (the stream
+// GEMM's; sharq_vllm/kernels/layout.py, xhat_to_fragments), row-major at others
+void check_frag_out(const at::Tensor& out, bool x_frag) {
+  TORCH_CHECK(!x_frag || out.is_contiguous(), "sharq: a fragment-ordered x_hat must be contiguous");
+}
+
 void prep_impl(const at::Tensor& x, at::Tensor& out, int64_t fmt, int64_t pattern, int64_t bb,
-               int64_t rb, sharq::PrepDebug dbg, int64_t force_v = 0, int64_t force_cl = 0) {
+               int64_t rb, sharq::PrepDebug dbg, int64_t force_v = 0, int64_t force_cl = 0, bool x_frag = false) {
   check_rows(x, out);
+  check_frag_out(out, x_frag);
   const c10::cuda::CUDAGuard guard(x.device());
   const int M = x.size(0), K = x.size(1);
   check_cuda(sharq::launch_prep(x.data_ptr(), x.stride(0), out.data_ptr(), M, K, dtype_code(x),
                                 (int)fmt, (int)pattern, (int)bb, (int)rb, dbg,
                                 c10::cuda::getCurrentCUDAStream().stream(), (int)force_v,
-                                (int)force_cl),
+                                (int)force_cl, x_frag),
              "prep");
 }
 
@@ -64,8 +71,8 @@ void prep_cfg(const at::Tensor& x, at::Tensor& out, int64_t fmt, int64_t pattern
 }
 
 void prep(const at::Tensor& x, at::Tensor& out, int64_t fmt, int64_t pattern, int64_t bb,
-          int64_t rb) {
-  prep_impl(x, out, fmt, pattern, bb, rb, sharq::PrepDebug{});
+          int64_t rb, bool x_frag) {
+  prep_impl(x, out, fmt, pattern, bb, rb, sharq::PrepDebug{}, 0, 0, x_frag);
 }
 
 void prep_debug(const at::Tensor& x, at::Tensor& out, at::Tensor& mask, at::Tensor& bb_codes,
@@ -91,8 +98,10 @@ void prep_debug(const at::Tensor& x, at::Tensor& out, at::Tensor& mask, at::Tens
 // benchmarks and tests.
 void prep_norm(const at::Tensor& x, const std::optional<at::Tensor>& residual,
                const std::optional<at::Tensor>& residual_out, const at::Tensor& weight, double eps,
-               at::Tensor& out, int64_t fmt, int64_t pattern, int64_t bb, int64_t rb, int64_t v, int64_t cl) {
+               at::Tensor& out, int64_t fmt, int64_t pattern, int64_t bb, int64_t rb, int64_t v, int64_t cl,
+               bool x_frag) {
   check_rows(x, out);
+  check_frag_out(out, x_frag);
   const int M = x.size(0), K = x.size(1);
   TORCH_CHECK(weight.is_cuda() && weight.is_contiguous() && weight.numel() == K &&
                   weight.scalar_type() == x.scalar_type(),
@@ -115,7 +124,7 @@ void prep_norm(const at::Tensor& x, const std::optional<at::Tensor>& residual,
   const c10::cuda::CUDAGuard guard(x.device());
   check_cuda(sharq::launch_prep_norm(x.data_ptr(), x.stride(0), out.data_ptr(), M, K, dtype_code(x), (int)fmt,
                                      (int)pattern, (int)bb, (int)rb, nrm,
-                                     c10::cuda::getCurrentCUDAStream().stream(), (int)v, (int)cl),
+                                     c10::cuda::getCurrentCUDAStream().stream(), (int)v, (int)cl, x_frag),
              "prep_norm");
 }
 
@@ -133,12 +142,12 @@ void check_gate_up(const at::Tensor& x, const at::Tensor& out, const char* op) {
 // SiLU * mul and the preparation in one kernel (launch_prep_silu_mul): x [M, 2K] = [gate | up]
 // rows (unit stride, 16-byte aligned), out [M, K]. v / cl: an explicit configuration (0: auto).
 void prep_silu_mul(const at::Tensor& x, at::Tensor& out, int64_t fmt, int64_t pattern, int64_t bb,
-                   int64_t rb, int64_t v, int64_t cl) {
+                   int64_t rb, int64_t v, int64_t cl, bool x_frag) {
   check_gate_up(x, out, "prep_silu_mul");
   const c10::cuda::CUDAGuard guard(x.device());
   check_cuda(sharq::launch_prep_silu_mul(x.data_ptr(), x.stride(0), out.data_ptr(), (int)out.size(0),
                                          (int)out.size(1), dtype_code(x), (int)fmt, (int)pattern, (int)bb, (int)rb,
-                                         c10::cuda::getCurrentCUDAStream().stream(), (int)v, (int)cl),
+                                         c10::cuda::getCurrentCUDAStream().stream(), (int)v, (int)cl, x_frag),
              "prep_silu_mul");
 }
 
@@ -174,24 +183,34 @@ const void* check_gemm(const at::Tensor& x, const at::Tensor& qweight, const at:
   return nullptr;
 }
 
-// GEMM for any M (csrc/gemm.cu: the persistent stream kernel for M <= 16, the tile kernel above)
+// x_frag: x (contiguous) holds x_hat in fragment order where sharq::xhat_fragment_rows(M)
+void check_frag_x(const at::Tensor& x, bool x_frag) {
+  TORCH_CHECK(!x_frag || x.is_contiguous(), "sharq: a fragment-ordered x_hat must be contiguous");
+}
+
+// GEMM for any M (csrc/gemm.cu, launch_gemm_mma: the kernel for M)
 void gemm_mma(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
               const at::Tensor& tensor_scale, const std::optional<at::Tensor>& bias, at::Tensor& out,
-              int64_t n_pad, int64_t wblock) {
+              int64_t n_pad, int64_t wblock, bool x_frag) {
   const void* bptr = check_gemm(x, qweight, scales, tensor_scale, bias, out, n_pad);
+  check_frag_x(x, x_frag);
   const c10::cuda::CUDAGuard guard(x.device());
   check_cuda(sharq::launch_gemm_mma(x.data_ptr(), x.stride(0), qweight.data_ptr(), scales.data_ptr(),
                                     tensor_scale.data_ptr<float>(), bptr, out.data_ptr(), out.stride(0),
                                     x.size(0), (int)n_pad, out.size(1), x.size(1), (int)wblock, dtype_code(x),
-                                    c10::cuda::getCurrentCUDAStream().stream()),
+                                    c10::cuda::getCurrentCUDAStream().stream(), sharq::kGemmAuto, x_frag),
              "gemm_mma");
 }
 
 // One forced GEMM kernel (sharq_kernels.h, GemmVariant): benchmarks and tests
 void gemm_mma_cfg(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                   const at::Tensor& tensor_scale, const std::optional<at::Tensor>& bias, at::Tensor& out,
-                  int64_t n_pad, int64_t wblock, int64_t variant) {
+                  int64_t n_pad, int64_t wblock, int64_t variant, bool x_frag) {
   const void* bptr = check_gemm(x, qweight, scales, tensor_scale, bias, out, n_pad);
+  check_frag_x(x, x_frag);
+  TORCH_CHECK(!x_frag || !sharq::xhat_fragment_rows(x.size(0)) || variant == sharq::kGemmAuto ||
+                  variant == sharq::kGemmStream,
+              "sharq: a fragment-ordered x_hat (M = ", x.size(0), ") is read by the stream kernel only");
   TORCH_CHECK(variant == sharq::kGemmAuto || variant == sharq::kGemmStream || variant == sharq::kGemmTile ||
                   variant == sharq::kGemmWgmma || variant == sharq::kGemmWgmmaRs,
               "sharq: GEMM variant ", variant, " out of range");
@@ -204,7 +223,7 @@ void gemm_mma_cfg(const at::Tensor& x, const at::Tensor& qweight, const at::Tens
   check_cuda(sharq::launch_gemm_mma(x.data_ptr(), x.stride(0), qweight.data_ptr(), scales.data_ptr(),
                                     tensor_scale.data_ptr<float>(), bptr, out.data_ptr(), out.stride(0),
                                     x.size(0), (int)n_pad, out.size(1), x.size(1), (int)wblock, dtype_code(x),
-                                    c10::cuda::getCurrentCUDAStream().stream(), (int)variant),
+                                    c10::cuda::getCurrentCUDAStream().stream(), (int)variant, x_frag),
              "gemm_mma_cfg");
 }
 
@@ -223,23 +242,25 @@ void dequant(const at::Tensor& qweight, const at::Tensor& scales, at::Tensor& w,
 }  // namespace
 
 TORCH_LIBRARY(sharq_C, m) {
-  m.def("prep(Tensor x, Tensor(a!) out, int fmt, int pattern, int bb, int rb) -> ()");
+  m.def("prep(Tensor x, Tensor(a!) out, int fmt, int pattern, int bb, int rb, bool x_frag=False) -> ()");
   m.def("prep_cfg(Tensor x, Tensor(a!) out, int fmt, int pattern, int bb, int rb, int v, int cl) -> ()");
   m.def(
       "prep_debug(Tensor x, Tensor(a!) out, Tensor(b!) mask, Tensor(c!) bb_codes, "
       "Tensor(d!) bb_scales, Tensor(e!) res_codes, Tensor(f!) res_scales, Tensor(g!) tscales, "
       "int fmt, int pattern, int bb, int rb) -> ()");
-  m.def("prep_silu_mul(Tensor x, Tensor(a!) out, int fmt, int pattern, int bb, int rb, int v, int cl) -> ()");
+  m.def(
+      "prep_silu_mul(Tensor x, Tensor(a!) out, int fmt, int pattern, int bb, int rb, int v, int cl, "
+      "bool x_frag=False) -> ()");
   m.def("silu_mul(Tensor x, Tensor(a!) out) -> ()");
   m.def(
       "prep_norm(Tensor x, Tensor? residual, Tensor(a!)? residual_out, Tensor weight, float eps, "
-      "Tensor(b!) out, int fmt, int pattern, int bb, int rb, int v=0, int cl=0) -> ()");
+      "Tensor(b!) out, int fmt, int pattern, int bb, int rb, int v=0, int cl=0, bool x_frag=False) -> ()");
   m.def(
       "gemm_mma(Tensor x, Tensor qweight, Tensor scales, Tensor tensor_scale, Tensor? bias, "
-      "Tensor(a!) out, int n_pad, int wblock) -> ()");
+      "Tensor(a!) out, int n_pad, int wblock, bool x_frag=False) -> ()");
   m.def(
       "gemm_mma_cfg(Tensor x, Tensor qweight, Tensor scales, Tensor tensor_scale, Tensor? bias, "
-      "Tensor(a!) out, int n_pad, int wblock, int variant) -> ()");
+      "Tensor(a!) out, int n_pad, int wblock, int variant, bool x_frag=False) -> ()");
   m.def("dequant(Tensor qweight, Tensor scales, Tensor(a!) w, int wblock) -> ()");
 }
 

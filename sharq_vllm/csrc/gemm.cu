@@ -44,6 +44,9 @@
 //    17..32 rows run MT = 4, or MT = 2 on two 16-row tiles (grid.y = 2) where the wave rule holds.
 //    ~63 instructions a tile (MT = 1); 113 / 128 / 128 regs (MT = 1 / 2 / 4; MT = 4 takes 2 tiles a
 //    step and keeps <= 24 bytes on the stack in its FULL instantiations), 2 CTAs an SM.
+//    At M = 8 / 16 with x_frag (XF) it reads x_hat in fragment order (sharq_kernels.h,
+//    xhat_fragment_rows): a warp's x_hat load is 512 contiguous bytes, 4 L1 wavefronts instead of 8
+//    (-7% with the preparation at M = 16: benchmarks/results/kernels-H200-xhat-frag.json).
 //  * gemm_mma_kernel (forced only: the bit-exact twin the tests hold the stream kernel to; MT = 4,
 //    8): one CTA (8 warps) per 16-row strip, U tiles' loads before use.
 //  Both: warp w takes k-tiles w, w+8, ... (its j-th tile: w + 8j); for M <= 8 it sums tiles of
@@ -164,7 +167,11 @@ struct StreamStage {
   uint32_t s[U];
 };
 
-template <typename T, int MT, int U, int MINB, bool FULL, int SBT>
+// XF: x_hat in fragment order (sharq_kernels.h, xhat_fragment_rows; launched only at M = 8 / 16,
+// whole row groups): lane (g, q)'s 16 values of tile t in row group G at 8 K G + 512 t + 32 g + 8 q
+// and + 256 (layout.py, xhat_to_fragments), so each of a warp's two x_hat loads a row group and tile
+// reads 512 contiguous bytes: 4 L1 wavefronts where rows read 8 (64 bytes from each of 8 rows).
+template <typename T, int MT, int U, int MINB, bool FULL, int SBT, bool XF = false>
 __global__ void __launch_bounds__(kWarps * 32, MINB)
 gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict__ qw,
                    const uint8_t* __restrict__ sc, const float* __restrict__ tscale,
@@ -186,6 +193,12 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
   const T* xrow[MT];
   bool mrow[MT];
   tile::x_rows<T, MT>(xrow, mrow, x, xs, m_base, M, g, q);
+  if constexpr (XF) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) xrow[mt] = x + (int64_t)((m_base >> 3) + mt) * 8 * K + 32 * g + 8 * q;
+  }
+  constexpr int XT = XF ? 512 : 64;  // x_hat elements from one tile to the next (a lane's, row group 0)
+  constexpr int XH = XF ? 32 : 1;    // 16-byte units from a lane's first x_hat load of a tile to its second
   constexpr bool ACC2 = kAcc2Small && MT == 1;
   static_assert(!ACC2 || U % 2 == 0, "ACC2: the warp's j-th tile is tb + 8u with j = U s + u, so j % 2 = u % 2");
   float acc[MT][4], acc2[MT][4];
@@ -210,7 +223,11 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
     p.tb = warp;
     p.q = qw + ((int64_t)strip * KT + warp) * 32 + lane;
     p.sp = sc + ((int64_t)strip * KT + warp) * SBT + soff;
-    p.x = xrow[0] + 64 * warp;
+#if SHARQ_DIAG_XFRAG
+    p.x = xrow[0] + 512 * warp;
+#else
+    p.x = xrow[0] + XT * warp;
+#endif
   };
   auto advance = [&](Pos& p) {
     if (++p.s == nsteps) {
@@ -219,7 +236,11 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
       p.tb += kWarps * U;
       p.q += kWarps * U * 32;
       p.sp += kWarps * U * SBT;
-      p.x += kWarps * U * 64;
+#if SHARQ_DIAG_XFRAG
+      p.x += kWarps * U * 512;
+#else
+      p.x += kWarps * U * XT;
+#endif
     }
   };
   auto load = [&](StreamStage<T, MT, U>& st, const Pos& p) {
@@ -239,6 +260,14 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
   int x_off[MT];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) x_off[mt] = (int)(xrow[mt] - xrow[0]);
+#if SHARQ_DIAG_XFRAG
+  // timing diagnostic: x_hat read as if stored fragment-major (8-row group: [tile][half][lane][8]),
+  // from the row-major buffer (wrong values; M a multiple of 8 stays in bounds)
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) xrow[mt] = x + (int64_t)(m_base + 8 * mt < M ? m_base + 8 * mt : m_base) * xs + 8 * lane;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) x_off[mt] = (int)(xrow[mt] - xrow[0]);
+#endif
   auto compute = [&](const StreamStage<T, MT, U>& st, const Pos& p) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -246,9 +275,15 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
         uint4 xv[MT][2];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
-          const uint4* xp = reinterpret_cast<const uint4*>(p.x + x_off[mt] + 64 * kWarps * u);
+#if SHARQ_DIAG_XFRAG
+          const uint4* xp = reinterpret_cast<const uint4*>(p.x + x_off[mt] + 512 * kWarps * u);
           xv[mt][0] = __ldg(xp);
-          xv[mt][1] = __ldg(xp + 1);
+          xv[mt][1] = __ldg(xp + 32);
+#else
+          const uint4* xp = reinterpret_cast<const uint4*>(p.x + x_off[mt] + XT * kWarps * u);
+          xv[mt][0] = __ldg(xp);
+          xv[mt][1] = __ldg(xp + XH);
+#endif
         }
         if (ACC2 && (u & 1)) tile::mma_tile<T, MT>(acc2, st.q[u], st.s[u], xv);
         else tile::mma_tile<T, MT>(acc, st.q[u], st.s[u], xv);
@@ -337,7 +372,7 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
 template <typename T, int MT, int U, int MINB>
 cudaError_t launch_stream_t(const void* x, int64_t xs, const void* qw, const void* sc,
                             const float* ts, const void* bias, void* y, int64_t ys, int M, int N,
-                            int n_valid, int K, int wblock, int sms, cudaStream_t stream) {
+                            int n_valid, int K, int wblock, int sms, cudaStream_t stream, bool xf = false) {
   static int per_sm = 0;  // resident CTAs an SM (host query, once per instantiation)
   if (per_sm == 0) {
     // one of the four kernels below stands for all: same launch bounds, no shared memory beyond
@@ -370,6 +405,11 @@ cudaError_t launch_stream_t(const void* x, int64_t xs, const void* qw, const voi
   const bool full = (K / 64) % (kWarps * U) == 0;
   auto kern = wblock == 32 ? (full ? gemm_stream_kernel<T, MT, U, MINB, true, 32> : gemm_stream_kernel<T, MT, U, MINB, false, 32>)
                            : (full ? gemm_stream_kernel<T, MT, U, MINB, true, 64> : gemm_stream_kernel<T, MT, U, MINB, false, 64>);
+  if constexpr (MT <= 2) {  // fragment-ordered x_hat: M = 8 / 16 only (launch_gemm_mma)
+    if (xf)
+      kern = wblock == 32 ? (full ? gemm_stream_kernel<T, MT, U, MINB, true, 32, true> : gemm_stream_kernel<T, MT, U, MINB, false, 32, true>)
+                          : (full ? gemm_stream_kernel<T, MT, U, MINB, true, 64, true> : gemm_stream_kernel<T, MT, U, MINB, false, 64, true>);
+  }
   return cudaLaunchKernelEx(&cfg, kern, static_cast<const T*>(x), xs,
                             static_cast<const uint4*>(qw), static_cast<const uint8_t*>(sc), ts,
                             static_cast<const T*>(bias), static_cast<T*>(y), ys, M, n_valid, K,
@@ -434,21 +474,21 @@ inline bool stream_wave_layer(int nstrips, int sms) {
 template <typename T, int MT>
 cudaError_t launch_stream_cfg(const void* x, int64_t xs, const void* qw, const void* sc, const float* ts,
                               const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K,
-                              int wblock, cudaStream_t stream) {
+                              int wblock, cudaStream_t stream, bool xf) {
   const int sms = sm_count();
   if (stream_wave_layer(N / 16, sms))
     return launch_stream_t<T, MT, kStreamWaveU, kStreamWaveCtasPerSm>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K,
-                                                                      wblock, sms, stream);
+                                                                      wblock, sms, stream, xf);
   return launch_stream_t<T, MT, kStreamU, kStreamCtasPerSm>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock,
-                                                            sms, stream);
+                                                            sms, stream, xf);
 }
 
 template <typename T>
 cudaError_t launch_stream_mt(const void* x, int64_t xs, const void* qw, const void* sc, const float* ts,
                              const void* bias, void* y, int64_t ys, int M, int N, int n_valid, int K, int wblock,
-                             cudaStream_t stream) {
-  if (M <= 8) return launch_stream_cfg<T, 1>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
-  if (M <= 16) return launch_stream_cfg<T, 2>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+                             cudaStream_t stream, bool xf) {
+  if (M <= 8) return launch_stream_cfg<T, 1>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream, xf);
+  if (M <= 16) return launch_stream_cfg<T, 2>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream, xf);
   // 17..32 rows: MT = 4 (one 32-row tile), except where the wave rule holds: there two 16-row
   // tiles of MT = 2 (grid.y = 2) at the wave configuration (kStreamWaveRows32)
   const int sms = sm_count();
@@ -463,11 +503,12 @@ cudaError_t launch_stream_mt(const void* x, int64_t xs, const void* qw, const vo
 template <typename T>
 cudaError_t launch_mma_dt(const void* x, int64_t xs, const void* qw, const void* sc,
                           const float* ts, const void* bias, void* y, int64_t ys, int M, int N,
-                          int n_valid, int K, int wblock, cudaStream_t stream, int variant) {
+                          int n_valid, int K, int wblock, cudaStream_t stream, int variant, bool xf) {
   if (variant == kGemmStream) {
     if (M > kGemmStreamLimitM) return cudaErrorInvalidValue;
-    return launch_stream_mt<T>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
+    return launch_stream_mt<T>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream, xf);
   }
+  if (xf) return cudaErrorInvalidValue;  // the tile kernel reads rows
   if (M <= 8) return launch_mma_t<T, 4, 2, kAcc2Small>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
   if (M <= 32) return launch_mma_t<T, 4, 2>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
   return launch_mma_t<T, 8, 1>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock, stream);
@@ -547,7 +588,7 @@ dequant_kernel(const uint4* __restrict__ qw, const uint8_t* __restrict__ sc, T* 
 cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight, const void* scales,
                             const float* tensor_scale, const void* bias, void* y, int64_t y_stride,
                             int M, int N, int n_valid, int K, int wblock, int dtype,
-                            cudaStream_t stream, int variant) {
+                            cudaStream_t stream, int variant, bool x_frag) {
   if (M == 0 || N == 0) return cudaSuccess;
   if (N % 16 || K % 64 || (wblock != 16 && wblock != 32)) return cudaErrorInvalidValue;
   if (variant != kGemmAuto && variant != kGemmStream && variant != kGemmTile && variant != kGemmWgmma &&
@@ -572,6 +613,10 @@ cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight
     const bool stream = M <= kGemmStreamWideMaxM || (M <= kGemmStreamMaxM && !wgmma_one_wave);
     variant = stream ? kGemmStream : kGemmWgmma;
   }
+  // x_hat in fragment order (x_frag, where xhat_fragment_rows(M)): the stream kernel reads it,
+  // contiguous [M, K] (x_stride == K); kGemmAuto takes that kernel at M = 8 / 16 for every N
+  const bool xf = x_frag && xhat_fragment_rows(M);
+  if (xf && (variant != kGemmStream || x_stride != K)) return cudaErrorInvalidValue;
   if (variant == kGemmWgmmaRs)
     return launch_gemm_wgmma_rs(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K,
                                 wblock, dtype, stream);
@@ -579,8 +624,8 @@ cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight
     return launch_gemm_wgmma(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock,
                              dtype, stream);
   switch (dtype) {
-    case kBF16: return launch_mma_dt<__nv_bfloat16>(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock, stream, variant);
-    case kFP16: return launch_mma_dt<__half>(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock, stream, variant);
+    case kBF16: return launch_mma_dt<__nv_bfloat16>(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock, stream, variant, xf);
+    case kFP16: return launch_mma_dt<__half>(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K, wblock, stream, variant, xf);
     default: return cudaErrorInvalidValue;
   }
 }

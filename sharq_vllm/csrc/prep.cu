@@ -421,7 +421,7 @@ constexpr int prep_min_ctas() {
 template <typename T, int V, bool kDebug, int kProd = kPrepPlain>
 __global__ void __launch_bounds__(prep_max_threads<V>(), prep_min_ctas<V>())
 prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int K, int fmt,
-            int pattern, int bb_lanes, int rb_lanes, PrepDebug dbg, int cl, PrepNorm nrm) {
+            int pattern, int bb_lanes, int rb_lanes, PrepDebug dbg, int cl, PrepNorm nrm, bool frag) {
   constexpr bool kNorm = kProd == kPrepNorm || kProd == kPrepAddNorm;
   constexpr bool kNorm2 = kNorm && V == 2;
   __shared__ float red[kNorm2 ? 66 : 33];  // the norm's block sums (its two halves at V = 2: 66)
@@ -605,7 +605,12 @@ prep_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ xhat, int
       out[i] = (kDebug && bad_row) ? __int_as_float(0x7fc00000) : __fadd_rn(deq_s[i], __fmul_rn(q[i], d));
     if (c < nchunks) {
       const int gc = cbase + c;
-      store_chunk<T>(xhat + (int64_t)row * K + 8 * gc, out);
+      // fragment order (frag, sharq_kernels.h xhat_fragment_rows): chunk gc = 8 t + 2 q + h of
+      // row 8 G + g at [G][t][h][g][q] (layout.py, xhat_to_fragments)
+      const int64_t dst = frag ? (int64_t)(row >> 3) * 8 * K + (gc >> 3) * 512 + (gc & 1) * 256 + (row & 7) * 32 +
+                                     ((gc >> 1) & 3) * 8
+                               : (int64_t)row * K + 8 * gc;
+      store_chunk<T>(xhat + dst, out);
     }
     if (kDebug && c < nchunks) {
       const int gc = cbase + c;
@@ -639,7 +644,7 @@ constexpr bool kPrepPdl = SHARQ_PREP_PDL;
 template <typename T, int V, int kProd = kPrepPlain>
 cudaError_t launch_v(const T* xp, int64_t x_stride, T* yp, int M, int K, int fmt, int pattern,
                      int bb_lanes, int rb_lanes, const PrepDebug& dbg, int cl, cudaStream_t stream,
-                     const PrepNorm& nrm = PrepNorm{}, int threads = 0) {
+                     const PrepNorm& nrm = PrepNorm{}, int threads = 0, bool frag = false) {
   const int nchunks = K / 8 / cl;
   if (threads == 0) threads = ((nchunks + V - 1) / V + 31) / 32 * 32;
   if (threads > prep_max_threads<V>()) return cudaErrorInvalidValue;
@@ -667,7 +672,7 @@ cudaError_t launch_v(const T* xp, int64_t x_stride, T* yp, int M, int K, int fmt
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, SHARQ_PREP_CARVEOUT);
     if (e != cudaSuccess) return e;
   }
-  return cudaLaunchKernelEx(&cfg, kernel, xp, x_stride, yp, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, nrm);
+  return cudaLaunchKernelEx(&cfg, kernel, xp, x_stride, yp, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, nrm, frag);
 }
 
 // RMSNorm + preparation: one CTA a row, launched like the preparation (PDL). One chunk a thread
@@ -706,7 +711,7 @@ inline bool prep_norm_cluster_holds(int K, int cl) {
 template <typename T>
 cudaError_t launch_norm(const void* x, int64_t x_stride, void* xhat, int M, int K, int fmt, int pattern,
                         int bb_lanes, int rb_lanes, const PrepNorm& nrm, int force_v, int force_cl,
-                        cudaStream_t stream) {
+                        cudaStream_t stream, bool frag) {
   const T* xp = static_cast<const T*>(x);
   T* yp = static_cast<T*>(xhat);
   const int half = pow2_ceil(K / 8) / 2;  // the V = 2 CTA: half the padded chunks (>= one warp)
@@ -722,11 +727,11 @@ cudaError_t launch_norm(const void* x, int64_t x_stride, void* xhat, int M, int 
   const PrepDebug none{};
   switch (v) {
     case 1:
-      return add ? launch_v<T, 1, kPrepAddNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, none, cl, stream, nrm)
-                 : launch_v<T, 1, kPrepNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, none, cl, stream, nrm);
+      return add ? launch_v<T, 1, kPrepAddNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, none, cl, stream, nrm, 0, frag)
+                 : launch_v<T, 1, kPrepNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, none, cl, stream, nrm, 0, frag);
     case 2:
-      return add ? launch_v<T, 2, kPrepAddNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, none, 1, stream, nrm, half)
-                 : launch_v<T, 2, kPrepNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, none, 1, stream, nrm, half);
+      return add ? launch_v<T, 2, kPrepAddNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, none, 1, stream, nrm, half, frag)
+                 : launch_v<T, 2, kPrepNorm>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, none, 1, stream, nrm, half, frag);
     default:
       return cudaErrorInvalidValue;
   }
@@ -769,7 +774,7 @@ inline int prep_cluster_size(int M, int K, bool silu = false) {
 template <typename T, int kProd = kPrepPlain>
 cudaError_t launch_prep_t(const void* x, int64_t x_stride, void* xhat, int M, int K, int fmt,
                           int pattern, int bb_lanes, int rb_lanes, const PrepDebug& dbg, int force_v,
-                          int force_cl, cudaStream_t stream) {
+                          int force_cl, cudaStream_t stream, bool frag = false) {
   const T* xp = static_cast<const T*>(x);
   T* yp = static_cast<T*>(xhat);
   // Decode (M <= 64): latency-bound; a row longer than one CTA holds at a chunk a thread is
@@ -787,10 +792,10 @@ cudaError_t launch_prep_t(const void* x, int64_t x_stride, void* xhat, int M, in
   const int nchunks = K / 8 / cl;
   if (force_v > 0) {
     switch (force_v) {
-      case 1: return launch_v<T, 1, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
-      case 2: return launch_v<T, 2, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
-      case 4: return launch_v<T, 4, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
-      case 8: return launch_v<T, 8, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
+      case 1: return launch_v<T, 1, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream, PrepNorm{}, 0, frag);
+      case 2: return launch_v<T, 2, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream, PrepNorm{}, 0, frag);
+      case 4: return launch_v<T, 4, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream, PrepNorm{}, 0, frag);
+      case 8: return launch_v<T, 8, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream, PrepNorm{}, 0, frag);
       default: return cudaErrorInvalidValue;
     }
   }
@@ -802,12 +807,12 @@ cudaError_t launch_prep_t(const void* x, int64_t x_stride, void* xhat, int M, in
   // at 4096, 692 -> 564 at 16384 (SiLU * mul in front: 64.6 -> 57.4, 249 -> 213, 964 -> 814).
   // (The H100 sweep, kernels-H100.json, had V = 4 at 100 registers, one CTA an SM: 20-25% slower.)
   if (M > kPrepLargeM && nchunks > 1024 && nchunks <= 4 * prep_max_threads<4>())
-    return launch_v<T, 4, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
+    return launch_v<T, 4, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream, PrepNorm{}, 0, frag);
   if (M > kPrepLargeM && nchunks <= 2 * 1024)
-    return launch_v<T, 2, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
-  if (nchunks <= 1024) return launch_v<T, 1, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
-  if (nchunks <= 2048) return launch_v<T, 2, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
-  return launch_v<T, 8, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream);
+    return launch_v<T, 2, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream, PrepNorm{}, 0, frag);
+  if (nchunks <= 1024) return launch_v<T, 1, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream, PrepNorm{}, 0, frag);
+  if (nchunks <= 2048) return launch_v<T, 2, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream, PrepNorm{}, 0, frag);
+  return launch_v<T, 8, kProd>(xp, x_stride, yp, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, cl, stream, PrepNorm{}, 0, frag);
 }
 
 // the arguments every preparation launch shares
@@ -825,29 +830,31 @@ bool prep_args_ok(int fmt, int pattern, int backbone_block, int residual_block, 
 
 cudaError_t launch_prep_norm(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
                              int fmt, int pattern, int backbone_block, int residual_block,
-                             const PrepNorm& norm, cudaStream_t stream, int force_v, int force_cl) {
+                             const PrepNorm& norm, cudaStream_t stream, int force_v, int force_cl, bool x_frag) {
   if (M == 0) return cudaSuccess;
   if (!prep_args_ok(fmt, pattern, backbone_block, residual_block, K) || K > kPrepNormMaxK || !norm.weight ||
       (norm.residual != nullptr) != (norm.residual_out != nullptr))
     return cudaErrorInvalidValue;
   const int bb_lanes = backbone_block / 8, rb_lanes = residual_block / 8;
+  const bool frag = x_frag && xhat_fragment_rows(M);
   switch (dtype) {
-    case kBF16: return launch_norm<__nv_bfloat16>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, force_v, force_cl, stream);
-    case kFP16: return launch_norm<__half>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, force_v, force_cl, stream);
+    case kBF16: return launch_norm<__nv_bfloat16>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, force_v, force_cl, stream, frag);
+    case kFP16: return launch_norm<__half>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, force_v, force_cl, stream, frag);
     default: return cudaErrorInvalidValue;
   }
 }
 
 cudaError_t launch_prep_silu_mul(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
                                  int fmt, int pattern, int backbone_block, int residual_block,
-                                 cudaStream_t stream, int force_v, int force_cl) {
+                                 cudaStream_t stream, int force_v, int force_cl, bool x_frag) {
   if (M == 0) return cudaSuccess;
   if (!prep_args_ok(fmt, pattern, backbone_block, residual_block, K)) return cudaErrorInvalidValue;
   const int bb_lanes = backbone_block / 8, rb_lanes = residual_block / 8;
   const PrepDebug none{};
+  const bool frag = x_frag && xhat_fragment_rows(M);
   switch (dtype) {
-    case kBF16: return launch_prep_t<__nv_bfloat16, kPrepSiluMul>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, none, force_v, force_cl, stream);
-    case kFP16: return launch_prep_t<__half, kPrepSiluMul>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, none, force_v, force_cl, stream);
+    case kBF16: return launch_prep_t<__nv_bfloat16, kPrepSiluMul>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, none, force_v, force_cl, stream, frag);
+    case kFP16: return launch_prep_t<__half, kPrepSiluMul>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, none, force_v, force_cl, stream, frag);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -871,13 +878,15 @@ cudaError_t launch_silu_mul(const void* x, int64_t x_stride, void* y, int M, int
 
 cudaError_t launch_prep(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
                         int fmt, int pattern, int backbone_block, int residual_block,
-                        const PrepDebug& dbg, cudaStream_t stream, int force_v, int force_cl) {
+                        const PrepDebug& dbg, cudaStream_t stream, int force_v, int force_cl, bool x_frag) {
   if (M == 0) return cudaSuccess;
   if (!prep_args_ok(fmt, pattern, backbone_block, residual_block, K)) return cudaErrorInvalidValue;
+  if (x_frag && dbg.any()) return cudaErrorInvalidValue;
   const int bb_lanes = backbone_block / 8, rb_lanes = residual_block / 8;
+  const bool frag = x_frag && xhat_fragment_rows(M);
   switch (dtype) {
-    case kBF16: return launch_prep_t<__nv_bfloat16>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, force_v, force_cl, stream);
-    case kFP16: return launch_prep_t<__half>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, force_v, force_cl, stream);
+    case kBF16: return launch_prep_t<__nv_bfloat16>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, force_v, force_cl, stream, frag);
+    case kFP16: return launch_prep_t<__half>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, force_v, force_cl, stream, frag);
     default: return cudaErrorInvalidValue;
   }
 }

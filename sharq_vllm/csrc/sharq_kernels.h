@@ -24,6 +24,15 @@ inline int sm_count() {
 enum Format : int { kNVFP4 = 0, kMXFP4 = 1 };
 enum Pattern : int { kDense = 0, kTwoOfFour = 1, kFourOfEightPairs = 2 };
 
+// x_hat in fragment order (sharq_vllm/kernels/layout.py, xhat_to_fragments: [M/8][K/64][2][8][4][8],
+// the 8 values lane 4g + q of the stream GEMM feeds to a tile's MMAs, 16 contiguous bytes) at
+// these row counts, where the caller asks for it (x_frag): the preparation kernels write it, the
+// stream GEMM reads it. Every row group is whole there (no clamped rows), and M <=
+// kGemmStreamWideMaxM takes the stream kernel for every N. Mirrored by
+// sharq_vllm/kernels/dispatch.py (XHAT_FRAGMENT_ROWS), checked by tests/test_options.py.
+enum XhatFragmentRows : int { kXhatFragRows8 = 8, kXhatFragRows16 = 16 };
+constexpr bool xhat_fragment_rows(int M) { return M == kXhatFragRows8 || M == kXhatFragRows16; }
+
 // Optional outputs of the preparation kernel for bit-exactness tests (null = not written).
 struct PrepDebug {
   uint8_t* mask = nullptr;        // [M, K] 0/1
@@ -40,10 +49,12 @@ struct PrepDebug {
 // (sharq_vllm/reference.py: backbone_block, residual_block); K must be a multiple of both.
 // force_v / force_cl (0 = automatic): chunks a thread (1, 2, 4, 8) and CTAs a row (cluster size
 // 1..8, K % (64 cl) == 0) for benchmarks and tests; every configuration gives identical bits.
+// x_frag: x_hat in fragment order where xhat_fragment_rows(M) (x_hat [M, K] contiguous), row-major
+// otherwise (for launch_prep_norm and launch_prep_silu_mul too). Not with debug outputs.
 cudaError_t launch_prep(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
                         int fmt, int pattern, int backbone_block, int residual_block,
                         const PrepDebug& dbg, cudaStream_t stream, int force_v = 0,
-                        int force_cl = 0);
+                        int force_cl = 0, bool x_frag = false);
 
 // RMSNorm (+ residual add) in front of the preparation (launch_prep_norm, prep.cu's
 // rms_norm_row): x_hat = prepare(rms_norm(x (+ residual))) in one pass over the row; with a
@@ -70,14 +81,15 @@ struct PrepNorm {
 };
 cudaError_t launch_prep_norm(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
                              int fmt, int pattern, int backbone_block, int residual_block,
-                             const PrepNorm& norm, cudaStream_t stream, int force_v = 0, int force_cl = 0);
+                             const PrepNorm& norm, cudaStream_t stream, int force_v = 0, int force_cl = 0,
+                             bool x_frag = false);
 
 // SiLU * mul in front of the preparation: x [M, 2K] rows [gate | up] (row stride x_stride),
 // x_hat [M, K] = prepare(round(round(silu(gate)) * up)) (prep.cu, silu_mul_chunk). Any K the
 // preparation takes; force_v / force_cl as for launch_prep.
 cudaError_t launch_prep_silu_mul(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
                                  int fmt, int pattern, int backbone_block, int residual_block,
-                                 cudaStream_t stream, int force_v = 0, int force_cl = 0);
+                                 cudaStream_t stream, int force_v = 0, int force_cl = 0, bool x_frag = false);
 // SiLU * mul alone (tests): y [M, K] = round(round(silu(gate)) * up), the values
 // launch_prep_silu_mul quantizes.
 cudaError_t launch_silu_mul(const void* x, int64_t x_stride, void* y, int M, int K, int dtype, cudaStream_t stream);
@@ -110,7 +122,7 @@ enum GemmVariantMaxM : int { kGemmStreamLimitM = 32, kGemmWgmmaRsLimitM = 64 };
 cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight, const void* scales,
                             const float* tensor_scale, const void* bias, void* y, int64_t y_stride,
                             int M, int N, int n_valid, int K, int wblock, int dtype,
-                            cudaStream_t stream, int variant = kGemmAuto);
+                            cudaStream_t stream, int variant = kGemmAuto, bool x_frag = false);
 
 // The wgmma kernel alone (gemm_wgmma.cu; x 16-byte aligned with a row stride of a multiple of 16
 // bytes, as every GEMM here requires: TMA reads it).

@@ -39,6 +39,8 @@ __all__ = [
     "KERNEL_CAPABILITY",
     "PREP_MAX_THREADS",
     "PREP_NORM_MAX_K",
+    "SERVING_X_FRAG",
+    "XHAT_FRAGMENT_ROWS",
     "GemmKernel",
     "auto_variant",
     "describe",
@@ -56,6 +58,7 @@ __all__ = [
     "sm_count",
     "wave_fill",
     "weight_on_kernel",
+    "xhat_fragment_rows",
 ]
 
 KERNEL_CAPABILITY = (9, 0)
@@ -129,9 +132,24 @@ GEMM_MMA_MIN_FILL = 0.8
 #: tests/test_options.py) and the largest M a forced kernel takes (absent: any M).
 GEMM_VARIANTS = {"auto": 0, "stream": 1, "tile": 2, "wgmma": 3, "wgmmars": 4}
 GEMM_VARIANT_MAX_M = {"stream": 32, "wgmmars": 64}  # sharq::GemmVariantMaxM: MT <= 4; RS token columns
+#: Row counts at which x_hat is stored in fragment order when the caller asks for it (``x_frag``:
+#: layout.xhat_to_fragments; the vLLM plugin always asks): the preparation kernels write it and
+#: the stream GEMM reads it with half the L1 wavefronts of row-major x_hat. Whole 8-row groups only,
+#: and at most GEMM_AUTO_MAX_M["streamwide"] rows, where every layer takes the stream kernel.
+#: Mirrors ``sharq::XhatFragmentRows`` (sharq_kernels.h; tests/test_options.py); the A/B behind it:
+#: benchmarks/results/kernels-H200-xhat-frag.json.
+XHAT_FRAGMENT_ROWS = (8, 16)
+#: What the vLLM plugin passes as ``x_frag`` to every preparation and GEMM (producers and GEMMs must
+#: agree); the kernel benchmark's "sharq" / "sharq_gemm" rows time the same.
+SERVING_X_FRAG = True
 
 _lock = threading.Lock()
 _status: dict[tuple[str, int], tuple[bool, str]] = {}
+
+
+def xhat_fragment_rows(m: int) -> bool:
+    """Whether x_hat of ``m`` rows asked for in fragment order is stored so (XHAT_FRAGMENT_ROWS)."""
+    return m in XHAT_FRAGMENT_ROWS
 
 
 def auto_variant(m: int, n: int, sms: int) -> str:

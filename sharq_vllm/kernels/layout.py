@@ -18,6 +18,14 @@ the header of sharq_vllm/csrc/gemm.cu, which also explains the k-permutation the
 * scales: uint8 [N/16, K/64 * 16 * (64/block)]: byte (b * 16 + 2g + h) of a tile is the E4M3
   scale of row 16s+g+8h, block b of the tile (a lane reads the u16 (s_g, s_g+8) of its block).
 
+x_hat in fragment order (what the stream GEMM reads at the row counts
+``dispatch.XHAT_FRAGMENT_ROWS``, when the caller asks for it): rows [M, K] with M a multiple of 8,
+stored as [M/8 row groups][K/64 tiles][2 halves][8 rows g][4 lanes q][8 values]: element (G, t, h,
+g, q, i) is x_hat[8G + g, 64t + 16q + 8h + i], the 8 values lane 4g + q feeds to the MMAs of tile t
+(one 16-byte load each half). A warp's load of one half is then 512 contiguous bytes (4 L1
+wavefronts) instead of 64 bytes from each of 8 rows (8 wavefronts; docs/KERNELS.md has the ncu
+counts). Same shape and size as the row-major tensor; only the order of its elements differs.
+
 Why this layout (and not one in natural k order): a lane's 16 k of a tile lie in one scale block,
 so it converts one scale pair a tile, and reads its 16 x_hat values with two 16-byte loads - the
 decode (M <= 16) kernel is instruction-bound, and a natural-order layout measured 25-40% slower
@@ -111,3 +119,22 @@ def untile_weight(
     nb = 64 // block
     scl = scales.reshape(s_count, kt, nb, 8, 2).permute(0, 4, 3, 1, 2).reshape(n_pad, kt * nb)[:n]
     return packed, scl.contiguous()
+
+
+def _fragment_view(m: int, k: int) -> tuple[int, ...]:
+    if m % 8 or k % TILE_K:
+        raise ValueError(f"sharq: x_hat fragment order needs M % 8 == 0 and K % {TILE_K} == 0, got [{m}, {k}]")
+    return (m // 8, 8, k // TILE_K, 4, 2, 8)  # [G, g, t, q, h, i]
+
+
+def xhat_to_fragments(x_hat: torch.Tensor) -> torch.Tensor:
+    """Row-major x_hat [M, K] -> the same values in fragment order (module docstring), [M, K]."""
+    m, k = x_hat.shape
+    return x_hat.reshape(_fragment_view(m, k)).permute(0, 2, 4, 1, 3, 5).reshape(m, k).contiguous()
+
+
+def xhat_from_fragments(x_frag: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`xhat_to_fragments`."""
+    m, k = x_frag.shape
+    g_, g, t, q, h, i = _fragment_view(m, k)
+    return x_frag.reshape(g_, t, h, g, q, i).permute(0, 3, 1, 4, 2, 5).reshape(m, k).contiguous()

@@ -73,6 +73,9 @@ def layer_options(name: str) -> SharQOptions:
 # the kernels calls them directly (ops.run_*) under the decisions its KernelPlan fixed at load;
 # anything else goes through sharq_vllm.ops' general ops (same kernels, or the reference).
 _LIB = torch.library.Library("sharq_plugin", "FRAGMENT")  # owns the ops: kept alive with the module
+# x_hat between a preparation and its GEMM, in every op below: fragment order where
+# dispatch.XHAT_FRAGMENT_ROWS holds (what the stream GEMM reads fastest; sharq_vllm/ops.py).
+X_FRAG = dispatch.SERVING_X_FRAG
 
 
 @dataclass(frozen=True)
@@ -121,9 +124,9 @@ def _layer_and_plan(layer_name: str) -> tuple[Any, KernelPlan | None]:
 
 def _gemm(layer: Any, plan: KernelPlan | None, x_hat: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     if plan is not None and x_hat.dtype is plan.dtype:
-        return ops.run_gemm(x_hat, _kernel_weight(layer, plan), bias)
+        return ops.run_gemm(x_hat, _kernel_weight(layer, plan), bias, X_FRAG)
     parts = packed_weights(layer)
-    return ops.sharq_linear(x_hat, parts[0] if len(parts) == 1 else parts, bias, x_hat=x_hat)
+    return ops.sharq_linear(x_hat, parts[0] if len(parts) == 1 else parts, bias, x_hat=x_hat, x_frag=X_FRAG)
 
 
 def _sharq_plugin_linear(x: torch.Tensor, bias: torch.Tensor | None, layer_name: str) -> torch.Tensor:
@@ -131,10 +134,10 @@ def _sharq_plugin_linear(x: torch.Tensor, bias: torch.Tensor | None, layer_name:
     no host syncs inside), counts calls."""
     layer, plan = _layer_and_plan(layer_name)
     if plan is not None and plan.prep and x.dtype is plan.dtype:
-        x_hat = ops.run_prep(x, plan.codes)
+        x_hat = ops.run_prep(x, plan.codes, X_FRAG)
     else:
         o: SharQOptions = layer.quant_method.options
-        x_hat = torch.ops.sharq.prepare(x, o.format, o.pattern, act_scale=o.act_scale)
+        x_hat = torch.ops.sharq.prepare(x, o.format, o.pattern, act_scale=o.act_scale, x_frag=X_FRAG)
     y = _gemm(layer, plan, x_hat, bias)
     stats.record_forward(x.shape[0] if x.dim() > 1 else 1)
     return y
@@ -152,9 +155,9 @@ def _linear_fake(x: torch.Tensor, bias: torch.Tensor | None, layer_name: str) ->
 def _rms_norm_prepare(x: torch.Tensor, weight: torch.Tensor, eps: float, layer_name: str) -> torch.Tensor:
     layer, plan = _layer_and_plan(layer_name)
     if plan is not None and plan.norm and x.dtype is plan.dtype and weight.dtype is plan.dtype:
-        return ops.run_prep_norm(x, None, weight, eps, plan.codes)[0]
+        return ops.run_prep_norm(x, None, weight, eps, plan.codes, X_FRAG)[0]
     o: SharQOptions = layer.quant_method.options
-    return torch.ops.sharq.prepare_rms_norm(x, weight, eps, o.format, o.pattern, o.act_scale)  # type: ignore[no-any-return]
+    return torch.ops.sharq.prepare_rms_norm(x, weight, eps, o.format, o.pattern, o.act_scale, X_FRAG)  # type: ignore[no-any-return]
 
 
 def _rms_norm_prepare_fake(x: torch.Tensor, weight: torch.Tensor, eps: float, layer_name: str) -> torch.Tensor:
@@ -167,10 +170,10 @@ def _add_rms_norm_prepare(
     layer, plan = _layer_and_plan(layer_name)
     if (plan is not None and plan.norm and x.dtype is plan.dtype and residual.dtype is plan.dtype
             and weight.dtype is plan.dtype):
-        return ops.run_prep_norm(x, residual, weight, eps, plan.codes)  # type: ignore[return-value]
+        return ops.run_prep_norm(x, residual, weight, eps, plan.codes, X_FRAG)  # type: ignore[return-value]
     o: SharQOptions = layer.quant_method.options
     return torch.ops.sharq.prepare_add_rms_norm(  # type: ignore[no-any-return]
-        x, residual, weight, eps, o.format, o.pattern, o.act_scale)
+        x, residual, weight, eps, o.format, o.pattern, o.act_scale, X_FRAG)
 
 
 def _add_rms_norm_prepare_fake(
@@ -183,9 +186,9 @@ def _add_rms_norm_prepare_fake(
 def _silu_mul_prepare(x: torch.Tensor, layer_name: str) -> torch.Tensor:
     layer, plan = _layer_and_plan(layer_name)
     if plan is not None and plan.prep and x.dtype is plan.dtype:
-        return ops.run_prep_silu_mul(x, plan.codes)
+        return ops.run_prep_silu_mul(x, plan.codes, X_FRAG)
     o: SharQOptions = layer.quant_method.options
-    return torch.ops.sharq.prepare_silu_mul(x, o.format, o.pattern, o.act_scale)  # type: ignore[no-any-return]
+    return torch.ops.sharq.prepare_silu_mul(x, o.format, o.pattern, o.act_scale, X_FRAG)  # type: ignore[no-any-return]
 
 
 def _silu_mul_prepare_fake(x: torch.Tensor, layer_name: str) -> torch.Tensor:

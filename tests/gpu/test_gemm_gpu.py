@@ -224,6 +224,40 @@ def test_gemm_variants_same_bits(dtype, n, k, block, m):
             assert torch.equal(_forced(x, packed, bias, FORCED[name], dtype), tile), f"{name} differs from the tile kernel"
 
 
+# x_hat in fragment order (x_frag; layout.xhat_to_fragments): at dispatch.XHAT_FRAGMENT_ROWS rows the
+# automatic GEMM (the stream kernel's XF instantiations) gives the bits of row-major x_hat, over the
+# stream kernel's walks above; at other rows x_frag changes nothing. A forced kernel other than the
+# stream kernel refuses fragments.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "n,k,block",
+    [(6144, 4096, 32), (1552, 1472, 16), (48, 14336, 32), (4096, 64, 16), (29568, 2048, 16), (37888, 256, 16)],
+)
+@pytest.mark.parametrize("m", [1, 8, 12, 16, 24])
+def test_gemm_x_frag_same_bits(dtype, n, k, block, m):
+    from sharq_vllm.kernels.layout import xhat_to_fragments
+
+    _, packed = packed_weight(n, k, block=block)
+    x = _x(m, k, dtype)
+    bias = heavy(1, n, dtype).reshape(n) if n % 3 else None
+    rows = _auto(x, packed, bias, dtype)
+    frag = dispatch.xhat_fragment_rows(m)
+    xf = xhat_to_fragments(x) if frag else x
+    y = torch.full((m, packed.n), float("nan"), dtype=dtype, device="cuda")
+    args = (packed.qweight, packed.scales, packed.tensor_scale, bias, y, packed.n_pad, packed.block)
+    for _ in range(3):
+        torch.ops.sharq_C.gemm_mma(xf, *args, True)
+        assert torch.equal(y, rows)
+        y.fill_(float("nan"))
+    torch.ops.sharq_C.gemm_mma_cfg(xf, *args, FORCED["stream"], True)
+    # the forced stream kernel against itself on rows (at 24 rows 29568 x 2048 runs wgmma by itself)
+    assert torch.equal(y, _forced(x, packed, bias, FORCED["stream"], dtype))
+    assert torch.equal(ops.run_gemm(xf, packed, bias, x_frag=True), rows)
+    if frag:
+        with pytest.raises(RuntimeError, match="stream kernel only"):
+            torch.ops.sharq_C.gemm_mma_cfg(xf, *args, FORCED["tile"], True)
+
+
 WGMMA_SHAPES = [(6144, 4096, 32), (1552, 1472, 16), (48, 14336, 32), (4096, 64, 16), (40, 576, 16)]
 WGMMA_MS = [1, 16, 17, 24, 25, 32, 33, 64, 65, 128, 129, 200, 256, 257, 600]  # every bucket and its edges
 

@@ -407,6 +407,37 @@ def test_prep_silu_mul_bit_exact(fmt, pattern, dtype, m, k):
     _same_bits(out, _silu_reference(gu, fmt, pattern), "x_hat")
 
 
+# x_frag: the three preparation kernels write x_hat in fragment order (layout.xhat_to_fragments)
+# at dispatch.XHAT_FRAGMENT_ROWS rows, the bits of their row-major output; row-major at other rows.
+@pytest.mark.parametrize("m", [1, 8, 12, 16, 24])
+@pytest.mark.parametrize("k", [4096, 14336, 576])
+def test_prep_x_frag_is_the_row_major_output_in_fragment_order(m, k):
+    from sharq_vllm.kernels.layout import xhat_to_fragments
+
+    dtype = torch.bfloat16
+    codes = dispatch.prep_values("nvfp4", "4:8-pairs")
+
+    def order(rows):
+        return xhat_to_fragments(rows) if dispatch.xhat_fragment_rows(m) else rows
+
+    def pair(run):
+        rows = torch.full((m, k), float("nan"), dtype=dtype, device="cuda")
+        frag = torch.full_like(rows, float("nan"))
+        run(rows, False)
+        run(frag, True)
+        _same_bits(frag, order(rows).cpu(), "x_hat in fragment order")
+
+    x = heavy(m, k, dtype)
+    pair(lambda out, f: torch.ops.sharq_C.prep(x, out, *codes, f))
+    if k <= dispatch.PREP_NORM_MAX_K:
+        xn, r, w = _norm_inputs(m, k, dtype)
+        r_out = torch.empty_like(xn)
+        pair(lambda out, f: torch.ops.sharq_C.prep_norm(xn, r, r_out, w, EPS, out, *codes, 0, 0, f))
+        pair(lambda out, f: torch.ops.sharq_C.prep_norm(xn, None, None, w, EPS, out, *codes, 0, 0, f))
+    gu = _gate_up(m, k, dtype)
+    pair(lambda out, f: torch.ops.sharq_C.prep_silu_mul(gu, out, *codes, 0, 0, f))
+
+
 @pytest.mark.parametrize("v,cl", [(1, 1), (2, 1), (4, 1), (8, 1), (1, 2), (1, 7), (2, 4)])
 def test_prep_silu_mul_configurations_identical(v, cl):
     m, k = 9, 8960

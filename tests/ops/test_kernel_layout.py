@@ -24,6 +24,8 @@ from sharq_vllm.kernels.layout import (
     PAIR_ROT,
     tile_weight,
     untile_weight,
+    xhat_from_fragments,
+    xhat_to_fragments,
 )
 from sharq_vllm.reference import dequantize_weight, quantize_weight
 
@@ -484,3 +486,46 @@ def test_wgmma_header_is_generated():
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     assert gen.HEADER.read_text() == gen.render(), "run: python3 tools/gen_wgmma.py"
+
+
+# ---- x_hat in fragment order (layout.xhat_to_fragments) -----------------------------------
+# The two address formulas of sharq_vllm/csrc: the preparation's store of row r's 8-value chunk
+# gc (prep.cu) and the stream GEMM's loads of lane (g, q), tile t, row group G (gemm.cu, XF),
+# replayed on the layout function's output.
+def _prep_frag_offset(r: int, gc: int, k: int) -> int:
+    return (r >> 3) * 8 * k + (gc >> 3) * 512 + (gc & 1) * 256 + (r & 7) * 32 + ((gc >> 1) & 3) * 8
+
+
+def _stream_frag_loads(flat: torch.Tensor, grp: int, t: int, g: int, q: int, k: int) -> torch.Tensor:
+    base = grp * 8 * k + 512 * t + 32 * g + 8 * q
+    return torch.cat([flat[base : base + 8], flat[base + 256 : base + 264]])
+
+
+@pytest.mark.parametrize("m,k", [(8, 64), (16, 192), (24, 128)])
+def test_xhat_fragments_match_the_kernels_addresses(m, k):
+    x = _heavy(m, k, seed=m + k).to(torch.bfloat16)
+    frag = xhat_to_fragments(x)
+    assert frag.shape == x.shape and torch.equal(xhat_from_fragments(frag), x)
+    flat = frag.flatten()
+    # the preparation's stores put every chunk where the layout says (and cover the tensor once)
+    scattered = torch.full_like(flat, float("nan"))
+    for r in range(m):
+        for gc in range(k // 8):
+            off = _prep_frag_offset(r, gc, k)
+            assert scattered[off : off + 8].isnan().all()
+            scattered[off : off + 8] = x[r, 8 * gc : 8 * gc + 8]
+    assert torch.equal(scattered, flat)
+    # a lane's two loads are its 16 row-major values of the tile (k 64t + 16q .. + 15)
+    for grp in range(m // 8):
+        for t in range(k // 64):
+            for g in range(8):
+                for q in range(4):
+                    got = _stream_frag_loads(flat, grp, t, g, q, k)
+                    assert torch.equal(got, x[8 * grp + g, 64 * t + 16 * q : 64 * t + 16 * q + 16])
+
+
+def test_xhat_fragments_need_whole_groups_and_tiles():
+    with pytest.raises(ValueError, match="M % 8"):
+        xhat_to_fragments(torch.zeros(12, 64))
+    with pytest.raises(ValueError, match="K % 64"):
+        xhat_from_fragments(torch.zeros(8, 96))

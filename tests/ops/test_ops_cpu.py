@@ -8,7 +8,7 @@ import torch
 
 from sharq_vllm import ops
 from sharq_vllm.kernels import dispatch
-from sharq_vllm.kernels.layout import tile_weight
+from sharq_vllm.kernels.layout import tile_weight, xhat_to_fragments
 from sharq_vllm.producers import rms_norm
 from sharq_vllm.reference import (
     apply_linear,
@@ -277,3 +277,46 @@ def test_act_scale_tensor_runs_through_the_op_layer():
     y = ops.sharq_linear(x, packed, None, "nvfp4", "2:4", act_scale="tensor")
     assert torch.equal(y, apply_linear(x, quantize_weight(w), None, "nvfp4", "2:4", act_scale="tensor"))
     assert not torch.equal(y, ops.sharq_linear(x, packed, None, "nvfp4", "2:4"))
+
+
+@pytest.mark.parametrize("m", [1, 8, 12, 16, 24])
+def test_x_frag_through_the_ops(m):
+    """x_frag=True: every preparation op returns x_hat in fragment order exactly at
+    dispatch.XHAT_FRAGMENT_ROWS rows (row-major elsewhere), and the GEMM / linear read it back
+    to the same outputs as row-major x_hat."""
+    k = 128
+    x, r = _heavy(m, k, seed=m), _heavy(m, k, seed=m + 50)
+    w = (torch.rand(k, generator=torch.Generator().manual_seed(m)) + 0.5).to(torch.bfloat16)
+
+    def order(rows):
+        return xhat_to_fragments(rows) if m in dispatch.XHAT_FRAGMENT_ROWS else rows
+
+    rows = torch.ops.sharq.prepare(x, "nvfp4", "4:8-pairs")
+    frag = torch.ops.sharq.prepare(x, "nvfp4", "4:8-pairs", x_frag=True)
+    assert torch.equal(frag, order(rows))
+    assert torch.equal(torch.ops.sharq.prepare_rms_norm(x, w, 1e-5, "nvfp4", "2:4", x_frag=True),
+                       order(torch.ops.sharq.prepare_rms_norm(x, w, 1e-5, "nvfp4", "2:4")))
+    got, r_got = torch.ops.sharq.prepare_add_rms_norm(x, r, w, 1e-5, "nvfp4", "4:8-pairs", x_frag=True)
+    want, r_want = torch.ops.sharq.prepare_add_rms_norm(x, r, w, 1e-5, "nvfp4", "4:8-pairs")
+    assert torch.equal(got, order(want)) and torch.equal(r_got, r_want)  # the residual stays row-major
+    gu = torch.cat([x, r], dim=-1)
+    assert torch.equal(torch.ops.sharq.prepare_silu_mul(gu, "mxfp4", "4:8-pairs", x_frag=True),
+                       order(torch.ops.sharq.prepare_silu_mul(gu, "mxfp4", "4:8-pairs")))
+    packed = ops.pack_weight(quantize_weight(_heavy(40, k, torch.float32, seed=9)), "cpu")
+    bias = torch.randn(40, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    assert torch.equal(ops.sharq_gemm(frag, packed, bias, x_frag=True), ops.sharq_gemm(rows, packed, bias))
+    y = ops.sharq_linear(x, packed, bias, "nvfp4", "4:8-pairs")
+    assert torch.equal(ops.sharq_linear(x, packed, bias, "nvfp4", "4:8-pairs", x_frag=True), y)
+    # leading batch dims: the rows are counted over all of them
+    y3 = ops.sharq_linear(x.reshape(1, m, k), packed, bias, "nvfp4", "4:8-pairs", x_frag=True)
+    assert torch.equal(y3.reshape(m, 40), y)
+
+
+def test_x_frag_opcheck():
+    x = _heavy(8, 64)
+    torch.library.opcheck(torch.ops.sharq.prepare.default, (x, "nvfp4", "2:4", "token", True))
+    payload = quantize_weight(_heavy(32, 64, torch.float32))
+    p = ops.pack_weight(payload, "cpu")
+    xh = torch.ops.sharq.prepare(x, "nvfp4", "2:4", x_frag=True)
+    args = (xh, p.qweight, p.scales, p.tensor_scale, None, p.n, p.n_pad, p.k, p.block, p.layout, p.alpha, True)
+    torch.library.opcheck(torch.ops.sharq.gemm.default, args)
