@@ -45,16 +45,11 @@ void check_rows(const at::Tensor& x, const at::Tensor& out) {
 
 // fmt / pattern: sharq::Format / sharq::Pattern codes; bb / rb: backbone / residual block
 // (channels per scale), derived from them in Python (sharq_vllm/reference.py)
-// x_frag: x_hat in fragment order at the row counts sharq::xhat_fragment_rows names (the stream
-// GEMM's; sharq_vllm/kernels/layout.py, xhat_to_fragments), row-major at others
-void check_frag_out(const at::Tensor& out, bool x_frag) {
-  TORCH_CHECK(!x_frag || out.is_contiguous(), "sharq: a fragment-ordered x_hat must be contiguous");
-}
-
+// x_frag: x_hat (out, contiguous) in fragment order at the row counts sharq::xhat_fragment_rows
+// names (the stream GEMM's; sharq_vllm/kernels/layout.py, xhat_to_fragments), row-major at others
 void prep_impl(const at::Tensor& x, at::Tensor& out, int64_t fmt, int64_t pattern, int64_t bb,
                int64_t rb, sharq::PrepDebug dbg, int64_t force_v = 0, int64_t force_cl = 0, bool x_frag = false) {
   check_rows(x, out);
-  check_frag_out(out, x_frag);
   const c10::cuda::CUDAGuard guard(x.device());
   const int M = x.size(0), K = x.size(1);
   check_cuda(sharq::launch_prep(x.data_ptr(), x.stride(0), out.data_ptr(), M, K, dtype_code(x),
@@ -101,7 +96,6 @@ void prep_norm(const at::Tensor& x, const std::optional<at::Tensor>& residual,
                at::Tensor& out, int64_t fmt, int64_t pattern, int64_t bb, int64_t rb, int64_t v, int64_t cl,
                bool x_frag) {
   check_rows(x, out);
-  check_frag_out(out, x_frag);
   const int M = x.size(0), K = x.size(1);
   TORCH_CHECK(weight.is_cuda() && weight.is_contiguous() && weight.numel() == K &&
                   weight.scalar_type() == x.scalar_type(),
