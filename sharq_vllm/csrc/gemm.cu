@@ -223,11 +223,7 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
     p.tb = warp;
     p.q = qw + ((int64_t)strip * KT + warp) * 32 + lane;
     p.sp = sc + ((int64_t)strip * KT + warp) * SBT + soff;
-#if SHARQ_DIAG_XFRAG
-    p.x = xrow[0] + 512 * warp;
-#else
     p.x = xrow[0] + XT * warp;
-#endif
   };
   auto advance = [&](Pos& p) {
     if (++p.s == nsteps) {
@@ -236,11 +232,7 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
       p.tb += kWarps * U;
       p.q += kWarps * U * 32;
       p.sp += kWarps * U * SBT;
-#if SHARQ_DIAG_XFRAG
-      p.x += kWarps * U * 512;
-#else
       p.x += kWarps * U * XT;
-#endif
     }
   };
   auto load = [&](StreamStage<T, MT, U>& st, const Pos& p) {
@@ -260,14 +252,6 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
   int x_off[MT];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) x_off[mt] = (int)(xrow[mt] - xrow[0]);
-#if SHARQ_DIAG_XFRAG
-  // timing diagnostic: x_hat read as if stored fragment-major (8-row group: [tile][half][lane][8]),
-  // from the row-major buffer (wrong values; M a multiple of 8 stays in bounds)
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) xrow[mt] = x + (int64_t)(m_base + 8 * mt < M ? m_base + 8 * mt : m_base) * xs + 8 * lane;
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) x_off[mt] = (int)(xrow[mt] - xrow[0]);
-#endif
   auto compute = [&](const StreamStage<T, MT, U>& st, const Pos& p) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -275,15 +259,9 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
         uint4 xv[MT][2];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
-#if SHARQ_DIAG_XFRAG
-          const uint4* xp = reinterpret_cast<const uint4*>(p.x + x_off[mt] + 512 * kWarps * u);
-          xv[mt][0] = __ldg(xp);
-          xv[mt][1] = __ldg(xp + 32);
-#else
           const uint4* xp = reinterpret_cast<const uint4*>(p.x + x_off[mt] + XT * kWarps * u);
           xv[mt][0] = __ldg(xp);
           xv[mt][1] = __ldg(xp + XH);
-#endif
         }
         if (ACC2 && (u & 1)) tile::mma_tile<T, MT>(acc2, st.q[u], st.s[u], xv);
         else tile::mma_tile<T, MT>(acc, st.q[u], st.s[u], xv);
