@@ -190,12 +190,13 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
   const int total = my_strips * nsteps;
   const float ts = __fmul_rn(tscale[0], 128.0f);
 
-  const T* xrow[MT];
-  bool mrow[MT];
-  tile::x_rows<T, MT>(xrow, mrow, x, xs, m_base, M, g, q);
-  if constexpr (XF) {
+  const T* xrow[MT];  // lane's x_hat of tile 0, row group mt
+  if constexpr (XF) {  // every row group whole (M = 8 / 16): no clamped rows
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) xrow[mt] = x + (int64_t)((m_base >> 3) + mt) * 8 * K + 32 * g + 8 * q;
+  } else {
+    bool mrow[MT];
+    tile::x_rows<T, MT>(xrow, mrow, x, xs, m_base, M, g, q);
   }
   constexpr int XT = XF ? 512 : 64;  // x_hat elements from one tile to the next (a lane's, row group 0)
   constexpr int XH = XF ? 32 : 1;    // 16-byte units from a lane's first x_hat load of a tile to its second
