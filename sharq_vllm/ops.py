@@ -17,10 +17,12 @@ they are CUDA-graph capturable):
 ``torch.ops.sharq.gemm(x_hat, qweight, scales, tensor_scale, bias, n, n_pad, k, block, layout,
     alpha) -> y``: y = x_hat @ deQ(W)^T + bias with the weight from :func:`pack_weight`.
 
-The preparation ops and ``gemm`` take ``x_frag`` (default False): x_hat in fragment order
-(kernels/layout.py, ``xhat_to_fragments``) where its rows are ``dispatch.XHAT_FRAGMENT_ROWS``,
-row-major otherwise; the stream GEMM reads it faster. A producer and its GEMM must agree (the vLLM
-plugin passes True to both); every path (kernel or reference) honours it.
+The preparation ops and ``gemm`` take ``x_frag`` (default 0): the most rows of x_hat stored in
+fragment order (kernels/layout.py, ``xhat_to_fragments``; 0, 16 or 32, ``dispatch.XHAT_FRAGMENT_LIMITS``)
+in whole 8-row groups (``dispatch.xhat_fragment_rows``), row-major otherwise; the stream GEMM reads
+it faster. A producer and its GEMM must agree, and 32 only suits a GEMM that takes the stream
+kernel up to 32 rows (``dispatch.xhat_fragment_limit``: the vLLM plugin passes each layer's value
+to both); every path (kernel or reference) honours it.
 
 CPU: the reference in plain PyTorch. CUDA: the kernels in sharq_vllm/csrc/ (``torch.ops.sharq_C``) where
 :mod:`sharq_vllm.kernels.dispatch` says they serve the call, the reference otherwise.
@@ -135,19 +137,19 @@ def _rows(x: torch.Tensor, k: int) -> torch.Tensor:
     return x2
 
 
-def _fragments(x_hat: torch.Tensor, x_frag: bool) -> bool:
+def _fragments(x_hat: torch.Tensor, x_frag: int) -> bool:
     """Whether ``x_hat`` (rows of its last dim) is in fragment order (see the module docstring)."""
-    return x_frag and dispatch.xhat_fragment_rows(x_hat.numel() // x_hat.shape[-1] if x_hat.shape[-1] else 0)
+    return dispatch.xhat_fragment_rows(x_hat.numel() // x_hat.shape[-1] if x_hat.shape[-1] else 0, x_frag)
 
 
-def _to_order(x_hat: torch.Tensor, x_frag: bool) -> torch.Tensor:
+def _to_order(x_hat: torch.Tensor, x_frag: int) -> torch.Tensor:
     """Row-major x_hat as the caller asked for it (the reference paths)."""
     if not _fragments(x_hat, x_frag):
         return x_hat
     return xhat_to_fragments(x_hat.reshape(-1, x_hat.shape[-1])).reshape(x_hat.shape)
 
 
-def _from_order(x_hat: torch.Tensor, x_frag: bool) -> torch.Tensor:
+def _from_order(x_hat: torch.Tensor, x_frag: int) -> torch.Tensor:
     """x_hat as the caller gave it -> row-major (the reference paths)."""
     if not _fragments(x_hat, x_frag):
         return x_hat
@@ -157,21 +159,21 @@ def _from_order(x_hat: torch.Tensor, x_frag: bool) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------
 # sharq::prepare
 # ----------------------------------------------------------------------------------------
-def _prepare_reference(x: torch.Tensor, fmt: str, pattern: str, act_scale: str, x_frag: bool = False) -> torch.Tensor:
+def _prepare_reference(x: torch.Tensor, fmt: str, pattern: str, act_scale: str, x_frag: int = 0) -> torch.Tensor:
     return _to_order(prepare_activation(x, fmt, pattern, act_scale=act_scale).x_hat, x_frag)
 
 
 @torch.library.custom_op("sharq::prepare", mutates_args=())
-def prepare(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token", x_frag: bool = False) -> torch.Tensor:
+def prepare(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token", x_frag: int = 0) -> torch.Tensor:
     return _prepare_reference(x, fmt, pattern, act_scale, x_frag)
 
 
 @prepare.register_fake
-def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token", x_frag: bool = False) -> torch.Tensor:
+def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token", x_frag: int = 0) -> torch.Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-def run_prep(x: torch.Tensor, codes: tuple[int, int, int, int], x_frag: bool = False) -> torch.Tensor:
+def run_prep(x: torch.Tensor, codes: tuple[int, int, int, int], x_frag: int = 0) -> torch.Tensor:
     """The preparation kernel on ``x`` (``codes``: dispatch.prep_values) where
     dispatch.prep_on_kernel holds: the body of the op's CUDA impl, also called directly by the
     vLLM plugin's ops (which decide that once a layer, not once a call)."""
@@ -183,7 +185,7 @@ def run_prep(x: torch.Tensor, codes: tuple[int, int, int, int], x_frag: bool = F
 
 
 @prepare.register_kernel("cuda")
-def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token", x_frag: bool = False) -> torch.Tensor:
+def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token", x_frag: int = 0) -> torch.Tensor:
     if not dispatch.prep_on_kernel(x, fmt, pattern, act_scale):
         return _prepare_reference(x, fmt, pattern, act_scale, x_frag)
     return run_prep(x, dispatch.prep_values(fmt, pattern), x_frag)
@@ -195,7 +197,7 @@ def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token", x_frag:
 # ----------------------------------------------------------------------------------------
 def run_prep_norm(
     x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float, codes: tuple[int, int, int, int],
-    x_frag: bool = False,
+    x_frag: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The RMSNorm (+ residual add) + preparation kernel where dispatch.prep_norm_on_kernel
     holds (see :func:`run_prep`): (x_hat, residual_out or None)."""
@@ -212,7 +214,7 @@ def run_prep_norm(
 
 def _prepare_norm(
     x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float, fmt: str, pattern: str,
-    act_scale: str, x_frag: bool = False,
+    act_scale: str, x_frag: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The fused kernel where it serves the call; elsewhere producers.rms_norm, then the
     preparation (kernel or reference): the same bits either way."""
@@ -225,7 +227,7 @@ def _prepare_norm(
 @torch.library.custom_op("sharq::prepare_rms_norm", mutates_args=())
 def prepare_rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float, fmt: str, pattern: str, act_scale: str = "token",
-    x_frag: bool = False,
+    x_frag: int = 0,
 ) -> torch.Tensor:
     return _prepare_norm(x, None, weight, eps, fmt, pattern, act_scale, x_frag)[0]
 
@@ -233,7 +235,7 @@ def prepare_rms_norm(
 @prepare_rms_norm.register_fake
 def _(
     x: torch.Tensor, weight: torch.Tensor, eps: float, fmt: str, pattern: str, act_scale: str = "token",
-    x_frag: bool = False,
+    x_frag: int = 0,
 ) -> torch.Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
@@ -241,7 +243,7 @@ def _(
 @torch.library.custom_op("sharq::prepare_add_rms_norm", mutates_args=())
 def prepare_add_rms_norm(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, fmt: str, pattern: str,
-    act_scale: str = "token", x_frag: bool = False,
+    act_scale: str = "token", x_frag: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     x_hat, r_out = _prepare_norm(x, residual, weight, eps, fmt, pattern, act_scale, x_frag)
     assert r_out is not None
@@ -251,7 +253,7 @@ def prepare_add_rms_norm(
 @prepare_add_rms_norm.register_fake
 def _(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, fmt: str, pattern: str,
-    act_scale: str = "token", x_frag: bool = False,
+    act_scale: str = "token", x_frag: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return (torch.empty_like(x, memory_format=torch.contiguous_format),
             torch.empty_like(x, memory_format=torch.contiguous_format))
@@ -259,24 +261,24 @@ def _(
 
 @torch.library.custom_op("sharq::prepare_silu_mul", mutates_args=())
 def prepare_silu_mul(
-    x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token", x_frag: bool = False
+    x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token", x_frag: int = 0
 ) -> torch.Tensor:
     return _prepare_reference(silu_and_mul(x), fmt, pattern, act_scale, x_frag)
 
 
 @prepare_silu_mul.register_fake
-def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token", x_frag: bool = False) -> torch.Tensor:
+def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token", x_frag: int = 0) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
 
 
 @prepare_silu_mul.register_kernel("cuda")
-def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token", x_frag: bool = False) -> torch.Tensor:
+def _(x: torch.Tensor, fmt: str, pattern: str, act_scale: str = "token", x_frag: int = 0) -> torch.Tensor:
     if not dispatch.prep_silu_mul_on_kernel(x, fmt, pattern, act_scale):
         return torch.ops.sharq.prepare(silu_and_mul(x), fmt, pattern, act_scale, x_frag)  # type: ignore[no-any-return]
     return run_prep_silu_mul(x, dispatch.prep_values(fmt, pattern), x_frag)
 
 
-def run_prep_silu_mul(x: torch.Tensor, codes: tuple[int, int, int, int], x_frag: bool = False) -> torch.Tensor:
+def run_prep_silu_mul(x: torch.Tensor, codes: tuple[int, int, int, int], x_frag: int = 0) -> torch.Tensor:
     """The SiLU * mul + preparation kernel on x = [..., gate | up] where
     dispatch.prep_silu_mul_on_kernel holds (see :func:`run_prep`)."""
     x2 = _rows(x, x.shape[-1])
@@ -374,7 +376,7 @@ def gemm(
     block: int,
     layout: int,
     alpha: float,
-    x_frag: bool = False,
+    x_frag: int = 0,
 ) -> torch.Tensor:
     return _gemm_reference(_from_order(x_hat, x_frag), qweight, scales, tensor_scale, bias, n, k, block, layout)
 
@@ -383,7 +385,7 @@ def gemm(
 def _(
     x_hat: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor,
     bias: torch.Tensor | None, n: int, n_pad: int, k: int, block: int, layout: int, alpha: float,
-    x_frag: bool = False,
+    x_frag: int = 0,
 ) -> torch.Tensor:
     return x_hat.new_empty((*x_hat.shape[:-1], n))
 
@@ -421,13 +423,13 @@ def _dequant_mm(x2: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | Non
 
 
 def run_gemm_kernel(
-    kernel: str, x2: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None, x_frag: bool = False
+    kernel: str, x2: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None, x_frag: int = 0
 ) -> torch.Tensor:
     """One CUDA GEMM path (``mma`` or ``dequant_mm``, dispatch.GEMM_KERNELS) on rows ``x2``
     [M, K] and a tiled weight (benchmarks and tests force a path through this; the op chooses
     by M). ``x_frag``: x2 as the preparation wrote it when asked for fragment order."""
     if _fragments(x2, x_frag) and kernel != "mma":
-        x2, x_frag = xhat_from_fragments(x2), False  # only gemm_mma's stream kernel reads fragments
+        x2, x_frag = xhat_from_fragments(x2), 0  # only gemm_mma's stream kernel reads fragments
     if kernel == "dequant_mm":
         return _dequant_mm(x2, packed, bias)
     if kernel != "mma":
@@ -442,7 +444,7 @@ def run_gemm_kernel(
 def _(
     x_hat: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor,
     bias: torch.Tensor | None, n: int, n_pad: int, k: int, block: int, layout: int, alpha: float,
-    x_frag: bool = False,
+    x_frag: int = 0,
 ) -> torch.Tensor:
     if not dispatch.gemm_on_kernel(x_hat, layout == LAYOUT_TILED):
         return _gemm_reference(_from_order(x_hat, x_frag), qweight, scales, tensor_scale, bias, n, k, block, layout)
@@ -450,7 +452,7 @@ def _(
 
 
 def run_gemm(
-    x_hat: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None, x_frag: bool = False
+    x_hat: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None, x_frag: int = 0
 ) -> torch.Tensor:
     """The GEMM kernel dispatch picks for x_hat's rows, where dispatch.gemm_on_kernel holds (see
     :func:`run_prep`): y [..., N]."""
@@ -466,14 +468,14 @@ def run_gemm(
 # public API
 # ----------------------------------------------------------------------------------------
 def sharq_gemm(
-    x_hat: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None, x_frag: bool = False
+    x_hat: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None, x_frag: int = 0
 ) -> torch.Tensor:
     p = packed
     return torch.ops.sharq.gemm(x_hat, p.qweight, p.scales, p.tensor_scale, bias, *p.geometry, x_frag)  # type: ignore[no-any-return]
 
 
 def sharq_gemm_rows(
-    x_hat: torch.Tensor, parts: Sequence[PackedWeight], bias: torch.Tensor | None = None, x_frag: bool = False
+    x_hat: torch.Tensor, parts: Sequence[PackedWeight], bias: torch.Tensor | None = None, x_frag: int = 0
 ) -> torch.Tensor:
     """y = x_hat @ [deQ(W_0); deQ(W_1); ...]^T + bias for a weight stored as row blocks that
     each carry their own FP32 tensor scale (the members of a fused qkv / gate_up layer whose
@@ -498,13 +500,14 @@ def sharq_linear(
     x_hat: torch.Tensor | None = None,
     *,
     act_scale: str = "token",
-    x_frag: bool = False,
+    x_frag: int = 0,
 ) -> torch.Tensor:
     """y = sharq_activation(x) @ deQ(W)^T + bias. Pass ``x_hat`` (from ``torch.ops.sharq.prepare``)
     to share one preparation between layers that read the same input (q/k/v, gate/up).
     ``packed``: one weight, or row blocks with their own tensor scales (:func:`sharq_gemm_rows`;
-    the activations are prepared once for all of them). ``x_frag``: x_hat (given or prepared here)
-    in fragment order at dispatch.XHAT_FRAGMENT_ROWS rows (module docstring).
+    the activations are prepared once for all of them). ``x_frag``: the most rows of x_hat (given
+    or prepared here) in fragment order (module docstring; with row blocks, a value every block's
+    GEMM reads: 16).
     ``act_scale="tensor"`` (one activation tensor scale, the paper's setting) prepares in PyTorch
     (the preparation kernel has per-token scales only); the GEMM is the same either way."""
     if x_hat is None:

@@ -139,9 +139,10 @@ def test_gemm_auto_bounds_match_the_cuda_header() -> None:
     assert rounds is not None and int(rounds.group(1)) == GEMM_STREAM_MAX_ROUNDS
     tile = re.search(r"constexpr int kGemmDecTileRows = (\d+);", header)
     assert tile is not None and int(tile.group(1)) == GEMM_DEC_TILE_ROWS
-    gemm = (Path(__file__).resolve().parents[1] / "sharq_vllm" / "csrc" / "gemm.cu").read_text()
-    ctas = re.search(r"constexpr int kStreamCtasPerSm = (\d+);", gemm)
+    ctas = re.search(r"constexpr int kGemmStreamCtasPerSm = (\d+);", header)
     assert ctas is not None and int(ctas.group(1)) == GEMM_STREAM_CTAS_PER_SM
+    gemm = (Path(__file__).resolve().parents[1] / "sharq_vllm" / "csrc" / "gemm.cu").read_text()
+    assert "constexpr int kStreamCtasPerSm = kGemmStreamCtasPerSm;" in gemm  # the kernel's own, defined once
 
 
 def test_gemm_variant_limits_match_the_cuda_header() -> None:
@@ -153,14 +154,14 @@ def test_gemm_variant_limits_match_the_cuda_header() -> None:
     assert GEMM_VARIANT_MAX_M == {k.removeprefix("kGemm").removesuffix("LimitM").lower(): v for k, v in got.items()}
 
 
-def test_xhat_fragment_rows_match_the_cuda_header() -> None:
-    """kernels.dispatch.XHAT_FRAGMENT_ROWS mirrors sharq::XhatFragmentRows, and they are whole 8-row
-    groups the stream kernel serves for every layer."""
-    from sharq_vllm.kernels.dispatch import GEMM_AUTO_MAX_M, XHAT_FRAGMENT_ROWS
+def test_xhat_fragment_limits_match_the_cuda_header() -> None:
+    """kernels.dispatch.XHAT_FRAGMENT_LIMITS mirrors sharq::XhatFragment: none, the rows where every
+    layer takes the stream kernel, and the stream kernel's own bound."""
+    from sharq_vllm.kernels.dispatch import GEMM_AUTO_MAX_M, XHAT_FRAGMENT_LIMITS
 
     header = (Path(__file__).resolve().parents[1] / "sharq_vllm" / "csrc" / "sharq_kernels.h").read_text()
-    assert tuple(sorted(_header_enum(header, "XhatFragmentRows").values())) == XHAT_FRAGMENT_ROWS
-    assert all(m % 8 == 0 and m <= GEMM_AUTO_MAX_M["streamwide"] for m in XHAT_FRAGMENT_ROWS)
+    assert tuple(sorted(_header_enum(header, "XhatFragment").values())) == XHAT_FRAGMENT_LIMITS
+    assert XHAT_FRAGMENT_LIMITS == (0, GEMM_AUTO_MAX_M["streamwide"], GEMM_AUTO_MAX_M["stream"])
 
 
 def test_deprecated_plugin_location_reexports() -> None:

@@ -213,17 +213,27 @@ def build_sharq(w, payload16, payload32):
     return {"p": ops.pack_weight(payload32, DEVICE)}
 
 
-# x_hat in the order the vLLM plugin asks for (fragment order at dispatch.XHAT_FRAGMENT_ROWS rows);
-# SHARQ_BENCH_X_FRAG=0 / 1 overrides it (the A/B of kernels-H200-xhat-frag.json: one library, both orders)
-X_FRAG = bool(int(os.environ.get("SHARQ_BENCH_X_FRAG", int(dispatch.SERVING_X_FRAG))))
+# x_hat in the order the vLLM plugin asks for (fragment order up to each layer's
+# dispatch.xhat_fragment_limit rows); SHARQ_BENCH_X_FRAG=0 / 16 / 32 overrides it with one value for
+# every layer (32 fails where a layer's GEMM is not the stream kernel at 24 / 32 rows; the A/Bs of
+# kernels-H200-xhat-frag.json: one library, several orders)
+X_FRAG_ENV = os.environ.get("SHARQ_BENCH_X_FRAG")
+
+
+def x_frag_of(p: ops.PackedWeight) -> int:
+    if X_FRAG_ENV is not None:
+        return int(X_FRAG_ENV)
+    if not dispatch.SERVING_X_FRAG or p.qweight.device.type != "cuda":
+        return 0
+    return dispatch.xhat_fragment_limit(p.n_pad, dispatch.sm_count(p.qweight.device))
 
 
 def call_sharq(x, st):
-    return ops.sharq_linear(x, st["p"], None, "nvfp4", "4:8-pairs", x_frag=X_FRAG)
+    return ops.sharq_linear(x, st["p"], None, "nvfp4", "4:8-pairs", x_frag=x_frag_of(st["p"]))
 
 
-def call_sharq_gemm(x, st):  # x is already x_hat (prepared with x_frag=X_FRAG)
-    return ops.sharq_gemm(x, st["p"], x_frag=X_FRAG)
+def call_sharq_gemm(x, st):  # x is already x_hat (prepared with x_frag_of(st["p"]))
+    return ops.sharq_gemm(x, st["p"], x_frag=x_frag_of(st["p"]))
 
 
 def call_sharq_prep(x, st):
@@ -316,6 +326,8 @@ def run(args) -> dict:
         "vllm_error": None if Vllm.ok else Vllm.error,
         "sharq_kernels": why if ok else f"UNAVAILABLE: {why}",
         "dispatch": ops.describe_kernel(DEVICE),
+        "x_frag": (f"SHARQ_BENCH_X_FRAG={X_FRAG_ENV} for every layer" if X_FRAG_ENV is not None else
+                   "each layer's dispatch.xhat_fragment_limit (the vLLM plugin's)" if dispatch.SERVING_X_FRAG else "0"),
         "timing": "CUDA graph of R calls over R input/weight copies (>= 256 MiB touched per replay), median of replays / R",
     }
     print(json.dumps(info, indent=1), flush=True)
@@ -370,7 +382,7 @@ def run(args) -> dict:
                         states = [base] + [clone_state(base) for _ in range(copies - 1)]
                     xs = [heavy(m, k, dtype) for _ in range(copies)]
                     if meth in ("sharq_gemm", "sharq_mma", "sharq_dqmm"):
-                        frag = X_FRAG and meth == "sharq_gemm"
+                        frag = x_frag_of(base["p"]) if meth == "sharq_gemm" else 0
                         xs = [torch.ops.sharq.prepare(x, "nvfp4", "4:8-pairs", x_frag=frag) for x in xs]
                     us = time_graph(
                         lambda i, c=caller, xs=xs, st=states: c(xs[i], st[i]),

@@ -45,17 +45,25 @@ void check_rows(const at::Tensor& x, const at::Tensor& out) {
 
 // fmt / pattern: sharq::Format / sharq::Pattern codes; bb / rb: backbone / residual block
 // (channels per scale), derived from them in Python (sharq_vllm/reference.py)
-// x_frag: x_hat (out, contiguous) in fragment order at the row counts sharq::xhat_fragment_rows
-// names (the stream GEMM's; sharq_vllm/kernels/layout.py, xhat_to_fragments), row-major at others
+// x_frag (sharq::XhatFragment: 0, 16 or 32): x_hat in fragment order at the row counts
+// sharq::xhat_fragment_rows names (the stream GEMM's; sharq_vllm/kernels/layout.py,
+// xhat_to_fragments), row-major at others
+void check_x_frag(int64_t x_frag) {
+  TORCH_CHECK(sharq::xhat_fragment_valid((int)x_frag) && x_frag == (int)x_frag,
+              "sharq: x_frag is the most rows of x_hat in fragment order: 0 (none), 16 or 32; got ", x_frag);
+}
+
+// x_frag: x_hat (out, contiguous) in fragment order where sharq::xhat_fragment_rows(M, x_frag)
 void prep_impl(const at::Tensor& x, at::Tensor& out, int64_t fmt, int64_t pattern, int64_t bb,
-               int64_t rb, sharq::PrepDebug dbg, int64_t force_v = 0, int64_t force_cl = 0, bool x_frag = false) {
+               int64_t rb, sharq::PrepDebug dbg, int64_t force_v = 0, int64_t force_cl = 0, int64_t x_frag = 0) {
+  check_x_frag(x_frag);
   check_rows(x, out);
   const c10::cuda::CUDAGuard guard(x.device());
   const int M = x.size(0), K = x.size(1);
   check_cuda(sharq::launch_prep(x.data_ptr(), x.stride(0), out.data_ptr(), M, K, dtype_code(x),
                                 (int)fmt, (int)pattern, (int)bb, (int)rb, dbg,
                                 c10::cuda::getCurrentCUDAStream().stream(), (int)force_v,
-                                (int)force_cl, x_frag),
+                                (int)force_cl, (int)x_frag),
              "prep");
 }
 
@@ -66,7 +74,7 @@ void prep_cfg(const at::Tensor& x, at::Tensor& out, int64_t fmt, int64_t pattern
 }
 
 void prep(const at::Tensor& x, at::Tensor& out, int64_t fmt, int64_t pattern, int64_t bb,
-          int64_t rb, bool x_frag) {
+          int64_t rb, int64_t x_frag) {
   prep_impl(x, out, fmt, pattern, bb, rb, sharq::PrepDebug{}, 0, 0, x_frag);
 }
 
@@ -94,7 +102,8 @@ void prep_debug(const at::Tensor& x, at::Tensor& out, at::Tensor& mask, at::Tens
 void prep_norm(const at::Tensor& x, const std::optional<at::Tensor>& residual,
                const std::optional<at::Tensor>& residual_out, const at::Tensor& weight, double eps,
                at::Tensor& out, int64_t fmt, int64_t pattern, int64_t bb, int64_t rb, int64_t v, int64_t cl,
-               bool x_frag) {
+               int64_t x_frag) {
+  check_x_frag(x_frag);
   check_rows(x, out);
   const int M = x.size(0), K = x.size(1);
   TORCH_CHECK(weight.is_cuda() && weight.is_contiguous() && weight.numel() == K &&
@@ -118,7 +127,7 @@ void prep_norm(const at::Tensor& x, const std::optional<at::Tensor>& residual,
   const c10::cuda::CUDAGuard guard(x.device());
   check_cuda(sharq::launch_prep_norm(x.data_ptr(), x.stride(0), out.data_ptr(), M, K, dtype_code(x), (int)fmt,
                                      (int)pattern, (int)bb, (int)rb, nrm,
-                                     c10::cuda::getCurrentCUDAStream().stream(), (int)v, (int)cl, x_frag),
+                                     c10::cuda::getCurrentCUDAStream().stream(), (int)v, (int)cl, (int)x_frag),
              "prep_norm");
 }
 
@@ -136,12 +145,13 @@ void check_gate_up(const at::Tensor& x, const at::Tensor& out, const char* op) {
 // SiLU * mul and the preparation in one kernel (launch_prep_silu_mul): x [M, 2K] = [gate | up]
 // rows (unit stride, 16-byte aligned), out [M, K]. v / cl: an explicit configuration (0: auto).
 void prep_silu_mul(const at::Tensor& x, at::Tensor& out, int64_t fmt, int64_t pattern, int64_t bb,
-                   int64_t rb, int64_t v, int64_t cl, bool x_frag) {
+                   int64_t rb, int64_t v, int64_t cl, int64_t x_frag) {
+  check_x_frag(x_frag);
   check_gate_up(x, out, "prep_silu_mul");
   const c10::cuda::CUDAGuard guard(x.device());
   check_cuda(sharq::launch_prep_silu_mul(x.data_ptr(), x.stride(0), out.data_ptr(), (int)out.size(0),
                                          (int)out.size(1), dtype_code(x), (int)fmt, (int)pattern, (int)bb, (int)rb,
-                                         c10::cuda::getCurrentCUDAStream().stream(), (int)v, (int)cl, x_frag),
+                                         c10::cuda::getCurrentCUDAStream().stream(), (int)v, (int)cl, (int)x_frag),
              "prep_silu_mul");
 }
 
@@ -177,34 +187,40 @@ const void* check_gemm(const at::Tensor& x, const at::Tensor& qweight, const at:
   return nullptr;
 }
 
-// x_frag: x (contiguous) holds x_hat in fragment order where sharq::xhat_fragment_rows(M)
-void check_frag_x(const at::Tensor& x, bool x_frag) {
-  TORCH_CHECK(!x_frag || x.is_contiguous(), "sharq: a fragment-ordered x_hat must be contiguous");
+// x_frag: x holds x_hat in fragment order where sharq::xhat_fragment_rows(M, x_frag); then it must
+// be contiguous and the kernel for M (variant, kGemmAuto resolved for the layer) the stream kernel
+void check_frag_x(const at::Tensor& x, int64_t x_frag, int64_t variant, int64_t n_pad) {
+  check_x_frag(x_frag);
+  const int M = (int)x.size(0);
+  if (!sharq::xhat_fragment_rows(M, (int)x_frag)) return;
+  TORCH_CHECK(x.is_contiguous(), "sharq: a fragment-ordered x_hat must be contiguous");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int kernel = variant == sharq::kGemmAuto ? sharq::gemm_auto_variant(M, (int)n_pad, sharq::sm_count()) : (int)variant;
+  TORCH_CHECK(kernel == sharq::kGemmStream, "sharq: a fragment-ordered x_hat (M = ", M, ", x_frag = ", x_frag,
+              ") is read by the stream kernel only, but the GEMM of ", n_pad, " weight rows runs GemmVariant ",
+              kernel, variant == sharq::kGemmAuto ? " by itself" : " (forced)", " at ", M,
+              " rows; kernels.dispatch.xhat_fragment_limit gives the x_frag a layer may ask for");
 }
 
 // GEMM for any M (csrc/gemm.cu, launch_gemm_mma: the kernel for M)
 void gemm_mma(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
               const at::Tensor& tensor_scale, const std::optional<at::Tensor>& bias, at::Tensor& out,
-              int64_t n_pad, int64_t wblock, bool x_frag) {
+              int64_t n_pad, int64_t wblock, int64_t x_frag) {
   const void* bptr = check_gemm(x, qweight, scales, tensor_scale, bias, out, n_pad);
-  check_frag_x(x, x_frag);
+  check_frag_x(x, x_frag, sharq::kGemmAuto, n_pad);
   const c10::cuda::CUDAGuard guard(x.device());
   check_cuda(sharq::launch_gemm_mma(x.data_ptr(), x.stride(0), qweight.data_ptr(), scales.data_ptr(),
                                     tensor_scale.data_ptr<float>(), bptr, out.data_ptr(), out.stride(0),
                                     x.size(0), (int)n_pad, out.size(1), x.size(1), (int)wblock, dtype_code(x),
-                                    c10::cuda::getCurrentCUDAStream().stream(), sharq::kGemmAuto, x_frag),
+                                    c10::cuda::getCurrentCUDAStream().stream(), sharq::kGemmAuto, (int)x_frag),
              "gemm_mma");
 }
 
 // One forced GEMM kernel (sharq_kernels.h, GemmVariant): benchmarks and tests
 void gemm_mma_cfg(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                   const at::Tensor& tensor_scale, const std::optional<at::Tensor>& bias, at::Tensor& out,
-                  int64_t n_pad, int64_t wblock, int64_t variant, bool x_frag) {
+                  int64_t n_pad, int64_t wblock, int64_t variant, int64_t x_frag) {
   const void* bptr = check_gemm(x, qweight, scales, tensor_scale, bias, out, n_pad);
-  check_frag_x(x, x_frag);
-  TORCH_CHECK(!x_frag || !sharq::xhat_fragment_rows(x.size(0)) || variant == sharq::kGemmAuto ||
-                  variant == sharq::kGemmStream,
-              "sharq: a fragment-ordered x_hat (M = ", x.size(0), ") is read by the stream kernel only");
   TORCH_CHECK(variant == sharq::kGemmAuto || variant == sharq::kGemmStream || variant == sharq::kGemmTile ||
                   variant == sharq::kGemmWgmma || variant == sharq::kGemmWgmmaRs,
               "sharq: GEMM variant ", variant, " out of range");
@@ -213,11 +229,12 @@ void gemm_mma_cfg(const at::Tensor& x, const at::Tensor& qweight, const at::Tens
               "sharq: the register-source wgmma kernel takes M <= ", (int)sharq::kGemmWgmmaRsLimitM,
               " rows whose x_hat share of K fits a CTA's shared memory over at most 8 CTAs; got M = ", x.size(0),
               ", K = ", x.size(1));
+  check_frag_x(x, x_frag, variant, n_pad);
   const c10::cuda::CUDAGuard guard(x.device());
   check_cuda(sharq::launch_gemm_mma(x.data_ptr(), x.stride(0), qweight.data_ptr(), scales.data_ptr(),
                                     tensor_scale.data_ptr<float>(), bptr, out.data_ptr(), out.stride(0),
                                     x.size(0), (int)n_pad, out.size(1), x.size(1), (int)wblock, dtype_code(x),
-                                    c10::cuda::getCurrentCUDAStream().stream(), (int)variant, x_frag),
+                                    c10::cuda::getCurrentCUDAStream().stream(), (int)variant, (int)x_frag),
              "gemm_mma_cfg");
 }
 
@@ -236,7 +253,7 @@ void dequant(const at::Tensor& qweight, const at::Tensor& scales, at::Tensor& w,
 }  // namespace
 
 TORCH_LIBRARY(sharq_C, m) {
-  m.def("prep(Tensor x, Tensor(a!) out, int fmt, int pattern, int bb, int rb, bool x_frag=False) -> ()");
+  m.def("prep(Tensor x, Tensor(a!) out, int fmt, int pattern, int bb, int rb, int x_frag=0) -> ()");
   m.def("prep_cfg(Tensor x, Tensor(a!) out, int fmt, int pattern, int bb, int rb, int v, int cl) -> ()");
   m.def(
       "prep_debug(Tensor x, Tensor(a!) out, Tensor(b!) mask, Tensor(c!) bb_codes, "
@@ -244,17 +261,17 @@ TORCH_LIBRARY(sharq_C, m) {
       "int fmt, int pattern, int bb, int rb) -> ()");
   m.def(
       "prep_silu_mul(Tensor x, Tensor(a!) out, int fmt, int pattern, int bb, int rb, int v, int cl, "
-      "bool x_frag=False) -> ()");
+      "int x_frag=0) -> ()");
   m.def("silu_mul(Tensor x, Tensor(a!) out) -> ()");
   m.def(
       "prep_norm(Tensor x, Tensor? residual, Tensor(a!)? residual_out, Tensor weight, float eps, "
-      "Tensor(b!) out, int fmt, int pattern, int bb, int rb, int v=0, int cl=0, bool x_frag=False) -> ()");
+      "Tensor(b!) out, int fmt, int pattern, int bb, int rb, int v=0, int cl=0, int x_frag=0) -> ()");
   m.def(
       "gemm_mma(Tensor x, Tensor qweight, Tensor scales, Tensor tensor_scale, Tensor? bias, "
-      "Tensor(a!) out, int n_pad, int wblock, bool x_frag=False) -> ()");
+      "Tensor(a!) out, int n_pad, int wblock, int x_frag=0) -> ()");
   m.def(
       "gemm_mma_cfg(Tensor x, Tensor qweight, Tensor scales, Tensor tensor_scale, Tensor? bias, "
-      "Tensor(a!) out, int n_pad, int wblock, int variant, bool x_frag=False) -> ()");
+      "Tensor(a!) out, int n_pad, int wblock, int variant, int x_frag=0) -> ()");
   m.def("dequant(Tensor qweight, Tensor scales, Tensor(a!) w, int wblock) -> ()");
 }
 

@@ -44,7 +44,7 @@
 //    17..32 rows run MT = 4, or MT = 2 on two 16-row tiles (grid.y = 2) where the wave rule holds.
 //    ~63 instructions a tile (MT = 1); 113 / 128 / 128 regs (MT = 1 / 2 / 4; MT = 4 takes 2 tiles a
 //    step and keeps <= 24 bytes on the stack in its FULL instantiations), 2 CTAs an SM.
-//    At M = 8 / 16 with x_frag (XF) it reads x_hat in fragment order (sharq_kernels.h,
+//    At M = 8 / 16 / 24 / 32 with x_frag (XF) it reads x_hat in fragment order (sharq_kernels.h,
 //    xhat_fragment_rows): a warp's x_hat load is 512 contiguous bytes, 4 L1 wavefronts instead of 8
 //    (-7% with the preparation at M = 16: benchmarks/results/kernels-H200-xhat-frag.json).
 //  * gemm_mma_kernel (forced only: the bit-exact twin the tests hold the stream kernel to; MT = 4,
@@ -167,10 +167,11 @@ struct StreamStage {
   uint32_t s[U];
 };
 
-// XF: x_hat in fragment order (sharq_kernels.h, xhat_fragment_rows; launched only at M = 8 / 16,
-// whole row groups): lane (g, q)'s 16 values of tile t in row group G at 8 K G + 512 t + 32 g + 8 q
-// and + 256 (layout.py, xhat_to_fragments), so each of a warp's two x_hat loads a row group and tile
-// reads 512 contiguous bytes: 4 L1 wavefronts where rows read 8 (64 bytes from each of 8 rows).
+// XF: x_hat in fragment order (sharq_kernels.h, xhat_fragment_rows; launched only at M = 8 / 16 /
+// 24 / 32, whole row groups): lane (g, q)'s 16 values of tile t in row group G at 8 K G + 512 t +
+// 32 g + 8 q and + 256 (layout.py, xhat_to_fragments), so each of a warp's two x_hat loads a row
+// group and tile reads 512 contiguous bytes: 4 L1 wavefronts where rows read 8 (64 bytes from each
+// of 8 rows). A row group past M (the fourth at M = 24) reads group 0, as rows past M read row 0.
 template <typename T, int MT, int U, int MINB, bool FULL, int SBT, bool XF = false>
 __global__ void __launch_bounds__(kWarps * 32, MINB)
 gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict__ qw,
@@ -191,9 +192,12 @@ gemm_stream_kernel(const T* __restrict__ x, int64_t xs, const uint4* __restrict_
   const float ts = __fmul_rn(tscale[0], 128.0f);
 
   const T* xrow[MT];  // lane's x_hat of tile 0, row group mt
-  if constexpr (XF) {  // every row group whole (M = 8 / 16): no clamped rows
+  if constexpr (XF) {  // whole row groups (M % 8 == 0); a group past M (MT >= 2 only) reads group 0
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) xrow[mt] = x + (int64_t)((m_base >> 3) + mt) * 8 * K + 32 * g + 8 * q;
+    for (int mt = 0; mt < MT; ++mt) {
+      const int grp = (m_base >> 3) + mt;
+      xrow[mt] = x + (int64_t)(MT == 1 || 8 * grp < M ? grp : 0) * 8 * K + 32 * g + 8 * q;
+    }
   } else {
     bool mrow[MT];
     tile::x_rows<T, MT>(xrow, mrow, x, xs, m_base, M, g, q);
@@ -384,11 +388,9 @@ cudaError_t launch_stream_t(const void* x, int64_t xs, const void* qw, const voi
   const bool full = (K / 64) % (kWarps * U) == 0;
   auto kern = wblock == 32 ? (full ? gemm_stream_kernel<T, MT, U, MINB, true, 32> : gemm_stream_kernel<T, MT, U, MINB, false, 32>)
                            : (full ? gemm_stream_kernel<T, MT, U, MINB, true, 64> : gemm_stream_kernel<T, MT, U, MINB, false, 64>);
-  if constexpr (MT <= 2) {  // fragment-ordered x_hat: M = 8 / 16 only (launch_gemm_mma)
-    if (xf)
-      kern = wblock == 32 ? (full ? gemm_stream_kernel<T, MT, U, MINB, true, 32, true> : gemm_stream_kernel<T, MT, U, MINB, false, 32, true>)
-                          : (full ? gemm_stream_kernel<T, MT, U, MINB, true, 64, true> : gemm_stream_kernel<T, MT, U, MINB, false, 64, true>);
-  }
+  if (xf)  // fragment-ordered x_hat (launch_gemm_mma: whole row groups)
+    kern = wblock == 32 ? (full ? gemm_stream_kernel<T, MT, U, MINB, true, 32, true> : gemm_stream_kernel<T, MT, U, MINB, false, 32, true>)
+                        : (full ? gemm_stream_kernel<T, MT, U, MINB, true, 64, true> : gemm_stream_kernel<T, MT, U, MINB, false, 64, true>);
   return cudaLaunchKernelEx(&cfg, kern, static_cast<const T*>(x), xs,
                             static_cast<const uint4*>(qw), static_cast<const uint8_t*>(sc), ts,
                             static_cast<const T*>(bias), static_cast<T*>(y), ys, M, n_valid, K,
@@ -411,7 +413,7 @@ cudaError_t launch_mma_t(const void* x, int64_t xs, const void* qw, const void* 
 // the commit that had the alternatives): U = 2 with 3 or 4 CTAs an SM and U = 4 with 3 were
 // slower at M = 4..16 (more CTAs, fewer bytes in flight a warp), U = 2 / 3 CTAs 5% faster at M = 1.
 constexpr int kStreamU = 4;
-constexpr int kStreamCtasPerSm = 2;
+constexpr int kStreamCtasPerSm = kGemmStreamCtasPerSm;  // sharq_kernels.h (gemm_stream_to_max_m)
 // MT = 4 (17 <= M <= 32: four row groups, 16 accumulators and 8 x_hat loads a tile): U tiles a
 // step at 2 CTAs an SM, no wave rule (3 CTAs an SM leave it too few registers).
 #ifndef SHARQ_STREAM_U4
@@ -473,9 +475,9 @@ cudaError_t launch_stream_mt(const void* x, int64_t xs, const void* qw, const vo
   const int sms = sm_count();
   if (kStreamWaveRows32 && stream_wave_layer(N / 16, sms))
     return launch_stream_t<T, 2, kStreamWaveU, kStreamWaveCtasPerSm>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K,
-                                                                     wblock, sms, stream);
+                                                                     wblock, sms, stream, xf);
   return launch_stream_t<T, 4, kStreamU4, kStreamCtasPerSm>(x, xs, qw, sc, ts, bias, y, ys, M, N, n_valid, K, wblock,
-                                                            sms, stream);
+                                                            sms, stream, xf);
 }
 
 // The mma.sync kernels: kGemmStream or kGemmTile (launch_gemm_mma resolves kGemmAuto).
@@ -567,8 +569,9 @@ dequant_kernel(const uint4* __restrict__ qw, const uint8_t* __restrict__ sc, T* 
 cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight, const void* scales,
                             const float* tensor_scale, const void* bias, void* y, int64_t y_stride,
                             int M, int N, int n_valid, int K, int wblock, int dtype,
-                            cudaStream_t stream, int variant, bool x_frag) {
+                            cudaStream_t stream, int variant, int x_frag) {
   if (M == 0 || N == 0) return cudaSuccess;
+  if (!xhat_fragment_valid(x_frag)) return cudaErrorInvalidValue;
   if (N % 16 || K % 64 || (wblock != 16 && wblock != 32)) return cudaErrorInvalidValue;
   if (variant != kGemmAuto && variant != kGemmStream && variant != kGemmTile && variant != kGemmWgmma &&
       variant != kGemmWgmmaRs)
@@ -585,16 +588,11 @@ cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight
   // run in a second, part-empty wave and the persistent stream kernel, which spreads the strips over
   // every SM, is faster: Qwen2.5-7B's gate_up (2368 strips, 148 tiles) at M = 17 / 24 / 32 52.8 /
   // 57.7 / 61.1 us against wgmma's 78.5 / 79.5 / 79.6 (benchmarks/results/kernels-H200-Qwen2.5-7B.json).
-  if (variant == kGemmAuto) {
-    const int strips = N / 16, sms = sm_count();
-    const bool wgmma_one_wave = strips > kGemmStreamMaxRounds * kStreamCtasPerSm * sms &&
-                                (N + kGemmDecTileRows - 1) / kGemmDecTileRows <= sms;
-    const bool stream = M <= kGemmStreamWideMaxM || (M <= kGemmStreamMaxM && !wgmma_one_wave);
-    variant = stream ? kGemmStream : kGemmWgmma;
-  }
-  // x_hat in fragment order (x_frag, where xhat_fragment_rows(M)): the stream kernel reads it,
-  // contiguous [M, K] (x_stride == K); kGemmAuto takes that kernel at M = 8 / 16 for every N
-  const bool xf = x_frag && xhat_fragment_rows(M);
+  if (variant == kGemmAuto) variant = gemm_auto_variant(M, N, sm_count());
+  // x_hat in fragment order (where xhat_fragment_rows(M, x_frag)): the stream kernel reads it,
+  // contiguous [M, K] (x_stride == K); kGemmAuto takes that kernel at M = 8 / 16 for every N and at
+  // 24 / 32 where gemm_stream_to_max_m (callers ask for kXhatFragTo32 only there)
+  const bool xf = xhat_fragment_rows(M, x_frag);
   if (xf && (variant != kGemmStream || x_stride != K)) return cudaErrorInvalidValue;
   if (variant == kGemmWgmmaRs)
     return launch_gemm_wgmma_rs(x, x_stride, qweight, scales, tensor_scale, bias, y, y_stride, M, N, n_valid, K,

@@ -830,13 +830,14 @@ bool prep_args_ok(int fmt, int pattern, int backbone_block, int residual_block, 
 
 cudaError_t launch_prep_norm(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
                              int fmt, int pattern, int backbone_block, int residual_block,
-                             const PrepNorm& norm, cudaStream_t stream, int force_v, int force_cl, bool x_frag) {
+                             const PrepNorm& norm, cudaStream_t stream, int force_v, int force_cl, int x_frag) {
   if (M == 0) return cudaSuccess;
+  if (!xhat_fragment_valid(x_frag)) return cudaErrorInvalidValue;
   if (!prep_args_ok(fmt, pattern, backbone_block, residual_block, K) || K > kPrepNormMaxK || !norm.weight ||
       (norm.residual != nullptr) != (norm.residual_out != nullptr))
     return cudaErrorInvalidValue;
   const int bb_lanes = backbone_block / 8, rb_lanes = residual_block / 8;
-  const bool frag = x_frag && xhat_fragment_rows(M);
+  const bool frag = xhat_fragment_rows(M, x_frag);
   switch (dtype) {
     case kBF16: return launch_norm<__nv_bfloat16>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, force_v, force_cl, stream, frag);
     case kFP16: return launch_norm<__half>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, norm, force_v, force_cl, stream, frag);
@@ -846,12 +847,13 @@ cudaError_t launch_prep_norm(const void* x, int64_t x_stride, void* xhat, int M,
 
 cudaError_t launch_prep_silu_mul(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
                                  int fmt, int pattern, int backbone_block, int residual_block,
-                                 cudaStream_t stream, int force_v, int force_cl, bool x_frag) {
+                                 cudaStream_t stream, int force_v, int force_cl, int x_frag) {
   if (M == 0) return cudaSuccess;
+  if (!xhat_fragment_valid(x_frag)) return cudaErrorInvalidValue;
   if (!prep_args_ok(fmt, pattern, backbone_block, residual_block, K)) return cudaErrorInvalidValue;
   const int bb_lanes = backbone_block / 8, rb_lanes = residual_block / 8;
   const PrepDebug none{};
-  const bool frag = x_frag && xhat_fragment_rows(M);
+  const bool frag = xhat_fragment_rows(M, x_frag);
   switch (dtype) {
     case kBF16: return launch_prep_t<__nv_bfloat16, kPrepSiluMul>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, none, force_v, force_cl, stream, frag);
     case kFP16: return launch_prep_t<__half, kPrepSiluMul>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, none, force_v, force_cl, stream, frag);
@@ -878,12 +880,13 @@ cudaError_t launch_silu_mul(const void* x, int64_t x_stride, void* y, int M, int
 
 cudaError_t launch_prep(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
                         int fmt, int pattern, int backbone_block, int residual_block,
-                        const PrepDebug& dbg, cudaStream_t stream, int force_v, int force_cl, bool x_frag) {
+                        const PrepDebug& dbg, cudaStream_t stream, int force_v, int force_cl, int x_frag) {
   if (M == 0) return cudaSuccess;
+  if (!xhat_fragment_valid(x_frag)) return cudaErrorInvalidValue;
   if (!prep_args_ok(fmt, pattern, backbone_block, residual_block, K)) return cudaErrorInvalidValue;
-  if (x_frag && dbg.any()) return cudaErrorInvalidValue;
+  if (x_frag != kXhatFragOff && dbg.any()) return cudaErrorInvalidValue;
   const int bb_lanes = backbone_block / 8, rb_lanes = residual_block / 8;
-  const bool frag = x_frag && xhat_fragment_rows(M);
+  const bool frag = xhat_fragment_rows(M, x_frag);
   switch (dtype) {
     case kBF16: return launch_prep_t<__nv_bfloat16>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, force_v, force_cl, stream, frag);
     case kFP16: return launch_prep_t<__half>(x, x_stride, xhat, M, K, fmt, pattern, bb_lanes, rb_lanes, dbg, force_v, force_cl, stream, frag);

@@ -25,13 +25,21 @@ enum Format : int { kNVFP4 = 0, kMXFP4 = 1 };
 enum Pattern : int { kDense = 0, kTwoOfFour = 1, kFourOfEightPairs = 2 };
 
 // x_hat in fragment order (sharq_vllm/kernels/layout.py, xhat_to_fragments: [M/8][K/64][2][8][4][8],
-// the 8 values lane 4g + q of the stream GEMM feeds to a tile's MMAs, 16 contiguous bytes) at
-// these row counts, where the caller asks for it (x_frag): the preparation kernels write it, the
-// stream GEMM reads it. Every row group is whole there (no clamped rows), and M <=
-// kGemmStreamWideMaxM takes the stream kernel for every N. Mirrored by
-// sharq_vllm/kernels/dispatch.py (XHAT_FRAGMENT_ROWS), checked by tests/test_options.py.
-enum XhatFragmentRows : int { kXhatFragRows8 = 8, kXhatFragRows16 = 16 };
-constexpr bool xhat_fragment_rows(int M) { return M == kXhatFragRows8 || M == kXhatFragRows16; }
+// the 8 values lane 4g + q of the stream GEMM feeds to a tile's MMAs, 16 contiguous bytes), where
+// the caller asks for it: x_frag, a value of XhatFragment, is the most rows stored so (whole 8-row
+// groups only: M = 8, 16, ... up to it), row-major above and at other M. The preparation kernels
+// write it, the stream GEMM reads it; kXhatFragTo16 suits every layer (M <= kGemmStreamWideMaxM
+// takes the stream kernel for every N), kXhatFragTo32 a layer whose GEMM takes the stream kernel up
+// to kGemmStreamMaxM rows too (gemm_stream_to_max_m; a GEMM asked to read fragments with another
+// kernel refuses). Mirrored by sharq_vllm/kernels/dispatch.py (XHAT_FRAGMENT_LIMITS,
+// xhat_fragment_limit), checked by tests/test_options.py.
+enum XhatFragment : int { kXhatFragOff = 0, kXhatFragTo16 = 16, kXhatFragTo32 = 32 };
+constexpr bool xhat_fragment_valid(int x_frag) {
+  return x_frag == kXhatFragOff || x_frag == kXhatFragTo16 || x_frag == kXhatFragTo32;
+}
+constexpr bool xhat_fragment_rows(int M, int x_frag) {
+  return x_frag != kXhatFragOff && M >= 8 && M % 8 == 0 && M <= x_frag;
+}
 
 // Optional outputs of the preparation kernel for bit-exactness tests (null = not written).
 struct PrepDebug {
@@ -49,12 +57,13 @@ struct PrepDebug {
 // (sharq_vllm/reference.py: backbone_block, residual_block); K must be a multiple of both.
 // force_v / force_cl (0 = automatic): chunks a thread (1, 2, 4, 8) and CTAs a row (cluster size
 // 1..8, K % (64 cl) == 0) for benchmarks and tests; every configuration gives identical bits.
-// x_frag: x_hat in fragment order where xhat_fragment_rows(M) (x_hat [M, K] contiguous), row-major
-// otherwise (for launch_prep_norm and launch_prep_silu_mul too). Not with debug outputs.
+// x_frag (XhatFragment): x_hat in fragment order where xhat_fragment_rows(M, x_frag) (x_hat [M, K]
+// contiguous), row-major otherwise (for launch_prep_norm and launch_prep_silu_mul too). Not with
+// debug outputs.
 cudaError_t launch_prep(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
                         int fmt, int pattern, int backbone_block, int residual_block,
                         const PrepDebug& dbg, cudaStream_t stream, int force_v = 0,
-                        int force_cl = 0, bool x_frag = false);
+                        int force_cl = 0, int x_frag = kXhatFragOff);
 
 // RMSNorm (+ residual add) in front of the preparation (launch_prep_norm, prep.cu's
 // rms_norm_row): x_hat = prepare(rms_norm(x (+ residual))) in one pass over the row; with a
@@ -82,14 +91,14 @@ struct PrepNorm {
 cudaError_t launch_prep_norm(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
                              int fmt, int pattern, int backbone_block, int residual_block,
                              const PrepNorm& norm, cudaStream_t stream, int force_v = 0, int force_cl = 0,
-                             bool x_frag = false);
+                             int x_frag = kXhatFragOff);
 
 // SiLU * mul in front of the preparation: x [M, 2K] rows [gate | up] (row stride x_stride),
 // x_hat [M, K] = prepare(round(round(silu(gate)) * up)) (prep.cu, silu_mul_chunk). Any K the
 // preparation takes; force_v / force_cl as for launch_prep.
 cudaError_t launch_prep_silu_mul(const void* x, int64_t x_stride, void* xhat, int M, int K, int dtype,
                                  int fmt, int pattern, int backbone_block, int residual_block,
-                                 cudaStream_t stream, int force_v = 0, int force_cl = 0, bool x_frag = false);
+                                 cudaStream_t stream, int force_v = 0, int force_cl = 0, int x_frag = kXhatFragOff);
 // SiLU * mul alone (tests): y [M, K] = round(round(silu(gate)) * up), the values
 // launch_prep_silu_mul quantizes.
 cudaError_t launch_silu_mul(const void* x, int64_t x_stride, void* y, int M, int K, int dtype, cudaStream_t stream);
@@ -98,6 +107,8 @@ cudaError_t launch_silu_mul(const void* x, int64_t x_stride, void* y, int M, int
 // scales [N/16][K/64][scale_bytes_per_tile] with 32 (block 32) or 64 (block 16) bytes a tile.
 // y[M, N] = (x[M, K] @ w^T) * tensor_scale (+ bias), FP32 accumulation, N % 16 == 0 after
 // padding (n_valid <= N rows are stored), K % 64 == 0.
+// x_frag (XhatFragment): x in fragment order where xhat_fragment_rows(M, x_frag) (x contiguous);
+// the kernel for those rows must be the stream kernel (cudaErrorInvalidValue otherwise).
 // variant: kGemmAuto (the kernel for M: gemm.cu, launch_mma_dt) or one forced kernel (benchmarks
 // and tests): the register stream kernel (M <= 32), the tile kernel (both mma.sync: one tile
 // order, one fixed-order reduction, the same bits), the wgmma kernel (gemm_wgmma.cu; any M; its
@@ -115,6 +126,19 @@ enum GemmVariant : int { kGemmAuto = 0, kGemmStream = 1, kGemmTile = 2, kGemmWgm
 enum GemmAutoMaxM : int { kGemmStreamWideMaxM = 16, kGemmStreamMaxM = 32, kGemmWgmmaDecMaxM = 128 };
 constexpr int kGemmStreamMaxRounds = 4;
 constexpr int kGemmDecTileRows = 256;  // weight rows of a decoder-warp wgmma tile (gemm_wgmma.cu, DecCfg)
+constexpr int kGemmStreamCtasPerSm = 2;  // the stream kernel's resident CTAs an SM (gemm.cu)
+// Whether kGemmAuto takes the stream kernel up to kGemmStreamMaxM rows for N (padded) weight rows
+// on sms SMs (up to kGemmStreamWideMaxM it takes it for every N): a layer of at most
+// kGemmStreamMaxRounds rounds of strips, or one whose wgmma tiles would not fit one wave.
+constexpr bool gemm_stream_to_max_m(int N, int sms) {
+  return !(N / 16 > kGemmStreamMaxRounds * kGemmStreamCtasPerSm * sms &&
+           (N + kGemmDecTileRows - 1) / kGemmDecTileRows <= sms);
+}
+// The kernel kGemmAuto runs among the stream and wgmma kernels (GemmVariant; M > 0; the dequantize
+// + cuBLAS path above is dispatch.py's choice, outside launch_gemm_mma).
+constexpr int gemm_auto_variant(int M, int N, int sms) {
+  return M <= kGemmStreamWideMaxM || (M <= kGemmStreamMaxM && gemm_stream_to_max_m(N, sms)) ? kGemmStream : kGemmWgmma;
+}
 // The most rows a forced kernel takes (absent: any M): the stream kernel's row groups go up to 4
 // (MT = 4, 32 rows), the register-source wgmma kernel's token columns up to 64. Mirrored by
 // dispatch.GEMM_VARIANT_MAX_M, checked by tests/test_options.py.
@@ -122,7 +146,7 @@ enum GemmVariantMaxM : int { kGemmStreamLimitM = 32, kGemmWgmmaRsLimitM = 64 };
 cudaError_t launch_gemm_mma(const void* x, int64_t x_stride, const void* qweight, const void* scales,
                             const float* tensor_scale, const void* bias, void* y, int64_t y_stride,
                             int M, int N, int n_valid, int K, int wblock, int dtype,
-                            cudaStream_t stream, int variant = kGemmAuto, bool x_frag = false);
+                            cudaStream_t stream, int variant = kGemmAuto, int x_frag = kXhatFragOff);
 
 // The wgmma kernel alone (gemm_wgmma.cu; x 16-byte aligned with a row stride of a multiple of 16
 // bytes, as every GEMM here requires: TMA reads it).

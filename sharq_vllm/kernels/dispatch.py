@@ -40,7 +40,7 @@ __all__ = [
     "PREP_MAX_THREADS",
     "PREP_NORM_MAX_K",
     "SERVING_X_FRAG",
-    "XHAT_FRAGMENT_ROWS",
+    "XHAT_FRAGMENT_LIMITS",
     "GemmKernel",
     "auto_variant",
     "describe",
@@ -58,6 +58,7 @@ __all__ = [
     "sm_count",
     "wave_fill",
     "weight_on_kernel",
+    "xhat_fragment_limit",
     "xhat_fragment_rows",
 ]
 
@@ -132,24 +133,37 @@ GEMM_MMA_MIN_FILL = 0.8
 #: tests/test_options.py) and the largest M a forced kernel takes (absent: any M).
 GEMM_VARIANTS = {"auto": 0, "stream": 1, "tile": 2, "wgmma": 3, "wgmmars": 4}
 GEMM_VARIANT_MAX_M = {"stream": 32, "wgmmars": 64}  # sharq::GemmVariantMaxM: MT <= 4; RS token columns
-#: Row counts at which x_hat is stored in fragment order when the caller asks for it (``x_frag``:
-#: layout.xhat_to_fragments; the vLLM plugin always asks): the preparation kernels write it and
-#: the stream GEMM reads it with half the L1 wavefronts of row-major x_hat. Whole 8-row groups only,
-#: and at most GEMM_AUTO_MAX_M["streamwide"] rows, where every layer takes the stream kernel.
-#: Mirrors ``sharq::XhatFragmentRows`` (sharq_kernels.h; tests/test_options.py); the A/B behind it:
-#: benchmarks/results/kernels-H200-xhat-frag.json.
-XHAT_FRAGMENT_ROWS = (8, 16)
-#: What the vLLM plugin passes as ``x_frag`` to every preparation and GEMM (producers and GEMMs must
-#: agree); the kernel benchmark's "sharq" / "sharq_gemm" rows time the same.
+#: x_hat in fragment order (layout.xhat_to_fragments): the preparation kernels write it and the
+#: stream GEMM reads it with half the L1 wavefronts of row-major x_hat. ``x_frag``, what a caller
+#: asks for, is the most rows stored so, in whole 8-row groups (:func:`xhat_fragment_rows`): 0
+#: (never), GEMM_AUTO_MAX_M["streamwide"] (8 and 16 rows, where every layer takes the stream
+#: kernel) or GEMM_AUTO_MAX_M["stream"] (24 and 32 too, for a layer whose GEMM takes the stream
+#: kernel there: :func:`xhat_fragment_limit`). Mirrors ``sharq::XhatFragment`` (sharq_kernels.h;
+#: tests/test_options.py); the A/Bs behind it: benchmarks/results/kernels-H200-xhat-frag.json.
+XHAT_FRAGMENT_LIMITS = (0, GEMM_AUTO_MAX_M["streamwide"], GEMM_AUTO_MAX_M["stream"])
+#: Whether the vLLM plugin asks for fragment order (each layer: :func:`xhat_fragment_limit`, passed
+#: to its producer and its GEMM alike); the kernel benchmark's "sharq" / "sharq_gemm" rows time the same.
 SERVING_X_FRAG = True
 
 _lock = threading.Lock()
 _status: dict[tuple[str, int], tuple[bool, str]] = {}
 
 
-def xhat_fragment_rows(m: int) -> bool:
-    """Whether x_hat of ``m`` rows asked for in fragment order is stored so (XHAT_FRAGMENT_ROWS)."""
-    return m in XHAT_FRAGMENT_ROWS
+def xhat_fragment_rows(m: int, x_frag: int) -> bool:
+    """Whether x_hat of ``m`` rows asked for with ``x_frag`` (XHAT_FRAGMENT_LIMITS) is stored in
+    fragment order: whole 8-row groups up to ``x_frag`` rows."""
+    if x_frag not in XHAT_FRAGMENT_LIMITS or isinstance(x_frag, bool):
+        raise ValueError(f"sharq: x_frag is the most rows of x_hat in fragment order, one of "
+                         f"{XHAT_FRAGMENT_LIMITS}; got {x_frag!r}")
+    return x_frag > 0 and m >= 8 and m % 8 == 0 and m <= x_frag
+
+
+def xhat_fragment_limit(n: int, sms: int) -> int:
+    """The ``x_frag`` a layer of N (padded) weight rows on ``sms`` SMs asks for: up to
+    GEMM_AUTO_MAX_M["stream"] rows where its GEMM takes the stream kernel that far (auto_variant),
+    else GEMM_AUTO_MAX_M["streamwide"]."""
+    top = GEMM_AUTO_MAX_M["stream"]
+    return top if auto_variant(top, n, sms) == "stream" else GEMM_AUTO_MAX_M["streamwide"]
 
 
 def auto_variant(m: int, n: int, sms: int) -> str:

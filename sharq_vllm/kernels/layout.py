@@ -19,7 +19,7 @@ the header of sharq_vllm/csrc/gemm.cu, which also explains the k-permutation the
   scale of row 16s+g+8h, block b of the tile (a lane reads the u16 (s_g, s_g+8) of its block).
 
 x_hat in fragment order (what the stream GEMM reads at the row counts
-``dispatch.XHAT_FRAGMENT_ROWS``, when the caller asks for it): rows [M, K] with M a multiple of 8,
+``dispatch.xhat_fragment_rows`` names, when the caller asks for it): rows [M, K] with M a multiple of 8,
 stored as [M/8 row groups][K/64 tiles][2 halves][8 rows g][4 lanes q][8 values]: element (G, t, h,
 g, q, i) is x_hat[8G + g, 64t + 16q + 8h + i], the 8 values lane 4g + q feeds to the MMAs of tile t
 (one 16-byte load each half). A warp's load of one half is then 512 contiguous bytes (4 L1

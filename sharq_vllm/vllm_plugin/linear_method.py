@@ -73,9 +73,10 @@ def layer_options(name: str) -> SharQOptions:
 # the kernels calls them directly (ops.run_*) under the decisions its KernelPlan fixed at load;
 # anything else goes through sharq_vllm.ops' general ops (same kernels, or the reference).
 _LIB = torch.library.Library("sharq_plugin", "FRAGMENT")  # owns the ops: kept alive with the module
-# x_hat between a preparation and its GEMM, in every op below: fragment order where
-# dispatch.XHAT_FRAGMENT_ROWS holds (what the stream GEMM reads fastest; sharq_vllm/ops.py).
-X_FRAG = dispatch.SERVING_X_FRAG
+# x_hat between a preparation and its GEMM, in every op below: fragment order (what the stream GEMM
+# reads fastest; sharq_vllm/ops.py) up to the layer's KernelPlan.x_frag rows, or up to
+# GENERAL_X_FRAG rows for a layer without a plan (every GEMM reads that).
+GENERAL_X_FRAG = dispatch.GEMM_AUTO_MAX_M["streamwide"] if dispatch.SERVING_X_FRAG else 0
 
 
 @dataclass(frozen=True)
@@ -83,13 +84,16 @@ class KernelPlan:
     """What a layer's calls need not decide again: its weight is one payload packed for the
     CUDA GEMMs (dispatch.weight_on_kernel held at load, so the kernels serve its device), and
     for activations of ``dtype`` the preparation kernel takes its K (``prep``; with the RMSNorm
-    in front too: ``norm``), with the kernel's format / pattern / block arguments ``codes``."""
+    in front too: ``norm``), with the kernel's format / pattern / block arguments ``codes``;
+    x_hat travels in fragment order up to ``x_frag`` rows (dispatch.xhat_fragment_limit: what its
+    GEMM reads on this device)."""
 
     dtype: torch.dtype
     prep: bool
     norm: bool
     codes: tuple[int, int, int, int]
     weight: ops.PackedWeight  # the layer's buffers when the plan was made (see _kernel_weight)
+    x_frag: int
 
 
 def kernel_plan(parts: list[ops.PackedWeight], options: SharQOptions, act_dtype: torch.dtype | None) -> KernelPlan | None:
@@ -103,6 +107,8 @@ def kernel_plan(parts: list[ops.PackedWeight], options: SharQOptions, act_dtype:
         norm=dispatch.prep_norm_takes(k, act_dtype, act_dtype, fmt, pattern, act),
         codes=dispatch.prep_values(fmt, pattern),
         weight=parts[0],
+        x_frag=(dispatch.xhat_fragment_limit(parts[0].n_pad, dispatch.sm_count(parts[0].qweight.device))
+                if dispatch.SERVING_X_FRAG else 0),
     )
 
 
@@ -122,11 +128,16 @@ def _layer_and_plan(layer_name: str) -> tuple[Any, KernelPlan | None]:
     return layer, getattr(layer, "sharq_plan", None)
 
 
+def _x_frag(plan: KernelPlan | None) -> int:
+    """The fragment-order rows of the layer's x_hat: its producer and its GEMM ask for the same."""
+    return GENERAL_X_FRAG if plan is None else plan.x_frag
+
+
 def _gemm(layer: Any, plan: KernelPlan | None, x_hat: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     if plan is not None and x_hat.dtype is plan.dtype:
-        return ops.run_gemm(x_hat, _kernel_weight(layer, plan), bias, X_FRAG)
+        return ops.run_gemm(x_hat, _kernel_weight(layer, plan), bias, plan.x_frag)
     parts = packed_weights(layer)
-    return ops.sharq_linear(x_hat, parts[0] if len(parts) == 1 else parts, bias, x_hat=x_hat, x_frag=X_FRAG)
+    return ops.sharq_linear(x_hat, parts[0] if len(parts) == 1 else parts, bias, x_hat=x_hat, x_frag=_x_frag(plan))
 
 
 def _sharq_plugin_linear(x: torch.Tensor, bias: torch.Tensor | None, layer_name: str) -> torch.Tensor:
@@ -134,10 +145,10 @@ def _sharq_plugin_linear(x: torch.Tensor, bias: torch.Tensor | None, layer_name:
     no host syncs inside), counts calls."""
     layer, plan = _layer_and_plan(layer_name)
     if plan is not None and plan.prep and x.dtype is plan.dtype:
-        x_hat = ops.run_prep(x, plan.codes, X_FRAG)
+        x_hat = ops.run_prep(x, plan.codes, plan.x_frag)
     else:
         o: SharQOptions = layer.quant_method.options
-        x_hat = torch.ops.sharq.prepare(x, o.format, o.pattern, act_scale=o.act_scale, x_frag=X_FRAG)
+        x_hat = torch.ops.sharq.prepare(x, o.format, o.pattern, act_scale=o.act_scale, x_frag=_x_frag(plan))
     y = _gemm(layer, plan, x_hat, bias)
     stats.record_forward(x.shape[0] if x.dim() > 1 else 1)
     return y
@@ -155,9 +166,9 @@ def _linear_fake(x: torch.Tensor, bias: torch.Tensor | None, layer_name: str) ->
 def _rms_norm_prepare(x: torch.Tensor, weight: torch.Tensor, eps: float, layer_name: str) -> torch.Tensor:
     layer, plan = _layer_and_plan(layer_name)
     if plan is not None and plan.norm and x.dtype is plan.dtype and weight.dtype is plan.dtype:
-        return ops.run_prep_norm(x, None, weight, eps, plan.codes, X_FRAG)[0]
+        return ops.run_prep_norm(x, None, weight, eps, plan.codes, plan.x_frag)[0]
     o: SharQOptions = layer.quant_method.options
-    return torch.ops.sharq.prepare_rms_norm(x, weight, eps, o.format, o.pattern, o.act_scale, X_FRAG)  # type: ignore[no-any-return]
+    return torch.ops.sharq.prepare_rms_norm(x, weight, eps, o.format, o.pattern, o.act_scale, _x_frag(plan))  # type: ignore[no-any-return]
 
 
 def _rms_norm_prepare_fake(x: torch.Tensor, weight: torch.Tensor, eps: float, layer_name: str) -> torch.Tensor:
@@ -170,10 +181,10 @@ def _add_rms_norm_prepare(
     layer, plan = _layer_and_plan(layer_name)
     if (plan is not None and plan.norm and x.dtype is plan.dtype and residual.dtype is plan.dtype
             and weight.dtype is plan.dtype):
-        return ops.run_prep_norm(x, residual, weight, eps, plan.codes, X_FRAG)  # type: ignore[return-value]
+        return ops.run_prep_norm(x, residual, weight, eps, plan.codes, plan.x_frag)  # type: ignore[return-value]
     o: SharQOptions = layer.quant_method.options
     return torch.ops.sharq.prepare_add_rms_norm(  # type: ignore[no-any-return]
-        x, residual, weight, eps, o.format, o.pattern, o.act_scale, X_FRAG)
+        x, residual, weight, eps, o.format, o.pattern, o.act_scale, _x_frag(plan))
 
 
 def _add_rms_norm_prepare_fake(
@@ -186,9 +197,9 @@ def _add_rms_norm_prepare_fake(
 def _silu_mul_prepare(x: torch.Tensor, layer_name: str) -> torch.Tensor:
     layer, plan = _layer_and_plan(layer_name)
     if plan is not None and plan.prep and x.dtype is plan.dtype:
-        return ops.run_prep_silu_mul(x, plan.codes, X_FRAG)
+        return ops.run_prep_silu_mul(x, plan.codes, plan.x_frag)
     o: SharQOptions = layer.quant_method.options
-    return torch.ops.sharq.prepare_silu_mul(x, o.format, o.pattern, o.act_scale, X_FRAG)  # type: ignore[no-any-return]
+    return torch.ops.sharq.prepare_silu_mul(x, o.format, o.pattern, o.act_scale, _x_frag(plan))  # type: ignore[no-any-return]
 
 
 def _silu_mul_prepare_fake(x: torch.Tensor, layer_name: str) -> torch.Tensor:

@@ -224,16 +224,18 @@ def test_gemm_variants_same_bits(dtype, n, k, block, m):
             assert torch.equal(_forced(x, packed, bias, FORCED[name], dtype), tile), f"{name} differs from the tile kernel"
 
 
-# x_hat in fragment order (x_frag; layout.xhat_to_fragments): at dispatch.XHAT_FRAGMENT_ROWS rows the
-# automatic GEMM (the stream kernel's XF instantiations) gives the bits of row-major x_hat, over the
-# stream kernel's walks above; at other rows x_frag changes nothing. A forced kernel other than the
-# stream kernel refuses fragments.
+# x_hat in fragment order (x_frag; layout.xhat_to_fragments): at the rows dispatch.xhat_fragment_rows
+# names for x_frag = 16 / 32, the automatic GEMM (the stream kernel's XF instantiations, MT = 1 / 2 / 4
+# and the two 16-row tiles of the wave rule) gives the bits of row-major x_hat, over the stream
+# kernel's walks above; at other rows x_frag changes nothing. A layer whose automatic kernel at 24 /
+# 32 rows is wgmma (above its dispatch.xhat_fragment_limit) refuses fragments there, and so does a
+# forced kernel other than the stream kernel; the forced stream kernel reads them at any N.
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "n,k,block",
     [(6144, 4096, 32), (1552, 1472, 16), (48, 14336, 32), (4096, 64, 16), (29568, 2048, 16), (37888, 256, 16)],
 )
-@pytest.mark.parametrize("m", [1, 8, 12, 16, 24])
+@pytest.mark.parametrize("m", [1, 8, 12, 16, 24, 32])
 def test_gemm_x_frag_same_bits(dtype, n, k, block, m):
     from sharq_vllm.kernels.layout import xhat_to_fragments
 
@@ -241,21 +243,29 @@ def test_gemm_x_frag_same_bits(dtype, n, k, block, m):
     x = _x(m, k, dtype)
     bias = heavy(1, n, dtype).reshape(n) if n % 3 else None
     rows = _auto(x, packed, bias, dtype)
-    frag = dispatch.xhat_fragment_rows(m)
-    xf = xhat_to_fragments(x) if frag else x
+    stream_rows = _forced(x, packed, bias, FORCED["stream"], dtype)
+    limit = dispatch.xhat_fragment_limit(packed.n_pad, dispatch.sm_count(x.device))
     y = torch.full((m, packed.n), float("nan"), dtype=dtype, device="cuda")
     args = (packed.qweight, packed.scales, packed.tensor_scale, bias, y, packed.n_pad, packed.block)
-    for _ in range(3):
-        torch.ops.sharq_C.gemm_mma(xf, *args, True)
-        assert torch.equal(y, rows)
+    for x_frag in (16, 32):
+        frag = dispatch.xhat_fragment_rows(m, x_frag)
+        xf = xhat_to_fragments(x) if frag else x
         y.fill_(float("nan"))
-    torch.ops.sharq_C.gemm_mma_cfg(xf, *args, FORCED["stream"], True)
-    # the forced stream kernel against itself on rows (at 24 rows 29568 x 2048 runs wgmma by itself)
-    assert torch.equal(y, _forced(x, packed, bias, FORCED["stream"], dtype))
-    assert torch.equal(ops.run_gemm(xf, packed, bias, x_frag=True), rows)
-    if frag:
-        with pytest.raises(RuntimeError, match="stream kernel only"):
-            torch.ops.sharq_C.gemm_mma_cfg(xf, *args, FORCED["tile"], True)
+        torch.ops.sharq_C.gemm_mma_cfg(xf, *args, FORCED["stream"], x_frag)
+        assert torch.equal(y, stream_rows)
+        if frag:
+            with pytest.raises(RuntimeError, match="stream kernel only"):
+                torch.ops.sharq_C.gemm_mma_cfg(xf, *args, FORCED["tile"], x_frag)
+        if frag and not dispatch.xhat_fragment_rows(m, limit):  # Llama-3.1-8B's gate_up shape at 24 / 32
+            assert dispatch.auto_variant(m, packed.n_pad, dispatch.sm_count(x.device)) == "wgmma"
+            with pytest.raises(RuntimeError, match="stream kernel only"):
+                torch.ops.sharq_C.gemm_mma(xf, *args, x_frag)
+            continue
+        for _ in range(3):
+            y.fill_(float("nan"))
+            torch.ops.sharq_C.gemm_mma(xf, *args, x_frag)
+            assert torch.equal(y, rows)
+        assert torch.equal(ops.run_gemm(xf, packed, bias, x_frag=x_frag), rows)
 
 
 WGMMA_SHAPES = [(6144, 4096, 32), (1552, 1472, 16), (48, 14336, 32), (4096, 64, 16), (40, 576, 16)]

@@ -5,7 +5,9 @@ once at load); every other call goes through sharq_vllm.ops' general ops. Both m
 same bits: each plugin op against the general op on fresh heavy-tailed data, at M on both
 sides of the GEMM's kernel bounds (stream, wgmma, dequantize + cuBLAS), with and without bias,
 and the layers whose plan sends them the general way (per-tensor activation scales, float32
-activations). Needs vLLM (the plugin's layer classes).
+activations). x_hat between a producer and its GEMM is in fragment order at the rows the layer's
+plan names (KernelPlan.x_frag), so the general ops are asked for the same. Needs vLLM (the
+plugin's layer classes).
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from gpu_util import GPU_MARKS, bits, heavy, require_kernels
 vllm = pytest.importorskip("vllm")
 
 from sharq_vllm import ops  # noqa: E402
+from sharq_vllm.kernels import dispatch  # noqa: E402
 from sharq_vllm.vllm_plugin import linear_method  # noqa: E402
 
 pytestmark = GPU_MARKS
 K = 4096
 EPS = 1e-5
-MS = (1, 5, 16, 33, 64, 300, 700, 1500)
+MS = (1, 5, 8, 16, 24, 32, 33, 64, 300, 700, 1500)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -67,6 +70,11 @@ def test_plan_decided_at_load() -> None:
     per_tensor = _layer("p.tensor", 96, act_scale="tensor").sharq_plan
     assert per_tensor is not None and not per_tensor.prep and not per_tensor.norm  # the GEMM still direct
     assert _layer("p.fp32", 96, dtype=torch.float32).sharq_plan is None
+    # fragment order up to 32 rows where the layer's GEMM takes the stream kernel there, else 16
+    sms = dispatch.sm_count(torch.device("cuda"))
+    for n in (96, 28672):
+        want = dispatch.xhat_fragment_limit(n, sms)
+        assert _layer(f"p.frag{n}", n).sharq_plan.x_frag == want
 
 
 def test_plan_follows_replaced_buffers() -> None:
@@ -87,32 +95,35 @@ def test_linear_ops_same_bits_as_general_ops(bias: bool) -> None:
     o = layer.quant_method.options
     packed = linear_method.packed_weight(layer)
     b = layer.bias if bias else None
+    xf = layer.sharq_plan.x_frag
     for m in MS:
         x = heavy(m, K, torch.bfloat16)
         _poison()
         y = torch.ops.sharq_plugin.linear(x, b, layer.sharq_layer_name)
         _same(y, ops.sharq_linear(x, packed, b, o.format, o.pattern))
-        x_hat = torch.ops.sharq.prepare(x, o.format, o.pattern)
-        _same(torch.ops.sharq_plugin.linear_prepared(x_hat, b, layer.sharq_layer_name), ops.sharq_gemm(x_hat, packed, b))
+        x_hat = torch.ops.sharq.prepare(x, o.format, o.pattern, x_frag=xf)
+        _same(torch.ops.sharq_plugin.linear_prepared(x_hat, b, layer.sharq_layer_name),
+              ops.sharq_gemm(x_hat, packed, b, x_frag=xf))
         assert not torch.isnan(y).any()
 
 
 def test_producer_ops_same_bits_as_general_ops() -> None:
     qkv, down = _layer("r.qkv", 96), _layer("r.down", 64, k=2 * K)
     o = qkv.quant_method.options
+    xq, xd = qkv.sharq_plan.x_frag, down.sharq_plan.x_frag
     w = (torch.rand(K, device="cuda") + 0.5).to(torch.bfloat16)
     for m in MS:
         x, r = heavy(m, K, torch.bfloat16), heavy(m, K, torch.bfloat16, outliers=0)
         _poison()
         _same(torch.ops.sharq_plugin.rms_norm_prepare(x, w, EPS, qkv.sharq_layer_name),
-              torch.ops.sharq.prepare_rms_norm(x, w, EPS, o.format, o.pattern))
+              torch.ops.sharq.prepare_rms_norm(x, w, EPS, o.format, o.pattern, x_frag=xq))
         got = torch.ops.sharq_plugin.add_rms_norm_prepare(x, r, w, EPS, qkv.sharq_layer_name)
-        want = torch.ops.sharq.prepare_add_rms_norm(x, r, w, EPS, o.format, o.pattern)
+        want = torch.ops.sharq.prepare_add_rms_norm(x, r, w, EPS, o.format, o.pattern, x_frag=xq)
         _same(got[0], want[0])
         _same(got[1], want[1])
         gu = heavy(m, 4 * K, torch.bfloat16)
         _same(torch.ops.sharq_plugin.silu_mul_prepare(gu, down.sharq_layer_name),
-              torch.ops.sharq.prepare_silu_mul(gu, o.format, o.pattern))
+              torch.ops.sharq.prepare_silu_mul(gu, o.format, o.pattern, x_frag=xd))
 
 
 def test_general_path_layers() -> None:

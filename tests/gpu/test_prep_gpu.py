@@ -408,23 +408,25 @@ def test_prep_silu_mul_bit_exact(fmt, pattern, dtype, m, k):
 
 
 # x_frag: the three preparation kernels write x_hat in fragment order (layout.xhat_to_fragments)
-# at dispatch.XHAT_FRAGMENT_ROWS rows, the bits of their row-major output; row-major at other rows.
-@pytest.mark.parametrize("m", [1, 8, 12, 16, 24])
+# at the rows dispatch.xhat_fragment_rows names for x_frag = 16 / 32, the bits of their row-major
+# output; row-major at other rows.
+@pytest.mark.parametrize("x_frag", [16, 32])
+@pytest.mark.parametrize("m", [1, 8, 12, 16, 24, 32, 40])
 @pytest.mark.parametrize("k", [4096, 14336, 576])
-def test_prep_x_frag_is_the_row_major_output_in_fragment_order(m, k):
+def test_prep_x_frag_is_the_row_major_output_in_fragment_order(m, k, x_frag):
     from sharq_vllm.kernels.layout import xhat_to_fragments
 
     dtype = torch.bfloat16
     codes = dispatch.prep_values("nvfp4", "4:8-pairs")
 
     def order(rows):
-        return xhat_to_fragments(rows) if dispatch.xhat_fragment_rows(m) else rows
+        return xhat_to_fragments(rows) if dispatch.xhat_fragment_rows(m, x_frag) else rows
 
     def pair(run):
         rows = torch.full((m, k), float("nan"), dtype=dtype, device="cuda")
         frag = torch.full_like(rows, float("nan"))
-        run(rows, False)
-        run(frag, True)
+        run(rows, 0)
+        run(frag, x_frag)
         _same_bits(frag, order(rows).cpu(), "x_hat in fragment order")
 
     x = heavy(m, k, dtype)

@@ -501,7 +501,7 @@ def _stream_frag_loads(flat: torch.Tensor, grp: int, t: int, g: int, q: int, k: 
     return torch.cat([flat[base : base + 8], flat[base + 256 : base + 264]])
 
 
-@pytest.mark.parametrize("m,k", [(8, 64), (16, 192), (24, 128)])
+@pytest.mark.parametrize("m,k", [(8, 64), (16, 192), (24, 128), (32, 64)])
 def test_xhat_fragments_match_the_kernels_addresses(m, k):
     x = _heavy(m, k, seed=m + k).to(torch.bfloat16)
     frag = xhat_to_fragments(x)

@@ -279,44 +279,68 @@ def test_act_scale_tensor_runs_through_the_op_layer():
     assert not torch.equal(y, ops.sharq_linear(x, packed, None, "nvfp4", "2:4"))
 
 
-@pytest.mark.parametrize("m", [1, 8, 12, 16, 24])
-def test_x_frag_through_the_ops(m):
-    """x_frag=True: every preparation op returns x_hat in fragment order exactly at
-    dispatch.XHAT_FRAGMENT_ROWS rows (row-major elsewhere), and the GEMM / linear read it back
-    to the same outputs as row-major x_hat."""
+@pytest.mark.parametrize("x_frag", [16, 32])
+@pytest.mark.parametrize("m", [1, 8, 12, 16, 24, 32, 40])
+def test_x_frag_through_the_ops(m, x_frag):
+    """x_frag = 16 / 32: every preparation op returns x_hat in fragment order exactly at whole 8-row
+    groups up to x_frag rows (row-major elsewhere), and the GEMM / linear read it back to the same
+    outputs as row-major x_hat."""
     k = 128
     x, r = _heavy(m, k, seed=m), _heavy(m, k, seed=m + 50)
     w = (torch.rand(k, generator=torch.Generator().manual_seed(m)) + 0.5).to(torch.bfloat16)
+    frag_rows = m in ((8, 16) if x_frag == 16 else (8, 16, 24, 32))  # written out, not the rule under test
+    assert dispatch.xhat_fragment_rows(m, x_frag) == frag_rows
 
     def order(rows):
-        return xhat_to_fragments(rows) if m in dispatch.XHAT_FRAGMENT_ROWS else rows
+        return xhat_to_fragments(rows) if frag_rows else rows
 
     rows = torch.ops.sharq.prepare(x, "nvfp4", "4:8-pairs")
-    frag = torch.ops.sharq.prepare(x, "nvfp4", "4:8-pairs", x_frag=True)
+    frag = torch.ops.sharq.prepare(x, "nvfp4", "4:8-pairs", x_frag=x_frag)
     assert torch.equal(frag, order(rows))
-    assert torch.equal(torch.ops.sharq.prepare_rms_norm(x, w, 1e-5, "nvfp4", "2:4", x_frag=True),
+    assert torch.equal(torch.ops.sharq.prepare_rms_norm(x, w, 1e-5, "nvfp4", "2:4", x_frag=x_frag),
                        order(torch.ops.sharq.prepare_rms_norm(x, w, 1e-5, "nvfp4", "2:4")))
-    got, r_got = torch.ops.sharq.prepare_add_rms_norm(x, r, w, 1e-5, "nvfp4", "4:8-pairs", x_frag=True)
+    got, r_got = torch.ops.sharq.prepare_add_rms_norm(x, r, w, 1e-5, "nvfp4", "4:8-pairs", x_frag=x_frag)
     want, r_want = torch.ops.sharq.prepare_add_rms_norm(x, r, w, 1e-5, "nvfp4", "4:8-pairs")
     assert torch.equal(got, order(want)) and torch.equal(r_got, r_want)  # the residual stays row-major
     gu = torch.cat([x, r], dim=-1)
-    assert torch.equal(torch.ops.sharq.prepare_silu_mul(gu, "mxfp4", "4:8-pairs", x_frag=True),
+    assert torch.equal(torch.ops.sharq.prepare_silu_mul(gu, "mxfp4", "4:8-pairs", x_frag=x_frag),
                        order(torch.ops.sharq.prepare_silu_mul(gu, "mxfp4", "4:8-pairs")))
     packed = ops.pack_weight(quantize_weight(_heavy(40, k, torch.float32, seed=9)), "cpu")
     bias = torch.randn(40, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
-    assert torch.equal(ops.sharq_gemm(frag, packed, bias, x_frag=True), ops.sharq_gemm(rows, packed, bias))
+    assert torch.equal(ops.sharq_gemm(frag, packed, bias, x_frag=x_frag), ops.sharq_gemm(rows, packed, bias))
     y = ops.sharq_linear(x, packed, bias, "nvfp4", "4:8-pairs")
-    assert torch.equal(ops.sharq_linear(x, packed, bias, "nvfp4", "4:8-pairs", x_frag=True), y)
+    assert torch.equal(ops.sharq_linear(x, packed, bias, "nvfp4", "4:8-pairs", x_frag=x_frag), y)
     # leading batch dims: the rows are counted over all of them
-    y3 = ops.sharq_linear(x.reshape(1, m, k), packed, bias, "nvfp4", "4:8-pairs", x_frag=True)
+    y3 = ops.sharq_linear(x.reshape(1, m, k), packed, bias, "nvfp4", "4:8-pairs", x_frag=x_frag)
     assert torch.equal(y3.reshape(m, 40), y)
+
+
+@pytest.mark.parametrize("bad", [True, 1, 8, 24, 64, -16])
+def test_x_frag_takes_only_its_limits(bad):
+    """x_frag is a row count (0, 16 or 32), not a flag: anything else is refused, never read as
+    another order."""
+    x = _heavy(8, 64)
+    with pytest.raises((ValueError, RuntimeError), match="x_frag"):
+        torch.ops.sharq.prepare(x, "nvfp4", "2:4", x_frag=bad)
+    with pytest.raises(ValueError, match="x_frag"):
+        dispatch.xhat_fragment_rows(8, bad)
+
+
+def test_xhat_fragment_limit_follows_the_stream_kernels_rows():
+    """A layer asks for fragment order up to 32 rows exactly where its GEMM takes the stream kernel
+    at 17..32 rows (dispatch.auto_variant), else up to 16 (where every layer takes it)."""
+    for n, sms in [(6144, 132), (4096, 132), (28672, 132), (37888, 132), (28672, 78), (1024, 16)]:
+        stream_to_32 = all(dispatch.auto_variant(m, n, sms) == "stream" for m in (24, 32))
+        assert dispatch.xhat_fragment_limit(n, sms) == (32 if stream_to_32 else 16), (n, sms)
+    # Llama-3.1-8B on an H200: gate_up runs the decoder-warp wgmma kernel at 17..32 rows
+    assert [dispatch.xhat_fragment_limit(n, 132) for n in (6144, 4096, 28672, 4096)] == [32, 32, 16, 32]
 
 
 def test_x_frag_opcheck():
     x = _heavy(8, 64)
-    torch.library.opcheck(torch.ops.sharq.prepare.default, (x, "nvfp4", "2:4", "token", True))
+    torch.library.opcheck(torch.ops.sharq.prepare.default, (x, "nvfp4", "2:4", "token", 16))
     payload = quantize_weight(_heavy(32, 64, torch.float32))
     p = ops.pack_weight(payload, "cpu")
-    xh = torch.ops.sharq.prepare(x, "nvfp4", "2:4", x_frag=True)
-    args = (xh, p.qweight, p.scales, p.tensor_scale, None, p.n, p.n_pad, p.k, p.block, p.layout, p.alpha, True)
+    xh = torch.ops.sharq.prepare(x, "nvfp4", "2:4", x_frag=32)
+    args = (xh, p.qweight, p.scales, p.tensor_scale, None, p.n, p.n_pad, p.k, p.block, p.layout, p.alpha, 32)
     torch.library.opcheck(torch.ops.sharq.gemm.default, args)
