@@ -54,7 +54,7 @@
 //  in one; the 8 warps' partial sums are reduced in shared memory in a fixed order
 //  (deterministic, no atomics, no workspace; the two kernels give the same bits). Weight
 //  traffic: 4.5 bits a weight (0.5 B codes + 1/32 B scale).
-//  * M > 24: the wgmma kernel (gemm_wgmma.cu, launch_gemm_wgmma).
+//  * M > 32 (17..32 for layers of many strips: gemm_stream_to_max_m): the wgmma kernels (gemm_wgmma.cu).
 //  * dequant_kernel (large M, then cuBLAS; sharq_vllm/kernels/dispatch.py): one warp a tile,
 //    staged through shared memory so every store is a full 128-byte row segment.
 #include "gemm_tile.cuh"
