@@ -309,6 +309,9 @@ def clone_state(st):
 
 
 def run(args) -> dict:
+    if X_FRAG_ENV is not None and (not X_FRAG_ENV.isdigit() or int(X_FRAG_ENV) not in dispatch.XHAT_FRAGMENT_LIMITS):
+        raise SystemExit(f"SHARQ_BENCH_X_FRAG={X_FRAG_ENV!r}: one of {dispatch.XHAT_FRAGMENT_LIMITS} (the most rows of "
+                         "x_hat in fragment order, for every layer), or unset for each layer's own")
     torch.manual_seed(0)
     dtype = torch.bfloat16
     card = card_name()
