@@ -9,10 +9,15 @@ tests/server/test_robustness.py, where batched greedy outputs diverged at exact 
   bit. An FP32 GEMM (``x_hat.float() @ W.T``, the earlier reference) is not: MKL/oneDNN pick
   other kernels and reduction orders for other row counts, so rows differ in the last bit,
   which FP4 activation rounding downstream can amplify into a greedy flip at a near-tie.
+  The one exception ``reference.gemm`` documents: an output whose exact sum lies within float64's
+  summation error of an FP32 rounding boundary may round either way (fresh random data meets one
+  in a few hundred runs: seed 225431044, float32, [1536, 576]). The tests accept a difference only
+  when it is such a tie, checked against the exact sum (``math.fsum`` of the exact products).
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -36,6 +41,30 @@ def _heavy(m: int, k: int, seed: int, scale: float = 60.0) -> torch.Tensor:
     t = torch.randn(m, k, generator=g) / torch.randn(m, k, 3, generator=g).pow(2).mean(-1).sqrt()
     t[:, torch.randperm(k, generator=g)[:4]] *= scale
     return t
+
+
+def _documented_tie(x_row: torch.Tensor, w_row: torch.Tensor, bias: float, got: float, want: float,
+                    dtype: torch.dtype) -> bool:
+    """Whether ``got`` != ``want`` is reference.gemm's documented tie: an FP32 rounding boundary lies
+    within float64's summation error (2 (K + 2) 2^-53 sum |terms|) of the exact sum of the row's
+    products and bias, and the two outputs are the ``dtype`` roundings of the two FP32 values on
+    either side of it. The products (<= 24 x 24 significant bits) are exact in float64."""
+    terms = [*(x_row.double() * w_row.double()).tolist(), bias]
+    exact = math.fsum(terms)
+    err = 2 * (len(terms) + 1) * 2.0**-53 * math.fsum(abs(t) for t in terms)
+    lo, hi = (torch.tensor(v, dtype=torch.float64).float() for v in (exact - err, exact + err))
+    return bool(lo != hi) and {got, want} == {lo.to(dtype).item(), hi.to(dtype).item()}
+
+
+def _same_but_ties(got: torch.Tensor, want: torch.Tensor, x_hat: torch.Tensor, w: torch.Tensor,
+                   bias: torch.Tensor | None, what: str) -> None:
+    """got == want bit for bit ([M, N] rows of x_hat [M, K] times the FP32 weight w [N, K]),
+    except at documented ties (module docstring)."""
+    diff = (got != want).nonzero().tolist()
+    other = [(r, c) for r, c in diff if not _documented_tie(
+        x_hat[r], w[c], 0.0 if bias is None else float(bias[c]), got[r, c].item(), want[r, c].item(), got.dtype)]
+    assert not other, f"{what}: {len(other)} outputs differ beyond ties, first {other[:3]}"
+    assert len(diff) <= 2, f"{what}: {len(diff)} ties, more than chance gives"
 
 
 @pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4"])
@@ -65,6 +94,7 @@ def test_reference_gemm_row_is_the_same_in_any_batch(dtype: torch.dtype, n: int,
     packed = ops.pack_weight(payload, "cpu")
     x = reference.sharq_activation(_heavy(64 + 17, k, seed + 1).to(dtype))
     bias = (_heavy(1, n, seed + 2).reshape(n) * 0.1).to(dtype)
+    w = reference.dequantize_weight(payload)
     alone = torch.cat([reference.gemm(x[i : i + 1], payload, bias) for i in range(len(x))])
     assert torch.isfinite(alone).all()
     for m in (1, 2, 3, 8, 17, 64):
@@ -74,8 +104,7 @@ def test_reference_gemm_row_is_the_same_in_any_batch(dtype: torch.dtype, n: int,
                 ("reference.gemm", reference.gemm(x[rows], payload, bias)),
                 ("sharq.gemm op", ops.sharq_gemm(x[rows], packed, bias)),
             ):
-                bad = (y != alone[rows]).sum().item()
-                assert bad == 0, f"{name} M={m} offset={off}: {bad} outputs differ (seed {seed})"
+                _same_but_ties(y, alone[rows], x[rows], w, bias, f"{name} M={m} offset={off} (seed {seed})")
 
 
 def test_reference_gemm_bits_do_not_depend_on_the_weight_slicing(monkeypatch) -> None:
@@ -84,9 +113,10 @@ def test_reference_gemm_bits_do_not_depend_on_the_weight_slicing(monkeypatch) ->
     payload = reference.quantize_weight(_heavy(200, 512, _SEED, scale=10.0) * 0.02)
     x = reference.sharq_activation(_heavy(9, 512, _SEED + 1).to(torch.bfloat16))
     whole = reference.gemm(x, payload)
+    w = reference.dequantize_weight(payload)
     for rows in (16, 48, 199):
         monkeypatch.setitem(reference.GEMM_SLICE_BYTES, "cpu", rows * 512 * 8)
-        assert torch.equal(reference.gemm(x, payload), whole), f"{rows}-row slices (seed {_SEED})"
+        _same_but_ties(reference.gemm(x, payload), whole, x, w, None, f"{rows}-row slices (seed {_SEED})")
 
 
 def test_nonfinite_row_stays_in_its_row() -> None:
@@ -98,5 +128,7 @@ def test_nonfinite_row_stays_in_its_row() -> None:
     x[5, 0] = float("nan")
     y = reference.apply_linear(x, payload)
     assert torch.isnan(y[[3, 5]]).all()
+    w = reference.dequantize_weight(payload)
     for i in (0, 1, 2, 4, 6, 7):
-        assert torch.equal(y[i], reference.apply_linear(x[i : i + 1], payload)[0]), i
+        x_hat = reference.sharq_activation(x[i : i + 1])
+        _same_but_ties(y[i : i + 1], reference.apply_linear(x[i : i + 1], payload), x_hat, w, None, f"row {i} (seed {_SEED})")
