@@ -214,18 +214,14 @@ def build_sharq(w, payload16, payload32):
 
 
 # x_hat in the order the vLLM plugin asks for (fragment order up to each layer's
-# dispatch.xhat_fragment_limit rows); SHARQ_BENCH_X_FRAG=0 / 16 / 32 overrides it with one value for
+# dispatch.serving_x_frag rows); SHARQ_BENCH_X_FRAG=0 / 16 / 32 overrides it with one value for
 # every layer (32 fails where a layer's GEMM is not the stream kernel at 24 / 32 rows; the A/Bs of
 # kernels-H200-xhat-frag.json: one library, several orders)
 X_FRAG_ENV = os.environ.get("SHARQ_BENCH_X_FRAG")
 
 
 def x_frag_of(p: ops.PackedWeight) -> int:
-    if X_FRAG_ENV is not None:
-        return int(X_FRAG_ENV)
-    if not dispatch.SERVING_X_FRAG or p.qweight.device.type != "cuda":
-        return 0
-    return dispatch.xhat_fragment_limit(p.n_pad, dispatch.sm_count(p.qweight.device))
+    return int(X_FRAG_ENV) if X_FRAG_ENV is not None else dispatch.serving_x_frag(p.n_pad, p.qweight.device)
 
 
 def call_sharq(x, st):
@@ -330,7 +326,7 @@ def run(args) -> dict:
         "sharq_kernels": why if ok else f"UNAVAILABLE: {why}",
         "dispatch": ops.describe_kernel(DEVICE),
         "x_frag": (f"SHARQ_BENCH_X_FRAG={X_FRAG_ENV} for every layer" if X_FRAG_ENV is not None else
-                   "each layer's dispatch.xhat_fragment_limit (the vLLM plugin's)" if dispatch.SERVING_X_FRAG else "0"),
+                   "each layer's dispatch.serving_x_frag (the vLLM plugin's)"),
         "timing": "CUDA graph of R calls over R input/weight copies (>= 256 MiB touched per replay), median of replays / R",
     }
     print(json.dumps(info, indent=1), flush=True)

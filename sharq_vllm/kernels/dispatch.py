@@ -55,6 +55,7 @@ __all__ = [
     "prep_silu_mul_on_kernel",
     "prep_takes",
     "prep_values",
+    "serving_x_frag",
     "sm_count",
     "wave_fill",
     "weight_on_kernel",
@@ -141,8 +142,8 @@ GEMM_VARIANT_MAX_M = {"stream": 32, "wgmmars": 64}  # sharq::GemmVariantMaxM: MT
 #: kernel there: :func:`xhat_fragment_limit`). Mirrors ``sharq::XhatFragment`` (sharq_kernels.h;
 #: tests/test_options.py); the A/Bs behind it: benchmarks/results/kernels-H200-xhat-frag.json.
 XHAT_FRAGMENT_LIMITS = (0, GEMM_AUTO_MAX_M["streamwide"], GEMM_AUTO_MAX_M["stream"])
-#: Whether the vLLM plugin asks for fragment order (each layer: :func:`xhat_fragment_limit`, passed
-#: to its producer and its GEMM alike); the kernel benchmark's "sharq" / "sharq_gemm" rows time the same.
+#: Whether the vLLM plugin asks for fragment order (each layer: :func:`serving_x_frag`, passed to
+#: its producer and its GEMM alike); the kernel benchmark's "sharq" / "sharq_gemm" rows time the same.
 SERVING_X_FRAG = True
 
 _lock = threading.Lock()
@@ -164,6 +165,17 @@ def xhat_fragment_limit(n: int, sms: int) -> int:
     else GEMM_AUTO_MAX_M["streamwide"]."""
     top = GEMM_AUTO_MAX_M["stream"]
     return top if auto_variant(top, n, sms) == "stream" else GEMM_AUTO_MAX_M["streamwide"]
+
+
+def serving_x_frag(n: int | None = None, device: torch.device | None = None) -> int:
+    """The ``x_frag`` the vLLM plugin asks for (0 unless SERVING_X_FRAG): for a weight of N
+    (padded) rows on a CUDA ``device``, its :func:`xhat_fragment_limit`; otherwise (no weight
+    packed for the kernels, or no CUDA device) GEMM_AUTO_MAX_M["streamwide"], what every GEMM reads."""
+    if not SERVING_X_FRAG:
+        return 0
+    if n is None or device is None or device.type != "cuda":
+        return GEMM_AUTO_MAX_M["streamwide"]
+    return xhat_fragment_limit(n, sm_count(device))
 
 
 def auto_variant(m: int, n: int, sms: int) -> str:

@@ -75,8 +75,8 @@ def layer_options(name: str) -> SharQOptions:
 _LIB = torch.library.Library("sharq_plugin", "FRAGMENT")  # owns the ops: kept alive with the module
 # x_hat between a preparation and its GEMM, in every op below: fragment order (what the stream GEMM
 # reads fastest; sharq_vllm/ops.py) up to the layer's KernelPlan.x_frag rows, or up to
-# GENERAL_X_FRAG rows for a layer without a plan (every GEMM reads that).
-GENERAL_X_FRAG = dispatch.GEMM_AUTO_MAX_M["streamwide"] if dispatch.SERVING_X_FRAG else 0
+# dispatch.serving_x_frag()'s for a layer without a plan (what every GEMM reads).
+GENERAL_X_FRAG = dispatch.serving_x_frag()
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,8 @@ class KernelPlan:
     CUDA GEMMs (dispatch.weight_on_kernel held at load, so the kernels serve its device), and
     for activations of ``dtype`` the preparation kernel takes its K (``prep``; with the RMSNorm
     in front too: ``norm``), with the kernel's format / pattern / block arguments ``codes``;
-    x_hat travels in fragment order up to ``x_frag`` rows (dispatch.xhat_fragment_limit: what its
-    GEMM reads on this device)."""
+    x_hat travels in fragment order up to ``x_frag`` rows (dispatch.serving_x_frag: what its GEMM
+    reads on this device)."""
 
     dtype: torch.dtype
     prep: bool
@@ -107,8 +107,7 @@ def kernel_plan(parts: list[ops.PackedWeight], options: SharQOptions, act_dtype:
         norm=dispatch.prep_norm_takes(k, act_dtype, act_dtype, fmt, pattern, act),
         codes=dispatch.prep_values(fmt, pattern),
         weight=parts[0],
-        x_frag=(dispatch.xhat_fragment_limit(parts[0].n_pad, dispatch.sm_count(parts[0].qweight.device))
-                if dispatch.SERVING_X_FRAG else 0),
+        x_frag=dispatch.serving_x_frag(parts[0].n_pad, parts[0].qweight.device),
     )
 
 

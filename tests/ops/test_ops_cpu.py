@@ -336,6 +336,15 @@ def test_xhat_fragment_limit_follows_the_stream_kernels_rows():
     assert [dispatch.xhat_fragment_limit(n, 132) for n in (6144, 4096, 28672, 4096)] == [32, 32, 16, 32]
 
 
+def test_serving_x_frag_without_a_cuda_weight(monkeypatch):
+    """What the plugin asks for where no CUDA weight decides (no kernel plan, a CPU device): the
+    rows every GEMM reads; nothing when serving does not ask for fragment order."""
+    assert dispatch.serving_x_frag() == dispatch.GEMM_AUTO_MAX_M["streamwide"]
+    assert dispatch.serving_x_frag(6144, torch.device("cpu")) == dispatch.GEMM_AUTO_MAX_M["streamwide"]
+    monkeypatch.setattr(dispatch, "SERVING_X_FRAG", False)
+    assert dispatch.serving_x_frag() == 0 and dispatch.serving_x_frag(6144, torch.device("cpu")) == 0
+
+
 def test_x_frag_opcheck():
     x = _heavy(8, 64)
     torch.library.opcheck(torch.ops.sharq.prepare.default, (x, "nvfp4", "2:4", "token", 16))
