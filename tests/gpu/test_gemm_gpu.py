@@ -193,6 +193,33 @@ def _auto(x, packed, bias, dtype):
     return y
 
 
+def _assert_wgmma_output(y, x, payload, packed, bias, dtype):
+    """A wgmma GEMM's y: written everywhere, the reference's up to FP32 summation order and within
+    one 16-bit rounding step of the tile kernel's."""
+    ref = x.float() @ dequantize_weight(payload).cuda().T + (bias.float() if bias is not None else 0)
+    assert torch.isfinite(y).all(), "unwritten (NaN-poisoned) or non-finite outputs"
+    assert rel(y, ref) < 1e-2, rel(y, ref)
+    assert rel(y, _forced(x, packed, bias, FORCED["tile"], dtype)) < 4e-3
+
+
+def _assert_graph_replays(x, packed, bias, y, variant=None):
+    """gemm_mma (or gemm_mma_cfg with `variant`) captured in a CUDA graph: every replay gives the
+    eager output y bit for bit."""
+    static_y = torch.full_like(y, float("nan"))
+    args = (x, packed.qweight, packed.scales, packed.tensor_scale, bias, static_y, packed.n_pad, packed.block)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        if variant is None:
+            torch.ops.sharq_C.gemm_mma(*args)
+        else:
+            torch.ops.sharq_C.gemm_mma_cfg(*args, variant)
+    for _ in range(3):
+        static_y.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(static_y, y), "graph replay differs from eager"
+
+
 # The stream kernel's walks (gemm.cu): one strip a CTA at 3 CTAs an SM (6144 x 4096, the wave
 # rule), part of the grid idle on one long strip each (48 x 14336), 7 strips a CTA of one step each
 # (29568 x 2048), steps with tiles past K (1552 x 1472, 4096 x 64: K/64 not a multiple of 8U), a
@@ -306,23 +333,11 @@ def test_gemm_wgmma_short_last_box(dtype, n, k, block, m):
     payload, packed = packed_weight(n, k, block=block)
     x = _x(m, k, dtype)
     bias = heavy(1, n, dtype).reshape(n) if m % 2 else None
-    ref = x.float() @ dequantize_weight(payload).cuda().T + (bias.float() if bias is not None else 0)
     y = _auto(x, packed, bias, dtype)
-    assert torch.isfinite(y).all(), "unwritten (NaN-poisoned) or non-finite outputs"
-    assert rel(y, ref) < 1e-2, rel(y, ref)
-    assert rel(y, _forced(x, packed, bias, FORCED["tile"], dtype)) < 4e-3
+    _assert_wgmma_output(y, x, payload, packed, bias, dtype)
     for _ in range(5):
         assert torch.equal(_auto(x, packed, bias, dtype), y), "launches differ"
-    static_y = torch.full_like(y, float("nan"))
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        torch.ops.sharq_C.gemm_mma(x, packed.qweight, packed.scales, packed.tensor_scale, bias, static_y,
-                                   packed.n_pad, packed.block)
-    for _ in range(3):
-        static_y.fill_(float("nan"))
-        graph.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(static_y, y), "graph replay differs from eager"
+    _assert_graph_replays(x, packed, bias, y)
 
 
 # The register-source wgmma kernel (gemm_wgmma_rs.cu, forced; M <= 64): x_hat's share of K a CTA
@@ -402,6 +417,25 @@ def test_gemm_wgmma_224_row_tiles(dtype, m):
     assert rel(y, y_wide[:, :n]) < 4e-3, rel(y, y_wide[:, :n])  # FP32 summation order only
     for _ in range(2):
         assert torch.equal(_forced(x, narrow, b_n, FORCED["wgmma"], dtype), y), "224-row tiles: launches differ"
+
+
+# The BM = 64 decoder-warp kernel on layers whose weight tiles fill the SMs in one wave without
+# split-K (gemm_wgmma.cu; Llama-3.1-8B gate_up: 128 tiles of 224 rows, 28672 x 4096; 32768 x 1024:
+# 128 tiles of 256 rows), with K long enough that every ring slot is refilled many times: against
+# the reference and the tile kernel, bit-stable over launches and under CUDA-graph replay (session 51
+# ran it on the x_hat multicast variants of benchmarks/results/kernels-H200-dec-multicast.json too).
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k,block", [(28672, 4096, 16), (32768, 1024, 32)])
+@pytest.mark.parametrize("m", [17, 24, 32, 33, 48, 64])
+def test_gemm_wgmma_one_wave_tiles(dtype, n, k, block, m):
+    payload, packed = packed_weight(n, k, block=block)
+    x = _x(m, k, dtype)
+    bias = heavy(1, n, dtype).reshape(n) if m % 2 else None
+    y = _forced(x, packed, bias, FORCED["wgmma"], dtype)
+    _assert_wgmma_output(y, x, payload, packed, bias, dtype)
+    for _ in range(3):
+        assert torch.equal(_forced(x, packed, bias, FORCED["wgmma"], dtype), y), "launches differ"
+    _assert_graph_replays(x, packed, bias, y, FORCED["wgmma"])
 
 
 def test_gemm_variant_out_of_range_is_refused():
