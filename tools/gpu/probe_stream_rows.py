@@ -51,15 +51,18 @@ def measure(base: ops.PackedWeight, m: int, rounds: int, sms: int) -> dict:
     copies = max(1, min(MAX_COPIES, math.ceil(L2_ROTATE_BYTES / (wbytes + m * k * 2))))
     ps = [base] + [clone_state({"p": base})["p"] for _ in range(copies - 1)]
     rows = [torch.ops.sharq.prepare(heavy(m, k), "nvfp4", "4:8-pairs") for _ in range(copies)]
-    frags = [xhat_to_fragments(x) for x in rows]
+    # fragment order exists for whole 8-row groups up to 32 rows (dispatch.xhat_fragment_rows)
+    frag = dispatch.xhat_fragment_rows(m, dispatch.XHAT_FRAGMENT_LIMITS[-1])
+    frags = [xhat_to_fragments(x) for x in rows] if frag else rows
     outs = [torch.empty((m, base.n), dtype=torch.bfloat16, device="cuda") for _ in range(copies)]
     limit = dispatch.xhat_fragment_limit(base.n_pad, sms)
     variants = dispatch.GEMM_VARIANTS
     cases = {
         "auto": _auto(ps, frags if dispatch.xhat_fragment_rows(m, limit) else rows, limit),
         "stream_rows": _forced(ps, rows, outs, variants["stream"], 0),
-        "stream_frag": _forced(ps, frags, outs, variants["stream"], 32),
     }
+    if frag:
+        cases["stream_frag"] = _forced(ps, frags, outs, variants["stream"], 32)
     if dispatch.auto_variant(m, base.n_pad, sms) != "stream":
         cases["wgmma"] = _forced(ps, rows, outs, variants["wgmma"], 0)
     out: dict = {}
